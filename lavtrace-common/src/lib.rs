@@ -1,0 +1,20 @@
+//! Types that cross the kernel/user boundary. Every type here is `#[repr(C)]`, made of
+//! fixed-width fields laid out without padding, so both sides agree byte for byte.
+#![no_std]
+
+pub mod filter;
+pub mod ring;
+pub mod syscalls;
+
+/// Marks a wire type as plain old data for aya (userspace only).
+#[macro_export]
+macro_rules! pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C), fixed-width integer fields only, no padding (checked by the
+            // layout tests in each module).
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}

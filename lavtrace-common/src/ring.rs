@@ -1,0 +1,13 @@
+//! Ring buffers: the event path of the families that report call by call.
+
+/// Indexes of the per-cpu `LOST_EVENTS` counter, one per ring-buffer family: every event the
+/// kernel could not place in its ring is counted here, so losses are never silent.
+pub mod lost {
+    pub const FSYNC: u32 = 0;
+    pub const MMAP: u32 = 1;
+    pub const TCP: u32 = 2;
+    pub const LEN: u32 = 4;
+}
+
+/// Default ring size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;

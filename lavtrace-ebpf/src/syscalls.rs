@@ -1,0 +1,128 @@
+//! Probe family `syscalls`: every syscall of the target, counted and timed in the kernel.
+//!
+//! Hot path, run for every syscall of every process on the host: one helper call and a compare
+//! for everyone else; for the target one hash lookup on entry and one hash plus one (inlined)
+//! per-cpu array lookup on exit. Nothing is sent to userspace per syscall.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use lavtrace_common::syscalls::{
+    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREADS, SyscallStats, diag, latency_bucket,
+};
+
+use crate::filter::current_target_task;
+
+/// tid → entry timestamp (ns); 0 once consumed, so an exit never pairs with a stale entry.
+#[map]
+static SYSCALL_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+#[map]
+static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+
+#[map]
+static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_ERRNO_KEYS, 0);
+
+#[map]
+static SYSCALL_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
+
+// Offsets in the raw_syscalls:sys_{enter,exit} records (after the 8-byte common header),
+// stable since the tracepoints were added: `long id; long ret/args[6]`.
+const ID_OFFSET: usize = 8;
+const RET_OFFSET: usize = 16;
+/// The kernel's error range for syscall return values (IS_ERR_VALUE).
+const MAX_ERRNO: i64 = 4095;
+
+#[tracepoint]
+pub fn syscalls_enter(_ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SYSCALL_START.get_ptr_mut(tid) {
+        // SAFETY: the pointer is the map's value slot for this key, valid for this program run.
+        Some(slot) => unsafe { *slot = now },
+        None => {
+            if SYSCALL_START.insert(tid, now, 0).is_err() {
+                bump_diag(diag::START_TABLE_FULL);
+            }
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
+        return 0; // entered before we attached
+    };
+    // SAFETY: map value slot, valid for this program run.
+    let start = unsafe { core::ptr::replace(slot, 0) };
+    if start == 0 {
+        return 0; // a new thread's first return (from clone), or entered before we attached
+    }
+    // SAFETY: helper without preconditions.
+    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    // SAFETY: tracepoint records are readable directly through the context pointer within
+    // their size; both fields are 8-byte aligned longs.
+    let (id, ret) = unsafe {
+        let base = ctx.as_ptr().cast::<u8>();
+        (
+            *base.add(ID_OFFSET).cast::<i64>(),
+            *base.add(RET_OFFSET).cast::<i64>(),
+        )
+    };
+    if id < 0 || id >= i64::from(MAX_SYSCALLS) {
+        return 0;
+    }
+    let nr = id as u32;
+    let Some(stats) = SYSCALL_STATS.get_ptr_mut(nr) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
+    let stats = unsafe { &mut *stats };
+    stats.count += 1;
+    stats.total_ns += elapsed;
+    if elapsed > stats.max_ns {
+        stats.max_ns = elapsed;
+    }
+    if let Some(bucket) = stats.buckets.get_mut(latency_bucket(elapsed)) {
+        *bucket += 1;
+    }
+    if (-MAX_ERRNO..0).contains(&ret) {
+        stats.errors += 1;
+        count_errno(nr, (-ret) as u32);
+    }
+    0
+}
+
+#[inline(always)]
+fn count_errno(nr: u32, errno: u32) {
+    let key = ErrnoKey { nr, errno };
+    match SYSCALL_ERRNOS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value slot.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            if SYSCALL_ERRNOS.insert(key, 1, 0).is_err() {
+                bump_diag(diag::ERRNO_TABLE_FULL);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn bump_diag(index: u32) {
+    if let Some(counter) = SYSCALL_DIAG.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,177 @@
+//! Command-line interface. The `trace` flags are a contract scripts rely on: extend, never break.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lavtrace",
+    version,
+    about = "Live eBPF tracer for a running LavinMQ broker",
+    long_about = "Live eBPF tracer for a running LavinMQ broker: what strace, ss and lsof would \
+                  show, aggregated in the kernel at a cost the broker does not notice.\n\n\
+                  Needs root (or CAP_BPF + CAP_PERFMON) and tracefs.",
+    after_help = "Exit codes: 0 ok, 1 runtime error, 2 bad usage, 3 target not found, \
+                  4 not permitted, 5 kernel lacks a needed feature."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process and report what it does, interval by interval.
+    Trace(TraceArgs),
+    /// Run the built-in broker-shaped workload as a child and trace it (no broker needed).
+    Demo(DemoArgs),
+    /// Say which hooks this kernel supports for each probe family, and why not.
+    Check,
+    /// The built-in workload (used by `demo` and the tests).
+    #[command(hide = true)]
+    Workload(crate::workload::WorkloadArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Process to trace (all its threads).
+    #[arg(short, long, conflicts_with = "comm")]
+    pub pid: Option<u32>,
+
+    /// Exact process name to trace (as in /proc/PID/comm). Default: lavinmq.
+    #[arg(short, long)]
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Time between reports.
+    #[arg(short, long, default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+
+    /// Probe families to load, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = Probe::all().to_vec())]
+    pub probes: Vec<Probe>,
+
+    /// Output format: text tables, or NDJSON (attached, interval..., summary).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Rows per table in text output (JSON always has every row).
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+
+    /// Order of the syscall table.
+    #[arg(long, value_enum, default_value_t = SortKey::Count)]
+    pub sort: SortKey,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Probe {
+    /// Every syscall: count, errors, latency (in-kernel aggregation).
+    Syscalls,
+}
+
+impl Probe {
+    pub fn all() -> &'static [Probe] {
+        &[Probe::Syscalls]
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Syscalls => "syscalls",
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    /// Most calls first.
+    Count,
+    /// Most total time first.
+    Time,
+    /// Most errors first.
+    Errors,
+    /// Slowest single call first.
+    Max,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_like_operators_type_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_positive_duration("1ms").is_err());
+    }
+
+    #[test]
+    fn probes_are_comma_separated() {
+        let cli = Cli::try_parse_from(["lavtrace", "trace", "--pid", "1", "--probes", "syscalls"])
+            .unwrap();
+        let Command::Trace(t) = cli.command else {
+            panic!("not trace")
+        };
+        assert_eq!(t.report.probes, vec![Probe::Syscalls]);
+        assert!(
+            Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
+            "unknown probe must be rejected"
+        );
+    }
+}

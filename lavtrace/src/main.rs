@@ -1,0 +1,82 @@
+//! lavtrace: live eBPF tracer for a running LavinMQ broker.
+
+mod check;
+mod cli;
+mod demo;
+mod ebpf;
+mod error;
+mod output;
+mod ringbuf;
+mod session;
+mod syscalls;
+mod target;
+mod units;
+mod workload;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Command},
+    session::Session,
+    target::{ExitWatch, Target},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Workload(args) = &cli.command {
+        return workload::run(args);
+    }
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lavtrace: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lavtrace: error: {e:#}");
+            error::exit_code(&e)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Trace(args) => {
+            let target = Target::resolve(&args.target)?;
+            let exit = ExitWatch::pidfd(target.pid)?;
+            let session = Session::attach(target, &args.report.probes)?;
+            session.run(&args.report, exit).await?;
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(&args).await,
+        Command::Check => check::run(),
+        Command::Workload(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_log::LogTracer::init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

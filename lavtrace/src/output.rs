@@ -1,0 +1,195 @@
+//! The three kinds of record lavtrace writes, as NDJSON or as text. JSON schema: README.md.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{self, Write as _},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    cli::{Format, ReportArgs},
+    ebpf::Hook,
+    syscalls::{self, SyscallRow},
+    target::{Target, TargetExit},
+};
+
+/// Every family's section of one window; absent families are left out of the JSON.
+#[derive(Debug, Default, Serialize)]
+pub struct Sections {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<Vec<SyscallRow>>,
+    /// Events the kernel side could not record or deliver, per family. Never silent.
+    pub lost_events: BTreeMap<&'static str, u64>,
+}
+
+impl Sections {
+    fn write_text(&self, out: &mut String, args: &ReportArgs) {
+        if let Some(rows) = &self.syscalls {
+            syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        let lost: Vec<String> = self
+            .lost_events
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(family, n)| format!("{family} {n}"))
+            .collect();
+        if !lost.is_empty() {
+            let _ = writeln!(out, "LOST EVENTS: {}", lost.join(", "));
+        }
+    }
+}
+
+/// Why tracing stopped.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum End {
+    Duration,
+    Signal { signal: &'static str },
+    TargetExited(TargetExit),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Record<'a> {
+    Attached {
+        target: &'a Target,
+        probes: Vec<&'static str>,
+        hooks: &'a [Hook],
+        interval_ms: u128,
+    },
+    Interval {
+        seq: u64,
+        /// Time since attach at the end of this window.
+        elapsed_ms: u128,
+        /// Length of this window.
+        window_ms: u128,
+        #[serde(flatten)]
+        sections: &'a Sections,
+    },
+    Summary {
+        duration_ms: u128,
+        intervals: u64,
+        end: &'a End,
+        #[serde(flatten)]
+        sections: &'a Sections,
+    },
+}
+
+pub struct Output {
+    format: Format,
+    args: ReportArgs,
+}
+
+impl Output {
+    pub fn new(args: &ReportArgs) -> Output {
+        Output {
+            format: args.format,
+            args: args.clone(),
+        }
+    }
+
+    pub fn attached(
+        &self,
+        target: &Target,
+        probes: Vec<&'static str>,
+        hooks: &[Hook],
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::Attached {
+                target,
+                probes,
+                hooks,
+                interval_ms: self.args.interval.as_millis(),
+            }),
+            Format::Text => {
+                let mut s = format!(
+                    "lavtrace: tracing pid {} ({}, {} threads) with {}; interval {}",
+                    target.pid,
+                    target.comm,
+                    target.threads,
+                    probes.join(","),
+                    humantime::format_duration(self.args.interval)
+                );
+                if let Some(d) = self.args.duration {
+                    let _ = write!(s, ", for {}", humantime::format_duration(d));
+                }
+                s.push_str(". Ctrl-C for the summary.\n");
+                self.text(&s)
+            }
+        }
+    }
+
+    pub fn interval(
+        &self,
+        seq: u64,
+        elapsed: Duration,
+        window: Duration,
+        sections: &Sections,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::Interval {
+                seq,
+                elapsed_ms: elapsed.as_millis(),
+                window_ms: window.as_millis(),
+                sections,
+            }),
+            Format::Text => {
+                let mut s = format!(
+                    "\n── interval {seq} · t+{:.1}s · {:.2}s ──\n",
+                    elapsed.as_secs_f64(),
+                    window.as_secs_f64()
+                );
+                sections.write_text(&mut s, &self.args);
+                self.text(&s)
+            }
+        }
+    }
+
+    pub fn summary(
+        &self,
+        duration: Duration,
+        intervals: u64,
+        end: &End,
+        sections: &Sections,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::Summary {
+                duration_ms: duration.as_millis(),
+                intervals,
+                end,
+                sections,
+            }),
+            Format::Text => {
+                let why = match end {
+                    End::Duration => "duration reached".to_string(),
+                    End::Signal { signal } => format!("{signal} received"),
+                    End::TargetExited(exit) => match (exit.code, exit.signal) {
+                        (Some(code), _) => format!("target exited with status {code}"),
+                        (_, Some(sig)) => format!("target killed by signal {sig}"),
+                        _ => "target exited".to_string(),
+                    },
+                };
+                let mut s = format!("\n══ summary · {:.1}s · {why} ══\n", duration.as_secs_f64());
+                sections.write_text(&mut s, &self.args);
+                self.text(&s)
+            }
+        }
+    }
+
+    fn json<T: Serialize>(&self, record: &T) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(&line)?;
+        stdout.flush()
+    }
+
+    fn text(&self, s: &str) -> io::Result<()> {
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(s.as_bytes())?;
+        stdout.flush()
+    }
+}

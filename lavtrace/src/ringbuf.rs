@@ -1,0 +1,106 @@
+//! Draining the kernel's ring buffers: an async task per ring, decoding each record into its
+//! wire type without ever panicking (a record of the wrong size is counted and skipped), and
+//! reading the kernel's per-family lost-event counters.
+
+use std::{
+    mem::size_of,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, Pod,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// Decodes one record as `T`, if it has exactly `T`'s size.
+pub fn decode<T: Pod>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() == size_of::<T>())
+        // SAFETY: T is Pod (any bit pattern is valid) and the length matches.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Counters kept by a drain task, readable while it runs.
+#[derive(Debug, Default)]
+pub struct DrainStats {
+    pub received: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// Takes ring `map_name` out of `ebpf` and feeds every decoded `T` to `sink` from a task on
+/// the current tokio runtime. Returns the task's counters.
+#[allow(dead_code)] // used by the ring-buffer families
+pub fn spawn_drain<T, F>(ebpf: &mut Ebpf, map_name: &str, mut sink: F) -> Result<Arc<DrainStats>>
+where
+    T: Pod + Send + 'static,
+    F: FnMut(T) + Send + 'static,
+{
+    let map = ebpf
+        .take_map(map_name)
+        .with_context(|| format!("ring {map_name} missing from the eBPF object"))?;
+    let ring =
+        RingBuf::try_from(map).with_context(|| format!("{map_name} is not a ring buffer"))?;
+    // SAFETY: the ring owns its fd for as long as the AsyncFd holds it.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .with_context(|| format!("polling ring {map_name}"))?;
+    let stats = Arc::new(DrainStats::default());
+    let task_stats = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match decode::<T>(&item) {
+                    Some(event) => {
+                        task_stats.received.fetch_add(1, Ordering::Relaxed);
+                        sink(event);
+                    }
+                    None => {
+                        task_stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(stats)
+}
+
+/// The kernel's lost-event counters (`LOST_EVENTS`), one per ring-buffer family.
+pub struct LostCounters(PerCpuArray<MapData, u64>);
+
+impl LostCounters {
+    /// Takes the counter map out of `ebpf`; the session owns it and hands it to the families.
+    #[allow(dead_code)] // used by the ring-buffer families
+    pub fn take(ebpf: &mut Ebpf) -> Result<LostCounters> {
+        let map = ebpf
+            .take_map("LOST_EVENTS")
+            .context("map LOST_EVENTS missing")?;
+        Ok(LostCounters(PerCpuArray::try_from(map)?))
+    }
+
+    /// Events lost so far by `family` (an index from `lavtrace_common::ring::lost`).
+    #[allow(dead_code)] // used by the ring-buffer families
+    pub fn get(&self, family: u32) -> u64 {
+        self.0.get(&family, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_checks_the_size() {
+        assert_eq!(decode::<u64>(&7u64.to_ne_bytes()), Some(7));
+        assert_eq!(decode::<u64>(&[1, 2, 3]), None);
+        assert_eq!(decode::<u64>(&[0; 16]), None);
+    }
+}

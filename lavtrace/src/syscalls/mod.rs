@@ -1,0 +1,206 @@
+//! Probe family `syscalls`: every syscall of the target, counted and timed in the kernel
+//! (`lavtrace-ebpf/src/syscalls.rs`), read and differenced here once per interval.
+
+mod report;
+pub mod stats;
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+};
+use lavtrace_common::syscalls::{ErrnoKey, MAX_SYSCALLS, SyscallStats, diag};
+
+pub use report::{ErrnoCount, SyscallRow, write_text};
+
+use crate::ebpf::{Hook, attach_tracepoint};
+
+pub const FAMILY: &str = "syscalls";
+
+/// Cumulative kernel counters at one instant, merged across CPUs.
+#[derive(Clone, Default)]
+struct Snapshot {
+    per_nr: Vec<SyscallStats>,
+    errnos: HashMap<ErrnoKey, u64>,
+    untimed: u64,
+}
+
+pub struct Tracer {
+    stats: PerCpuArray<MapData, SyscallStats>,
+    errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
+    diag: PerCpuArray<MapData, u64>,
+    last: Snapshot,
+}
+
+impl Tracer {
+    pub fn attach(ebpf: &mut Ebpf) -> Result<(Tracer, Vec<Hook>)> {
+        let hooks = vec![
+            attach_tracepoint(ebpf, FAMILY, "syscalls_exit", "raw_syscalls", "sys_exit")?,
+            attach_tracepoint(ebpf, FAMILY, "syscalls_enter", "raw_syscalls", "sys_enter")?,
+        ];
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        let tracer = Tracer {
+            stats: PerCpuArray::try_from(take(ebpf, "SYSCALL_STATS")?)?,
+            errnos: PerCpuHashMap::try_from(take(ebpf, "SYSCALL_ERRNOS")?)?,
+            diag: PerCpuArray::try_from(take(ebpf, "SYSCALL_DIAG")?)?,
+            last: Snapshot {
+                per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
+                ..Snapshot::default()
+            },
+        };
+        Ok((tracer, hooks))
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
+        // a syscall's errno counts from running ahead of its error count.
+        let mut errnos = HashMap::new();
+        for entry in self.errnos.iter() {
+            let (key, counts) = entry.context("reading syscall errno counts")?;
+            errnos.insert(key, counts.iter().sum());
+        }
+        let mut per_nr = Vec::with_capacity(MAX_SYSCALLS as usize);
+        for nr in 0..MAX_SYSCALLS {
+            let slots = self
+                .stats
+                .get(&nr, 0)
+                .with_context(|| format!("reading syscall stats for {nr}"))?;
+            per_nr.push(stats::merge_cpus(slots.iter()));
+        }
+        let untimed = self
+            .diag
+            .get(&diag::START_TABLE_FULL, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0);
+        Ok(Snapshot {
+            per_nr,
+            errnos,
+            untimed,
+        })
+    }
+
+    /// Rows for what happened since the previous call (or since attach).
+    pub fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+        let cur = self.read()?;
+        let rows = rows(&cur, &self.last);
+        let untimed = cur.untimed.saturating_sub(self.last.untimed);
+        self.last = cur;
+        Ok((rows, untimed))
+    }
+
+    /// Rows for the whole run (the maps start empty at attach).
+    pub fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+        let cur = self.read()?;
+        let zero = Snapshot {
+            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
+            ..Snapshot::default()
+        };
+        let untimed = cur.untimed;
+        Ok((rows(&cur, &zero), untimed))
+    }
+}
+
+fn rows(cur: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {
+    let mut out: Vec<SyscallRow> = cur
+        .per_nr
+        .iter()
+        .zip(prev.per_nr.iter())
+        .enumerate()
+        .filter_map(|(nr, (c, p))| {
+            let w = stats::window(c, p);
+            (w.count > 0).then(|| SyscallRow::new(nr as u32, &w, top_errno(nr as u32, cur, prev)))
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
+    out
+}
+
+fn top_errno(nr: u32, cur: &Snapshot, prev: &Snapshot) -> Option<ErrnoCount> {
+    cur.errnos
+        .iter()
+        .filter(|(k, _)| k.nr == nr)
+        .map(|(k, &n)| {
+            (
+                k.errno,
+                n.saturating_sub(prev.errnos.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|&(_, n)| n > 0)
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(errno, count)| ErrnoCount::new(errno, count))
+}
+
+/// Name of a syscall number on this architecture.
+pub fn syscall_name(nr: u32) -> String {
+    syscalls::Sysno::new(nr as usize)
+        .map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
+}
+
+/// Symbolic name of a positive errno (`EAGAIN`).
+pub fn errno_name(errno: u32) -> String {
+    syscalls::Errno::new(errno as i32)
+        .name()
+        .map_or_else(|| format!("errno_{errno}"), str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_kernel_tables() {
+        assert_eq!(syscall_name(libc::SYS_getppid as u32), "getppid");
+        assert_eq!(syscall_name(libc::SYS_syncfs as u32), "syncfs");
+        assert_eq!(syscall_name(511), "syscall_511");
+        assert_eq!(errno_name(libc::EAGAIN as u32), "EAGAIN");
+        assert_eq!(errno_name(libc::EBADF as u32), "EBADF");
+    }
+
+    #[test]
+    fn rows_are_interval_differences_with_the_top_errno() {
+        let close = libc::SYS_close as u32;
+        let mut prev = Snapshot {
+            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
+            ..Snapshot::default()
+        };
+        prev.per_nr[close as usize].count = 10;
+        prev.per_nr[close as usize].errors = 2;
+        prev.errnos.insert(
+            ErrnoKey {
+                nr: close,
+                errno: 9,
+            },
+            2,
+        );
+        let mut cur = prev.clone();
+        cur.per_nr[close as usize].count = 15;
+        cur.per_nr[close as usize].errors = 5;
+        cur.errnos.insert(
+            ErrnoKey {
+                nr: close,
+                errno: 9,
+            },
+            3,
+        );
+        cur.errnos.insert(
+            ErrnoKey {
+                nr: close,
+                errno: 4,
+            },
+            2,
+        );
+        let rows = rows(&cur, &prev);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, "close");
+        assert_eq!(rows[0].count, 5);
+        assert_eq!(rows[0].errors, 3);
+        let top = rows[0].top_errno.as_ref().unwrap();
+        // EINTR went 0 → 2 in this window, EBADF only 2 → 3.
+        assert_eq!((top.name.as_str(), top.count), ("EINTR", 2));
+    }
+}

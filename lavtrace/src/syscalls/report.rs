@@ -1,0 +1,112 @@
+//! The `syscalls` rows as JSON objects and as a text table.
+
+use std::{cmp::Reverse, fmt::Write as _};
+
+use lavtrace_common::syscalls::SyscallStats;
+use serde::Serialize;
+
+use super::{errno_name, stats, syscall_name};
+use crate::{cli::SortKey, units};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrnoCount {
+    pub name: String,
+    pub errno: u32,
+    pub count: u64,
+}
+
+impl ErrnoCount {
+    pub fn new(errno: u32, count: u64) -> Self {
+        ErrnoCount {
+            name: errno_name(errno),
+            errno,
+            count,
+        }
+    }
+}
+
+/// One syscall over one window (an interval or the whole run).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyscallRow {
+    pub name: String,
+    pub nr: u32,
+    pub count: u64,
+    pub errors: u64,
+    pub top_errno: Option<ErrnoCount>,
+    pub total_ns: u64,
+    pub avg_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl SyscallRow {
+    pub fn new(nr: u32, w: &SyscallStats, top_errno: Option<ErrnoCount>) -> Self {
+        SyscallRow {
+            name: syscall_name(nr),
+            nr,
+            count: w.count,
+            errors: w.errors,
+            top_errno,
+            total_ns: w.total_ns,
+            avg_ns: w.total_ns.checked_div(w.count).unwrap_or(0),
+            p50_ns: stats::percentile(&w.buckets, w.max_ns, 0.50),
+            p99_ns: stats::percentile(&w.buckets, w.max_ns, 0.99),
+            max_ns: w.max_ns,
+        }
+    }
+}
+
+/// The table: top `top` rows by `sort`, then a total line.
+pub fn write_text(out: &mut String, rows: &[SyscallRow], sort: SortKey, top: usize) {
+    let mut sorted: Vec<&SyscallRow> = rows.iter().collect();
+    match sort {
+        SortKey::Count => sorted.sort_by_key(|r| Reverse(r.count)),
+        SortKey::Time => sorted.sort_by_key(|r| Reverse(r.total_ns)),
+        SortKey::Errors => {
+            sorted.sort_by(|a, b| b.errors.cmp(&a.errors).then(b.count.cmp(&a.count)))
+        }
+        SortKey::Max => sorted.sort_by_key(|r| Reverse(r.max_ns)),
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>7} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "SYSCALL", "COUNT", "ERRORS", "TOP ERRNO", "TOTAL", "AVG", "P50", "P99", "MAX"
+    );
+    for r in sorted.iter().take(top) {
+        let errno = r
+            .top_errno
+            .as_ref()
+            .map(|e| format!("{} ({})", e.name, e.count))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>7} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            r.name,
+            r.count,
+            r.errors,
+            errno,
+            units::ns(r.total_ns),
+            units::ns(r.avg_ns),
+            units::ns(r.p50_ns),
+            units::ns(r.p99_ns),
+            units::ns(r.max_ns),
+        );
+    }
+    let count: u64 = rows.iter().map(|r| r.count).sum();
+    let errors: u64 = rows.iter().map(|r| r.errors).sum();
+    let hidden = rows.len().saturating_sub(top);
+    let more = if hidden > 0 {
+        format!(" ({hidden} more syscalls not shown; --top)")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>7}   {} distinct{more}",
+        "total",
+        count,
+        errors,
+        rows.len()
+    );
+}

@@ -1,0 +1,193 @@
+//! The traced process: finding it by pid or name, describing it, and noticing when it exits.
+
+use std::{
+    fs,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::{cli::TargetArgs, error::Fatal};
+
+/// The process name traced when neither --pid nor --comm is given.
+pub const DEFAULT_COMM: &str = "lavinmq";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    pub threads: usize,
+}
+
+impl Target {
+    pub fn resolve(args: &TargetArgs) -> Result<Target> {
+        match (args.pid, args.comm.as_deref()) {
+            (Some(pid), _) => Target::from_pid(pid),
+            (None, Some(comm)) => Target::from_comm(comm),
+            (None, None) => Target::from_comm(DEFAULT_COMM),
+        }
+    }
+
+    pub fn from_pid(pid: u32) -> Result<Target> {
+        let status = fs::read_to_string(proc_path(pid, "status"))
+            .map_err(|_| Fatal::Target(format!("no process with pid {pid}")))?;
+        let tgid = status_field(&status, "Tgid:").and_then(|v| v.parse::<u32>().ok());
+        if tgid != Some(pid) {
+            let owner = tgid.map_or_else(|| "?".to_string(), |t| t.to_string());
+            return Err(Fatal::Target(format!(
+                "pid {pid} is a thread of process {owner}; trace --pid {owner}"
+            ))
+            .into());
+        }
+        Ok(Target {
+            pid,
+            comm: read_comm(pid).unwrap_or_default(),
+            threads: thread_count(pid),
+        })
+    }
+
+    pub fn from_comm(comm: &str) -> Result<Target> {
+        let me = std::process::id();
+        let mut matches: Vec<u32> = all_pids()?
+            .into_iter()
+            .filter(|&pid| pid != me && read_comm(pid).as_deref() == Some(comm))
+            .collect();
+        matches.sort_unstable();
+        match matches.as_slice() {
+            [] => Err(
+                Fatal::Target(format!("no process named {comm:?}; give --pid or --comm")).into(),
+            ),
+            [pid] => Target::from_pid(*pid),
+            many => Err(Fatal::Target(format!(
+                "{} processes named {comm:?} (pids {}); pick one with --pid",
+                many.len(),
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into()),
+        }
+    }
+}
+
+fn proc_path(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{file}"))
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(str::trim)
+}
+
+pub fn read_comm(pid: u32) -> Option<String> {
+    fs::read_to_string(proc_path(pid, "comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+pub fn thread_count(pid: u32) -> usize {
+    fs::read_dir(proc_path(pid, "task")).map_or(0, |d| d.count())
+}
+
+fn all_pids() -> Result<Vec<u32>> {
+    Ok(fs::read_dir("/proc")
+        .context("reading /proc")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// How the target ended, as far as lavtrace can know.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetExit {
+    /// Exit code, known only when the target is lavtrace's own child (`demo`).
+    pub code: Option<i32>,
+    /// Terminating signal, likewise.
+    pub signal: Option<i32>,
+}
+
+/// Resolves when the target exits.
+pub enum ExitWatch {
+    /// Any process: a pidfd turns readable when it exits (status not knowable).
+    Pidfd(AsyncFd<OwnedFd>),
+    /// Our own child: the full exit status.
+    Child(tokio::process::Child),
+}
+
+impl ExitWatch {
+    pub fn pidfd(pid: u32) -> Result<ExitWatch> {
+        // SAFETY: pidfd_open has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Err(Fatal::Target(format!("process {pid} exited before attach")).into());
+            }
+            return Err(err).context("pidfd_open");
+        }
+        // SAFETY: the kernel just handed us this descriptor and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the descriptor until it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("watching the target's pidfd")?;
+        Ok(ExitWatch::Pidfd(fd))
+    }
+
+    pub async fn wait(&mut self) -> TargetExit {
+        match self {
+            ExitWatch::Pidfd(fd) => {
+                let _ = fd.readable().await;
+                TargetExit {
+                    code: None,
+                    signal: None,
+                }
+            }
+            ExitWatch::Child(child) => match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    TargetExit {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(_) => TargetExit {
+                    code: None,
+                    signal: None,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_itself_by_pid() {
+        let t = Target::from_pid(std::process::id()).unwrap();
+        assert_eq!(t.pid, std::process::id());
+        assert!(t.threads >= 1);
+    }
+
+    #[test]
+    fn unknown_pid_is_a_target_error() {
+        let err = Target::from_pid(u32::MAX - 1).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<Fatal>(),
+            Some(Fatal::Target(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_comm_is_a_target_error() {
+        let err = Target::from_comm("no-such-process-name").unwrap_err();
+        assert!(err.to_string().contains("no process named"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Mode `demo`: a small broker-shaped syscall mix (socket-like pipe traffic with EAGAIN reads,
+//! timer sleeps), until stdin closes.
+
+use std::{
+    io::Read as _,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+pub fn run() -> std::io::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().lock().read_to_end(&mut sink);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let (reader, writer) = std::io::pipe()?;
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = [0u8; 4096];
+    let batch = [7u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..20 {
+            // SAFETY: valid buffers and owned descriptors.
+            unsafe {
+                libc::write(writer.as_raw_fd(), batch.as_ptr().cast(), batch.len());
+                libc::read(reader.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+                // Nothing left: EAGAIN, as a broker's non-blocking socket reads often are.
+                libc::read(reader.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}

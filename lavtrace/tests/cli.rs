@@ -1,0 +1,110 @@
+//! Bad input gets one clear line on stderr and a documented exit code, never a panic or a hang.
+
+mod common;
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use common::LAVTRACE;
+
+fn run(args: &[&str]) -> (i32, String) {
+    run_cmd(Command::new(LAVTRACE).args(args))
+}
+
+fn run_cmd(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("running lavtrace");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "lavtrace panicked: {stderr}");
+    (out.status.code().expect("exited, not killed"), stderr)
+}
+
+fn one_error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("lavtrace: error: "), "{stderr}");
+    lines[0]
+}
+
+#[test]
+fn unknown_pid_exits_3() {
+    let (code, stderr) = run(&["trace", "--pid", "999999999"]);
+    assert_eq!(code, 3);
+    assert!(one_error_line(&stderr).contains("no process with pid 999999999"));
+}
+
+#[test]
+fn unknown_comm_exits_3() {
+    let (code, stderr) = run(&["trace", "--comm", "no-such-proc"]);
+    assert_eq!(code, 3);
+    assert!(one_error_line(&stderr).contains("no process named \"no-such-proc\""));
+}
+
+#[test]
+fn ambiguous_comm_lists_the_candidates() {
+    // Two processes with one unusual name: copies of sleep(1).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("lvt-ambig");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut a = Command::new(&exe).arg("30").spawn().unwrap();
+    let mut b = Command::new(&exe).arg("30").spawn().unwrap();
+    let (code, stderr) = run(&["trace", "--comm", "lvt-ambig"]);
+    let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+    assert_eq!(code, 3);
+    let line = one_error_line(&stderr);
+    assert!(line.contains("2 processes named"), "{line}");
+    assert!(
+        line.contains(&a.id().to_string()) && line.contains(&b.id().to_string()),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_duration_and_unknown_probe_exit_2() {
+    let (code, stderr) = run(&["trace", "--pid", "1", "--duration", "soon"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--duration"), "{stderr}");
+    let (code, stderr) = run(&["trace", "--pid", "1", "--probes", "syscalls,nosuch"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("nosuch"), "{stderr}");
+}
+
+#[test]
+fn not_root_exits_4() {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        // Already unprivileged: the plain run must fail the same way.
+        let (code, stderr) = run(&["trace", "--pid", &std::process::id().to_string()]);
+        assert_eq!(code, 4, "{stderr}");
+        return;
+    }
+    let me = std::process::id().to_string();
+    let (code, stderr) = run_cmd(
+        Command::new(LAVTRACE)
+            .args(["trace", "--pid", &me])
+            .uid(65534)
+            .gid(65534),
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert!(one_error_line(&stderr).contains("needs root"));
+}
+
+#[test]
+fn help_lists_the_contract() {
+    let out = Command::new(LAVTRACE)
+        .args(["trace", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--pid",
+        "--comm",
+        "--duration",
+        "--interval",
+        "--probes",
+        "--format",
+        "--top",
+        "--sort",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

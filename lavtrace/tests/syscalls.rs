@@ -1,0 +1,121 @@
+//! Family `syscalls` against the real kernel: a workload with known calls must be reported
+//! exactly, and nothing from another process may be counted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Trace, Workload, count, require_root, syscall};
+use serde_json::Value;
+
+#[test]
+fn exact_counts_errors_and_latency_for_the_target_only() {
+    require_root();
+    let mut target = Workload::spawn(&[
+        "syscalls",
+        "--getppid",
+        "5000",
+        "--bad-close",
+        "37",
+        "--sleep",
+        "200ms",
+    ]);
+    // The same calls from another process at the same time must not leak in.
+    let mut bystander = Workload::spawn(&["syscalls", "--getppid", "3000", "--bad-close", "11"]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "syscalls",
+        "--interval",
+        "100ms",
+    ]);
+    assert_eq!(trace.attached["target"]["pid"], target.pid);
+    let hooks: Vec<&str> = trace.attached["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["via"].as_str().unwrap())
+        .collect();
+    assert!(
+        hooks.contains(&"tracepoint raw_syscalls:sys_enter"),
+        "{hooks:?}"
+    );
+
+    bystander.go();
+    target.go();
+    bystander.wait_done();
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+
+    assert_eq!(summary["end"]["reason"], "target_exited");
+    assert_eq!(count(summary, "getppid"), 5000);
+    let close = syscall(summary, "close").expect("close row");
+    assert_eq!(close["errors"], 37);
+    assert_eq!(close["top_errno"]["name"], "EBADF");
+    assert_eq!(close["top_errno"]["count"], 37);
+    let getppid = syscall(summary, "getppid").unwrap();
+    assert_eq!(getppid["errors"], 0);
+    assert!(getppid["p99_ns"].as_u64().unwrap() <= getppid["max_ns"].as_u64().unwrap());
+
+    let sleep = syscall(summary, "clock_nanosleep").expect("clock_nanosleep row");
+    assert_eq!(sleep["count"], 1);
+    let max = Duration::from_nanos(sleep["max_ns"].as_u64().unwrap());
+    assert!(
+        max >= Duration::from_millis(200) && max < Duration::from_millis(400),
+        "a 200ms sleep measured {max:?}"
+    );
+    assert_eq!(sleep["total_ns"], sleep["max_ns"]);
+
+    // The intervals add up to the summary.
+    let intervals: Vec<&Value> = records.iter().filter(|r| r["type"] == "interval").collect();
+    assert!(!intervals.is_empty());
+    let per_interval: u64 = intervals.iter().map(|r| count(r, "getppid")).sum();
+    assert_eq!(per_interval, 5000);
+    assert_eq!(summary["lost_events"]["syscalls"], 0);
+}
+
+#[test]
+fn duration_ends_the_run_with_a_summary() {
+    require_root();
+    // A target that never gets its go signal: alive, idle, blocked in read(2).
+    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--duration",
+        "600ms",
+        "--interval",
+        "200ms",
+    ]);
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "duration");
+    assert_eq!(count(summary, "getppid"), 0);
+    let intervals = records.iter().filter(|r| r["type"] == "interval").count();
+    assert!(
+        (3..=4).contains(&intervals),
+        "{intervals} intervals in 600ms at 200ms"
+    );
+    drop(target);
+}
+
+#[test]
+fn sigterm_prints_the_summary_and_exits_zero() {
+    require_root();
+    let mut target = Workload::spawn(&["syscalls", "--getppid", "1234"]);
+    let trace = Trace::spawn(&["--pid", &target.pid.to_string(), "--probes", "syscalls"]);
+    target.go();
+    target.wait_done();
+    // Let lavtrace notice nothing yet: signal it while the target may still be exiting.
+    trace.signal(libc::SIGTERM);
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let reason = summary["end"]["reason"].as_str().unwrap();
+    assert!(
+        reason == "signal" || reason == "target_exited",
+        "ended by {reason}"
+    );
+    assert_eq!(count(summary, "getppid"), 1234);
+}

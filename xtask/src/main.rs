@@ -1,0 +1,152 @@
+//! Developer tasks for lavtrace. `cargo xtask --help` lists them.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "lavtrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and running lavtrace needs (idempotent, seconds when done):
+    /// nightly rust-src, bpf-linker built against the nightly toolchain's LLVM, tracefs.
+    Setup,
+    /// Set up, build in release mode and run lavtrace. Without arguments: trace a running
+    /// `lavinmq` if there is one, else `lavtrace demo`.
+    Run {
+        /// Arguments for lavtrace (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then check formatting, run clippy (userspace and eBPF) and every test.
+    /// The eBPF integration tests need root.
+    Test,
+    /// Format check and clippy only (userspace crates and the eBPF crate).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "lavtrace"])?;
+            let args = if args.is_empty() {
+                default_run_args()
+            } else {
+                args
+            };
+            eprintln!("xtask: lavtrace {}", args.join(" "));
+            let status = Command::new(workspace_root().join("target/release/lavtrace"))
+                .args(&args)
+                .status()
+                .context("running lavtrace")?;
+            if !status.success() {
+                bail!("lavtrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test => {
+            setup::run()?;
+            lint()?;
+            cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])
+        }
+        Task::Lint => {
+            setup::run()?;
+            lint()
+        }
+    }
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lavtrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The kernel programs, linted for their real target.
+    let status = Command::new("cargo")
+        .current_dir(workspace_root().join("lavtrace-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/ebpf-clippy"),
+        )
+        .status()
+        .context("running cargo clippy on lavtrace-ebpf")?;
+    if !status.success() {
+        bail!("clippy found problems in lavtrace-ebpf");
+    }
+    Ok(())
+}
+
+/// Trace the broker if one runs here, else the demo workload.
+fn default_run_args() -> Vec<String> {
+    let broker_running = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "lavinmq")
+        });
+    if broker_running {
+        vec!["trace".into(), "--comm".into(), "lavinmq".into()]
+    } else {
+        vec!["demo".into()]
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
