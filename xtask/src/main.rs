@@ -1,5 +1,6 @@
 //! Developer tasks for lavtrace. `cargo xtask --help` lists them.
 
+mod broker;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -31,6 +32,11 @@ enum Task {
     Test,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
+    /// Run a throwaway RabbitMQ on 127.0.0.1 (foreground; Ctrl-C stops it) to trace by hand.
+    Broker {
+        #[arg(long, default_value_t = 5672)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,7 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             lint()
         }
+        Task::Broker { port } => broker::run(port),
     }
 }
 

@@ -11,11 +11,39 @@ use anyhow::{Context as _, Result, bail};
 /// The bpf-linker release line that works with aya 0.14's object format.
 const BPF_LINKER_VERSION: &str = "0.13";
 
+/// Debian packages the tests need: a real AMQP broker for the end-to-end test.
+const DEBIAN_PACKAGES: &[&str] = &["rabbitmq-server"];
+
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     tracefs()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     Ok(())
+}
+
+/// Installs the missing ones from Debian (the package registry every machine here reaches).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -5,6 +5,7 @@
 //! (the go signal, sent once the tracer is attached), does its work, prints `done` and exits.
 //! The `demo` mode instead loops until stdin reaches EOF, so it never outlives its tracer.
 
+mod amqp;
 mod demo;
 mod syscalls;
 
@@ -27,6 +28,8 @@ pub enum Mode {
     Syscalls(syscalls::Args),
     /// A broker-shaped mix, until stdin closes.
     Demo,
+    /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
+    Amqp(amqp::Args),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
@@ -36,6 +39,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
     let result = match &args.mode {
         Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
         Mode::Demo => ready_then(demo::run),
+        Mode::Amqp(a) => ready_then(|| amqp::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 //! deadlines on every wait so a broken build fails instead of hanging.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod rabbitmq;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, ChildStdin, Command, Stdio},

@@ -1,0 +1,136 @@
+//! Mode `amqp`: a real AMQP 0-9-1 client with known behaviour, against a real broker.
+//!
+//! After the go line: `--marker-getppid` getppid calls (so a test can prove the client's own
+//! syscalls are not counted as the broker's), then `--connections` connections, each
+//! publishing its share of `--messages` persistent messages of `--size` bytes to one durable
+//! queue with publisher confirms; then the first connection consumes and acks them all; then
+//! every connection is closed by the client. Prints one `stats {json}` line before `done`.
+
+use std::io::Write as _;
+
+use futures_lite::StreamExt as _;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Broker URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value_t = 3)]
+    pub connections: u32,
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u32,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    #[arg(long, default_value = "lavtrace-e2e")]
+    pub queue: String,
+    #[arg(long, default_value_t = 0)]
+    pub marker_getppid: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    connections: u32,
+    published: u64,
+    confirmed: u64,
+    consumed: u64,
+    body_bytes: u64,
+}
+
+pub fn run(args: &Args) -> std::io::Result<()> {
+    for _ in 0..args.marker_getppid {
+        // SAFETY: no arguments.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stats = runtime
+        .block_on(exchange(args))
+        .map_err(std::io::Error::other)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "stats {}", serde_json::to_string(&stats)?)?;
+    stdout.flush()
+}
+
+async fn exchange(args: &Args) -> Result<Stats, lapin::Error> {
+    let mut stats = Stats::default();
+    let mut connections = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        connections.push(Connection::connect(&args.url, ConnectionProperties::default()).await?);
+        stats.connections += 1;
+    }
+    let body = vec![b'm'; args.size];
+    let properties = BasicProperties::default().with_delivery_mode(2); // persistent
+    let per_connection = args.messages.div_ceil(stats.connections);
+    let mut remaining = args.messages;
+    for (i, conn) in connections.iter().enumerate() {
+        let channel = conn.create_channel().await?;
+        if i == 0 {
+            channel
+                .queue_declare(
+                    args.queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let n = per_connection.min(remaining);
+        remaining -= n;
+        for _ in 0..n {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    args.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
+                .await?;
+            stats.published += 1;
+            stats.body_bytes += body.len() as u64;
+            if confirm.await?.is_ack() {
+                stats.confirmed += 1;
+            }
+        }
+        channel.close(200, "published".into()).await?;
+    }
+
+    let channel = connections[0].create_channel().await?;
+    channel.basic_qos(100, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            args.queue.as_str().into(),
+            "lavtrace-workload".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while stats.consumed < stats.published {
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
+        delivery?.ack(BasicAckOptions::default()).await?;
+        stats.consumed += 1;
+    }
+    channel
+        .queue_delete(args.queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    channel.close(200, "consumed".into()).await?;
+    for conn in &connections {
+        conn.close(200, "bye".into()).await?;
+    }
+    Ok(stats)
+}

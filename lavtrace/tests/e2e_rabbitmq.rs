@@ -1,0 +1,78 @@
+//! End to end against a real broker: RabbitMQ (Debian's package), traced while a real AMQP
+//! client (lapin, in the workload's `amqp` mode) publishes persistent messages with confirms
+//! and consumes them.
+
+mod common;
+
+use common::{Trace, Workload, count, rabbitmq::RabbitMq, require_root};
+use serde_json::Value;
+
+const CONNECTIONS: u32 = 3;
+const MESSAGES: u64 = 600;
+const MARKER: u64 = 4242;
+
+#[test]
+fn traces_a_real_broker_under_a_real_client() {
+    require_root();
+    let broker = RabbitMq::start();
+    let mut client = Workload::spawn(&[
+        "amqp",
+        "--url",
+        &broker.url(),
+        "--connections",
+        &CONNECTIONS.to_string(),
+        "--messages",
+        &MESSAGES.to_string(),
+        "--size",
+        "2048",
+        "--marker-getppid",
+        &MARKER.to_string(),
+    ]);
+    let trace = Trace::spawn(&["--pid", &broker.pid.to_string(), "--interval", "500ms"]);
+    assert_eq!(trace.attached["target"]["comm"], "beam.smp");
+
+    client.go();
+    let stats = client.lines.next().expect("client stats");
+    let stats: Value = serde_json::from_str(stats.strip_prefix("stats ").expect("stats line"))
+        .expect("stats JSON");
+    client.wait_done();
+    assert_eq!(stats["connections"], CONNECTIONS);
+    assert_eq!(stats["published"], MESSAGES);
+    assert_eq!(
+        stats["confirmed"], MESSAGES,
+        "every persistent publish confirmed"
+    );
+    assert_eq!(stats["consumed"], MESSAGES);
+    client.finish();
+
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "signal");
+
+    // The client's marker calls are its own: none may be counted as the broker's.
+    assert_eq!(
+        count(summary, "getppid"),
+        0,
+        "client syscalls leaked into the broker's"
+    );
+    // Confirms of persistent messages force the broker to sync to disk.
+    let syncs = count(summary, "fsync") + count(summary, "fdatasync");
+    assert!(
+        syncs > 0,
+        "no fsync/fdatasync from a broker confirming persistent messages"
+    );
+    // The broker did the network side of the exchange.
+    let socket_io: u64 = ["recvfrom", "writev", "sendmsg", "sendto", "read", "write"]
+        .iter()
+        .map(|s| count(summary, s))
+        .sum();
+    assert!(
+        socket_io >= MESSAGES,
+        "{socket_io} socket calls for {MESSAGES} messages"
+    );
+    for (family, lost) in summary["lost_events"].as_object().unwrap() {
+        assert_eq!(lost, 0, "{family} lost events at this rate");
+    }
+    drop(broker);
+}
