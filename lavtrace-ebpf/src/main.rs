@@ -5,6 +5,7 @@
 #![no_main]
 
 mod filter;
+mod floor;
 mod ring;
 mod syscalls;
 

@@ -93,6 +93,9 @@ pub struct DemoArgs {
 pub enum Probe {
     /// Every syscall: count, errors, latency (in-kernel aggregation).
     Syscalls,
+    /// Benchmarks only: empty programs on the syscalls tracepoints (the cost floor).
+    #[value(hide = true)]
+    Floor,
 }
 
 impl Probe {
@@ -103,6 +106,7 @@ impl Probe {
     pub fn name(self) -> &'static str {
         match self {
             Probe::Syscalls => "syscalls",
+            Probe::Floor => "floor",
         }
     }
 }

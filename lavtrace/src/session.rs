@@ -54,6 +54,19 @@ impl Session {
                     syscalls = Some(tracer);
                     hooks.extend(h);
                 }
+                Probe::Floor => {
+                    for (program, name) in
+                        [("floor_exit", "sys_exit"), ("floor_enter", "sys_enter")]
+                    {
+                        hooks.push(ebpf::attach_tracepoint(
+                            &mut ebpf,
+                            "floor",
+                            program,
+                            "raw_syscalls",
+                            name,
+                        )?);
+                    }
+                }
             }
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");

@@ -1,5 +1,6 @@
 //! Developer tasks for lavtrace. `cargo xtask --help` lists them.
 
+mod bench;
 mod broker;
 mod setup;
 
@@ -32,6 +33,21 @@ enum Task {
     Test,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
+    /// Measure what tracing costs next to strace, perf trace and bpftrace; writes BENCHMARKS.md.
+    Bench {
+        /// Runs per row (interleaved).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Syscalls per run of the syscall-bound loop.
+        #[arg(long, default_value_t = 2_000_000)]
+        spin_calls: u64,
+        /// Messages per run of the broker scenario.
+        #[arg(long, default_value_t = 20000)]
+        broker_messages: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: std::path::PathBuf,
+    },
     /// Run a throwaway RabbitMQ on 127.0.0.1 (foreground; Ctrl-C stops it) to trace by hand.
     Broker {
         #[arg(long, default_value_t = 5672)]
@@ -80,6 +96,20 @@ fn run(task: Task) -> Result<()> {
             lint()
         }
         Task::Broker { port } => broker::run(port),
+        Task::Bench {
+            runs,
+            spin_calls,
+            broker_messages,
+            output,
+        } => {
+            setup::run()?;
+            bench::run(&bench::Options {
+                runs,
+                spin_calls,
+                broker_messages,
+                output: workspace_root().join(output),
+            })
+        }
     }
 }
 
@@ -138,7 +168,7 @@ fn default_run_args() -> Vec<String> {
     }
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())

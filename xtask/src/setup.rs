@@ -37,10 +37,11 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(Command::new("apt-get").args(["update", "-qq", "-o", "DPkg::Lock::Timeout=600"]))?;
     status(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

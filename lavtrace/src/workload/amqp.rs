@@ -35,6 +35,9 @@ pub struct Args {
     pub queue: String,
     #[arg(long, default_value_t = 0)]
     pub marker_getppid: u64,
+    /// Publishes in flight before their confirms are awaited (1: each publish waits).
+    #[arg(long, default_value_t = 1)]
+    pub confirm_window: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -44,6 +47,8 @@ struct Stats {
     confirmed: u64,
     consumed: u64,
     body_bytes: u64,
+    /// Wall time of the whole exchange (connect to close).
+    elapsed_ns: u64,
 }
 
 pub fn run(args: &Args) -> std::io::Result<()> {
@@ -54,9 +59,11 @@ pub fn run(args: &Args) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let stats = runtime
+    let started = std::time::Instant::now();
+    let mut stats = runtime
         .block_on(exchange(args))
         .map_err(std::io::Error::other)?;
+    stats.elapsed_ns = started.elapsed().as_nanos() as u64;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "stats {}", serde_json::to_string(&stats)?)?;
     stdout.flush()
@@ -89,20 +96,27 @@ async fn exchange(args: &Args) -> Result<Stats, lapin::Error> {
             .await?;
         let n = per_connection.min(remaining);
         remaining -= n;
-        for _ in 0..n {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    args.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties.clone(),
-                )
-                .await?;
+        let mut in_flight = Vec::with_capacity(args.confirm_window.max(1));
+        for sent in 1..=n {
+            in_flight.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        args.queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties.clone(),
+                    )
+                    .await?,
+            );
             stats.published += 1;
             stats.body_bytes += body.len() as u64;
-            if confirm.await?.is_ack() {
-                stats.confirmed += 1;
+            if in_flight.len() >= args.confirm_window.max(1) || sent == n {
+                for confirm in in_flight.drain(..) {
+                    if confirm.await?.is_ack() {
+                        stats.confirmed += 1;
+                    }
+                }
             }
         }
         channel.close(200, "published".into()).await?;

@@ -7,6 +7,7 @@
 
 mod amqp;
 mod demo;
+mod spin;
 mod syscalls;
 
 use std::{
@@ -28,6 +29,8 @@ pub enum Mode {
     Syscalls(syscalls::Args),
     /// A broker-shaped mix, until stdin closes.
     Demo,
+    /// As many cheap syscalls as possible, timed (benchmarks).
+    Spin(spin::Args),
     /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
     Amqp(amqp::Args),
 }
@@ -40,6 +43,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
         Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
         Mode::Demo => ready_then(demo::run),
         Mode::Amqp(a) => ready_then(|| amqp::run(a)),
+        Mode::Spin(a) => ready_then(|| spin::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
