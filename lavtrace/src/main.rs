@@ -6,6 +6,7 @@ mod demo;
 mod ebpf;
 mod error;
 mod output;
+mod overhead;
 mod ringbuf;
 mod session;
 mod syscalls;

@@ -23,6 +23,9 @@ pub struct Sections {
     pub syscalls: Option<Vec<SyscallRow>>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
+    /// What tracing cost in this window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<crate::overhead::Overhead>,
 }
 
 impl Sections {
@@ -38,6 +41,9 @@ impl Sections {
             .collect();
         if !lost.is_empty() {
             let _ = writeln!(out, "LOST EVENTS: {}", lost.join(", "));
+        }
+        if let Some(o) = &self.overhead {
+            let _ = writeln!(out, "{}", crate::overhead::text(o));
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     cli::{Probe, ReportArgs},
     ebpf::{self, Hook},
     output::{End, Output, Sections},
+    overhead::Meter,
     ringbuf::LostCounters,
     syscalls,
     target::{ExitWatch, Target},
@@ -19,7 +20,8 @@ use crate::{
 
 pub struct Session {
     // Owns every program and link: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    meter: Meter,
     target: Target,
     probes: Vec<Probe>,
     hooks: Vec<Hook>,
@@ -71,7 +73,8 @@ impl Session {
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
         Ok(Session {
-            _ebpf: ebpf,
+            meter: Meter::start(&ebpf),
+            ebpf,
             target,
             probes,
             hooks,
@@ -88,7 +91,13 @@ impl Session {
     async fn flush(&mut self) {}
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
-        let mut s = Sections::default();
+        let mut s = Sections {
+            overhead: Some(match window {
+                Window::Interval => self.meter.interval(&self.ebpf),
+                Window::Whole => self.meter.whole(&self.ebpf),
+            }),
+            ..Sections::default()
+        };
         if let Some(t) = self.syscalls.as_mut() {
             let (rows, untimed) = match window {
                 Window::Interval => t.interval()?,

@@ -21,6 +21,22 @@ pub fn ns(ns: u64) -> String {
     }
 }
 
+/// A byte count with binary prefixes: `512B`, `8.0MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -30,5 +46,11 @@ mod tests {
         assert_eq!(super::ns(12_340_000), "12.3ms");
         assert_eq!(super::ns(1_050_000_000), "1.05s");
         assert_eq!(super::ns(250_000), "250µs");
+    }
+
+    #[test]
+    fn bytes_use_binary_prefixes() {
+        assert_eq!(super::bytes(512), "512B");
+        assert_eq!(super::bytes(8 << 20), "8.0MiB");
     }
 }
