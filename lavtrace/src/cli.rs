@@ -73,6 +73,10 @@ pub struct ReportArgs {
     /// Order of the syscall table.
     #[arg(long, value_enum, default_value_t = SortKey::Count)]
     pub sort: SortKey,
+
+    /// Plain periodic tables even on a terminal (the live view is the default there).
+    #[arg(long)]
+    pub no_tui: bool,
 }
 
 #[derive(Debug, Clone, Args)]

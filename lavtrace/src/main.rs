@@ -11,6 +11,7 @@ mod ringbuf;
 mod session;
 mod syscalls;
 mod target;
+mod tui;
 mod units;
 mod workload;
 

@@ -53,7 +53,11 @@ impl Sections {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum End {
     Duration,
-    Signal { signal: &'static str },
+    Signal {
+        signal: &'static str,
+    },
+    /// `q` in the live view.
+    Quit,
     TargetExited(TargetExit),
 }
 
@@ -172,6 +176,7 @@ impl Output {
                 let why = match end {
                     End::Duration => "duration reached".to_string(),
                     End::Signal { signal } => format!("{signal} received"),
+                    End::Quit => "quit from the live view".to_string(),
                     End::TargetExited(exit) => match (exit.code, exit.signal) {
                         (Some(code), _) => format!("target exited with status {code}"),
                         (_, Some(sig)) => format!("target killed by signal {sig}"),

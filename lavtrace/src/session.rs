@@ -9,13 +9,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
-    cli::{Probe, ReportArgs},
+    cli::{Format, Probe, ReportArgs},
     ebpf::{self, Hook},
     output::{End, Output, Sections},
     overhead::Meter,
     ringbuf::LostCounters,
     syscalls,
     target::{ExitWatch, Target},
+    tui::{Action, Tui},
 };
 
 pub struct Session {
@@ -112,9 +113,20 @@ impl Session {
     /// Reports until the end, then prints the summary. Returns why it ended.
     pub async fn run(mut self, args: &ReportArgs, mut exit: ExitWatch) -> Result<End> {
         let out = Output::new(args);
-        let names = self.probes.iter().map(|p| p.name()).collect();
-        out.attached(&self.target, names, &self.hooks)
-            .context("writing to stdout")?;
+        let mut tui = if args.format == Format::Text
+            && !args.no_tui
+            && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        {
+            Some(
+                Tui::start(&self.target, &self.hooks, args.sort)
+                    .context("starting the live view")?,
+            )
+        } else {
+            let names = self.probes.iter().map(|p| p.name()).collect();
+            out.attached(&self.target, names, &self.hooks)
+                .context("writing to stdout")?;
+            None
+        };
 
         let started = Instant::now();
         let mut ticker =
@@ -133,10 +145,20 @@ impl Session {
                     seq += 1;
                     let now = Instant::now();
                     let sections = self.sections(Window::Interval)?;
-                    out.interval(seq, now - started, now - last_report, &sections)
-                        .context("writing to stdout")?;
+                    match tui.as_mut() {
+                        Some(t) => t.update(seq, now - last_report, sections)?,
+                        None => out
+                            .interval(seq, now - started, now - last_report, &sections)
+                            .context("writing to stdout")?,
+                    }
                     last_report = now;
                 }
+                action = next_action(&mut tui) => match (action, tui.as_mut()) {
+                    (Action::Quit, _) => break End::Quit,
+                    (Action::Redraw, Some(t)) => t.draw()?,
+                    (Action::View(key), Some(t)) => t.key(key)?,
+                    _ => {}
+                },
                 _ = sleep_until(deadline) => break End::Duration,
                 _ = sigint.recv() => break End::Signal { signal: "SIGINT" },
                 _ = sigterm.recv() => break End::Signal { signal: "SIGTERM" },
@@ -146,9 +168,11 @@ impl Session {
         };
 
         self.flush().await;
+        // Back to the normal screen, where the summary stays readable after exit.
+        let live = tui.take().is_some();
         // The last, partial interval, unless it is too short to mean anything.
         let now = Instant::now();
-        if now - last_report >= Duration::from_millis(50) || seq == 0 {
+        if !live && (now - last_report >= Duration::from_millis(50) || seq == 0) {
             seq += 1;
             let sections = self.sections(Window::Interval)?;
             out.interval(seq, now - started, now - last_report, &sections)
@@ -158,6 +182,13 @@ impl Session {
         out.summary(started.elapsed(), seq, &end, &sections)
             .context("writing to stdout")?;
         Ok(end)
+    }
+}
+
+async fn next_action(tui: &mut Option<Tui>) -> Action {
+    match tui {
+        Some(t) => t.next_action().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,7 +13,7 @@ use aya::{
 };
 use lavtrace_common::syscalls::{ErrnoKey, MAX_SYSCALLS, SyscallStats, diag};
 
-pub use report::{ErrnoCount, SyscallRow, write_text};
+pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 
 use crate::ebpf::{Hook, attach_tracepoint};
 

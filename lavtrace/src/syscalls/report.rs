@@ -57,17 +57,20 @@ impl SyscallRow {
     }
 }
 
+/// Orders rows for display, most first.
+pub fn sort_rows(rows: &mut [&SyscallRow], sort: SortKey) {
+    match sort {
+        SortKey::Count => rows.sort_by_key(|r| Reverse(r.count)),
+        SortKey::Time => rows.sort_by_key(|r| Reverse(r.total_ns)),
+        SortKey::Errors => rows.sort_by(|a, b| b.errors.cmp(&a.errors).then(b.count.cmp(&a.count))),
+        SortKey::Max => rows.sort_by_key(|r| Reverse(r.max_ns)),
+    }
+}
+
 /// The table: top `top` rows by `sort`, then a total line.
 pub fn write_text(out: &mut String, rows: &[SyscallRow], sort: SortKey, top: usize) {
     let mut sorted: Vec<&SyscallRow> = rows.iter().collect();
-    match sort {
-        SortKey::Count => sorted.sort_by_key(|r| Reverse(r.count)),
-        SortKey::Time => sorted.sort_by_key(|r| Reverse(r.total_ns)),
-        SortKey::Errors => {
-            sorted.sort_by(|a, b| b.errors.cmp(&a.errors).then(b.count.cmp(&a.count)))
-        }
-        SortKey::Max => sorted.sort_by_key(|r| Reverse(r.max_ns)),
-    }
+    sort_rows(&mut sorted, sort);
     let _ = writeln!(
         out,
         "{:<20} {:>9} {:>7} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}",
