@@ -83,6 +83,11 @@ pub struct ReportArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+
+    /// When the target exits, wait for a new process with its name (a broker restart) and
+    /// trace that one too; each instance gets its own summary.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub report: ReportArgs,
 }

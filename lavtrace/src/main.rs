@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod ebpf;
 mod error;
+mod follow;
 mod output;
 mod overhead;
 mod ringbuf;
@@ -21,11 +22,7 @@ use anyhow::Result;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::{
-    cli::{Cli, Command},
-    session::Session,
-    target::{ExitWatch, Target},
-};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,13 +51,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Trace(args) => {
-            let target = Target::resolve(&args.target)?;
-            let exit = ExitWatch::pidfd(target.pid)?;
-            let session = Session::attach(target, &args.report.probes)?;
-            session.run(&args.report, exit).await?;
-            Ok(())
-        }
+        Command::Trace(args) => follow::trace(&args).await,
         Command::Demo(args) => demo::run(&args).await,
         Command::Check => check::run(),
         Command::Workload(_) => unreachable!("handled before the runtime starts"),

@@ -79,7 +79,16 @@ enum Record<'a> {
         #[serde(flatten)]
         sections: &'a Sections,
     },
+    /// `--follow`: the target exited and a new process of its name was found.
+    Restart {
+        previous_pid: u32,
+        pid: u32,
+        comm: &'a str,
+        gap_ms: u128,
+    },
     Summary {
+        /// The process instance this summary covers.
+        pid: u32,
         duration_ms: u128,
         intervals: u64,
         end: &'a End,
@@ -158,8 +167,27 @@ impl Output {
         }
     }
 
+    pub fn restart(&self, previous: &Target, next: &Target, gap: Duration) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::Restart {
+                previous_pid: previous.pid,
+                pid: next.pid,
+                comm: &next.comm,
+                gap_ms: gap.as_millis(),
+            }),
+            Format::Text => self.text(&format!(
+                "\n▶ {} pid {} exited; restarted as pid {} after {:.1}s (totals start again)\n",
+                next.comm,
+                previous.pid,
+                next.pid,
+                gap.as_secs_f64()
+            )),
+        }
+    }
+
     pub fn summary(
         &self,
+        pid: u32,
         duration: Duration,
         intervals: u64,
         end: &End,
@@ -167,6 +195,7 @@ impl Output {
     ) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(&Record::Summary {
+                pid,
                 duration_ms: duration.as_millis(),
                 intervals,
                 end,

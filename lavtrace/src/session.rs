@@ -179,7 +179,7 @@ impl Session {
                 .context("writing to stdout")?;
         }
         let sections = self.sections(Window::Whole)?;
-        out.summary(started.elapsed(), seq, &end, &sections)
+        out.summary(self.target.pid, started.elapsed(), seq, &end, &sections)
             .context("writing to stdout")?;
         Ok(end)
     }

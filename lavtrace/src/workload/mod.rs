@@ -19,6 +19,9 @@ use clap::{Args, Subcommand};
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
+    /// Process name to take (as `ps` and `--comm` see it), e.g. to play a broker restart.
+    #[arg(long)]
+    pub name: Option<String>,
     #[command(subcommand)]
     pub mode: Mode,
 }
@@ -39,6 +42,14 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
     // Never outlive the process that started us (a test or `lavtrace demo`).
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if let Some(name) = &args.name {
+        let Ok(name) = std::ffi::CString::new(name.as_bytes()) else {
+            eprintln!("workload: --name must not contain NUL");
+            return ExitCode::FAILURE;
+        };
+        // SAFETY: a NUL-terminated string; the kernel copies at most 15 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
     let result = match &args.mode {
         Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
         Mode::Demo => ready_then(demo::run),

@@ -171,9 +171,27 @@ impl Trace {
         records
     }
 
+    /// For runs whose summary was already read: what is left, checking lavtrace exited 0.
+    pub fn records_after_summary(mut self) -> Vec<String> {
+        let rest = self.lines.rest();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lavtrace failed: {status}");
+        rest
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        // A failed test must not leave lavtrace running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
