@@ -3,10 +3,14 @@
 //! only the programs of the families asked for.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (tcp.rs): core's atomics lack fetch_add on the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod filter;
 mod ring;
 mod syscalls;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

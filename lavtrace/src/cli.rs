@@ -73,6 +73,10 @@ pub struct ReportArgs {
     /// Order of the syscall table.
     #[arg(long, value_enum, default_value_t = SortKey::Count)]
     pub sort: SortKey,
+
+    /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
+    #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
+    pub tcp_hooks: crate::tcp::hooks::Mode,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,16 +97,19 @@ pub struct DemoArgs {
 pub enum Probe {
     /// Every syscall: count, errors, latency (in-kernel aggregation).
     Syscalls,
+    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
+    Tcp,
 }
 
 impl Probe {
     pub fn all() -> &'static [Probe] {
-        &[Probe::Syscalls]
+        &[Probe::Syscalls, Probe::Tcp]
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Probe::Syscalls => "syscalls",
+            Probe::Tcp => "tcp",
         }
     }
 }

@@ -9,6 +9,7 @@ mod output;
 mod ringbuf;
 mod session;
 mod syscalls;
+mod tcp;
 mod target;
 mod units;
 mod workload;
@@ -55,7 +56,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Trace(args) => {
             let target = Target::resolve(&args.target)?;
             let exit = ExitWatch::pidfd(target.pid)?;
-            let session = Session::attach(target, &args.report.probes)?;
+            let session = Session::attach_with(target, &args.report.probes, &(&args.report).into())?;
             session.run(&args.report, exit).await?;
             Ok(())
         }

@@ -13,6 +13,7 @@ use crate::{
     cli::{Format, ReportArgs},
     ebpf::Hook,
     syscalls::{self, SyscallRow},
+    tcp,
     target::{Target, TargetExit},
 };
 
@@ -21,14 +22,19 @@ use crate::{
 pub struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<Vec<SyscallRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<tcp::TcpSection>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
 }
 
 impl Sections {
-    fn write_text(&self, out: &mut String, args: &ReportArgs) {
+    fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
         if let Some(rows) = &self.syscalls {
             syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        if let Some(section) = &self.tcp {
+            tcp::write_text(out, section, summary, args.top);
         }
         let lost: Vec<String> = self
             .lost_events
@@ -142,7 +148,7 @@ impl Output {
                     elapsed.as_secs_f64(),
                     window.as_secs_f64()
                 );
-                sections.write_text(&mut s, &self.args);
+                sections.write_text(&mut s, &self.args, false);
                 self.text(&s)
             }
         }
@@ -173,7 +179,7 @@ impl Output {
                     },
                 };
                 let mut s = format!("\n══ summary · {:.1}s · {why} ══\n", duration.as_secs_f64());
-                sections.write_text(&mut s, &self.args);
+                sections.write_text(&mut s, &self.args, true);
                 self.text(&s)
             }
         }

@@ -7,6 +7,7 @@
 
 mod demo;
 mod syscalls;
+mod tcp;
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -27,6 +28,11 @@ pub enum Mode {
     Syscalls(syscalls::Args),
     /// A broker-shaped mix, until stdin closes.
     Demo,
+    /// TCP connections with known histories on 127.0.0.1 (see workload/tcp.rs); after
+    /// `done`, waits for stdin to close.
+    Tcp,
+    /// The other ends of `tcp`'s connections (started by `tcp`).
+    TcpPeer(tcp::PeerArgs),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
@@ -36,6 +42,10 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
     let result = match &args.mode {
         Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
         Mode::Demo => ready_then(demo::run),
+        Mode::Tcp => tcp::prepare()
+            .and_then(ready_then)
+            .and_then(|()| wait_for_eof()),
+        Mode::TcpPeer(a) => tcp::peer(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,6 +54,12 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Holds on until whoever started us closes our stdin.
+fn wait_for_eof() -> std::io::Result<()> {
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink).map(drop)
 }
 
 /// Announces the pid, waits for the go line, runs `work`, announces the end.
