@@ -67,6 +67,26 @@ pub fn run() -> Result<()> {
                     for (program, status) in tcp::hooks::not_in_use(session.hooks(), &caps) {
                         println!("{:<9} {program:<20} {status}", probe.name());
                     }
+                    match tcp::hooks::verify_kprobe_programs() {
+                        Ok(refused) if refused.is_empty() => println!(
+                            "{:<9} {:<20} every kprobe program passes this kernel's verifier",
+                            probe.name(),
+                            "*"
+                        ),
+                        Ok(refused) => {
+                            for (program, why) in refused {
+                                println!(
+                                    "{:<9} {program:<20} verifier refused: {why}",
+                                    probe.name()
+                                );
+                            }
+                        }
+                        Err(e) => println!(
+                            "{:<9} {:<20} kprobe programs not verified: {e:#}",
+                            probe.name(),
+                            "*"
+                        ),
+                    }
                 }
             }
             Err(e) => {

@@ -9,8 +9,8 @@ mod output;
 mod ringbuf;
 mod session;
 mod syscalls;
-mod tcp;
 mod target;
+mod tcp;
 mod units;
 mod workload;
 
@@ -56,7 +56,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Trace(args) => {
             let target = Target::resolve(&args.target)?;
             let exit = ExitWatch::pidfd(target.pid)?;
-            let session = Session::attach_with(target, &args.report.probes, &(&args.report).into())?;
+            let session =
+                Session::attach_with(target, &args.report.probes, &(&args.report).into())?;
             session.run(&args.report, exit).await?;
             Ok(())
         }

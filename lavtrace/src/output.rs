@@ -13,8 +13,8 @@ use crate::{
     cli::{Format, ReportArgs},
     ebpf::Hook,
     syscalls::{self, SyscallRow},
-    tcp,
     target::{Target, TargetExit},
+    tcp,
 };
 
 /// Every family's section of one window; absent families are left out of the JSON.

@@ -115,28 +115,123 @@ use Via::{Kprobe as K, Kretprobe as R, Tracepoint as T};
 
 /// Every hook of the family, preferred alternative first within a role.
 pub const HOOKS: &[HookSpec] = &[
-    kp(Role::State, "tcp_set_state_kp", K("tcp_set_state"), "any kernel with kprobes; old state and 4-tuple read from the sock head"),
-    tp(Role::State, "tcp_state_tp", T("sock", "inet_sock_set_state"), "4.16+"),
+    kp(
+        Role::State,
+        "tcp_set_state_kp",
+        K("tcp_set_state"),
+        "any kernel with kprobes; old state and 4-tuple read from the sock head",
+    ),
+    tp(
+        Role::State,
+        "tcp_state_tp",
+        T("sock", "inet_sock_set_state"),
+        "4.16+",
+    ),
     kp(Role::Connect, "tcp_connect_kp", K("tcp_v4_connect"), "any"),
-    kp(Role::Connect, "tcp_connect_ret_kp", R("tcp_v4_connect"), "any; reports synchronous connect errors"),
-    kp(Role::Connect, "tcp_connect_kp", K("tcp_v6_connect"), "static: absent when inlined"),
-    kp(Role::Connect, "tcp_connect_ret_kp", R("tcp_v6_connect"), "static: absent when inlined"),
-    kp(Role::Accept, "tcp_accept_ret_kp", R("inet_csk_accept"), "any"),
+    kp(
+        Role::Connect,
+        "tcp_connect_ret_kp",
+        R("tcp_v4_connect"),
+        "any; reports synchronous connect errors",
+    ),
+    kp(
+        Role::Connect,
+        "tcp_connect_kp",
+        K("tcp_v6_connect"),
+        "static: absent when inlined",
+    ),
+    kp(
+        Role::Connect,
+        "tcp_connect_ret_kp",
+        R("tcp_v6_connect"),
+        "static: absent when inlined",
+    ),
+    kp(
+        Role::Accept,
+        "tcp_accept_ret_kp",
+        R("inet_csk_accept"),
+        "any",
+    ),
     kp(Role::Close, "tcp_close_kp", K("tcp_close"), "any"),
-    kp(Role::Destroy, "tcp_destroy_kp", K("tcp_v4_destroy_sock"), "any; IPv6 sockets end there too"),
-    tp(Role::Destroy, "tcp_destroy_tp", T("tcp", "tcp_destroy_sock"), "4.16+"),
-    kp(Role::Retransmit, "tcp_retransmit_kp", K("tcp_retransmit_skb"), "counts attempts"),
-    tp(Role::Retransmit, "tcp_retransmit_tp", T("tcp", "tcp_retransmit_skb"), "4.15+; only sent ones on 6.10+ (err field)"),
-    kp(Role::ResetSent, "tcp_send_reset_kp", K("tcp_send_active_reset"), "active resets (abort, linger 0)"),
-    tp(Role::ResetSent, "tcp_send_reset_tp", T("tcp", "tcp_send_reset"), "4.15+"),
-    kp(Role::ResetReceived, "tcp_receive_reset_kp", K("tcp_reset"), "any"),
-    tp(Role::ResetReceived, "tcp_receive_reset_tp", T("tcp", "tcp_receive_reset"), "4.16+"),
+    kp(
+        Role::Destroy,
+        "tcp_destroy_kp",
+        K("tcp_v4_destroy_sock"),
+        "any; IPv6 sockets end there too",
+    ),
+    tp(
+        Role::Destroy,
+        "tcp_destroy_tp",
+        T("tcp", "tcp_destroy_sock"),
+        "4.16+",
+    ),
+    kp(
+        Role::Retransmit,
+        "tcp_retransmit_kp",
+        K("tcp_retransmit_skb"),
+        "counts attempts",
+    ),
+    tp(
+        Role::Retransmit,
+        "tcp_retransmit_tp",
+        T("tcp", "tcp_retransmit_skb"),
+        "4.15+; only sent ones on 6.10+ (err field)",
+    ),
+    kp(
+        Role::ResetSent,
+        "tcp_send_reset_kp",
+        K("tcp_send_active_reset"),
+        "active resets (abort, linger 0)",
+    ),
+    tp(
+        Role::ResetSent,
+        "tcp_send_reset_tp",
+        T("tcp", "tcp_send_reset"),
+        "4.15+",
+    ),
+    kp(
+        Role::ResetReceived,
+        "tcp_receive_reset_kp",
+        K("tcp_reset"),
+        "any",
+    ),
+    tp(
+        Role::ResetReceived,
+        "tcp_receive_reset_tp",
+        T("tcp", "tcp_receive_reset"),
+        "4.16+",
+    ),
     kp(Role::BytesSent, "tcp_sendmsg_kp", K("tcp_sendmsg"), "any"),
-    kp(Role::BytesSent, "tcp_sendmsg_ret_kp", R("tcp_sendmsg"), "any"),
-    tp(Role::BytesSent, "tcp_send_length_tp", T("sock", "sock_send_length"), "6.3+"),
-    kp(Role::BytesReceived, "tcp_recv_kp", K("tcp_cleanup_rbuf"), "counts MSG_PEEK reads too"),
-    tp(Role::BytesReceived, "tcp_recv_length_tp", T("sock", "sock_recv_length"), "6.3+"),
-    tp(Role::Listen, "tcp_listen_tp", T("syscalls", "sys_exit_listen"), "CONFIG_FTRACE_SYSCALLS"),
+    kp(
+        Role::BytesSent,
+        "tcp_sendmsg_ret_kp",
+        R("tcp_sendmsg"),
+        "any",
+    ),
+    tp(
+        Role::BytesSent,
+        "tcp_send_length_tp",
+        T("sock", "sock_send_length"),
+        "6.3+",
+    ),
+    kp(
+        Role::BytesReceived,
+        "tcp_recv_kp",
+        K("tcp_cleanup_rbuf"),
+        "counts MSG_PEEK reads too",
+    ),
+    tp(
+        Role::BytesReceived,
+        "tcp_recv_length_tp",
+        T("sock", "sock_recv_length"),
+        "6.3+",
+    ),
+    tp(
+        Role::Listen,
+        "tcp_listen_tp",
+        T("syscalls", "sys_exit_listen"),
+        "CONFIG_FTRACE_SYSCALLS",
+    ),
 ];
 
 /// What this kernel offers, as far as the table cares.
@@ -153,7 +248,8 @@ pub struct Caps {
 impl Caps {
     pub fn probe() -> Caps {
         let tracefs = ebpf::tracefs_dir().unwrap_or(ebpf::TRACEFS_DIRS[0]);
-        let no_kprobes = kprobes_missing(tracefs);
+        // The kprobe programs read the head of struct sock: check it where kprobes exist.
+        let no_kprobes = kprobes_missing(tracefs).or_else(super::btf::sock_head_mismatch);
         let wanted: HashSet<&str> = HOOKS
             .iter()
             .filter_map(|h| match h.via {
@@ -359,6 +455,28 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<Hook> {
     }
 }
 
+/// Loads (without attaching) every kprobe program of the table into a fresh copy of the
+/// object: the verifier checks them even on a kernel that cannot attach them. Returns the
+/// programs the kernel refused, with the first line of why.
+pub fn verify_kprobe_programs() -> Result<Vec<(&'static str, String)>> {
+    let mut ebpf = ebpf::load(std::process::id())?;
+    let mut refused = Vec::new();
+    let mut seen = HashSet::new();
+    for spec in HOOKS.iter().filter(|h| h.set == Set::Kprobe) {
+        if !seen.insert(spec.program) {
+            continue;
+        }
+        let prog: &mut KProbe = ebpf
+            .program_mut(spec.program)
+            .with_context(|| format!("program {} missing from the eBPF object", spec.program))?
+            .try_into()?;
+        if let Err(e) = prog.load() {
+            refused.push((spec.program, format!("{e:#}")));
+        }
+    }
+    Ok(refused)
+}
+
 /// `lavtrace check`: one line per row of the table that is not in `in_use`.
 pub fn not_in_use(in_use: &[Hook], caps: &Caps) -> Vec<(&'static str, String)> {
     HOOKS
@@ -458,7 +576,10 @@ mod tests {
     #[test]
     fn forced_kprobe_fails_with_the_reason_where_there_are_none() {
         let err = select(Mode::Kprobe, &no_kprobe_caps()).unwrap_err();
-        assert!(err.starts_with("--tcp-hooks kprobe: kprobes are not compiled"), "{err}");
+        assert!(
+            err.starts_with("--tcp-hooks kprobe: kprobes are not compiled"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -485,7 +606,10 @@ mod tests {
         assert_eq!(state.sets, vec![Set::Tracepoint]);
         assert!(!plans.iter().any(|p| p.role == Role::Connect));
         let err = select(Mode::Kprobe, &caps).unwrap_err();
-        assert!(err.contains("kprobe tcp_set_state: symbol tcp_set_state not in /proc/kallsyms"), "{err}");
+        assert!(
+            err.contains("kprobe tcp_set_state: symbol tcp_set_state not in /proc/kallsyms"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -507,7 +631,10 @@ mod tests {
     fn every_program_of_a_role_has_one_kind() {
         for spec in HOOKS {
             let same = HOOKS.iter().filter(|h| h.program == spec.program);
-            assert!(same.clone().all(|h| h.role == spec.role && h.set == spec.set));
+            assert!(
+                same.clone()
+                    .all(|h| h.role == spec.role && h.set == spec.set)
+            );
             let is_tp = matches!(spec.via, Via::Tracepoint(..));
             assert_eq!(is_tp, spec.set == Set::Tracepoint, "{}", spec.program);
         }

@@ -2,6 +2,7 @@
 //! spent in each state, bytes, retransmits, resets and who closed it. Kernel side:
 //! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`.
 
+mod btf;
 pub mod hooks;
 mod procfs;
 mod report;
@@ -182,13 +183,22 @@ impl Tracer {
                 .filter(|t| t.at >= w.start || !whole),
         );
         let started = |c: &table::Conn| {
-            c.transitions
-                .first()
-                .is_some_and(|t| matches!(t.to, state::SYN_SENT | state::ESTABLISHED) && c.opened.is_some_and(|o| o >= w.start))
+            c.transitions.first().is_some_and(|t| {
+                matches!(t.to, state::SYN_SENT | state::ESTABLISHED)
+                    && c.opened.is_some_and(|o| o >= w.start)
+            })
         };
-        let opened = table.conns.iter().filter(|c| in_window(c) && started(c)).count() as u64;
+        let opened = table
+            .conns
+            .iter()
+            .filter(|c| in_window(c) && started(c))
+            .count() as u64;
         let closed_in = |c: &table::Conn| c.closed.is_some_and(|d| d >= w.start);
-        let closed = table.conns.iter().filter(|c| in_window(c) && closed_in(c)).count() as u64;
+        let closed = table
+            .conns
+            .iter()
+            .filter(|c| in_window(c) && closed_in(c))
+            .count() as u64;
         let lifetimes = report::lifetimes(
             table
                 .conns

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::table::{Conn, Origin, Side, state_name, service};
+use super::table::{Conn, Origin, Side, service, state_name};
 use crate::units;
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +100,10 @@ pub fn conn_row(c: &Conn, w: &Window) -> ConnRow {
     };
     let secs = (w.end.saturating_sub(w.start) as f64 / 1e9).max(1e-9);
     let sent = c.counters.bytes_sent.saturating_sub(base.bytes_sent);
-    let received = c.counters.bytes_received.saturating_sub(base.bytes_received);
+    let received = c
+        .counters
+        .bytes_received
+        .saturating_sub(base.bytes_received);
     let closed_by = c.closed_by().map(|s| match s {
         Side::Local => "local",
         Side::Peer => "peer",
@@ -126,7 +129,9 @@ pub fn conn_row(c: &Conn, w: &Window) -> ConnRow {
             (Some(o), Some(d)) => Some(d.saturating_sub(o)),
             _ => None,
         },
-        state_ns: c.state_since.map(|s| c.closed.unwrap_or(w.end).saturating_sub(s)),
+        state_ns: c
+            .state_since
+            .map(|s| c.closed.unwrap_or(w.end).saturating_sub(s)),
         transitions: c.transitions[first.min(c.transitions.len())..]
             .iter()
             .map(|t| TransitionRow {
@@ -200,11 +205,7 @@ fn opt_ns(v: Option<u64>) -> String {
 /// rates and time in state). Summary: every connection of the run with its lifetime, then the
 /// transition counts.
 pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
-    let listening: Vec<String> = s
-        .listening
-        .iter()
-        .map(|l| endpoint(&l.local))
-        .collect();
+    let listening: Vec<String> = s.listening.iter().map(|l| endpoint(&l.local)).collect();
     let _ = writeln!(
         out,
         "TCP ({} hooks) · listening: {} · opened {} · closed {}",
@@ -256,11 +257,13 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
         "RST o/i",
         "CLOSED"
     );
-    let rows: Vec<&ConnRow> = s
+    let mut rows: Vec<&ConnRow> = s
         .connections
         .iter()
         .filter(|c| summary || c.open || !c.transitions.is_empty())
         .collect();
+    // Open connections first (stable: oldest first within each group).
+    rows.sort_by_key(|c| !c.open);
     for c in rows.iter().take(top) {
         let age = if summary && !c.open {
             opt_ns(c.lifetime_ns)
@@ -272,20 +275,36 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
             "{:<28} {:<24} {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>4} {:>7} {:<6}",
             endpoint(&c.local),
             endpoint(&c.remote),
-            if c.open { c.state.clone() } else { format!("{} (gone)", c.state) },
+            if c.open {
+                c.state.clone()
+            } else {
+                format!("{} (gone)", c.state)
+            },
             opt_ns(c.state_ns),
             age,
             bytes(c.bytes_sent),
             bytes(c.bytes_received),
-            if summary { "-".into() } else { bytes(c.send_rate) },
-            if summary { "-".into() } else { bytes(c.receive_rate) },
+            if summary {
+                "-".into()
+            } else {
+                bytes(c.send_rate)
+            },
+            if summary {
+                "-".into()
+            } else {
+                bytes(c.receive_rate)
+            },
             c.retransmits,
             format!("{}/{}", c.resets_sent, c.resets_received),
             c.closed_by.unwrap_or("-"),
         );
     }
     if rows.len() > top {
-        let _ = writeln!(out, "({} more connections not shown; --top)", rows.len() - top);
+        let _ = writeln!(
+            out,
+            "({} more connections not shown; --top)",
+            rows.len() - top
+        );
     }
     if summary {
         if !s.transitions.is_empty() {

@@ -252,13 +252,9 @@ impl Table {
             origin::SEED => Slot::Conn(self.match_seed(e, local, remote).unwrap_or_else(|| {
                 self.push(e.family, local, remote, Origin::Preexisting, e.old_state)
             })),
-            origin::CONNECT => Slot::Conn(self.push(
-                e.family,
-                local,
-                remote,
-                Origin::Connect,
-                e.old_state,
-            )),
+            origin::CONNECT => {
+                Slot::Conn(self.push(e.family, local, remote, Origin::Connect, e.old_state))
+            }
             _ => Slot::Conn(self.push(e.family, local, remote, Origin::Accept, e.old_state)),
         }
     }
@@ -359,9 +355,30 @@ mod tests {
     #[test]
     fn transitions_carry_the_time_in_the_previous_state() {
         let mut t = Table::default();
-        t.apply(&ev(kind::STATE, 1, state::SYN_RECV, state::ESTABLISHED, origin::ACCEPT, 100));
-        t.apply(&ev(kind::STATE, 1, state::ESTABLISHED, state::CLOSE_WAIT, origin::ACCEPT, 350));
-        t.apply(&ev(kind::STATE, 1, state::CLOSE_WAIT, state::LAST_ACK, origin::ACCEPT, 400));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            100,
+        ));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::ESTABLISHED,
+            state::CLOSE_WAIT,
+            origin::ACCEPT,
+            350,
+        ));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::CLOSE_WAIT,
+            state::LAST_ACK,
+            origin::ACCEPT,
+            400,
+        ));
         let c = &t.conns[0];
         assert_eq!(c.origin, Origin::Accept);
         assert_eq!(c.opened, Some(100));
@@ -375,7 +392,14 @@ mod tests {
             ..SockInfo::default()
         };
         info.state = state::CLOSE;
-        let mut d = ev(kind::DESTROY, 1, state::CLOSE, state::CLOSE, origin::ACCEPT, 500);
+        let mut d = ev(
+            kind::DESTROY,
+            1,
+            state::CLOSE,
+            state::CLOSE,
+            origin::ACCEPT,
+            500,
+        );
         d.info = info;
         t.apply(&d);
         assert_eq!(t.conns[0].closed, Some(500));
@@ -395,14 +419,31 @@ mod tests {
         };
         t.seed(&[sock(40000), sock(40001)]);
         assert_eq!(t.conns.len(), 2);
-        t.apply(&ev(kind::STATE, 9, state::ESTABLISHED, state::FIN_WAIT1, origin::SEED, 10));
-        let mut adopt = ev(kind::ADOPT, 8, state::ESTABLISHED, state::ESTABLISHED, origin::IO, 11);
+        t.apply(&ev(
+            kind::STATE,
+            9,
+            state::ESTABLISHED,
+            state::FIN_WAIT1,
+            origin::SEED,
+            10,
+        ));
+        let mut adopt = ev(
+            kind::ADOPT,
+            8,
+            state::ESTABLISHED,
+            state::ESTABLISHED,
+            origin::IO,
+            11,
+        );
         adopt.rport = 40001;
         t.apply(&adopt);
         assert_eq!(t.conns.len(), 2, "both matched their seed");
         assert_eq!(t.conns[0].transitions.len(), 1);
         assert_eq!(t.conns[0].closed_by(), Some(Side::Local));
-        assert_eq!(t.conns[0].transitions[0].prev_state_ns, None, "since unknown");
+        assert_eq!(
+            t.conns[0].transitions[0].prev_state_ns, None,
+            "since unknown"
+        );
         assert_eq!(t.stale_seeds.len(), 2);
         assert_eq!(t.live().count(), 2);
     }

@@ -190,10 +190,7 @@ pub fn prepare() -> Result<impl FnOnce() -> Result<()>> {
     let listener = TcpListener::bind((LOOPBACK, 0))?;
     let port = listener.local_addr()?.port();
     let mut peer = Peer::start(port)?;
-    let peer_port: u16 = peer
-        .cmd("port")?
-        .parse()
-        .map_err(|_| other("peer port"))?;
+    let peer_port: u16 = peer.cmd("port")?.parse().map_err(|_| other("peer port"))?;
     let mut conns = Conns {
         listener,
         list: Vec::new(),
