@@ -124,7 +124,8 @@ impl Tracer {
                 drain,
                 kind,
                 t0,
-                last_end: t0,
+                // The first interval's rates are over the time since attaching ended.
+                last_end: monotonic_ns(),
                 last_lost: 0,
             },
             hooks,
