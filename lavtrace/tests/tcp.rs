@@ -121,7 +121,7 @@ fn expected(name: &str) -> Expect {
             resets_received: 1,
             ..closed("accept", &[("SYN_RECV", EST), (EST, "CLOSE")], 0, 0, "peer")
         },
-        "O" => closed(
+        "O" | "R" => closed(
             "connect",
             &[
                 ("CLOSE", "SYN_SENT"),
@@ -130,8 +130,8 @@ fn expected(name: &str) -> Expect {
                 ("FIN_WAIT1", "FIN_WAIT2"),
                 ("FIN_WAIT2", "CLOSE"),
             ],
-            500,
-            700,
+            if name == "O" { 500 } else { 0 },
+            if name == "O" { 700 } else { 0 },
             "local",
         ),
         other => panic!("unknown connection {other}"),
@@ -198,6 +198,8 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
 
     target.go();
     let mut conns: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // The sockets' own retransmit counts (tcpi_total_retrans), where the workload gives one.
+    let mut retransmits: BTreeMap<String, u64> = BTreeMap::new();
     let mut other = None;
     loop {
         let line = target.lines.next().expect("workload ended early");
@@ -212,6 +214,9 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
         match v["name"].as_str().unwrap() {
             "other" => other = Some(pair),
             name => {
+                if let Some(n) = v["retransmits"].as_u64() {
+                    retransmits.insert(name.to_string(), n);
+                }
                 conns.insert(name.to_string(), pair);
             }
         }
@@ -242,7 +247,7 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
             .collect::<Vec<_>>()
     };
 
-    // Exactly the target's 8 connections: none of the peer's ends, nor its own connection.
+    // Exactly the target's 9 connections: none of the peer's ends, nor its own connection.
     let listed: Vec<(String, String)> = rows
         .iter()
         .map(|r| {
@@ -287,7 +292,8 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
         assert_eq!(u(&r["bytes_received"]), e.received, "{ctx}");
         assert_eq!(u(&r["resets_sent"]), e.resets_sent, "{ctx}");
         assert_eq!(u(&r["resets_received"]), e.resets_received, "{ctx}");
-        assert_eq!(r["retransmits"], 0, "{ctx}");
+        let own_count = retransmits.get(name).copied().unwrap_or(0);
+        assert_eq!(u(&r["retransmits"]), own_count, "{ctx}");
         assert_eq!(r["closed_by"].as_str(), e.closed_by, "{ctx}");
         assert_eq!(r["open"], e.open, "{ctx}");
         assert_eq!(r["state"], if e.open { EST } else { "CLOSE" }, "{ctx}");
@@ -321,16 +327,23 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
             );
         }
     }
+    // R's SYN was dropped once and went through on its retransmission after the initial
+    // 1 s timeout: one retransmit, and about a second in SYN_SENT.
+    assert_eq!(retransmits.get("R"), Some(&1), "the workload's own count");
+    let r = find(&conns["R"])[0];
+    let in_syn_sent = u(&r["transitions"][1]["prev_state_ns"]);
+    assert!(
+        (900_000_000..2_000_000_000).contains(&in_syn_sent),
+        "R spent {in_syn_sent} ns in SYN_SENT"
+    );
+
     let counts: BTreeMap<String, u64> = serde_json::from_value(tcp["transitions"].clone()).unwrap();
     assert_eq!(counts, transition_counts);
+    assert_eq!(tcp["opened"], 6, "C D E F accepted, O R connected");
+    assert_eq!(tcp["closed"], 8, "all but G");
     assert_eq!(
-        tcp["opened"], 5,
-        "C D E F accepted and O connected while traced"
-    );
-    assert_eq!(tcp["closed"], 7, "all but G");
-    assert_eq!(
-        tcp["lifetimes"]["count"], 5,
-        "closed with a known opening: C D E F O"
+        tcp["lifetimes"]["count"], 6,
+        "closed, opening seen: C D E F O R"
     );
 
     // The intervals add up to the summary.

@@ -161,6 +161,10 @@ impl Tracer {
                 shared.table.conns[i].counters = info;
             }
         }
+        if shared.table.needs_local_ports() {
+            let socks = procfs::target_sockets(shared.pid);
+            shared.table.fill_local_ports(&socks);
+        }
         let w = report::Window {
             t0: self.t0,
             start: if whole { self.t0 } else { self.last_end },

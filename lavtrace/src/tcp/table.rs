@@ -159,6 +159,33 @@ impl Table {
         }
     }
 
+    /// A connect's CLOSE → SYN_SENT comes before its local port is chosen, and a connection
+    /// stuck in SYN_SENT sends no other transition: take the port from /proc (`socks`), when
+    /// exactly one socket of the target to that remote address is not known yet.
+    pub fn fill_local_ports(&mut self, socks: &[ProcSock]) {
+        let known: Vec<(SocketAddr, SocketAddr)> =
+            self.conns.iter().map(|c| (c.local, c.remote)).collect();
+        for c in self.conns.iter_mut() {
+            if c.closed.is_some() || c.local.port() != 0 {
+                continue;
+            }
+            let mut candidates = socks.iter().filter(|s| {
+                s.remote == c.remote
+                    && s.state != state::LISTEN
+                    && !known.contains(&(s.local, s.remote))
+            });
+            if let (Some(s), None) = (candidates.next(), candidates.next()) {
+                c.local = s.local;
+            }
+        }
+    }
+
+    pub fn needs_local_ports(&self) -> bool {
+        self.conns
+            .iter()
+            .any(|c| c.closed.is_none() && c.local.port() == 0)
+    }
+
     /// Live sockets and the connections they are.
     pub fn live(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.by_sk.iter().filter_map(|(&sk, slot)| match slot {
@@ -463,6 +490,46 @@ mod tests {
         assert_eq!(c.closed_by(), Some(Side::Peer));
         c.counters.resets_sent = 1;
         assert_eq!(c.closed_by(), Some(Side::Local));
+    }
+
+    #[test]
+    fn a_connect_gets_its_local_port_from_its_next_transition_or_proc() {
+        let mut t = Table::default();
+        let mut syn = ev(
+            kind::STATE,
+            3,
+            state::CLOSE,
+            state::SYN_SENT,
+            origin::CONNECT,
+            1,
+        );
+        syn.lport = 0;
+        t.apply(&syn);
+        assert_eq!(t.conns[0].local.port(), 0);
+        assert!(t.needs_local_ports());
+        let proc_sock = |lport: u16| ProcSock {
+            family: AF_INET,
+            local: SocketAddr::new("127.0.0.1".parse().unwrap(), lport),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            state: state::SYN_SENT,
+            inode: 1,
+        };
+        // Two candidates: ambiguous, left alone.
+        t.fill_local_ports(&[proc_sock(5001), proc_sock(5002)]);
+        assert_eq!(t.conns[0].local.port(), 0);
+        t.fill_local_ports(&[proc_sock(5001)]);
+        assert_eq!(t.conns[0].local.port(), 5001);
+        // The next transition carries the port anyway.
+        t.apply(&ev(
+            kind::STATE,
+            3,
+            state::SYN_SENT,
+            state::ESTABLISHED,
+            origin::CONNECT,
+            2,
+        ));
+        assert_eq!(t.conns[0].local.port(), 5672);
+        assert!(!t.needs_local_ports());
     }
 
     #[test]

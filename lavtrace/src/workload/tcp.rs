@@ -15,6 +15,12 @@
 //! | E    | accepted           | none                     | target resets (SO_LINGER 0)          |
 //! | F    | accepted           | none                     | peer resets                          |
 //! | O    | target connects    | 500 / 700                | target closes first                  |
+//! | R    | target connects    | none; its SYN retransmitted once | target closes first          |
+//!
+//! R connects to a peer listener whose accept queue is full (backlog 0, one connection
+//! waiting), so the kernel drops its SYN; the peer then makes room and the SYN retransmitted
+//! after the initial 1 s timeout gets through. Its line carries `retransmits`, the socket's
+//! own count (tcpi_total_retrans).
 //!
 //! Bytes exchanged before `go` (1000 each way on A) must not be counted. The peer also moves
 //! data on its own connection during the run, which must not appear. At the end the target
@@ -90,6 +96,98 @@ fn tcp_state(s: &TcpStream) -> Result<u8> {
 }
 
 const FIN_WAIT2: u8 = 5;
+/// Offset of tcpi_total_retrans in struct tcp_info (after 8 u8 and 23 u32 fields).
+const TOTAL_RETRANS: usize = 100;
+
+fn total_retrans(fd: i32) -> Result<u32> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buffer and length describe writable memory we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || (len as usize) < TOTAL_RETRANS + 4 {
+        return Err(Error::last_os_error());
+    }
+    let b = &buf[TOTAL_RETRANS..TOTAL_RETRANS + 4];
+    Ok(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn sockaddr(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A listener on 127.0.0.1 with backlog 0: one connection waiting fills its accept queue.
+fn tiny_listener() -> Result<TcpListener> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls on a descriptor we own; the address struct outlives the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let addr = sockaddr(0);
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::listen(fd, 0) != 0
+        {
+            return Err(Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+/// Connects to 127.0.0.1:`port` without blocking; `between` runs while the SYN is out.
+fn connect_slowly(port: u16, between: impl FnOnce() -> Result<()>) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls on a descriptor we own; the structs outlive the calls.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let addr = sockaddr(port);
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::connect(fd, (&addr as *const libc::sockaddr_in).cast(), len) == 0 {
+            return Err(other("connected at once: the SYN was not dropped"));
+        }
+        let err = Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+        between()?;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, 10_000) != 1 {
+            return Err(other("connect did not complete within 10s"));
+        }
+        stream.take_error()?.map_or(Ok(()), Err)?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
 
 /// Waits for the peer's ACK of our FIN, so the peer's own FIN cannot arrive with it.
 fn wait_fin_wait2(s: &TcpStream) -> Result<()> {
@@ -280,10 +378,35 @@ pub fn prepare() -> Result<impl FnOnce() -> Result<()>> {
         read_eof(&mut o)?;
         drop(o);
 
+        // R: our SYN is dropped by a full accept queue, retransmitted once, then accepted.
+        let full_port: u16 = peer
+            .cmd("listen-full")?
+            .parse()
+            .map_err(|_| other("full port"))?;
+        let mut r = connect_slowly(full_port, || {
+            // The SYN went out (and was dropped) inside connect(); make room before the
+            // retransmission, due 1 s after it.
+            std::thread::sleep(Duration::from_millis(200));
+            peer.cmd("drain-full").map(drop)
+        })?;
+        peer.cmd("accept-full R")?;
+        let r_line = serde_json::json!({
+            "name": "R",
+            "local": r.local_addr()?.to_string(),
+            "remote": r.peer_addr()?.to_string(),
+            "retransmits": total_retrans(r.as_raw_fd())?,
+        });
+        r.shutdown(Shutdown::Write)?;
+        wait_fin_wait2(&r)?;
+        peer.cmd("close R")?;
+        read_eof(&mut r)?;
+        drop(r);
+
         let mut out = std::io::stdout().lock();
         for (name, local, remote) in &conns.list {
             writeln!(out, "{}", line(name, *local, *remote))?;
         }
+        writeln!(out, "{r_line}")?;
         let (l, r) = other_conn
             .split_once(' ')
             .ok_or_else(|| other("peer's own connection"))?;
@@ -305,6 +428,8 @@ pub fn peer(args: &PeerArgs) -> Result<()> {
     let listener = TcpListener::bind((LOOPBACK, 0))?;
     let mut socks: std::collections::HashMap<String, TcpStream> = Default::default();
     let mut own: Option<(TcpStream, TcpStream)> = None;
+    // The backlog-0 listener and the connection that fills its queue.
+    let mut full: Option<(TcpListener, TcpStream)> = None;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for cmd in stdin.lock().lines() {
@@ -333,6 +458,24 @@ pub fn peer(args: &PeerArgs) -> Result<()> {
                 let answer = format!("{} {}", c.local_addr()?, c.peer_addr()?);
                 own = Some((c, s));
                 answer
+            }
+            ["listen-full"] => {
+                let l = tiny_listener()?;
+                let filler = TcpStream::connect(l.local_addr()?)?;
+                let port = l.local_addr()?.port();
+                full = Some((l, filler));
+                port.to_string()
+            }
+            ["drain-full"] => {
+                let (l, _) = full.as_ref().ok_or_else(|| other("no full listener"))?;
+                drop(l.accept()?);
+                String::new()
+            }
+            ["accept-full", name] => {
+                let (l, _) = full.as_ref().ok_or_else(|| other("no full listener"))?;
+                let (s, _) = l.accept()?;
+                socks.insert((*name).into(), s);
+                String::new()
             }
             ["self-traffic"] => {
                 let (c, s) = own.as_mut().ok_or_else(|| other("no own connection"))?;
