@@ -136,7 +136,6 @@ pub struct Table {
     pub stale_seeds: Vec<FlowKey>,
     /// The target called listen(2): rescan /proc.
     pub rescan_listeners: bool,
-    pub connect_errors: u64,
 }
 
 impl Table {
@@ -259,7 +258,13 @@ impl Table {
                 }
             }
             kind::LISTEN => self.rescan_listeners = true,
-            kind::CONNECT_ERROR => self.connect_errors += 1,
+            kind::CONNECT_ERROR => {
+                debug!(%local, %remote, errno = e.origin, "tcp: connect failed");
+                // The kernel forgot the socket (it never left CLOSE for good): so do we.
+                if let Some(Slot::Conn(i)) = self.by_sk.remove(&e.sk) {
+                    self.conns[i].closed.get_or_insert(e.ts_ns);
+                }
+            }
             other => debug!("tcp: unknown event kind {other}"),
         }
     }
