@@ -172,7 +172,7 @@ impl Tracer {
             whole,
         };
         let table = &mut shared.table;
-        let in_window = |c: &table::Conn| whole || !c.reported_closed;
+        let in_window = |c: &table::Conn| !c.duplicate && (whole || !c.reported_closed);
         let rows: Vec<_> = table
             .conns
             .iter()

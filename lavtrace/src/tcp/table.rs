@@ -60,6 +60,9 @@ pub struct Conn {
     pub reported_transitions: usize,
     /// Whether it was listed in an earlier interval after it closed (then it is not again).
     pub reported_closed: bool,
+    /// A /proc entry at start that turned out to be a connection opened while attaching (its
+    /// opening was seen): not listed.
+    pub duplicate: bool,
 }
 
 impl Conn {
@@ -79,6 +82,7 @@ impl Conn {
             reported: SockInfo::default(),
             reported_transitions: 0,
             reported_closed: false,
+            duplicate: false,
         }
     }
 
@@ -215,6 +219,9 @@ impl Table {
                             c.remote = remote;
                         }
                         c.transition(e.old_state, e.new_state, e.ts_ns);
+                        if c.origin != Origin::Preexisting && e.lport != 0 && e.rport != 0 {
+                            self.drop_seed(procfs::flow_key(e.family, local, remote));
+                        }
                     }
                     Slot::Listener(addr) => {
                         if e.new_state == state::CLOSE {
@@ -266,6 +273,15 @@ impl Table {
                 }
             }
             other => debug!("tcp: unknown event kind {other}"),
+        }
+    }
+
+    /// A connection opened while attaching can also be in /proc at start: keep the one whose
+    /// opening was seen.
+    fn drop_seed(&mut self, key: FlowKey) {
+        if let Some(i) = self.seeds.remove(&key) {
+            self.conns[i].duplicate = true;
+            self.stale_seeds.push(key);
         }
     }
 
@@ -535,6 +551,29 @@ mod tests {
         ));
         assert_eq!(t.conns[0].local.port(), 5672);
         assert!(!t.needs_local_ports());
+    }
+
+    #[test]
+    fn a_connection_opened_while_attaching_is_listed_once() {
+        let mut t = Table::default();
+        t.seed(&[ProcSock {
+            family: AF_INET,
+            local: "127.0.0.1:5672".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            state: state::ESTABLISHED,
+            inode: 1,
+        }]);
+        t.apply(&ev(
+            kind::STATE,
+            4,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            1,
+        ));
+        assert_eq!(t.conns.len(), 2);
+        assert!(t.conns[0].duplicate && !t.conns[1].duplicate);
+        assert_eq!(t.stale_seeds.len(), 1);
     }
 
     #[test]
