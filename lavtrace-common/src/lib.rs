@@ -5,6 +5,7 @@
 pub mod filter;
 pub mod ring;
 pub mod syscalls;
+pub mod tcp;
 
 /// Marks a wire type as plain old data for aya (userspace only).
 #[macro_export]

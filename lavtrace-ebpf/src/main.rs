@@ -3,11 +3,15 @@
 //! only the programs of the families asked for.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (tcp.rs): core's atomics lack fetch_add on the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod filter;
 mod floor;
 mod ring;
 mod syscalls;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::{cli::Probe, ebpf, error::Fatal, session::Session, target::Target};
+use crate::{cli::Probe, ebpf, error::Fatal, session::Session, target::Target, tcp};
 
 pub fn run() -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -55,11 +55,38 @@ pub fn run() -> Result<()> {
             Ok(session) => {
                 for hook in session.hooks() {
                     println!(
-                        "{:<9} {:<16} ok via {}",
+                        "{:<9} {:<20} ok via {}",
                         probe.name(),
                         hook.program,
                         hook.via
                     );
+                }
+                // Alternatives not chosen, and why (kprobes missing, symbol inlined...).
+                if probe == Probe::Tcp {
+                    let caps = tcp::hooks::Caps::probe();
+                    for (program, status) in tcp::hooks::not_in_use(session.hooks(), &caps) {
+                        println!("{:<9} {program:<20} {status}", probe.name());
+                    }
+                    match tcp::hooks::verify_kprobe_programs() {
+                        Ok(refused) if refused.is_empty() => println!(
+                            "{:<9} {:<20} every kprobe program passes this kernel's verifier",
+                            probe.name(),
+                            "*"
+                        ),
+                        Ok(refused) => {
+                            for (program, why) in refused {
+                                println!(
+                                    "{:<9} {program:<20} verifier refused: {why}",
+                                    probe.name()
+                                );
+                            }
+                        }
+                        Err(e) => println!(
+                            "{:<9} {:<20} kprobe programs not verified: {e:#}",
+                            probe.name(),
+                            "*"
+                        ),
+                    }
                 }
             }
             Err(e) => {
@@ -68,7 +95,7 @@ pub fn run() -> Result<()> {
                 {
                     return Err(e);
                 }
-                println!("{:<9} {:<16} unavailable: {e:#}", probe.name(), "*");
+                println!("{:<9} {:<20} unavailable: {e:#}", probe.name(), "*");
                 failed.push(probe.name());
             }
         }

@@ -77,6 +77,9 @@ pub struct ReportArgs {
     /// Plain periodic tables even on a terminal (the live view is the default there).
     #[arg(long)]
     pub no_tui: bool,
+    /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
+    #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
+    pub tcp_hooks: crate::tcp::hooks::Mode,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,17 +108,20 @@ pub enum Probe {
     /// Benchmarks only: empty programs on the syscalls tracepoints (the cost floor).
     #[value(hide = true)]
     Floor,
+    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
+    Tcp,
 }
 
 impl Probe {
     pub fn all() -> &'static [Probe] {
-        &[Probe::Syscalls]
+        &[Probe::Syscalls, Probe::Tcp]
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Probe::Syscalls => "syscalls",
             Probe::Floor => "floor",
+            Probe::Tcp => "tcp",
         }
     }
 }

@@ -31,7 +31,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     }
     let pid = child.id().context("workload pid")?;
     let target = Target::from_pid(pid)?;
-    let session = Session::attach(target, &report.probes)?;
+    let session = Session::attach_with(target, &report.probes, &(&report).into())?;
     let mut stdin = child.stdin.take().context("workload stdin")?;
     stdin.write_all(b"go\n").await?;
     let end = session.run(&report, ExitWatch::Child(child)).await?;

@@ -35,6 +35,12 @@ pub fn preflight() -> Result<()> {
 pub fn load(tgid: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(lavtrace_common::filter::TARGET_TGID, &tgid, true);
+    let retransmit_has_err = u8::from(crate::tcp::hooks::retransmit_has_err());
+    loader.override_global(
+        lavtrace_common::tcp::RETRANSMIT_HAS_ERR,
+        &retransmit_has_err,
+        true,
+    );
     let mut ebpf = loader.load(OBJECT).map_err(|e| match e {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
             if io_error.raw_os_error() == Some(libc::EPERM) =>

@@ -23,13 +23,17 @@ pub async fn trace(args: &TraceArgs) -> Result<()> {
     let mut target = Target::resolve(&args.target)?;
     loop {
         let exit = ExitWatch::pidfd(target.pid)?;
-        let session = Session::attach(target.clone(), &args.report.probes)?;
+        let session =
+            Session::attach_with(target.clone(), &args.report.probes, &(&args.report).into())?;
         let end = session.run(&args.report, exit).await?;
-        if !(args.follow && matches!(end, End::TargetExited(_))) {
+        let End::TargetExited(exit) = end else {
+            return Ok(());
+        };
+        if !args.follow {
             return Ok(());
         }
         info!(pid = target.pid, comm = %target.comm, "target exited; waiting for it to restart");
-        let gone = Instant::now();
+        let gone = exit.seen_at.unwrap_or_else(Instant::now);
         let Some(next) = wait_for_restart(&target).await? else {
             return Ok(()); // stopped while waiting: the last summary stands
         };

@@ -12,6 +12,7 @@ mod ringbuf;
 mod session;
 mod syscalls;
 mod target;
+mod tcp;
 mod tui;
 mod units;
 mod workload;

@@ -14,6 +14,7 @@ use crate::{
     ebpf::Hook,
     syscalls::{self, SyscallRow},
     target::{Target, TargetExit},
+    tcp,
 };
 
 /// Every family's section of one window; absent families are left out of the JSON.
@@ -21,6 +22,8 @@ use crate::{
 pub struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<Vec<SyscallRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<tcp::TcpSection>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
     /// What tracing cost in this window.
@@ -29,9 +32,12 @@ pub struct Sections {
 }
 
 impl Sections {
-    fn write_text(&self, out: &mut String, args: &ReportArgs) {
+    fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
         if let Some(rows) = &self.syscalls {
             syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        if let Some(section) = &self.tcp {
+            tcp::write_text(out, section, summary, args.top);
         }
         let lost: Vec<String> = self
             .lost_events
@@ -161,7 +167,7 @@ impl Output {
                     elapsed.as_secs_f64(),
                     window.as_secs_f64()
                 );
-                sections.write_text(&mut s, &self.args);
+                sections.write_text(&mut s, &self.args, false);
                 self.text(&s)
             }
         }
@@ -213,7 +219,7 @@ impl Output {
                     },
                 };
                 let mut s = format!("\n══ summary · {:.1}s · {why} ══\n", duration.as_secs_f64());
-                sections.write_text(&mut s, &self.args);
+                sections.write_text(&mut s, &self.args, true);
                 self.text(&s)
             }
         }

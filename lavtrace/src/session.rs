@@ -16,8 +16,23 @@ use crate::{
     ringbuf::LostCounters,
     syscalls,
     target::{ExitWatch, Target},
+    tcp,
     tui::{Action, Tui},
 };
+
+/// Per-family options of an attach (defaults: what `lavtrace check` tries).
+#[derive(Debug, Clone, Default)]
+pub struct AttachOptions {
+    pub tcp_hooks: tcp::hooks::Mode,
+}
+
+impl From<&ReportArgs> for AttachOptions {
+    fn from(args: &ReportArgs) -> Self {
+        AttachOptions {
+            tcp_hooks: args.tcp_hooks,
+        }
+    }
+}
 
 pub struct Session {
     // Owns every program and link: dropping it detaches everything.
@@ -30,6 +45,7 @@ pub struct Session {
     #[allow(dead_code)] // read by the ring-buffer families
     lost: LostCounters,
     syscalls: Option<syscalls::Tracer>,
+    tcp: Option<tcp::Tracer>,
 }
 
 #[derive(Clone, Copy)]
@@ -41,6 +57,14 @@ enum Window {
 impl Session {
     /// Loads the programs for `probes`, filtered to `target`, and attaches them.
     pub fn attach(target: Target, probes: &[Probe]) -> Result<Session> {
+        Session::attach_with(target, probes, &AttachOptions::default())
+    }
+
+    pub fn attach_with(
+        target: Target,
+        probes: &[Probe],
+        options: &AttachOptions,
+    ) -> Result<Session> {
         ebpf::preflight()?;
         let mut ebpf = ebpf::load(target.pid)?;
         let lost = LostCounters::take(&mut ebpf)?;
@@ -49,6 +73,7 @@ impl Session {
         probes.dedup();
         let mut hooks = Vec::new();
         let mut syscalls = None;
+        let mut tcp = None;
         for probe in &probes {
             match probe {
                 Probe::Syscalls => {
@@ -70,6 +95,12 @@ impl Session {
                         )?);
                     }
                 }
+                Probe::Tcp => {
+                    let (tracer, h) = tcp::Tracer::attach(&mut ebpf, target.pid, options.tcp_hooks)
+                        .context("attaching the tcp family")?;
+                    tcp = Some(tracer);
+                    hooks.extend(h);
+                }
             }
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
@@ -81,6 +112,7 @@ impl Session {
             hooks,
             lost,
             syscalls,
+            tcp,
         })
     }
 
@@ -89,7 +121,11 @@ impl Session {
     }
 
     /// Waits until every event already in the kernel's rings has been aggregated.
-    async fn flush(&mut self) {}
+    async fn flush(&mut self) {
+        if let Some(t) = &self.tcp {
+            t.flush().await;
+        }
+    }
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
         let mut s = Sections {
@@ -106,6 +142,12 @@ impl Session {
             };
             s.syscalls = Some(rows);
             s.lost_events.insert(syscalls::FAMILY, untimed);
+        }
+        if let Some(t) = self.tcp.as_mut() {
+            let kernel_lost = self.lost.get(lavtrace_common::ring::lost::TCP);
+            let (section, lost) = t.section(matches!(window, Window::Whole), kernel_lost)?;
+            s.tcp = Some(section);
+            s.lost_events.insert(tcp::FAMILY, lost);
         }
         Ok(s)
     }

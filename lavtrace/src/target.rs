@@ -109,6 +109,9 @@ pub struct TargetExit {
     pub code: Option<i32>,
     /// Terminating signal, likewise.
     pub signal: Option<i32>,
+    /// When lavtrace saw it go (the start of a `--follow` gap).
+    #[serde(skip)]
+    pub seen_at: Option<std::time::Instant>,
 }
 
 /// Resolves when the target exits.
@@ -140,12 +143,19 @@ impl ExitWatch {
     }
 
     pub async fn wait(&mut self) -> TargetExit {
+        let mut exit = self.wait_status().await;
+        exit.seen_at = Some(std::time::Instant::now());
+        exit
+    }
+
+    async fn wait_status(&mut self) -> TargetExit {
         match self {
             ExitWatch::Pidfd(fd) => {
                 let _ = fd.readable().await;
                 TargetExit {
                     code: None,
                     signal: None,
+                    seen_at: None,
                 }
             }
             ExitWatch::Child(child) => match child.wait().await {
@@ -154,11 +164,13 @@ impl ExitWatch {
                     TargetExit {
                         code: status.code(),
                         signal: status.signal(),
+                        seen_at: None,
                     }
                 }
                 Err(_) => TargetExit {
                     code: None,
                     signal: None,
+                    seen_at: None,
                 },
             },
         }

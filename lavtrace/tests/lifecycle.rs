@@ -16,11 +16,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Ids of the loaded BPF programs that are lavtrace's syscalls programs.
-fn syscalls_programs() -> BTreeSet<u32> {
+/// Ids of the BPF programs whose descriptors process `pid` holds (from /proc/PID/fdinfo).
+fn programs_held_by(pid: u32) -> BTreeSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+fn loaded_programs() -> BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| matches!(p.name_as_str(), Some("syscalls_enter" | "syscalls_exit")))
         .map(|p| p.id())
         .collect()
 }
@@ -30,17 +43,18 @@ fn sigkill_leaves_no_program_loaded() {
     require_root();
     let _serial = serial();
     let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
-    let before = syscalls_programs();
-    let mut trace = Trace::spawn(&["--pid", &target.pid.to_string(), "--probes", "syscalls"]);
-    let ours: BTreeSet<u32> = syscalls_programs().difference(&before).copied().collect();
-    assert_eq!(ours.len(), 2, "lavtrace loaded its enter and exit programs");
+    let mut trace = Trace::spawn(&["--pid", &target.pid.to_string()]);
+    let ours = programs_held_by(trace.child.id());
+    // syscalls (2), tcp and the storage families: several programs, all loaded now.
+    assert!(ours.len() >= 2, "lavtrace holds {} programs", ours.len());
+    assert!(ours.is_subset(&loaded_programs()));
 
     trace.child.kill().unwrap(); // SIGKILL: no cleanup code of lavtrace runs
     trace.child.wait().unwrap();
     // The kernel frees programs once their last fd is closed (asynchronously, via RCU).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<u32> = syscalls_programs().intersection(&ours).copied().collect();
+        let left: Vec<u32> = loaded_programs().intersection(&ours).copied().collect();
         if left.is_empty() {
             break;
         }
@@ -85,7 +99,9 @@ fn follow_reattaches_when_the_target_restarts() {
     let restart = record("restart");
     assert_eq!(restart["previous_pid"], first_pid);
     assert_eq!(restart["pid"], second.pid);
-    assert!(restart["gap_ms"].as_u64().unwrap() >= 300);
+    // We waited 300 ms before starting it; lavtrace polls /proc every 100 ms.
+    let gap = restart["gap_ms"].as_u64().unwrap();
+    assert!((250..5_000).contains(&gap), "gap {gap} ms");
     let attached = record("attached");
     assert_eq!(attached["target"]["pid"], second.pid);
     second.go();

@@ -1,5 +1,6 @@
 //! Mode `demo`: a small broker-shaped syscall mix (socket-like pipe traffic with EAGAIN reads,
-//! timer sleeps), until stdin closes.
+//! timer sleeps) and a little TCP (a long-lived loopback connection, plus one short one every
+//! 250 ms), until stdin closes.
 
 use std::{
     io::Read as _,
@@ -21,6 +22,11 @@ pub fn run() -> std::io::Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    {
+        let stop = stop.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std::thread::spawn(move || tcp(&listener, &stop));
+    }
     let (reader, writer) = std::io::pipe()?;
     // SAFETY: fcntl on a descriptor we own.
     unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
@@ -39,4 +45,31 @@ pub fn run() -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+/// A client that stays connected and sends a little every cycle, and a short-lived one per
+/// cycle that the server closes first.
+fn tcp(listener: &std::net::TcpListener, stop: &AtomicBool) {
+    use std::io::Write as _;
+    let run = || -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        let mut long = std::net::TcpStream::connect(addr)?;
+        let (mut long_server, _) = listener.accept()?;
+        let mut buf = [0u8; 1024];
+        while !stop.load(Ordering::Relaxed) {
+            long.write_all(&[1; 100])?;
+            long_server.read_exact(&mut buf[..100])?;
+            let mut short = std::net::TcpStream::connect(addr)?;
+            let (mut server, _) = listener.accept()?;
+            server.write_all(&[2; 512])?;
+            short.read_exact(&mut buf[..512])?;
+            drop(server);
+            let _ = short.read(&mut buf)?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("workload: demo tcp: {e}");
+    }
 }

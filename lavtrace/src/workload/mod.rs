@@ -9,6 +9,7 @@ mod amqp;
 mod demo;
 mod spin;
 mod syscalls;
+mod tcp;
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -36,6 +37,11 @@ pub enum Mode {
     Spin(spin::Args),
     /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
     Amqp(amqp::Args),
+    /// TCP connections with known histories on 127.0.0.1 (see workload/tcp.rs); after
+    /// `done`, waits for stdin to close.
+    Tcp,
+    /// The other ends of `tcp`'s connections (started by `tcp`).
+    TcpPeer(tcp::PeerArgs),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
@@ -55,6 +61,10 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
         Mode::Demo => ready_then(demo::run),
         Mode::Amqp(a) => ready_then(|| amqp::run(a)),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
+        Mode::Tcp => tcp::prepare()
+            .and_then(ready_then)
+            .and_then(|()| wait_for_eof()),
+        Mode::TcpPeer(a) => tcp::peer(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,6 +73,12 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Holds on until whoever started us closes our stdin.
+fn wait_for_eof() -> std::io::Result<()> {
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink).map(drop)
 }
 
 /// Announces the pid, waits for the go line, runs `work`, announces the end.

@@ -1,0 +1,158 @@
+//! Probe family `tcp`: the target's TCP sockets, their state transitions and counters.
+//!
+//! The kernel keeps the target's sockets in `TCP_SOCKS` (sock pointer → [`SockInfo`]) and sends
+//! one [`TcpEvent`] per state transition, per socket it starts tracking and per socket it
+//! forgets (with its final counters). Byte, retransmit and reset counts stay in the map.
+
+/// Sockets tracked at once (connections and listeners of the target).
+pub const MAX_SOCKS: u32 = 65_536;
+/// Local ports the target listens on.
+pub const MAX_LISTEN_PORTS: u32 = 1_024;
+/// Pre-existing connections announced by userspace at start, matched by 4-tuple.
+pub const MAX_SEEDS: u32 = 65_536;
+/// Threads inside tcp_v{4,6}_connect / tcp_sendmsg at once (kprobe set: entry → return).
+pub const MAX_INFLIGHT: u32 = 16_384;
+
+/// Address families (linux/socket.h).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states (include/net/tcp_states.h). Userspace matches on these values, never transmutes.
+pub mod state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
+}
+
+/// `TcpEvent::kind` values.
+pub mod kind {
+    /// A tracked socket changed state (`old_state` → `new_state`).
+    pub const STATE: u32 = 1;
+    /// The kernel started tracking a socket whose earlier life it did not see (a pre-existing
+    /// connection met on its first send/recv); `new_state` is its state now.
+    pub const ADOPT: u32 = 2;
+    /// A tracked socket is gone (destroyed): final counters in the event.
+    pub const DESTROY: u32 = 3;
+    /// The target called listen(2) (successfully or not): userspace rescans its listeners.
+    pub const LISTEN: u32 = 4;
+    /// The target closed a tracked socket (close(2) → tcp_close), in state `new_state`.
+    pub const APP_CLOSE: u32 = 5;
+    /// tcp_v{4,6}_connect failed synchronously; `origin` holds the positive errno.
+    pub const CONNECT_ERROR: u32 = 6;
+}
+
+/// Why a socket is tracked (`SockInfo::origin`, `TcpEvent::origin`).
+pub mod origin {
+    /// The target connected it (CLOSE → SYN_SENT in the target's own context).
+    pub const CONNECT: u32 = 1;
+    /// Accepted on a port the target listens on (SYN_RECV → ESTABLISHED), or by accept(2).
+    pub const ACCEPT: u32 = 2;
+    /// A connection userspace found in /proc at start, matched by its 4-tuple.
+    pub const SEED: u32 = 3;
+    /// Met on the target's own send/recv (pre-existing, not matched by a transition yet).
+    pub const IO: u32 = 4;
+    /// One of the target's listening sockets.
+    pub const LISTENER: u32 = 5;
+}
+
+/// Value of `TCP_SOCKS`: per-socket counters, updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Last state seen (the kprobe on tcp_set_state only gets the new one).
+    pub state: u32,
+    pub origin: u32,
+}
+
+/// Key of `TCP_SEEDS`: a connection's 4-tuple as the state tracepoint reports it. IPv4
+/// addresses sit in the first 4 bytes of the 16, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// One record of the `TCP_EVENTS` ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The socket's kernel address: the connection's identity while it lives.
+    pub sk: u64,
+    pub kind: u32,
+    pub old_state: u32,
+    pub new_state: u32,
+    pub origin: u32,
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    /// The task the event happened in (0 when not meaningful, e.g. softirq).
+    pub tgid: u32,
+    pub _reserved: u32,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Final counters (DESTROY only).
+    pub info: SockInfo,
+}
+
+/// Set by userspace at load when `tcp:tcp_retransmit_skb` has an `int err` field at
+/// [`RETRANSMIT_ERR_OFFSET`] (Linux 6.10+): only retransmits that went out (err == 0) count.
+pub const RETRANSMIT_HAS_ERR: &str = "TCP_RETRANSMIT_HAS_ERR";
+pub const RETRANSMIT_ERR_OFFSET: usize = 76;
+
+/// Byte offsets in `struct sock_common`, read by the kprobe set (which has no tracepoint
+/// record) and to adopt a pre-existing socket met on send/recv. This head of the struct is laid
+/// out for the socket lookup hash (`skc_addrpair` then `skc_hash`, `skc_portpair`) and has not
+/// moved since Linux 2.6.x; userspace checks these against the running kernel's BTF before
+/// loading anything that reads them (`lavtrace/src/tcp/btf.rs`).
+pub mod sock_offsets {
+    pub const DADDR: usize = 0;
+    pub const RCV_SADDR: usize = 4;
+    pub const DPORT: usize = 12;
+    pub const NUM: usize = 14;
+    pub const FAMILY: usize = 16;
+    pub const STATE: usize = 18;
+    /// Bytes read at once from the start of the sock.
+    pub const HEAD_LEN: usize = 20;
+}
+
+crate::pod!(SockInfo, FlowKey, TcpEvent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_has_no_padding() {
+        assert_eq!(core::mem::size_of::<SockInfo>(), 5 * 8 + 2 * 4);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 4 * 2 + 32);
+        assert_eq!(
+            core::mem::size_of::<TcpEvent>(),
+            8 + 8 + 4 * 4 + 4 * 2 + 8 + 32 + core::mem::size_of::<SockInfo>()
+        );
+        assert_eq!(core::mem::align_of::<TcpEvent>(), 8);
+        assert_eq!(core::mem::offset_of!(TcpEvent, info) % 8, 0);
+    }
+}

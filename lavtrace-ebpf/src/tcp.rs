@@ -1,0 +1,668 @@
+//! Probe family `tcp`: the target's TCP sockets, their state transitions and counters.
+//!
+//! State changes mostly run in softirq context, where the current task is whoever the CPU
+//! interrupted, so sockets are attributed by pointer, not by pid: `TCP_SOCKS` holds the
+//! target's sockets. A socket enters it when
+//! - the target itself moves it CLOSE → SYN_SENT (connect) or to LISTEN (process context),
+//! - it goes SYN_RECV → ESTABLISHED with a local port the target listens on (`TCP_LISTEN_PORTS`,
+//!   filled here on the target's listen and by userspace from /proc at start),
+//! - its 4-tuple is one of the pre-existing connections userspace found at start (`TCP_SEEDS`),
+//! - the target sends or receives on it (a pre-existing connection met on I/O),
+//! - (kprobe set) the target's accept returns it.
+//!
+//! Two hook sets feed the same logic: tracepoints (fields read from the record) and kprobes
+//! (the sock read at the `sock_offsets` of `lavtrace_common::tcp`). Userspace loads only the
+//! programs of the set it picked (`lavtrace/src/tcp/hooks.rs`).
+//!
+//! Cost: the byte hooks run on every send/recv on the host: one helper call and a compare for
+//! every other process; for the target one protocol check and one hash lookup. The state hook
+//! runs on every TCP state change on the host: one hash lookup, then at most one more lookup
+//! for sockets that are not the target's.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{kprobe, kretprobe, map, tracepoint},
+    maps::{HashMap, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use lavtrace_common::{
+    ring::{DEFAULT_RING_BYTES, lost},
+    tcp::{
+        AF_INET, AF_INET6, FlowKey, IPPROTO_TCP, MAX_INFLIGHT, MAX_LISTEN_PORTS, MAX_SEEDS,
+        MAX_SOCKS, RETRANSMIT_ERR_OFFSET, SockInfo, TcpEvent, kind, origin, sock_offsets as so,
+        state,
+    },
+};
+
+use crate::{
+    filter::current_target_task,
+    ring::{count_lost, send},
+};
+
+#[map]
+static TCP_SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
+
+/// Local port → 1, for the ports the target listens on.
+#[map]
+static TCP_LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+
+#[map]
+static TCP_SEEDS: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_SEEDS, 0);
+
+#[map]
+static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// tid → sock, between the entry and the return of tcp_v{4,6}_connect (kprobe set).
+#[map]
+static TCP_CONNECT_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// tid → sock, between the entry and the return of tcp_sendmsg (kprobe set).
+#[map]
+static TCP_SEND_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// See `lavtrace_common::tcp::RETRANSMIT_HAS_ERR`.
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_HAS_ERR: u8 = 0;
+
+const MSG_PEEK: i32 = 2;
+
+/// A connection's addresses as the hooks know them (IPv6 addresses only from tracepoints).
+#[derive(Clone, Copy, Default)]
+struct Tuple {
+    family: u16,
+    lport: u16,
+    rport: u16,
+    laddr: [u8; 16],
+    raddr: [u8; 16],
+}
+
+impl Tuple {
+    #[inline(always)]
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            lport: self.lport,
+            rport: self.rport,
+            _pad: 0,
+            laddr: self.laddr,
+            raddr: self.raddr,
+        }
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn emit(kind: u32, sk: u64, old: u32, new: u32, origin: u32, t: &Tuple, info: Option<&SockInfo>) {
+    let event = TcpEvent {
+        ts_ns: now(),
+        sk,
+        kind,
+        old_state: old,
+        new_state: new,
+        origin,
+        family: t.family,
+        lport: t.lport,
+        rport: t.rport,
+        _pad: 0,
+        tgid: current_tgid(),
+        _reserved: 0,
+        laddr: t.laddr,
+        raddr: t.raddr,
+        info: match info {
+            Some(i) => *i,
+            None => SockInfo::default(),
+        },
+    };
+    send(&TCP_EVENTS, lost::TCP, &event);
+}
+
+#[inline(always)]
+fn track(sk: u64, st: u32, how: u32) -> bool {
+    let info = SockInfo {
+        state: st,
+        origin: how,
+        ..SockInfo::default()
+    };
+    if TCP_SOCKS.insert(sk, info, 0).is_err() {
+        count_lost(lost::TCP);
+        return false;
+    }
+    true
+}
+
+/// Adds `n` to a counter of a map value that other CPUs may update at the same time.
+#[inline(always)]
+fn add(counter: *mut u64, n: u64) {
+    // core's AtomicU64 has no fetch_add for the BPF target; the intrinsic lowers to the BPF
+    // atomic add (the result is unused, so no BPF_FETCH: any kernel with eBPF has it).
+    // SAFETY: `counter` points into a live map value (8-byte aligned u64).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// One state change of any TCP socket on the host: `tuple` is only evaluated when needed.
+#[inline(always)]
+fn on_state(sk: u64, old: u32, new: u32, tuple: impl Fn() -> Tuple) {
+    if let Some(info) = TCP_SOCKS.get_ptr_mut(sk) {
+        // SAFETY: map value slot, valid for this program run.
+        let info = unsafe { &mut *info };
+        info.state = new;
+        let t = tuple();
+        if new == state::CLOSE && info.origin == origin::LISTENER {
+            let port = u32::from(t.lport);
+            let _ = TCP_LISTEN_PORTS.remove(port);
+        }
+        emit(kind::STATE, sk, old, new, info.origin, &t, None);
+        return;
+    }
+    let how = if old == state::CLOSE && new == state::SYN_SENT {
+        // connect(2) runs in the caller's context.
+        if current_target_task().is_none() {
+            return;
+        }
+        origin::CONNECT
+    } else if new == state::LISTEN {
+        // listen(2) likewise.
+        if current_target_task().is_none() {
+            return;
+        }
+        let t = tuple();
+        if t.lport != 0 {
+            let _ = TCP_LISTEN_PORTS.insert(u32::from(t.lport), 1, 0);
+        }
+        origin::LISTENER
+    } else if old == state::SYN_RECV && new == state::ESTABLISHED {
+        // The handshake of an incoming connection completes in softirq; the child carries
+        // the listener's local port.
+        let port = u32::from(tuple().lport);
+        // SAFETY: read-only use of the value.
+        if unsafe { TCP_LISTEN_PORTS.get(port) }.is_none() {
+            return;
+        }
+        origin::ACCEPT
+    } else if old == state::CLOSE
+        || old == state::SYN_SENT
+        || old == state::LISTEN
+        || old == state::NEW_SYN_RECV
+        || old == state::SYN_RECV
+    {
+        return; // connection set-up of another process: no pre-existing connection is here
+    } else {
+        let key = tuple().key();
+        // SAFETY: read-only use of the value.
+        if unsafe { TCP_SEEDS.get(key) }.is_none() {
+            return;
+        }
+        let _ = TCP_SEEDS.remove(key);
+        origin::SEED
+    };
+    if track(sk, new, how) {
+        emit(kind::STATE, sk, old, new, how, &tuple(), None);
+    }
+}
+
+/// The head of `struct sock_common` at `sk` (kprobe set, and adopting a socket met on I/O).
+#[derive(Clone, Copy)]
+struct Head {
+    tuple: Tuple,
+    state: u32,
+}
+
+#[inline(always)]
+fn read_head(sk: u64) -> Option<Head> {
+    // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only fails.
+    let raw: [u8; so::HEAD_LEN] =
+        unsafe { bpf_probe_read_kernel(sk as *const [u8; so::HEAD_LEN]) }.ok()?;
+    let family = u16::from_ne_bytes([raw[so::FAMILY], raw[so::FAMILY + 1]]);
+    let mut tuple = Tuple {
+        family,
+        lport: u16::from_ne_bytes([raw[so::NUM], raw[so::NUM + 1]]),
+        // skc_dport is in network order.
+        rport: u16::from_be_bytes([raw[so::DPORT], raw[so::DPORT + 1]]),
+        ..Tuple::default()
+    };
+    if family == AF_INET {
+        tuple.laddr[..4].copy_from_slice(&raw[so::RCV_SADDR..so::RCV_SADDR + 4]);
+        tuple.raddr[..4].copy_from_slice(&raw[so::DADDR..so::DADDR + 4]);
+    } else if family != AF_INET6 {
+        return None;
+    }
+    Some(Head {
+        tuple,
+        state: u32::from(raw[so::STATE]),
+    })
+}
+
+/// Counts `n` bytes on the target's socket `sk`, adopting it if it is not tracked yet: it is
+/// the target's (the target is using it) and it was there before we attached.
+#[inline(always)]
+fn count_bytes(sk: u64, n: u64, sent: bool) {
+    let info = match TCP_SOCKS.get_ptr_mut(sk) {
+        Some(info) => info,
+        None => {
+            let Some(head) = read_head(sk) else {
+                return;
+            };
+            if !track(sk, head.state, origin::IO) {
+                return;
+            }
+            emit(
+                kind::ADOPT,
+                sk,
+                head.state,
+                head.state,
+                origin::IO,
+                &head.tuple,
+                None,
+            );
+            match TCP_SOCKS.get_ptr_mut(sk) {
+                Some(info) => info,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: map value slot; the field pointers stay inside it.
+    unsafe {
+        if sent {
+            add(&raw mut (*info).bytes_sent, n);
+        } else {
+            add(&raw mut (*info).bytes_received, n);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Retransmits,
+    ResetsSent,
+    ResetsReceived,
+}
+
+#[inline(always)]
+fn bump(sk: u64, counter: Counter) {
+    if let Some(info) = TCP_SOCKS.get_ptr_mut(sk) {
+        // SAFETY: map value slot; the field pointers stay inside it.
+        unsafe {
+            match counter {
+                Counter::Retransmits => add(&raw mut (*info).retransmits, 1),
+                Counter::ResetsSent => add(&raw mut (*info).resets_sent, 1),
+                Counter::ResetsReceived => add(&raw mut (*info).resets_received, 1),
+            }
+        }
+    }
+}
+
+/// A tracked socket is gone: its final counters go to userspace and its slot is freed (the
+/// kernel may reuse the address for a new socket).
+#[inline(always)]
+fn on_destroy(sk: u64) {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(info) = (unsafe { TCP_SOCKS.get(sk) }).copied() else {
+        return;
+    };
+    let _ = TCP_SOCKS.remove(sk);
+    emit(
+        kind::DESTROY,
+        sk,
+        info.state,
+        info.state,
+        info.origin,
+        &Tuple::default(),
+        Some(&info),
+    );
+}
+
+// ---- tracepoint set ------------------------------------------------------------------------
+
+/// Reads a field of a tracepoint record (direct context access, as the verifier allows for
+/// tracepoint programs; every offset below is from the format file and naturally aligned).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: within the record, aligned (see the offsets).
+    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<T>() }
+}
+
+// sock:inet_sock_set_state
+const SS_SKADDR: usize = 8;
+const SS_OLDSTATE: usize = 16;
+const SS_NEWSTATE: usize = 20;
+const SS_SPORT: usize = 24;
+const SS_DPORT: usize = 26;
+const SS_FAMILY: usize = 28;
+const SS_PROTOCOL: usize = 30;
+const SS_SADDR: usize = 32;
+const SS_DADDR: usize = 36;
+const SS_SADDR_V6: usize = 40;
+const SS_DADDR_V6: usize = 56;
+
+#[tracepoint]
+pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
+    if field::<u16>(&ctx, SS_PROTOCOL) != IPPROTO_TCP {
+        return 0;
+    }
+    let sk: u64 = field(&ctx, SS_SKADDR);
+    let old = field::<i32>(&ctx, SS_OLDSTATE) as u32;
+    let new = field::<i32>(&ctx, SS_NEWSTATE) as u32;
+    on_state(sk, old, new, || {
+        let family: u16 = field(&ctx, SS_FAMILY);
+        let mut t = Tuple {
+            family,
+            lport: field(&ctx, SS_SPORT),
+            rport: field(&ctx, SS_DPORT),
+            ..Tuple::default()
+        };
+        if family == AF_INET6 {
+            let words = |at: usize| -> [u8; 16] {
+                let a: u64 = field(&ctx, at);
+                let b: u64 = field(&ctx, at + 8);
+                let mut out = [0u8; 16];
+                out[..8].copy_from_slice(&a.to_ne_bytes());
+                out[8..].copy_from_slice(&b.to_ne_bytes());
+                out
+            };
+            t.laddr = words(SS_SADDR_V6);
+            t.raddr = words(SS_DADDR_V6);
+        } else {
+            t.laddr[..4].copy_from_slice(&field::<u32>(&ctx, SS_SADDR).to_ne_bytes());
+            t.raddr[..4].copy_from_slice(&field::<u32>(&ctx, SS_DADDR).to_ne_bytes());
+        }
+        t
+    });
+    0
+}
+
+/// tcp:tcp_destroy_sock
+#[tracepoint]
+pub fn tcp_destroy_tp(ctx: TracePointContext) -> u32 {
+    on_destroy(field(&ctx, 8));
+    0
+}
+
+/// tcp:tcp_retransmit_skb (skaddr at 16; `int err` at 76 on 6.10+)
+#[tracepoint]
+pub fn tcp_retransmit_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: read of a read-only global (volatile: set at load time).
+    let has_err = unsafe { core::ptr::read_volatile(&TCP_RETRANSMIT_HAS_ERR) } != 0;
+    if has_err && field::<i32>(&ctx, RETRANSMIT_ERR_OFFSET) != 0 {
+        return 0; // not sent
+    }
+    bump(field(&ctx, 16), Counter::Retransmits);
+    0
+}
+
+/// tcp:tcp_send_reset (skaddr at 16, NULL for resets sent without a socket)
+#[tracepoint]
+pub fn tcp_send_reset_tp(ctx: TracePointContext) -> u32 {
+    bump(field(&ctx, 16), Counter::ResetsSent);
+    0
+}
+
+/// tcp:tcp_receive_reset (skaddr at 8)
+#[tracepoint]
+pub fn tcp_receive_reset_tp(ctx: TracePointContext) -> u32 {
+    bump(field(&ctx, 8), Counter::ResetsReceived);
+    0
+}
+
+// sock:sock_send_length / sock:sock_recv_length
+const SL_SK: usize = 8;
+const SL_PROTOCOL: usize = 18;
+const SL_RET: usize = 20;
+const SL_FLAGS: usize = 24;
+
+#[inline(always)]
+fn on_length(ctx: &TracePointContext, sent: bool) {
+    if current_target_task().is_none() || field::<u16>(ctx, SL_PROTOCOL) != IPPROTO_TCP {
+        return;
+    }
+    let ret: i32 = field(ctx, SL_RET);
+    if ret <= 0 || (!sent && field::<i32>(ctx, SL_FLAGS) & MSG_PEEK != 0) {
+        return;
+    }
+    count_bytes(field(ctx, SL_SK), ret as u64, sent);
+}
+
+#[tracepoint]
+pub fn tcp_send_length_tp(ctx: TracePointContext) -> u32 {
+    on_length(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_recv_length_tp(ctx: TracePointContext) -> u32 {
+    on_length(&ctx, false);
+    0
+}
+
+/// syscalls:sys_exit_listen: the target may listen on a port the kernel did not see bound
+/// (listen without bind picks a port after the LISTEN transition): userspace rescans.
+#[tracepoint]
+pub fn tcp_listen_tp(_ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0;
+    }
+    emit(kind::LISTEN, 0, 0, 0, 0, &Tuple::default(), None);
+    0
+}
+
+// ---- kprobe set ----------------------------------------------------------------------------
+
+#[inline(always)]
+fn arg_sk(ctx: &ProbeContext) -> Option<u64> {
+    let sk: *const u8 = ctx.arg(0)?;
+    (!sk.is_null()).then_some(sk as u64)
+}
+
+/// tcp_set_state(struct sock *sk, int state): runs before the store, so the sock still holds
+/// the old state.
+#[kprobe]
+pub fn tcp_set_state_kp(ctx: ProbeContext) -> u32 {
+    let Some(sk) = arg_sk(&ctx) else { return 0 };
+    let Some(new) = ctx.arg::<i32>(1) else {
+        return 0;
+    };
+    let Some(head) = read_head(sk) else { return 0 };
+    on_state(sk, head.state, new as u32, || head.tuple);
+    0
+}
+
+/// tcp_v4_connect / tcp_v6_connect(struct sock *sk, ...): track the socket before its
+/// CLOSE → SYN_SENT, remember it for the return.
+#[kprobe]
+pub fn tcp_connect_kp(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let Some(sk) = arg_sk(&ctx) else { return 0 };
+    // SAFETY: read-only lookup.
+    if unsafe { TCP_SOCKS.get(sk) }.is_none() && !track(sk, state::CLOSE, origin::CONNECT) {
+        return 0;
+    }
+    if TCP_CONNECT_ARGS.insert(tid, sk, 0).is_err() {
+        count_lost(lost::TCP);
+    }
+    0
+}
+
+/// Return of tcp_v{4,6}_connect: a synchronous failure (no route, no port) is reported and
+/// the socket, still CLOSE, forgotten.
+#[kretprobe]
+pub fn tcp_connect_ret_kp(ctx: RetProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(sk) = (unsafe { TCP_CONNECT_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = TCP_CONNECT_ARGS.remove(tid);
+    let ret: i32 = ctx.ret();
+    if ret >= 0 {
+        return 0;
+    }
+    // SAFETY: read-only lookup, value copied.
+    if let Some(info) = unsafe { TCP_SOCKS.get(sk) }.copied()
+        && info.state == state::CLOSE
+    {
+        let _ = TCP_SOCKS.remove(sk);
+    }
+    let tuple = read_head(sk).map_or(Tuple::default(), |h| h.tuple);
+    emit(
+        kind::CONNECT_ERROR,
+        sk,
+        state::CLOSE,
+        state::CLOSE,
+        ret.unsigned_abs(),
+        &tuple,
+        None,
+    );
+    0
+}
+
+/// Return of inet_csk_accept: the accepted sock, in the accepting task's context. Usually
+/// already tracked (SYN_RECV → ESTABLISHED on a known port); this catches the rest.
+#[kretprobe]
+pub fn tcp_accept_ret_kp(ctx: RetProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0;
+    }
+    let sk: *const u8 = ctx.ret();
+    if sk.is_null() {
+        return 0;
+    }
+    let sk = sk as u64;
+    // SAFETY: read-only lookup.
+    if unsafe { TCP_SOCKS.get(sk) }.is_some() {
+        return 0;
+    }
+    let Some(head) = read_head(sk) else { return 0 };
+    if track(sk, head.state, origin::ACCEPT) {
+        emit(
+            kind::ADOPT,
+            sk,
+            head.state,
+            head.state,
+            origin::ACCEPT,
+            &head.tuple,
+            None,
+        );
+    }
+    0
+}
+
+/// tcp_close(struct sock *sk, long timeout): the target closed the socket.
+#[kprobe]
+pub fn tcp_close_kp(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0;
+    }
+    let Some(sk) = arg_sk(&ctx) else { return 0 };
+    // SAFETY: read-only lookup, value copied.
+    if let Some(info) = unsafe { TCP_SOCKS.get(sk) }.copied() {
+        emit(
+            kind::APP_CLOSE,
+            sk,
+            info.state,
+            info.state,
+            info.origin,
+            &Tuple::default(),
+            None,
+        );
+    }
+    0
+}
+
+/// tcp_v4_destroy_sock(struct sock *sk) (IPv6 sockets end there too).
+#[kprobe]
+pub fn tcp_destroy_kp(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = arg_sk(&ctx) {
+        on_destroy(sk);
+    }
+    0
+}
+
+/// tcp_retransmit_skb(struct sock *sk, ...): attempts, including ones that fail locally.
+#[kprobe]
+pub fn tcp_retransmit_kp(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = arg_sk(&ctx) {
+        bump(sk, Counter::Retransmits);
+    }
+    0
+}
+
+/// tcp_send_active_reset(struct sock *sk, ...): resets the socket sends on abort/linger 0.
+#[kprobe]
+pub fn tcp_send_reset_kp(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = arg_sk(&ctx) {
+        bump(sk, Counter::ResetsSent);
+    }
+    0
+}
+
+/// tcp_reset(struct sock *sk, struct sk_buff *skb): a reset arrived on the socket.
+#[kprobe]
+pub fn tcp_receive_reset_kp(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = arg_sk(&ctx) {
+        bump(sk, Counter::ResetsReceived);
+    }
+    0
+}
+
+/// tcp_sendmsg(struct sock *sk, ...): remember the socket for the return value.
+#[kprobe]
+pub fn tcp_sendmsg_kp(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    if let Some(sk) = arg_sk(&ctx)
+        && TCP_SEND_ARGS.insert(tid, sk, 0).is_err()
+    {
+        count_lost(lost::TCP);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn tcp_sendmsg_ret_kp(ctx: RetProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(sk) = (unsafe { TCP_SEND_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = TCP_SEND_ARGS.remove(tid);
+    let ret: i32 = ctx.ret();
+    if ret > 0 {
+        count_bytes(sk, ret as u64, true);
+    }
+    0
+}
+
+/// tcp_cleanup_rbuf(struct sock *sk, int copied): bytes a receive copied to the target.
+#[kprobe]
+pub fn tcp_recv_kp(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0;
+    }
+    let Some(sk) = arg_sk(&ctx) else { return 0 };
+    let Some(copied) = ctx.arg::<i32>(1) else {
+        return 0;
+    };
+    if copied > 0 {
+        count_bytes(sk, copied as u64, false);
+    }
+    0
+}

@@ -1,0 +1,178 @@
+//! Checks the `struct sock_common` offsets the kprobe programs read
+//! (`lavtrace_common::tcp::sock_offsets`) against the running kernel's BTF. Only what that
+//! needs of the BTF format (include/uapi/linux/btf.h): the type section's records, walked to
+//! find one struct's members, anonymous unions and structs included.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail, ensure};
+use lavtrace_common::tcp::sock_offsets as so;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+struct Member {
+    name: u32,
+    ty: u32,
+    bit_offset: u32,
+}
+
+struct Btf<'a> {
+    strings: &'a [u8],
+    /// Struct and union types by id: (name offset, members).
+    composites: HashMap<u32, (u32, Vec<Member>)>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32> {
+    let bytes = b
+        .get(at..at + 4)
+        .ok_or_else(|| anyhow::anyhow!("BTF truncated"))?;
+    Ok(u32::from_le_bytes(bytes.try_into()?))
+}
+
+impl<'a> Btf<'a> {
+    fn parse(data: &'a [u8]) -> Result<Btf<'a>> {
+        ensure!(data.len() >= 24, "BTF too short");
+        ensure!(
+            u16::from_le_bytes([data[0], data[1]]) == BTF_MAGIC,
+            "not little-endian BTF"
+        );
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or_else(|| anyhow::anyhow!("BTF type section out of bounds"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or_else(|| anyhow::anyhow!("BTF string section out of bounds"))?;
+        let mut composites = HashMap::new();
+        let (mut at, mut id) = (0usize, 1u32);
+        while at < types.len() {
+            let name = u32_at(types, at)?;
+            let info = u32_at(types, at + 4)?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kflag = info >> 31 == 1;
+            at += 12;
+            let extra = match kind {
+                1 | 14 | 17 => 4,             // int, var, decl_tag
+                3 => 12,                      // array
+                4 | 5 | 15 | 19 => 12 * vlen, // struct, union, datasec, enum64
+                6 | 13 => 8 * vlen,           // enum, func_proto
+                2 | 7..=12 | 16 | 18 => 0,    // ptr, fwd, typedef, qualifiers, func...
+                other => bail!("unknown BTF kind {other}"),
+            };
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                let mut members = Vec::with_capacity(vlen);
+                for m in 0..vlen {
+                    let base = at + 12 * m;
+                    let offset = u32_at(types, base + 8)?;
+                    members.push(Member {
+                        name: u32_at(types, base)?,
+                        ty: u32_at(types, base + 4)?,
+                        bit_offset: if kflag { offset & 0xff_ffff } else { offset },
+                    });
+                }
+                composites.insert(id, (name, members));
+            }
+            at += extra;
+            id += 1;
+        }
+        Ok(Btf {
+            strings,
+            composites,
+        })
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn struct_id(&self, name: &str) -> Option<u32> {
+        self.composites
+            .iter()
+            .filter(|(_, (n, members))| self.name(*n) == name && !members.is_empty())
+            .map(|(&id, _)| id)
+            .min()
+    }
+
+    /// Byte offset of member `field` of composite `id`, looking into anonymous members.
+    fn offset_of(&self, id: u32, field: &str) -> Option<usize> {
+        let (_, members) = self.composites.get(&id)?;
+        for m in members {
+            if self.name(m.name) == field {
+                return Some(m.bit_offset as usize / 8);
+            }
+            if m.name == 0
+                && let Some(inner) = self.offset_of(m.ty, field)
+            {
+                return Some(m.bit_offset as usize / 8 + inner);
+            }
+        }
+        None
+    }
+}
+
+/// Ok when the kernel's `struct sock_common` has the fields where the programs read them.
+pub fn check_sock_head(vmlinux: &[u8]) -> Result<()> {
+    let btf = Btf::parse(vmlinux)?;
+    let id = btf
+        .struct_id("sock_common")
+        .ok_or_else(|| anyhow::anyhow!("no struct sock_common in BTF"))?;
+    for (field, want) in [
+        ("skc_daddr", so::DADDR),
+        ("skc_rcv_saddr", so::RCV_SADDR),
+        ("skc_dport", so::DPORT),
+        ("skc_num", so::NUM),
+        ("skc_family", so::FAMILY),
+        ("skc_state", so::STATE),
+    ] {
+        match btf.offset_of(id, field) {
+            Some(at) if at == want => {}
+            Some(at) => bail!("struct sock_common.{field} is at {at}, the programs read {want}"),
+            None => bail!("struct sock_common has no {field}"),
+        }
+    }
+    Ok(())
+}
+
+/// Why the kprobe set must not be used on this kernel, if its sock layout is known to differ.
+/// Without BTF nothing can be checked: the offsets have been stable since 2.6.
+pub fn sock_head_mismatch() -> Option<String> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    check_sock_head(&data)
+        .err()
+        .map(|e| format!("kprobe programs disabled: {e:#} (per /sys/kernel/btf/vmlinux)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_the_layout_the_programs_read() {
+        let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+            return; // no BTF on this machine: nothing to compare with
+        };
+        check_sock_head(&data).unwrap();
+        let btf = Btf::parse(&data).unwrap();
+        let id = btf.struct_id("sock_common").unwrap();
+        assert_eq!(btf.offset_of(id, "skc_no_such_field"), None);
+        assert!(btf.offset_of(id, "skc_v6_daddr").is_some());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(check_sock_head(&[]).is_err());
+        assert!(
+            check_sock_head(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 0, 0, 0]).is_err()
+        );
+        let mut hdr = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
+        hdr.extend([0, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(check_sock_head(&hdr).is_err());
+    }
+}

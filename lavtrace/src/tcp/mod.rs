@@ -1,0 +1,258 @@
+//! Probe family `tcp`: every TCP connection of the target, its state transitions with the time
+//! spent in each state, bytes, retransmits, resets and who closed it. Kernel side:
+//! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`.
+
+mod btf;
+pub mod hooks;
+mod procfs;
+mod report;
+mod table;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
+use tracing::{debug, info};
+
+pub use report::{TcpSection, write_text};
+
+use crate::{
+    ebpf::Hook,
+    ringbuf::{Drain, spawn_drain},
+};
+
+pub const FAMILY: &str = "tcp";
+
+/// What the drain task and the reporting side share.
+struct Shared {
+    table: table::Table,
+    listen_ports: HashMap<MapData, u32, u32>,
+    seeds: HashMap<MapData, FlowKey, u32>,
+    pid: u32,
+}
+
+impl Shared {
+    fn on_event(&mut self, e: &TcpEvent) {
+        self.table.apply(e);
+        if std::mem::take(&mut self.table.rescan_listeners) {
+            self.add_listeners(&procfs::target_sockets(self.pid));
+        }
+    }
+
+    fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
+        for s in socks.iter().filter(|s| s.state == state::LISTEN) {
+            if let Err(e) = self.listen_ports.insert(u32::from(s.local.port()), 1, 0) {
+                debug!("tcp: cannot add listening port {}: {e}", s.local.port());
+            }
+            self.table.listeners.insert(s.local);
+        }
+    }
+}
+
+pub struct Tracer {
+    shared: Arc<Mutex<Shared>>,
+    socks: HashMap<MapData, u64, SockInfo>,
+    drain: Drain,
+    /// Which set is in use, for the section.
+    kind: &'static str,
+    /// Attach time and the end of the last reported interval (CLOCK_MONOTONIC ns).
+    t0: u64,
+    last_end: u64,
+    last_lost: u64,
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Tracer {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: hooks::Mode) -> Result<(Tracer, Vec<Hook>)> {
+        let t0 = monotonic_ns();
+        let caps = hooks::Caps::probe();
+        let hooks = hooks::attach(ebpf, mode, &caps)?;
+        let kind = set_kind(&hooks);
+        info!(kind, "tcp hooks attached");
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        let socks = HashMap::try_from(take(ebpf, "TCP_SOCKS")?)?;
+        let mut shared = Shared {
+            table: table::Table::default(),
+            listen_ports: HashMap::try_from(take(ebpf, "TCP_LISTEN_PORTS")?)?,
+            seeds: HashMap::try_from(take(ebpf, "TCP_SEEDS")?)?,
+            pid,
+        };
+        // After attaching: a connection made meanwhile is both here and in the events, and
+        // the events win (its seed is matched by the kernel or never used).
+        let existing = procfs::target_sockets(pid);
+        shared.add_listeners(&existing);
+        for s in existing.iter().filter(|s| s.state != state::LISTEN) {
+            shared
+                .seeds
+                .insert(s.key(), 1, 0)
+                .context("seeding the pre-existing connections")?;
+        }
+        shared.table.seed(&existing);
+        debug!(
+            connections = shared.table.conns.len(),
+            listeners = shared.table.listeners.len(),
+            "tcp: seeded from /proc"
+        );
+        let shared = Arc::new(Mutex::new(shared));
+        let sink = shared.clone();
+        let drain = spawn_drain::<TcpEvent, _>(ebpf, "TCP_EVENTS", move |e| {
+            if let Ok(mut s) = sink.lock() {
+                s.on_event(&e);
+            }
+        })?;
+        Ok((
+            Tracer {
+                shared,
+                socks,
+                drain,
+                kind,
+                t0,
+                // The first interval's rates are over the time since attaching ended.
+                last_end: monotonic_ns(),
+                last_lost: 0,
+            },
+            hooks,
+        ))
+    }
+
+    pub async fn flush(&self) {
+        self.drain.flush().await;
+    }
+
+    /// The section for the window since the last interval (`whole`: the run) and the events
+    /// lost in it; `kernel_lost` is the kernel's cumulative count for this family.
+    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> Result<(TcpSection, u64)> {
+        let end = monotonic_ns();
+        let malformed = self
+            .drain
+            .stats
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let lost_total = kernel_lost + malformed;
+        let mut shared = self
+            .shared
+            .lock()
+            .map_err(|_| anyhow::anyhow!("tcp table poisoned"))?;
+        let shared = &mut *shared;
+        for key in std::mem::take(&mut shared.table.stale_seeds) {
+            let _ = shared.seeds.remove(&key);
+        }
+        let live: Vec<(u64, usize)> = shared.table.live().collect();
+        for (sk, i) in live {
+            // Gone meanwhile: its DESTROY event carries the final counters.
+            if let Ok(info) = self.socks.get(&sk, 0) {
+                shared.table.conns[i].counters = info;
+            }
+        }
+        if shared.table.needs_local_ports() {
+            let socks = procfs::target_sockets(shared.pid);
+            shared.table.fill_local_ports(&socks);
+        }
+        let w = report::Window {
+            t0: self.t0,
+            start: if whole { self.t0 } else { self.last_end },
+            end,
+            whole,
+        };
+        let table = &mut shared.table;
+        let in_window = |c: &table::Conn| !c.duplicate && (whole || !c.reported_closed);
+        let rows: Vec<_> = table
+            .conns
+            .iter()
+            .filter(|c| in_window(c))
+            .map(|c| report::conn_row(c, &w))
+            .collect();
+        let transitions = table::transition_counts(
+            table
+                .conns
+                .iter()
+                .filter(|c| in_window(c))
+                .flat_map(|c| &c.transitions[if whole { 0 } else { c.reported_transitions }..])
+                .filter(|t| t.at >= w.start || !whole),
+        );
+        let started = |c: &table::Conn| {
+            c.transitions.first().is_some_and(|t| {
+                matches!(t.to, state::SYN_SENT | state::ESTABLISHED)
+                    && c.opened.is_some_and(|o| o >= w.start)
+            })
+        };
+        let opened = table
+            .conns
+            .iter()
+            .filter(|c| in_window(c) && started(c))
+            .count() as u64;
+        let closed_in = |c: &table::Conn| c.closed.is_some_and(|d| d >= w.start);
+        let closed = table
+            .conns
+            .iter()
+            .filter(|c| in_window(c) && closed_in(c))
+            .count() as u64;
+        let lifetimes = report::lifetimes(
+            table
+                .conns
+                .iter()
+                .filter(|c| in_window(c) && closed_in(c))
+                .filter_map(|c| Some(c.closed?.saturating_sub(c.opened?))),
+        );
+        let section = TcpSection {
+            hooks: self.kind,
+            listening: table.listeners.iter().map(report::listen_row).collect(),
+            connections: rows,
+            transitions,
+            opened,
+            closed,
+            lifetimes,
+        };
+        let lost = if whole {
+            lost_total
+        } else {
+            for c in table.conns.iter_mut() {
+                c.reported = c.counters;
+                c.reported_transitions = c.transitions.len();
+                if c.closed.is_some() {
+                    c.reported_closed = true;
+                }
+            }
+            self.last_end = end;
+            let l = lost_total.saturating_sub(self.last_lost);
+            self.last_lost = lost_total;
+            l
+        };
+        Ok((section, lost))
+    }
+}
+
+/// `kprobe`, `tracepoint` or `mixed`, ignoring the listen(2) tracepoint both sets use.
+fn set_kind(hooks: &[Hook]) -> &'static str {
+    let relevant = hooks.iter().filter(|h| h.program != "tcp_listen_tp");
+    let (mut kp, mut tp) = (false, false);
+    for h in relevant {
+        if h.via.starts_with("tracepoint") {
+            tp = true;
+        } else {
+            kp = true;
+        }
+    }
+    match (kp, tp) {
+        (true, false) => "kprobe",
+        (false, true) => "tracepoint",
+        _ => "mixed",
+    }
+}

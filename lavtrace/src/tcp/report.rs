@@ -1,0 +1,348 @@
+//! The `tcp` section: JSON rows and the text views (an ss-like table with rates and time in
+//! state, a tcpstates-like line per transition, and the summary figures).
+
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+
+use serde::Serialize;
+
+use super::table::{Conn, Origin, Side, service, state_name};
+use crate::units;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionRow {
+    pub from: String,
+    pub to: String,
+    /// Since tracing started.
+    pub at_ns: u64,
+    /// Time spent in `from`; null when its start was not seen.
+    pub prev_state_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRow {
+    pub local: String,
+    pub remote: String,
+    /// LavinMQ name of the local or else the remote port (AMQP, MQTT, HTTP...).
+    pub service: Option<&'static str>,
+    pub state: String,
+    /// `connect` (outgoing), `accept` (incoming), `preexisting` (open before tracing).
+    pub origin: &'static str,
+    pub open: bool,
+    /// Since tracing started; null for pre-existing connections.
+    pub opened_at_ns: Option<u64>,
+    pub closed_at_ns: Option<u64>,
+    /// Open connections: time since opened (null if unknown).
+    pub age_ns: Option<u64>,
+    /// Closed connections: opened → destroyed (null if opened before tracing).
+    pub lifetime_ns: Option<u64>,
+    /// Time in the current state (null if its start was not seen).
+    pub state_ns: Option<u64>,
+    pub transitions: Vec<TransitionRow>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Bytes per second over the window.
+    pub send_rate: u64,
+    pub receive_rate: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// `local` (the target closed first: FIN_WAIT1, or it reset), `peer` (CLOSE_WAIT, or
+    /// a reset received), or null while nobody has.
+    pub closed_by: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenRow {
+    pub local: String,
+    pub service: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Lifetimes {
+    pub count: u64,
+    pub min_ns: u64,
+    pub avg_ns: u64,
+    pub max_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpSection {
+    /// Which hook set is in use: `kprobe`, `tracepoint` or `mixed`.
+    pub hooks: &'static str,
+    pub listening: Vec<ListenRow>,
+    pub connections: Vec<ConnRow>,
+    /// Transitions in the window, `FROM->TO`.
+    pub transitions: BTreeMap<String, u64>,
+    /// Connections opened (first seen in SYN_SENT/SYN_RECV) and closed in the window.
+    pub opened: u64,
+    pub closed: u64,
+    /// Of the connections closed in the window whose opening was seen.
+    pub lifetimes: Option<Lifetimes>,
+}
+
+/// The window a row describes: `[start, end]` in CLOCK_MONOTONIC ns; `t0` is the attach time.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub t0: u64,
+    pub start: u64,
+    pub end: u64,
+    /// The whole run (counters since tracking started, every transition).
+    pub whole: bool,
+}
+
+pub fn conn_row(c: &Conn, w: &Window) -> ConnRow {
+    let rel = |t: u64| t.saturating_sub(w.t0);
+    let first = if w.whole { 0 } else { c.reported_transitions };
+    let base = if w.whole {
+        Default::default()
+    } else {
+        c.reported
+    };
+    let secs = (w.end.saturating_sub(w.start) as f64 / 1e9).max(1e-9);
+    let sent = c.counters.bytes_sent.saturating_sub(base.bytes_sent);
+    let received = c
+        .counters
+        .bytes_received
+        .saturating_sub(base.bytes_received);
+    let closed_by = c.closed_by().map(|s| match s {
+        Side::Local => "local",
+        Side::Peer => "peer",
+    });
+    ConnRow {
+        local: c.local.to_string(),
+        remote: c.remote.to_string(),
+        service: service(c.local.port()).or_else(|| service(c.remote.port())),
+        state: state_name(c.state),
+        origin: match c.origin {
+            Origin::Connect => "connect",
+            Origin::Accept => "accept",
+            Origin::Preexisting => "preexisting",
+        },
+        open: c.closed.is_none(),
+        opened_at_ns: c.opened.map(rel),
+        closed_at_ns: c.closed.map(rel),
+        age_ns: match (c.opened, c.closed) {
+            (Some(o), None) => Some(w.end.saturating_sub(o)),
+            _ => None,
+        },
+        lifetime_ns: match (c.opened, c.closed) {
+            (Some(o), Some(d)) => Some(d.saturating_sub(o)),
+            _ => None,
+        },
+        state_ns: c
+            .state_since
+            .map(|s| c.closed.unwrap_or(w.end).saturating_sub(s)),
+        transitions: c.transitions[first.min(c.transitions.len())..]
+            .iter()
+            .map(|t| TransitionRow {
+                from: state_name(t.from),
+                to: state_name(t.to),
+                at_ns: rel(t.at),
+                prev_state_ns: t.prev_state_ns,
+            })
+            .collect(),
+        bytes_sent: sent,
+        bytes_received: received,
+        send_rate: (sent as f64 / secs) as u64,
+        receive_rate: (received as f64 / secs) as u64,
+        retransmits: c.counters.retransmits.saturating_sub(base.retransmits),
+        resets_sent: c.counters.resets_sent.saturating_sub(base.resets_sent),
+        resets_received: c
+            .counters
+            .resets_received
+            .saturating_sub(base.resets_received),
+        closed_by,
+    }
+}
+
+pub fn listen_row(addr: &SocketAddr) -> ListenRow {
+    ListenRow {
+        local: addr.to_string(),
+        service: service(addr.port()),
+    }
+}
+
+pub fn lifetimes(values: impl Iterator<Item = u64>) -> Option<Lifetimes> {
+    let v: Vec<u64> = values.collect();
+    let count = v.len() as u64;
+    (count > 0).then(|| Lifetimes {
+        count,
+        min_ns: *v.iter().min().unwrap_or(&0),
+        avg_ns: v.iter().sum::<u64>() / count,
+        max_ns: *v.iter().max().unwrap_or(&0),
+    })
+}
+
+/// `addr`, with the LavinMQ name of its port if it has one.
+fn endpoint(addr: &str) -> String {
+    let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+    match port.and_then(service) {
+        Some(s) => format!("{addr} ({s})"),
+        None => addr.to_string(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn opt_ns(v: Option<u64>) -> String {
+    v.map_or_else(|| "?".to_string(), units::ns)
+}
+
+/// Interval: one line per transition (like tcpstates), then the live table (like ss, with
+/// rates and time in state). Summary: every connection of the run with its lifetime, then the
+/// transition counts.
+pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
+    let listening: Vec<String> = s.listening.iter().map(|l| endpoint(&l.local)).collect();
+    let _ = writeln!(
+        out,
+        "TCP ({} hooks) · listening: {} · opened {} · closed {}",
+        s.hooks,
+        if listening.is_empty() {
+            "-".to_string()
+        } else {
+            listening.join(", ")
+        },
+        s.opened,
+        s.closed
+    );
+    if !summary {
+        let mut lines: Vec<(u64, String)> = Vec::new();
+        for c in &s.connections {
+            for t in &c.transitions {
+                lines.push((
+                    t.at_ns,
+                    format!(
+                        "  t+{:<9} {:<28} {:<24} {:>11} -> {:<11} {:>9}",
+                        format!("{:.3}s", t.at_ns as f64 / 1e9),
+                        endpoint(&c.local),
+                        endpoint(&c.remote),
+                        t.from,
+                        t.to,
+                        opt_ns(t.prev_state_ns)
+                    ),
+                ));
+            }
+        }
+        lines.sort();
+        for (_, l) in lines {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<28} {:<24} {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>4} {:>7} {:<6}",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "IN STATE",
+        if summary { "LIFETIME" } else { "AGE" },
+        "SENT",
+        "RECEIVED",
+        "SENT/s",
+        "RECV/s",
+        "RETR",
+        "RST o/i",
+        "CLOSED"
+    );
+    let mut rows: Vec<&ConnRow> = s
+        .connections
+        .iter()
+        .filter(|c| summary || c.open || !c.transitions.is_empty())
+        .collect();
+    // Open connections first (stable: oldest first within each group).
+    rows.sort_by_key(|c| !c.open);
+    for c in rows.iter().take(top) {
+        let age = if summary && !c.open {
+            opt_ns(c.lifetime_ns)
+        } else {
+            opt_ns(c.age_ns)
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<24} {:<11} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>4} {:>7} {:<6}",
+            endpoint(&c.local),
+            endpoint(&c.remote),
+            if c.open {
+                c.state.clone()
+            } else {
+                format!("{} (gone)", c.state)
+            },
+            opt_ns(c.state_ns),
+            age,
+            bytes(c.bytes_sent),
+            bytes(c.bytes_received),
+            if summary {
+                "-".into()
+            } else {
+                bytes(c.send_rate)
+            },
+            if summary {
+                "-".into()
+            } else {
+                bytes(c.receive_rate)
+            },
+            c.retransmits,
+            format!("{}/{}", c.resets_sent, c.resets_received),
+            c.closed_by.unwrap_or("-"),
+        );
+    }
+    if rows.len() > top {
+        let _ = writeln!(
+            out,
+            "({} more connections not shown; --top)",
+            rows.len() - top
+        );
+    }
+    if summary {
+        if !s.transitions.is_empty() {
+            let counts: Vec<String> = s
+                .transitions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "transitions: {}", counts.join(", "));
+        }
+        if let Some(l) = &s.lifetimes {
+            let _ = writeln!(
+                out,
+                "lifetimes of {} closed connections: min {} avg {} max {}",
+                l.count,
+                units::ns(l.min_ns),
+                units::ns(l.avg_ns),
+                units::ns(l.max_ns)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_at_a_glance() {
+        assert_eq!(bytes(999), "999B");
+        assert_eq!(bytes(4096), "4.0KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5MiB");
+    }
+
+    #[test]
+    fn lifetimes_summarise() {
+        let l = lifetimes([10, 30, 20].into_iter()).unwrap();
+        assert_eq!((l.count, l.min_ns, l.avg_ns, l.max_ns), (3, 10, 20, 30));
+        assert!(lifetimes(std::iter::empty()).is_none());
+    }
+}

@@ -1,0 +1,587 @@
+//! The connection table, built from the kernel's events: one entry per connection of the
+//! target (pre-existing ones from /proc, new ones from their first transition), every
+//! transition with its time, and the counters read from the kernel map.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+};
+
+use lavtrace_common::tcp::{AF_INET6, FlowKey, SockInfo, TcpEvent, kind, origin, state};
+use tracing::debug;
+
+use super::procfs::{self, ProcSock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The target connected (outgoing).
+    Connect,
+    /// Accepted on one of the target's listening ports (incoming).
+    Accept,
+    /// Open before tracing started (from /proc); its earlier history is unknown.
+    Preexisting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Local,
+    Peer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: u32,
+    pub to: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub at: u64,
+    /// Time spent in `from`, when its start was seen.
+    pub prev_state_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub origin: Origin,
+    pub state: u32,
+    /// When it was opened (first transition seen), unknown for pre-existing ones.
+    pub opened: Option<u64>,
+    pub state_since: Option<u64>,
+    pub transitions: Vec<Transition>,
+    /// Latest counters (live from the map, final at destroy).
+    pub counters: SockInfo,
+    /// When the kernel destroyed it.
+    pub closed: Option<u64>,
+    /// The target called close() on it (kprobe set only).
+    pub app_closed: Option<u64>,
+    /// Counters already reported in earlier intervals.
+    pub reported: SockInfo,
+    /// Transitions already reported in earlier intervals.
+    pub reported_transitions: usize,
+    /// Whether it was listed in an earlier interval after it closed (then it is not again).
+    pub reported_closed: bool,
+    /// A /proc entry at start that turned out to be a connection opened while attaching (its
+    /// opening was seen): not listed.
+    pub duplicate: bool,
+}
+
+impl Conn {
+    fn new(family: u16, local: SocketAddr, remote: SocketAddr, origin: Origin, st: u32) -> Conn {
+        let _ = family; // the addresses say it
+        Conn {
+            local,
+            remote,
+            origin,
+            state: st,
+            opened: None,
+            state_since: None,
+            transitions: Vec::new(),
+            counters: SockInfo::default(),
+            closed: None,
+            app_closed: None,
+            reported: SockInfo::default(),
+            reported_transitions: 0,
+            reported_closed: false,
+            duplicate: false,
+        }
+    }
+
+    /// Who closed first: FIN_WAIT1 on our side means the target did, CLOSE_WAIT that the peer
+    /// did; failing those, whoever sent the first reset, or the target's close().
+    pub fn closed_by(&self) -> Option<Side> {
+        for t in &self.transitions {
+            match t.to {
+                state::FIN_WAIT1 => return Some(Side::Local),
+                state::CLOSE_WAIT => return Some(Side::Peer),
+                _ => {}
+            }
+        }
+        if self.counters.resets_sent > 0 {
+            Some(Side::Local)
+        } else if self.counters.resets_received > 0 {
+            Some(Side::Peer)
+        } else if self.app_closed.is_some() && self.state == state::CLOSE {
+            Some(Side::Local)
+        } else {
+            None
+        }
+    }
+
+    fn transition(&mut self, from: u32, to: u32, at: u64) {
+        let prev_state_ns = self.state_since.map(|s| at.saturating_sub(s));
+        self.transitions.push(Transition {
+            from,
+            to,
+            at,
+            prev_state_ns,
+        });
+        self.state = to;
+        self.state_since = Some(at);
+        if self.origin != Origin::Preexisting {
+            self.opened.get_or_insert(at);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Conn(usize),
+    Listener(SocketAddr),
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub conns: Vec<Conn>,
+    by_sk: HashMap<u64, Slot>,
+    /// Pre-existing connections not yet tied to a kernel socket, by 4-tuple.
+    seeds: HashMap<FlowKey, usize>,
+    pub listeners: BTreeSet<SocketAddr>,
+    /// Seeds matched on I/O, to delete from the kernel map.
+    pub stale_seeds: Vec<FlowKey>,
+    /// The target called listen(2): rescan /proc.
+    pub rescan_listeners: bool,
+}
+
+impl Table {
+    /// Adds what /proc showed at start.
+    pub fn seed(&mut self, socks: &[ProcSock]) {
+        for s in socks {
+            if s.state == state::LISTEN {
+                self.listeners.insert(s.local);
+                continue;
+            }
+            let i = self.conns.len();
+            self.conns.push(Conn::new(
+                s.family,
+                s.local,
+                s.remote,
+                Origin::Preexisting,
+                s.state,
+            ));
+            self.seeds.insert(s.key(), i);
+        }
+    }
+
+    /// A connect's CLOSE → SYN_SENT comes before its local port is chosen, and a connection
+    /// stuck in SYN_SENT sends no other transition: take the port from /proc (`socks`), when
+    /// exactly one socket of the target to that remote address is not known yet.
+    pub fn fill_local_ports(&mut self, socks: &[ProcSock]) {
+        let known: Vec<(SocketAddr, SocketAddr)> =
+            self.conns.iter().map(|c| (c.local, c.remote)).collect();
+        for c in self.conns.iter_mut() {
+            if c.closed.is_some() || c.local.port() != 0 {
+                continue;
+            }
+            let mut candidates = socks.iter().filter(|s| {
+                s.remote == c.remote
+                    && s.state != state::LISTEN
+                    && !known.contains(&(s.local, s.remote))
+            });
+            if let (Some(s), None) = (candidates.next(), candidates.next()) {
+                c.local = s.local;
+            }
+        }
+    }
+
+    pub fn needs_local_ports(&self) -> bool {
+        self.conns
+            .iter()
+            .any(|c| c.closed.is_none() && c.local.port() == 0)
+    }
+
+    /// Live sockets and the connections they are.
+    pub fn live(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.by_sk.iter().filter_map(|(&sk, slot)| match slot {
+            Slot::Conn(i) => Some((sk, *i)),
+            Slot::Listener(_) => None,
+        })
+    }
+
+    pub fn apply(&mut self, e: &TcpEvent) {
+        let local = procfs::sock_addr(e.family, &e.laddr, e.lport);
+        let remote = procfs::sock_addr(e.family, &e.raddr, e.rport);
+        match e.kind {
+            kind::STATE => {
+                let slot = match self.by_sk.get(&e.sk) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = self.open(e, local, remote);
+                        self.by_sk.insert(e.sk, slot);
+                        slot
+                    }
+                };
+                match slot {
+                    Slot::Conn(i) => {
+                        let c = &mut self.conns[i];
+                        // A connect's first transition comes before its port is chosen.
+                        if e.lport != 0 && e.rport != 0 {
+                            c.local = local;
+                            c.remote = remote;
+                        }
+                        c.transition(e.old_state, e.new_state, e.ts_ns);
+                        if c.origin != Origin::Preexisting && e.lport != 0 && e.rport != 0 {
+                            self.drop_seed(procfs::flow_key(e.family, local, remote));
+                        }
+                    }
+                    Slot::Listener(addr) => {
+                        if e.new_state == state::CLOSE {
+                            self.listeners.remove(&addr);
+                        }
+                    }
+                }
+            }
+            kind::ADOPT => {
+                if self.by_sk.contains_key(&e.sk) {
+                    return;
+                }
+                let i = if e.origin == origin::ACCEPT {
+                    self.push(e.family, local, remote, Origin::Accept, e.new_state)
+                } else {
+                    match self.match_seed(e, local, remote) {
+                        Some(i) => i,
+                        None => {
+                            debug!(%local, %remote, "tcp: unseen pre-existing connection");
+                            self.push(e.family, local, remote, Origin::Preexisting, e.new_state)
+                        }
+                    }
+                };
+                self.conns[i].state = e.new_state;
+                self.by_sk.insert(e.sk, Slot::Conn(i));
+            }
+            kind::DESTROY => match self.by_sk.remove(&e.sk) {
+                Some(Slot::Conn(i)) => {
+                    let c = &mut self.conns[i];
+                    c.counters = e.info;
+                    c.closed = Some(e.ts_ns);
+                }
+                Some(Slot::Listener(addr)) => {
+                    self.listeners.remove(&addr);
+                }
+                None => {}
+            },
+            kind::APP_CLOSE => {
+                if let Some(&Slot::Conn(i)) = self.by_sk.get(&e.sk) {
+                    self.conns[i].app_closed.get_or_insert(e.ts_ns);
+                }
+            }
+            kind::LISTEN => self.rescan_listeners = true,
+            kind::CONNECT_ERROR => {
+                debug!(%local, %remote, errno = e.origin, "tcp: connect failed");
+                // The kernel forgot the socket (it never left CLOSE for good): so do we.
+                if let Some(Slot::Conn(i)) = self.by_sk.remove(&e.sk) {
+                    self.conns[i].closed.get_or_insert(e.ts_ns);
+                }
+            }
+            other => debug!("tcp: unknown event kind {other}"),
+        }
+    }
+
+    /// A connection opened while attaching can also be in /proc at start: keep the one whose
+    /// opening was seen.
+    fn drop_seed(&mut self, key: FlowKey) {
+        if let Some(i) = self.seeds.remove(&key) {
+            self.conns[i].duplicate = true;
+            self.stale_seeds.push(key);
+        }
+    }
+
+    fn push(&mut self, family: u16, l: SocketAddr, r: SocketAddr, o: Origin, st: u32) -> usize {
+        self.conns.push(Conn::new(family, l, r, o, st));
+        self.conns.len() - 1
+    }
+
+    /// The slot for a socket seen for the first time in a transition.
+    fn open(&mut self, e: &TcpEvent, local: SocketAddr, remote: SocketAddr) -> Slot {
+        match e.origin {
+            origin::LISTENER => {
+                self.listeners.insert(local);
+                Slot::Listener(local)
+            }
+            origin::SEED => Slot::Conn(self.match_seed(e, local, remote).unwrap_or_else(|| {
+                self.push(e.family, local, remote, Origin::Preexisting, e.old_state)
+            })),
+            origin::CONNECT => {
+                Slot::Conn(self.push(e.family, local, remote, Origin::Connect, e.old_state))
+            }
+            _ => Slot::Conn(self.push(e.family, local, remote, Origin::Accept, e.old_state)),
+        }
+    }
+
+    /// The pre-existing connection with this 4-tuple. Sockets met on I/O come with their IPv6
+    /// addresses unknown (the kernel reads only the head of the sock): those match on family
+    /// and ports, when exactly one seed has them.
+    fn match_seed(&mut self, e: &TcpEvent, local: SocketAddr, remote: SocketAddr) -> Option<usize> {
+        let key = procfs::flow_key(e.family, local, remote);
+        if let Some(i) = self.seeds.remove(&key) {
+            self.stale_seeds.push(key);
+            return Some(i);
+        }
+        if e.family != AF_INET6 || e.laddr != [0; 16] {
+            return None;
+        }
+        let mut candidates = self
+            .seeds
+            .keys()
+            .filter(|k| k.family == e.family && k.lport == e.lport && k.rport == e.rport);
+        let (Some(&k), None) = (candidates.next(), candidates.next()) else {
+            return None;
+        };
+        self.stale_seeds.push(k);
+        let i = self.seeds.remove(&k)?;
+        Some(i)
+    }
+}
+
+/// Transition counts, `FROM->TO`, over `conns` and transitions in `[from, ..)`.
+pub fn transition_counts<'a>(
+    transitions: impl Iterator<Item = &'a Transition>,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for t in transitions {
+        *out.entry(format!("{}->{}", state_name(t.from), state_name(t.to)))
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+pub fn state_name(s: u32) -> String {
+    match s {
+        state::ESTABLISHED => "ESTABLISHED",
+        state::SYN_SENT => "SYN_SENT",
+        state::SYN_RECV => "SYN_RECV",
+        state::FIN_WAIT1 => "FIN_WAIT1",
+        state::FIN_WAIT2 => "FIN_WAIT2",
+        state::TIME_WAIT => "TIME_WAIT",
+        state::CLOSE => "CLOSE",
+        state::CLOSE_WAIT => "CLOSE_WAIT",
+        state::LAST_ACK => "LAST_ACK",
+        state::LISTEN => "LISTEN",
+        state::CLOSING => "CLOSING",
+        state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        other => return format!("STATE_{other}"),
+    }
+    .to_string()
+}
+
+/// LavinMQ's well-known ports.
+pub fn service(port: u16) -> Option<&'static str> {
+    Some(match port {
+        5672 => "AMQP",
+        5671 => "AMQPS",
+        1883 => "MQTT",
+        8883 => "MQTTS",
+        15672 => "HTTP",
+        15692 => "metrics",
+        5679 => "clustering",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lavtrace_common::tcp::AF_INET;
+
+    fn ev(kind: u32, sk: u64, old: u32, new: u32, origin: u32, ts: u64) -> TcpEvent {
+        let mut e = TcpEvent {
+            ts_ns: ts,
+            sk,
+            kind,
+            old_state: old,
+            new_state: new,
+            origin,
+            family: AF_INET,
+            lport: 5672,
+            rport: 40000,
+            ..TcpEvent::default()
+        };
+        e.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e
+    }
+
+    #[test]
+    fn transitions_carry_the_time_in_the_previous_state() {
+        let mut t = Table::default();
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            100,
+        ));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::ESTABLISHED,
+            state::CLOSE_WAIT,
+            origin::ACCEPT,
+            350,
+        ));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::CLOSE_WAIT,
+            state::LAST_ACK,
+            origin::ACCEPT,
+            400,
+        ));
+        let c = &t.conns[0];
+        assert_eq!(c.origin, Origin::Accept);
+        assert_eq!(c.opened, Some(100));
+        assert_eq!(c.transitions[0].prev_state_ns, None);
+        assert_eq!(c.transitions[1].prev_state_ns, Some(250));
+        assert_eq!(c.transitions[2].prev_state_ns, Some(50));
+        assert_eq!(c.closed_by(), Some(Side::Peer));
+        assert_eq!(c.local.to_string(), "127.0.0.1:5672");
+        let mut info = SockInfo {
+            bytes_sent: 7,
+            ..SockInfo::default()
+        };
+        info.state = state::CLOSE;
+        let mut d = ev(
+            kind::DESTROY,
+            1,
+            state::CLOSE,
+            state::CLOSE,
+            origin::ACCEPT,
+            500,
+        );
+        d.info = info;
+        t.apply(&d);
+        assert_eq!(t.conns[0].closed, Some(500));
+        assert_eq!(t.conns[0].counters.bytes_sent, 7);
+        assert_eq!(t.live().count(), 0);
+    }
+
+    #[test]
+    fn seeds_are_matched_by_transition_or_on_io() {
+        let mut t = Table::default();
+        let sock = |rport| ProcSock {
+            family: AF_INET,
+            local: "127.0.0.1:5672".parse().unwrap(),
+            remote: SocketAddr::new("127.0.0.1".parse().unwrap(), rport),
+            state: state::ESTABLISHED,
+            inode: 1,
+        };
+        t.seed(&[sock(40000), sock(40001)]);
+        assert_eq!(t.conns.len(), 2);
+        t.apply(&ev(
+            kind::STATE,
+            9,
+            state::ESTABLISHED,
+            state::FIN_WAIT1,
+            origin::SEED,
+            10,
+        ));
+        let mut adopt = ev(
+            kind::ADOPT,
+            8,
+            state::ESTABLISHED,
+            state::ESTABLISHED,
+            origin::IO,
+            11,
+        );
+        adopt.rport = 40001;
+        t.apply(&adopt);
+        assert_eq!(t.conns.len(), 2, "both matched their seed");
+        assert_eq!(t.conns[0].transitions.len(), 1);
+        assert_eq!(t.conns[0].closed_by(), Some(Side::Local));
+        assert_eq!(
+            t.conns[0].transitions[0].prev_state_ns, None,
+            "since unknown"
+        );
+        assert_eq!(t.stale_seeds.len(), 2);
+        assert_eq!(t.live().count(), 2);
+    }
+
+    #[test]
+    fn resets_decide_who_closed_when_no_fin_was_seen() {
+        let mut c = Conn::new(
+            AF_INET,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            Origin::Accept,
+            state::ESTABLISHED,
+        );
+        c.transition(state::ESTABLISHED, state::CLOSE, 5);
+        assert_eq!(c.closed_by(), None);
+        c.counters.resets_received = 1;
+        assert_eq!(c.closed_by(), Some(Side::Peer));
+        c.counters.resets_sent = 1;
+        assert_eq!(c.closed_by(), Some(Side::Local));
+    }
+
+    #[test]
+    fn a_connect_gets_its_local_port_from_its_next_transition_or_proc() {
+        let mut t = Table::default();
+        let mut syn = ev(
+            kind::STATE,
+            3,
+            state::CLOSE,
+            state::SYN_SENT,
+            origin::CONNECT,
+            1,
+        );
+        syn.lport = 0;
+        t.apply(&syn);
+        assert_eq!(t.conns[0].local.port(), 0);
+        assert!(t.needs_local_ports());
+        let proc_sock = |lport: u16| ProcSock {
+            family: AF_INET,
+            local: SocketAddr::new("127.0.0.1".parse().unwrap(), lport),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            state: state::SYN_SENT,
+            inode: 1,
+        };
+        // Two candidates: ambiguous, left alone.
+        t.fill_local_ports(&[proc_sock(5001), proc_sock(5002)]);
+        assert_eq!(t.conns[0].local.port(), 0);
+        t.fill_local_ports(&[proc_sock(5001)]);
+        assert_eq!(t.conns[0].local.port(), 5001);
+        // The next transition carries the port anyway.
+        t.apply(&ev(
+            kind::STATE,
+            3,
+            state::SYN_SENT,
+            state::ESTABLISHED,
+            origin::CONNECT,
+            2,
+        ));
+        assert_eq!(t.conns[0].local.port(), 5672);
+        assert!(!t.needs_local_ports());
+    }
+
+    #[test]
+    fn a_connection_opened_while_attaching_is_listed_once() {
+        let mut t = Table::default();
+        t.seed(&[ProcSock {
+            family: AF_INET,
+            local: "127.0.0.1:5672".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            state: state::ESTABLISHED,
+            inode: 1,
+        }]);
+        t.apply(&ev(
+            kind::STATE,
+            4,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            1,
+        ));
+        assert_eq!(t.conns.len(), 2);
+        assert!(t.conns[0].duplicate && !t.conns[1].duplicate);
+        assert_eq!(t.stale_seeds.len(), 1);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(service(5672), Some("AMQP"));
+        assert_eq!(service(15692), Some("metrics"));
+        assert_eq!(service(1), None);
+        assert_eq!(state_name(state::FIN_WAIT2), "FIN_WAIT2");
+        assert_eq!(state_name(99), "STATE_99");
+    }
+}
