@@ -71,6 +71,48 @@ fn traces_a_real_broker_under_a_real_client() {
         socket_io >= MESSAGES,
         "{socket_io} socket calls for {MESSAGES} messages"
     );
+    // Exactly the client's connections, accepted on the broker's AMQP port, each opened and
+    // closed while traced, carrying the messages' bytes.
+    let port = format!(":{}", broker.port);
+    let tcp = &summary["tcp"];
+    let amqp: Vec<&Value> = tcp["connections"]
+        .as_array()
+        .expect("tcp connections")
+        .iter()
+        .filter(|c| c["local"].as_str().unwrap().ends_with(&port))
+        .collect();
+    assert_eq!(amqp.len(), CONNECTIONS as usize, "connections: {amqp:#?}");
+    let body = MESSAGES * 2048;
+    let mut received = 0;
+    for c in &amqp {
+        assert_eq!(c["origin"], "accept", "{c}");
+        let transitions: Vec<String> = c["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}->{}",
+                    t["from"].as_str().unwrap(),
+                    t["to"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            transitions.first().map(String::as_str),
+            Some("SYN_RECV->ESTABLISHED"),
+            "{c}"
+        );
+        assert_eq!(c["state"], "CLOSE", "closed at the end: {c}");
+        assert!(!c["closed_by"].is_null(), "who closed is known: {c}");
+        received += c["bytes_received"].as_u64().unwrap();
+        assert!(c["bytes_sent"].as_u64().unwrap() > 0, "{c}");
+    }
+    // Every body crossed one of them once, plus AMQP framing: same order of magnitude.
+    assert!(
+        (body..3 * body).contains(&received),
+        "{received} bytes received for {body} bytes of bodies"
+    );
     for (family, lost) in summary["lost_events"].as_object().unwrap() {
         assert_eq!(lost, 0, "{family} lost events at this rate");
     }
