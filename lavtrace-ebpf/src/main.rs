@@ -5,7 +5,10 @@
 #![no_main]
 
 mod filter;
+mod fsync;
+mod mmap;
 mod ring;
+mod storage;
 mod syscalls;
 
 #[cfg(not(test))]

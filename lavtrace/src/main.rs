@@ -5,9 +5,12 @@ mod cli;
 mod demo;
 mod ebpf;
 mod error;
+mod fsync;
+mod mmap;
 mod output;
 mod ringbuf;
 mod session;
+mod storage;
 mod syscalls;
 mod target;
 mod units;
@@ -55,7 +58,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Trace(args) => {
             let target = Target::resolve(&args.target)?;
             let exit = ExitWatch::pidfd(target.pid)?;
-            let session = Session::attach(target, &args.report.probes)?;
+            let session = Session::attach_with(target, &args.report)?;
             session.run(&args.report, exit).await?;
             Ok(())
         }

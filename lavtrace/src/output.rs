@@ -21,6 +21,10 @@ use crate::{
 pub struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<Vec<SyscallRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<Vec<crate::fsync::FsyncRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mmap: Option<crate::mmap::MmapSection>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
 }
@@ -29,6 +33,12 @@ impl Sections {
     fn write_text(&self, out: &mut String, args: &ReportArgs) {
         if let Some(rows) = &self.syscalls {
             syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        if let Some(rows) = &self.fsync {
+            crate::fsync::write_text(out, rows, args.top);
+        }
+        if let Some(section) = &self.mmap {
+            crate::mmap::write_text(out, section, args.top);
         }
         let lost: Vec<String> = self
             .lost_events

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
+use lavtrace_common::ring::lost;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
-    cli::{Probe, ReportArgs},
+    cli::{Format, Probe, ReportArgs},
     ebpf::{self, Hook},
+    fsync, mmap,
     output::{End, Output, Sections},
     ringbuf::LostCounters,
     syscalls,
@@ -24,9 +26,10 @@ pub struct Session {
     probes: Vec<Probe>,
     hooks: Vec<Hook>,
     /// Per-family counts of events the kernel could not put in a ring.
-    #[allow(dead_code)] // read by the ring-buffer families
     lost: LostCounters,
     syscalls: Option<syscalls::Tracer>,
+    fsync: Option<fsync::Tracer>,
+    mmap: Option<mmap::Tracer>,
 }
 
 #[derive(Clone, Copy)]
@@ -38,20 +41,51 @@ enum Window {
 impl Session {
     /// Loads the programs for `probes`, filtered to `target`, and attaches them.
     pub fn attach(target: Target, probes: &[Probe]) -> Result<Session> {
+        Session::attach_opts(target, probes, None, None)
+    }
+
+    /// `attach`, with the options of a report (--probes, --slow, --ring-bytes, --format).
+    pub fn attach_with(target: Target, args: &ReportArgs) -> Result<Session> {
+        let slow = args
+            .slow
+            .map(|d| fsync::slow::SlowLog::new(d, args.format == Format::Json, target.pid));
+        Session::attach_opts(target, &args.probes, slow, args.ring_bytes)
+    }
+
+    fn attach_opts(
+        target: Target,
+        probes: &[Probe],
+        slow: Option<fsync::slow::SlowLog>,
+        ring_bytes: Option<u32>,
+    ) -> Result<Session> {
         ebpf::preflight()?;
-        let mut ebpf = ebpf::load(target.pid)?;
+        let mut ebpf = ebpf::load(target.pid, ring_bytes)?;
         let lost = LostCounters::take(&mut ebpf)?;
         let mut probes = probes.to_vec();
         probes.sort_unstable();
         probes.dedup();
         let mut hooks = Vec::new();
         let mut syscalls = None;
+        let (mut fsync, mut mmap) = (None, None);
+        let mut slow = slow;
         for probe in &probes {
             match probe {
                 Probe::Syscalls => {
                     let (tracer, h) = syscalls::Tracer::attach(&mut ebpf)
                         .context("attaching the syscalls family")?;
                     syscalls = Some(tracer);
+                    hooks.extend(h);
+                }
+                Probe::Fsync => {
+                    let (tracer, h) = fsync::Tracer::attach(&mut ebpf, target.pid, slow.take())
+                        .context("attaching the fsync family")?;
+                    fsync = Some(tracer);
+                    hooks.extend(h);
+                }
+                Probe::Mmap => {
+                    let (tracer, h) = mmap::Tracer::attach(&mut ebpf, target.pid)
+                        .context("attaching the mmap family")?;
+                    mmap = Some(tracer);
                     hooks.extend(h);
                 }
             }
@@ -64,6 +98,8 @@ impl Session {
             hooks,
             lost,
             syscalls,
+            fsync,
+            mmap,
         })
     }
 
@@ -72,7 +108,14 @@ impl Session {
     }
 
     /// Waits until every event already in the kernel's rings has been aggregated.
-    async fn flush(&mut self) {}
+    async fn flush(&mut self) {
+        if let Some(t) = &self.fsync {
+            t.flush().await;
+        }
+        if let Some(t) = &self.mmap {
+            t.flush().await;
+        }
+    }
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
         let mut s = Sections::default();
@@ -83,6 +126,17 @@ impl Session {
             };
             s.syscalls = Some(rows);
             s.lost_events.insert(syscalls::FAMILY, untimed);
+        }
+        let whole = matches!(window, Window::Whole);
+        if let Some(t) = self.fsync.as_mut() {
+            let (rows, lost) = t.section(whole, self.lost.get(lost::FSYNC));
+            s.fsync = Some(rows);
+            s.lost_events.insert(fsync::FAMILY, lost);
+        }
+        if let Some(t) = self.mmap.as_mut() {
+            let (section, lost) = t.section(whole, self.lost.get(lost::MMAP));
+            s.mmap = Some(section);
+            s.lost_events.insert(mmap::FAMILY, lost);
         }
         Ok(s)
     }

@@ -1,5 +1,6 @@
 //! Mode `demo`: a small broker-shaped syscall mix (socket-like pipe traffic with EAGAIN reads,
-//! timer sleeps), until stdin closes.
+//! timer sleeps, and a little of a broker's disk work: see `storage::Demo`), until stdin
+//! closes.
 
 use std::{
     io::Read as _,
@@ -26,7 +27,13 @@ pub fn run() -> std::io::Result<()> {
     unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut buf = [0u8; 4096];
     let batch = [7u8; 512];
+    let mut storage = super::storage::Demo::start(stop.clone())?;
+    let mut rounds = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        if rounds % 50 == 0 {
+            storage.tick()?;
+        }
         for _ in 0..20 {
             // SAFETY: valid buffers and owned descriptors.
             unsafe {

@@ -6,7 +6,10 @@
 //! The `demo` mode instead loops until stdin reaches EOF, so it never outlives its tracer.
 
 mod demo;
+mod storage;
 mod syscalls;
+
+pub use storage::demo_dir;
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -27,6 +30,8 @@ pub enum Mode {
     Syscalls(syscalls::Args),
     /// A broker-shaped mix, until stdin closes.
     Demo,
+    /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
+    Storage(storage::Args),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
@@ -36,6 +41,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
     let result = match &args.mode {
         Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
         Mode::Demo => ready_then(demo::run),
+        Mode::Storage(a) => storage::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
