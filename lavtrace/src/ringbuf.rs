@@ -103,6 +103,10 @@ where
                     let Ok(mut guard) = guard else { return };
                     drain_all(guard.get_inner_mut());
                     guard.clear_ready();
+                    // The kernel wakes the reader only for a record committed when the reader
+                    // had caught up. One committed between the drain above and clear_ready
+                    // had its wakeup cleared, and no later record would wake us: drain again.
+                    drain_all(guard.get_inner_mut());
                 }
                 ack = flush_rx.recv() => {
                     let Some(ack) = ack else { return };

@@ -148,11 +148,13 @@ fn parse_maps_line(line: &str) -> Option<(u64, u64, Arc<str>)> {
     Some((start, end, file))
 }
 
-/// Number of mappings the target has (what `vm.max_map_count` limits), or None if it is gone.
+/// Number of mappings the target has (what `vm.max_map_count` limits), or None if it is gone
+/// (an exited process not yet reaped still has a maps file, an empty one).
 pub fn live_count(pid: u32) -> Option<u64> {
     fs::read(format!("/proc/{pid}/maps"))
         .ok()
         .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .filter(|&n| n > 0)
 }
 
 /// `vm.max_map_count`.

@@ -48,6 +48,17 @@ pub struct Args {
     /// sync(2) calls (every filesystem of the host).
     #[arg(long, default_value_t = 0)]
     pub sync: u64,
+    /// Segments mapped before `ready` (msgs.0000000000, ...; fd closed at once), consumed
+    /// during the run: the tracer knows them only from /proc/PID/maps.
+    #[arg(long, default_value_t = 0)]
+    pub premapped: u64,
+    /// A burst of this many msync(MS_ASYNC) and madvise(MADV_NORMAL) on a page mapped before
+    /// `ready`: cheap calls, as fast as the CPU goes, and nothing else in the rings.
+    #[arg(long, default_value_t = 0)]
+    pub burst: u64,
+    /// Stay this long after `done` before exiting, so a tracer's intervals cover the run.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub linger: std::time::Duration,
 }
 
 fn check(rc: libc::c_long, what: &str) -> io::Result<libc::c_long> {
@@ -305,11 +316,34 @@ pub fn run(args: &Args) -> io::Result<()> {
     let dir = DataDir::create()?;
     let barrier = Arc::new(Barrier::new(2));
     spawn_confirm_loop(dir.fd, args.syncfs, barrier.clone())?;
-    let mut segments = Vec::with_capacity(args.segments as usize);
+    let mut segments = Vec::with_capacity((args.premapped + args.segments) as usize);
     // Names of every segment, made now rather than during the run (allocations).
-    let names: Vec<(CString, CString)> = (1..=args.segments)
+    let names: Vec<(CString, CString)> = (0..args.premapped + args.segments)
         .map(|i| Ok((dir.segment(i)?, dir.acks(i)?)))
         .collect::<io::Result<_>>()?;
+    let (early, late) = names.split_at(args.premapped as usize);
+    for (seg, acks) in early {
+        segments.push(Segment::publish(seg, acks)?);
+    }
+    let page = if args.burst > 0 {
+        // SAFETY: a fresh anonymous page.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        p
+    } else {
+        std::ptr::null_mut()
+    };
     let result = super::ready_then(|| {
         barrier.wait(); // go
         save_definitions(&dir, args.fsyncs)?;
@@ -317,7 +351,14 @@ pub fn run(args: &Args) -> io::Result<()> {
             // SAFETY: no arguments.
             unsafe { libc::sync() };
         }
-        for (seg, acks) in &names {
+        for _ in 0..args.burst {
+            // SAFETY: our own page.
+            unsafe {
+                libc::msync(page, 4096, libc::MS_ASYNC);
+                libc::madvise(page, 4096, libc::MADV_NORMAL);
+            }
+        }
+        for (seg, acks) in late {
             segments.push(Segment::publish(seg, acks)?);
         }
         for (seg, (seg_name, acks_name)) in segments.drain(..).zip(&names) {
@@ -327,13 +368,15 @@ pub fn run(args: &Args) -> io::Result<()> {
         barrier.wait(); // done
         Ok(())
     });
-    drop(dir);
     if result.is_ok() {
-        // Leave without the runtime's cleanup, which unmaps the main thread's signal stack:
-        // one more munmap than the run is known for.
+        std::thread::sleep(args.linger);
+        // Leave without closing the data dir's fd (a record in the rings) and without the
+        // runtime's cleanup, which unmaps the main thread's signal stack: the run holds
+        // exactly the calls above. The tree is already removed.
         // SAFETY: stdout was flushed by ready_then; nothing else is pending.
         unsafe { libc::_exit(0) };
     }
+    drop(dir);
     result
 }
 
