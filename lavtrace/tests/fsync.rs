@@ -128,7 +128,8 @@ fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
     assert_eq!(find(summary, "sync", "(all filesystems)", None)["count"], 1);
 
     // msync, attributed through the mapping to each segment (fd long closed), flags apart.
-    for i in 1..=3 {
+    // msgs.0000000001 was mapped (and msynced) before attach.
+    for i in 2..=4 {
         let seg = format!("{QUEUE}/msgs.{i:010}");
         let a = find(summary, "msync", &seg, Some("MS_ASYNC"));
         let s = find(summary, "msync", &seg, Some("MS_SYNC"));
@@ -240,7 +241,15 @@ fn a_tiny_ring_reports_exactly_what_it_lost() {
 #[test]
 fn text_shows_slow_calls_histograms_and_the_map_count() {
     require_root();
-    let mut target = Workload::spawn(&["storage", "--segments", "2", "--syncfs", "30"]);
+    let mut target = Workload::spawn(&[
+        "storage",
+        "--segments",
+        "2",
+        "--syncfs",
+        "30",
+        "--linger",
+        "300ms",
+    ]);
     let mut child = Command::new(LAVTRACE)
         .args(["trace", "--pid", &target.pid.to_string()])
         .args([

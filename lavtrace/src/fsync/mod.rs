@@ -83,6 +83,9 @@ impl State {
             _ => return,
         };
         let error = is_error(call.ret);
+        // Worked out now, while the file still exists (the data dir is recognised by its
+        // contents; a segment may be deleted before the next report).
+        let info = info_of(&mut self.infos, &self.mounts, &path);
         let key = Key {
             nr: call.nr,
             path,
@@ -91,7 +94,6 @@ impl State {
         if let Some(slow) = self.slow.as_mut()
             && slow.is_slow(call.duration_ns)
         {
-            let info = info_of(&mut self.infos, &self.mounts, &key.path);
             let flags = flags.map(|f| report::flag_names(call.nr, f));
             slow.print(&SlowCall {
                 start_ns: call.start_ns,

@@ -195,7 +195,8 @@ pub fn write_text(out: &mut String, rows: &[FsyncRow], top: usize) {
 /// bcc style: `  4.10µs -> 8.19µs    : 12       |****                |`.
 fn write_histogram(out: &mut String, r: &FsyncRow) {
     const WIDTH: u64 = 40;
-    let _ = writeln!(out, "\n{} · {} · {} calls", what(r), file(r), r.count);
+    let calls = if r.count == 1 { "call" } else { "calls" };
+    let _ = writeln!(out, "\n{} · {} · {} {calls}", what(r), file(r), r.count);
     let _ = writeln!(out, "{:>22}     : {:<8} distribution", "latency", "count");
     let peak = r
         .histogram

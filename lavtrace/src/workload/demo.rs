@@ -31,7 +31,7 @@ pub fn run() -> std::io::Result<()> {
     let mut rounds = 0u64;
     while !stop.load(Ordering::Relaxed) {
         rounds += 1;
-        if rounds % 50 == 0 {
+        if rounds.is_multiple_of(50) {
             storage.tick()?;
         }
         for _ in 0..20 {

@@ -48,7 +48,7 @@ pub struct Args {
     /// sync(2) calls (every filesystem of the host).
     #[arg(long, default_value_t = 0)]
     pub sync: u64,
-    /// Segments mapped before `ready` (msgs.0000000000, ...; fd closed at once), consumed
+    /// Segments mapped before `ready` (msgs.0000000001, ...; fd closed at once), consumed
     /// during the run: the tracer knows them only from /proc/PID/maps.
     #[arg(long, default_value_t = 0)]
     pub premapped: u64,
@@ -318,7 +318,8 @@ pub fn run(args: &Args) -> io::Result<()> {
     spawn_confirm_loop(dir.fd, args.syncfs, barrier.clone())?;
     let mut segments = Vec::with_capacity((args.premapped + args.segments) as usize);
     // Names of every segment, made now rather than during the run (allocations).
-    let names: Vec<(CString, CString)> = (0..args.premapped + args.segments)
+    // Numbered from 1 as LavinMQ does; the premapped ones first.
+    let names: Vec<(CString, CString)> = (1..=args.premapped + args.segments)
         .map(|i| Ok((dir.segment(i)?, dir.acks(i)?)))
         .collect::<io::Result<_>>()?;
     let (early, late) = names.split_at(args.premapped as usize);
@@ -364,12 +365,13 @@ pub fn run(args: &Args) -> io::Result<()> {
         for (seg, (seg_name, acks_name)) in segments.drain(..).zip(&names) {
             seg.consume(seg_name, acks_name)?;
         }
-        dir.remove();
         barrier.wait(); // done
         Ok(())
     });
     if result.is_ok() {
         std::thread::sleep(args.linger);
+        // After the linger: a tracer still catching up finds the data dir as it was.
+        dir.remove();
         // Leave without closing the data dir's fd (a record in the rings) and without the
         // runtime's cleanup, which unmaps the main thread's signal stack: the run holds
         // exactly the calls above. The tree is already removed.
@@ -417,7 +419,7 @@ impl Demo {
     }
 
     pub fn tick(&mut self) -> io::Result<()> {
-        if self.ticks % 8 == 0 {
+        if self.ticks.is_multiple_of(8) {
             save_definitions(&self.dir, 1)?;
         }
         self.ticks += 1;
