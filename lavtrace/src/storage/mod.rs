@@ -241,15 +241,15 @@ where
     })
 }
 
-/// Per-family lost events for one window: the kernel's count plus records that arrived
-/// malformed, differenced against the previous window.
+/// A family's lost events per window, from its cumulative count (the kernel's count plus
+/// records that arrived malformed).
 #[derive(Default)]
 pub struct LostWindow {
     last: u64,
 }
 
 impl LostWindow {
-    /// `total` is the cumulative count; returns (this window, whole run).
+    /// The part of the cumulative `total` that is new since the previous window.
     pub fn window(&mut self, total: u64) -> u64 {
         let w = total.saturating_sub(self.last);
         self.last = total;
