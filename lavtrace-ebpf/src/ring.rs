@@ -12,6 +12,7 @@ static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 
 
 /// Sends `event` through `ring`, or counts it as lost for `family`.
 #[inline(always)]
+#[allow(dead_code)] // used by the ring-buffer families
 pub fn send<T>(ring: &RingBuf, family: u32, event: &T) {
     if ring.output::<T>(event, 0).is_err() {
         count_lost(family);

@@ -8,9 +8,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use lavtrace_common::{
@@ -78,16 +79,34 @@ fn count_lost(owner: Owner) {
 #[inline(always)]
 fn send<T>(owner: Owner, event: &T) {
     match owner {
-        Owner::Fsync => ring::send(&FSYNC_EVENTS, lost::FSYNC, event),
-        Owner::Mmap => ring::send(&MMAP_EVENTS, lost::MMAP, event),
+        Owner::Fsync => output(&FSYNC_EVENTS, lost::FSYNC, event),
+        Owner::Mmap => output(&MMAP_EVENTS, lost::MMAP, event),
         Owner::Shared => {
             if sink_on(sink::FSYNC) {
-                ring::send(&FSYNC_EVENTS, lost::FSYNC, event);
+                output(&FSYNC_EVENTS, lost::FSYNC, event);
             }
             if sink_on(sink::MMAP) {
-                ring::send(&MMAP_EVENTS, lost::MMAP, event);
+                output(&MMAP_EVENTS, lost::MMAP, event);
             }
         }
+    }
+}
+
+/// Like `ring::send`, waking the reader only once a quarter of the ring is waiting: a wakeup
+/// per record (an irq_work, then a context switch in the reader) costs more than the record.
+/// Userspace also drains each ring every few tens of ms on its own, so a quiet ring is still
+/// read promptly.
+#[inline(always)]
+fn output<T>(ring: &RingBuf, family: u32, event: &T) {
+    let waiting = ring.query(BPF_RB_AVAIL_DATA.into());
+    let size = ring.query(BPF_RB_RING_SIZE.into());
+    let flags = if waiting.saturating_mul(4) >= size {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if ring.output::<T>(event, flags.into()).is_err() {
+        ring::count_lost(family);
     }
 }
 

@@ -170,7 +170,7 @@ fn info_of(
 
 pub struct Tracer {
     state: Arc<Mutex<State>>,
-    drain: Drain,
+    drain: Arc<Drain>,
     lost: LostWindow,
 }
 

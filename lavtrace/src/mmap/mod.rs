@@ -162,7 +162,7 @@ impl State {
 pub struct Tracer {
     pid: u32,
     state: Arc<Mutex<State>>,
-    drain: Drain,
+    drain: Arc<Drain>,
     lost: LostWindow,
     started: Instant,
     last: Instant,

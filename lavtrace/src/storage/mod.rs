@@ -6,7 +6,10 @@ pub mod files;
 pub mod lavinmq;
 pub mod maps;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::Array, programs::TracePoint};
@@ -227,18 +230,41 @@ pub fn attach_shared(ebpf: &mut Ebpf, family: &'static str, sink: u32) -> Result
     Ok(hooks)
 }
 
-/// Drains `ring` into `apply`, which gets every decoded record in ring order.
-pub fn spawn<F>(ebpf: &mut Ebpf, ring: &str, mut apply: F) -> Result<Drain>
+/// How often a ring is drained without a wakeup: the kernel side wakes the reader only when
+/// a quarter of the ring is waiting (`lavtrace-ebpf/src/storage.rs`), so this bounds how
+/// late a lone record (a slow fsync for --slow) is seen.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Drains `ring` into `apply`, which gets every decoded record in ring order, on wakeups and
+/// every `DRAIN_TICK`.
+pub fn spawn<F>(ebpf: &mut Ebpf, ring: &str, mut apply: F) -> Result<Arc<Drain>>
 where
     F: FnMut(Record) + Send + 'static,
 {
-    crate::ringbuf::spawn_drain_raw(ebpf, ring, move |bytes| match decode_record(bytes) {
-        Some(r) => {
-            apply(r);
-            true
+    let drain =
+        Arc::new(crate::ringbuf::spawn_drain_raw(
+            ebpf,
+            ring,
+            move |bytes| match decode_record(bytes) {
+                Some(r) => {
+                    apply(r);
+                    true
+                }
+                None => false,
+            },
+        )?);
+    let weak = Arc::downgrade(&drain);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DRAIN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // The family is gone (the session ended): stop.
+            let Some(drain) = weak.upgrade() else { return };
+            drain.flush().await;
         }
-        None => false,
-    })
+    });
+    Ok(drain)
 }
 
 /// A family's lost events per window, from its cumulative count (the kernel's count plus
