@@ -45,6 +45,7 @@ pub struct PathInfo {
 }
 
 struct State {
+    pid: u32,
     model: Model,
     mounts: Mounts,
     infos: HashMap<Arc<str>, Arc<PathInfo>>,
@@ -85,7 +86,7 @@ impl State {
         let error = is_error(call.ret);
         // Worked out now, while the file still exists (the data dir is recognised by its
         // contents; a segment may be deleted before the next report).
-        let info = info_of(&mut self.infos, &self.mounts, &path);
+        let info = info_of(&mut self.infos, &self.mounts, self.pid, &path);
         let key = Key {
             nr: call.nr,
             path,
@@ -120,7 +121,7 @@ impl State {
         let mut rows: Vec<FsyncRow> = which
             .iter()
             .map(|(k, l)| {
-                let info = info_of(&mut self.infos, &self.mounts, &k.path);
+                let info = info_of(&mut self.infos, &self.mounts, self.pid, &k.path);
                 FsyncRow::new(k.nr, &k.path, k.flags, &info, l)
             })
             .collect();
@@ -138,6 +139,7 @@ impl State {
 fn info_of(
     infos: &mut HashMap<Arc<str>, Arc<PathInfo>>,
     mounts: &Mounts,
+    pid: u32,
     path: &Arc<str>,
 ) -> Arc<PathInfo> {
     infos
@@ -148,7 +150,7 @@ fn info_of(
             } else if &**path == maps::ANONYMOUS {
                 lavinmq::Kind::Anonymous
             } else {
-                lavinmq::classify_on_disk(path)
+                lavinmq::classify_on_disk(path, pid)
             };
             let mount = path
                 .starts_with('/')
@@ -201,6 +203,7 @@ impl Tracer {
         }
         hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::FSYNC)?);
         let state = Arc::new(Mutex::new(State {
+            pid,
             model: Model::seed(pid),
             mounts: Mounts::read(pid),
             infos: HashMap::new(),

@@ -202,7 +202,7 @@ impl Tracer {
                 last: now,
                 max_map_count: maps::max_map_count(),
                 live: maps::live_count(pid),
-                kinds: report::KindCache::default(),
+                kinds: report::KindCache::new(pid),
             },
             hooks,
         ))

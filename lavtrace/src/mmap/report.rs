@@ -67,17 +67,28 @@ pub struct MmapSection {
     pub map_count_warning: bool,
 }
 
-/// Kind of each path, worked out once (it looks at the disk for the data dir).
-#[derive(Default)]
-pub struct KindCache(HashMap<Arc<str>, lavinmq::Kind>);
+/// Kind of each path of the target `pid`, worked out once (it looks at the disk for the data
+/// dir).
+pub struct KindCache {
+    pid: u32,
+    kinds: HashMap<Arc<str>, lavinmq::Kind>,
+}
 
 impl KindCache {
+    pub fn new(pid: u32) -> KindCache {
+        KindCache {
+            pid,
+            kinds: HashMap::new(),
+        }
+    }
+
     fn kind(&mut self, path: &Arc<str>) -> lavinmq::Kind {
-        *self.0.entry(path.clone()).or_insert_with(|| {
+        let pid = self.pid;
+        *self.kinds.entry(path.clone()).or_insert_with(|| {
             if &**path == ANONYMOUS || !path.starts_with('/') {
                 lavinmq::Kind::Anonymous
             } else {
-                lavinmq::classify_on_disk(path)
+                lavinmq::classify_on_disk(path, pid)
             }
         })
     }
@@ -364,7 +375,7 @@ mod tests {
             2.0,
             Some(100),
             Some(65530),
-            &mut KindCache::default(),
+            &mut KindCache::new(std::process::id()),
         );
         assert_eq!(s.syscalls[0].calls_per_s, 1.0);
         assert_eq!(s.syscalls[0].bytes_per_s, (8 << 20) as f64);
@@ -385,7 +396,7 @@ mod tests {
             1.0,
             Some(60_000),
             Some(65_530),
-            &mut KindCache::default(),
+            &mut KindCache::new(std::process::id()),
         );
         assert!(s.map_count_warning);
         let mut out = String::new();
@@ -407,7 +418,7 @@ mod tests {
             1.0,
             Some(100),
             Some(65_530),
-            &mut KindCache::default(),
+            &mut KindCache::new(std::process::id()),
         );
         let mut out = String::new();
         write_text(&mut out, &quiet, 10);

@@ -85,10 +85,11 @@ pub fn classify(path: &str) -> Kind {
     }
 }
 
-/// Like `classify`, and recognises the data dir by what it holds.
-pub fn classify_on_disk(path: &str) -> Kind {
+/// Like `classify`, and recognises the data dir by what it holds, looking through the
+/// target's root (`path` is as the target sees it, maybe in a container).
+pub fn classify_on_disk(path: &str, pid: u32) -> Kind {
     match classify(path) {
-        Kind::File if is_data_dir(Path::new(path)) => Kind::DataDir,
+        Kind::File if is_data_dir(Path::new(&format!("/proc/{pid}/root{path}"))) => Kind::DataDir,
         kind => kind,
     }
 }
@@ -174,8 +175,9 @@ mod tests {
     fn data_dir_is_recognised_by_its_contents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_str().unwrap().to_string();
-        assert_eq!(classify_on_disk(&path), Kind::File);
+        let me = std::process::id();
+        assert_eq!(classify_on_disk(&path, me), Kind::File);
         std::fs::write(dir.path().join("vhosts.json"), "{}").unwrap();
-        assert_eq!(classify_on_disk(&path), Kind::DataDir);
+        assert_eq!(classify_on_disk(&path, me), Kind::DataDir);
     }
 }
