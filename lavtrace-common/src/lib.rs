@@ -3,7 +3,10 @@
 #![no_std]
 
 pub mod filter;
+pub mod fsync;
+pub mod mmap;
 pub mod ring;
+pub mod storage;
 pub mod syscalls;
 pub mod tcp;
 

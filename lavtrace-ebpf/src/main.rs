@@ -9,7 +9,10 @@
 
 mod filter;
 mod floor;
+mod fsync;
+mod mmap;
 mod ring;
+mod storage;
 mod syscalls;
 mod tcp;
 

@@ -80,6 +80,13 @@ pub struct ReportArgs {
     /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
     #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
     pub tcp_hooks: crate::tcp::hooks::Mode,
+    /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
+    #[arg(long, value_parser = parse_duration)]
+    pub slow: Option<Duration>,
+
+    /// Bytes per event ring (power of two, at least 4096); tests use a tiny ring to force losses.
+    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,16 +112,20 @@ pub struct DemoArgs {
 pub enum Probe {
     /// Every syscall: count, errors, latency (in-kernel aggregation).
     Syscalls,
+    /// Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file.
+    Fsync,
+    /// Mapping churn (mmap, munmap, mremap, madvise, brk) per file, and the map count.
+    Mmap,
+    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
+    Tcp,
     /// Benchmarks only: empty programs on the syscalls tracepoints (the cost floor).
     #[value(hide = true)]
     Floor,
-    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
-    Tcp,
 }
 
 impl Probe {
     pub fn all() -> &'static [Probe] {
-        &[Probe::Syscalls, Probe::Tcp]
+        &[Probe::Syscalls, Probe::Fsync, Probe::Mmap, Probe::Tcp]
     }
 
     pub fn name(self) -> &'static str {
@@ -122,6 +133,8 @@ impl Probe {
             Probe::Syscalls => "syscalls",
             Probe::Floor => "floor",
             Probe::Tcp => "tcp",
+            Probe::Fsync => "fsync",
+            Probe::Mmap => "mmap",
         }
     }
 }
@@ -154,6 +167,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
 }
 
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err("must be a power of two of at least 4096".into());
+    }
+    Ok(n)
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(10) {
@@ -178,6 +199,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_positive_duration("1ms").is_err());
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert!(parse_ring_bytes("5000").is_err());
+        assert!(parse_ring_bytes("2048").is_err());
     }
 
     #[test]

@@ -31,12 +31,14 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     }
     let pid = child.id().context("workload pid")?;
     let target = Target::from_pid(pid)?;
-    let session = Session::attach_with(target, &report.probes, &(&report).into())?;
+    let session = Session::attach_with(target, &report)?;
     let mut stdin = child.stdin.take().context("workload stdin")?;
     stdin.write_all(b"go\n").await?;
     let end = session.run(&report, ExitWatch::Child(child)).await?;
     tracing::debug!(?end, "demo finished");
     // Closing stdin ends the workload; kill_on_drop covers the rest.
     drop(stdin);
+    // The workload's data dir, which it cannot remove itself when it is killed.
+    let _ = std::fs::remove_dir_all(crate::workload::demo_dir(pid));
     Ok(())
 }

@@ -31,8 +31,9 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Loads the object with the target's tgid baked in as a read-only global.
-pub fn load(tgid: u32) -> Result<Ebpf> {
+/// Loads the object with the target's tgid baked in as a read-only global, and each ring
+/// sized from lavtrace-common (or `ring_bytes`, from --ring-bytes).
+pub fn load(tgid: u32, ring_bytes: Option<u32>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(lavtrace_common::filter::TARGET_TGID, &tgid, true);
     let retransmit_has_err = u8::from(crate::tcp::hooks::retransmit_has_err());
@@ -41,6 +42,18 @@ pub fn load(tgid: u32) -> Result<Ebpf> {
         &retransmit_has_err,
         true,
     );
+    for (ring, default) in [
+        (
+            lavtrace_common::fsync::RING,
+            lavtrace_common::fsync::RING_BYTES,
+        ),
+        (
+            lavtrace_common::mmap::RING,
+            lavtrace_common::mmap::RING_BYTES,
+        ),
+    ] {
+        loader.map_max_entries(ring, ring_bytes.unwrap_or(default));
+    }
     let mut ebpf = loader.load(OBJECT).map_err(|e| match e {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
             if io_error.raw_os_error() == Some(libc::EPERM) =>

@@ -23,8 +23,7 @@ pub async fn trace(args: &TraceArgs) -> Result<()> {
     let mut target = Target::resolve(&args.target)?;
     loop {
         let exit = ExitWatch::pidfd(target.pid)?;
-        let session =
-            Session::attach_with(target.clone(), &args.report.probes, &(&args.report).into())?;
+        let session = Session::attach_with(target.clone(), &args.report)?;
         let end = session.run(&args.report, exit).await?;
         let End::TargetExited(exit) = end else {
             return Ok(());

@@ -23,6 +23,10 @@ pub struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<Vec<SyscallRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<Vec<crate::fsync::FsyncRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mmap: Option<crate::mmap::MmapSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<tcp::TcpSection>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
@@ -35,6 +39,12 @@ impl Sections {
     fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
         if let Some(rows) = &self.syscalls {
             syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        if let Some(rows) = &self.fsync {
+            crate::fsync::write_text(out, rows, args.top);
+        }
+        if let Some(section) = &self.mmap {
+            crate::mmap::write_text(out, section, args.top);
         }
         if let Some(section) = &self.tcp {
             tcp::write_text(out, section, summary, args.top);

@@ -60,6 +60,21 @@ where
     T: Pod + Send + 'static,
     F: FnMut(T) + Send + 'static,
 {
+    spawn_drain_raw(ebpf, map_name, move |bytes| match decode::<T>(bytes) {
+        Some(event) => {
+            sink(event);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Like `spawn_drain`, for rings that carry several record types: `sink` gets each record's
+/// bytes and returns whether it could decode them (false: counted as malformed).
+pub fn spawn_drain_raw<F>(ebpf: &mut Ebpf, map_name: &str, mut sink: F) -> Result<Drain>
+where
+    F: FnMut(&[u8]) -> bool + Send + 'static,
+{
     let map = ebpf
         .take_map(map_name)
         .with_context(|| format!("ring {map_name} missing from the eBPF object"))?;
@@ -75,14 +90,10 @@ where
     tokio::spawn(async move {
         let mut drain_all = |ring: &mut RingBuf<MapData>| {
             while let Some(item) = ring.next() {
-                match decode::<T>(&item) {
-                    Some(event) => {
-                        task_stats.received.fetch_add(1, Ordering::Relaxed);
-                        sink(event);
-                    }
-                    None => {
-                        task_stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
+                if sink(&item) {
+                    task_stats.received.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    task_stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         };
@@ -92,6 +103,10 @@ where
                     let Ok(mut guard) = guard else { return };
                     drain_all(guard.get_inner_mut());
                     guard.clear_ready();
+                    // The kernel wakes the reader only for a record committed when the reader
+                    // had caught up. One committed between the drain above and clear_ready
+                    // had its wakeup cleared, and no later record would wake us: drain again.
+                    drain_all(guard.get_inner_mut());
                 }
                 ack = flush_rx.recv() => {
                     let Some(ack) = ack else { return };

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
+use lavtrace_common::ring::lost;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
     cli::{Format, Probe, ReportArgs},
     ebpf::{self, Hook},
+    fsync, mmap,
     output::{End, Output, Sections},
     overhead::Meter,
     ringbuf::LostCounters,
@@ -24,12 +26,21 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct AttachOptions {
     pub tcp_hooks: tcp::hooks::Mode,
+    /// fsync family: print calls slower than this as they happen.
+    pub slow: Option<Duration>,
+    /// Slow calls as JSON records rather than text lines.
+    pub json: bool,
+    /// Ring size override (tests use a tiny ring to force losses).
+    pub ring_bytes: Option<u32>,
 }
 
 impl From<&ReportArgs> for AttachOptions {
     fn from(args: &ReportArgs) -> Self {
         AttachOptions {
             tcp_hooks: args.tcp_hooks,
+            slow: args.slow,
+            json: args.format == Format::Json,
+            ring_bytes: args.ring_bytes,
         }
     }
 }
@@ -42,10 +53,11 @@ pub struct Session {
     probes: Vec<Probe>,
     hooks: Vec<Hook>,
     /// Per-family counts of events the kernel could not put in a ring.
-    #[allow(dead_code)] // read by the ring-buffer families
     lost: LostCounters,
     syscalls: Option<syscalls::Tracer>,
     tcp: Option<tcp::Tracer>,
+    fsync: Option<fsync::Tracer>,
+    mmap: Option<mmap::Tracer>,
 }
 
 #[derive(Clone, Copy)]
@@ -57,16 +69,17 @@ enum Window {
 impl Session {
     /// Loads the programs for `probes`, filtered to `target`, and attaches them.
     pub fn attach(target: Target, probes: &[Probe]) -> Result<Session> {
-        Session::attach_with(target, probes, &AttachOptions::default())
+        Session::attach_opts(target, probes, &AttachOptions::default())
     }
 
-    pub fn attach_with(
-        target: Target,
-        probes: &[Probe],
-        options: &AttachOptions,
-    ) -> Result<Session> {
+    /// `attach`, with the options of a report (--probes, --tcp-hooks, --slow, --ring-bytes).
+    pub fn attach_with(target: Target, args: &ReportArgs) -> Result<Session> {
+        Session::attach_opts(target, &args.probes, &args.into())
+    }
+
+    fn attach_opts(target: Target, probes: &[Probe], options: &AttachOptions) -> Result<Session> {
         ebpf::preflight()?;
-        let mut ebpf = ebpf::load(target.pid)?;
+        let mut ebpf = ebpf::load(target.pid, options.ring_bytes)?;
         let lost = LostCounters::take(&mut ebpf)?;
         let mut probes = probes.to_vec();
         probes.sort_unstable();
@@ -74,6 +87,10 @@ impl Session {
         let mut hooks = Vec::new();
         let mut syscalls = None;
         let mut tcp = None;
+        let (mut fsync, mut mmap) = (None, None);
+        let mut slow = options
+            .slow
+            .map(|d| fsync::slow::SlowLog::new(d, options.json, target.pid));
         for probe in &probes {
             match probe {
                 Probe::Syscalls => {
@@ -101,6 +118,18 @@ impl Session {
                     tcp = Some(tracer);
                     hooks.extend(h);
                 }
+                Probe::Fsync => {
+                    let (tracer, h) = fsync::Tracer::attach(&mut ebpf, target.pid, slow.take())
+                        .context("attaching the fsync family")?;
+                    fsync = Some(tracer);
+                    hooks.extend(h);
+                }
+                Probe::Mmap => {
+                    let (tracer, h) = mmap::Tracer::attach(&mut ebpf, target.pid)
+                        .context("attaching the mmap family")?;
+                    mmap = Some(tracer);
+                    hooks.extend(h);
+                }
             }
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
@@ -113,6 +142,8 @@ impl Session {
             lost,
             syscalls,
             tcp,
+            fsync,
+            mmap,
         })
     }
 
@@ -122,6 +153,12 @@ impl Session {
 
     /// Waits until every event already in the kernel's rings has been aggregated.
     async fn flush(&mut self) {
+        if let Some(t) = &self.fsync {
+            t.flush().await;
+        }
+        if let Some(t) = &self.mmap {
+            t.flush().await;
+        }
         if let Some(t) = &self.tcp {
             t.flush().await;
         }
@@ -143,8 +180,19 @@ impl Session {
             s.syscalls = Some(rows);
             s.lost_events.insert(syscalls::FAMILY, untimed);
         }
+        let whole = matches!(window, Window::Whole);
+        if let Some(t) = self.fsync.as_mut() {
+            let (rows, lost) = t.section(whole, self.lost.get(lost::FSYNC));
+            s.fsync = Some(rows);
+            s.lost_events.insert(fsync::FAMILY, lost);
+        }
+        if let Some(t) = self.mmap.as_mut() {
+            let (section, lost) = t.section(whole, self.lost.get(lost::MMAP));
+            s.mmap = Some(section);
+            s.lost_events.insert(mmap::FAMILY, lost);
+        }
         if let Some(t) = self.tcp.as_mut() {
-            let kernel_lost = self.lost.get(lavtrace_common::ring::lost::TCP);
+            let kernel_lost = self.lost.get(lost::TCP);
             let (section, lost) = t.section(matches!(window, Window::Whole), kernel_lost)?;
             s.tcp = Some(section);
             s.lost_events.insert(tcp::FAMILY, lost);
@@ -154,6 +202,10 @@ impl Session {
 
     /// Reports until the end, then prints the summary. Returns why it ended.
     pub async fn run(mut self, args: &ReportArgs, mut exit: ExitWatch) -> Result<End> {
+        // Handlers first: a signal sent as soon as `attached` is out must end in a summary.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let out = Output::new(args);
         let mut tui = if args.format == Format::Text
             && !args.no_tui
@@ -175,9 +227,6 @@ impl Session {
             tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
 
         let mut seq = 0u64;
         let mut last_report = started;

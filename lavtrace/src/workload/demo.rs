@@ -1,6 +1,6 @@
 //! Mode `demo`: a small broker-shaped syscall mix (socket-like pipe traffic with EAGAIN reads,
-//! timer sleeps) and a little TCP (a long-lived loopback connection, plus one short one every
-//! 250 ms), until stdin closes.
+//! timer sleeps), a little of a broker's disk work (see `storage::Demo`) and a little TCP (a
+//! long-lived loopback connection, plus one short one every 250 ms), until stdin closes.
 
 use std::{
     io::Read as _,
@@ -32,7 +32,13 @@ pub fn run() -> std::io::Result<()> {
     unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut buf = [0u8; 4096];
     let batch = [7u8; 512];
+    let mut storage = super::storage::Demo::start(stop.clone())?;
+    let mut rounds = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        if rounds.is_multiple_of(50) {
+            storage.tick()?;
+        }
         for _ in 0..20 {
             // SAFETY: valid buffers and owned descriptors.
             unsafe {

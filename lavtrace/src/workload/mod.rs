@@ -8,8 +8,11 @@
 mod amqp;
 mod demo;
 mod spin;
+mod storage;
 mod syscalls;
 mod tcp;
+
+pub use storage::demo_dir;
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -42,6 +45,8 @@ pub enum Mode {
     Tcp,
     /// The other ends of `tcp`'s connections (started by `tcp`).
     TcpPeer(tcp::PeerArgs),
+    /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
+    Storage(storage::Args),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
@@ -65,6 +70,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),
+        Mode::Storage(a) => storage::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

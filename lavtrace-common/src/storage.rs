@@ -1,0 +1,127 @@
+//! Records shared by the two storage families (`fsync`, `mmap`): both rings carry the timed
+//! calls of their family and the fd bookkeeping (open/close/dup) that lets userspace name the
+//! file of each call. The first `u32` of every record is its kind; userspace matches on it and
+//! checks the record's exact size before reading it.
+
+/// Record kinds (the first field of every record).
+pub mod kind {
+    /// A completed, timed syscall: [`super::CallEvent`].
+    pub const CALL: u32 = 1;
+    /// A successful openat: [`super::OpenEvent`] (the path as the target passed it).
+    pub const OPEN: u32 = 2;
+    /// A close (seen at entry): [`super::FdEvent`].
+    pub const CLOSE: u32 = 3;
+    /// dup/dup2/dup3/fcntl(F_DUPFD*): [`super::FdEvent`], `fd` the new fd, `other` the old one.
+    pub const DUP: u32 = 4;
+}
+
+/// Bytes of path kept from an openat (with its NUL); LavinMQ's longest are ~120.
+pub const PATH_LEN: usize = 256;
+/// Syscall arguments kept per call (mmap has six).
+pub const MAX_ARGS: usize = 6;
+/// Threads of the target that can be inside a traced storage call at once.
+pub const MAX_THREADS: u32 = 16_384;
+
+/// Indexes of the `STORAGE_SINKS` array: non-zero when that family's ring wants the records
+/// that both families need (fd bookkeeping, mmap/munmap/mremap for msync attribution).
+pub mod sink {
+    pub const FSYNC: u32 = 0;
+    pub const MMAP: u32 = 1;
+    pub const LEN: u32 = 2;
+}
+
+/// One completed syscall, sent at its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallEvent {
+    /// `kind::CALL`.
+    pub kind: u32,
+    /// Syscall number (this architecture's).
+    pub nr: u32,
+    pub tid: u32,
+    pub _reserved: u32,
+    /// Entry time, CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// Return value; -4095..-1 is an errno.
+    pub ret: i64,
+    /// The syscall's arguments in order; unused ones are 0.
+    pub args: [u64; MAX_ARGS],
+}
+
+/// A successful openat, sent at its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenEvent {
+    /// `kind::OPEN`.
+    pub kind: u32,
+    pub tid: u32,
+    /// The new fd.
+    pub fd: i32,
+    /// The directory fd the path is relative to (AT_FDCWD = -100).
+    pub dfd: i32,
+    /// NUL-terminated (all zero when the kernel could not read it).
+    pub path: [u8; PATH_LEN],
+}
+
+/// close or dup of a descriptor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdEvent {
+    /// `kind::CLOSE` or `kind::DUP`.
+    pub kind: u32,
+    pub tid: u32,
+    /// The closed fd, or the new fd of a dup.
+    pub fd: i32,
+    /// The old fd of a dup (0 for close).
+    pub other: i32,
+}
+
+/// A thread's call in progress: saved at entry, consumed at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// 0 once consumed, so an exit never pairs with a stale entry.
+    pub start_ns: u64,
+    pub nr: u32,
+    pub _reserved: u32,
+    pub args: [u64; MAX_ARGS],
+}
+
+impl Default for OpenEvent {
+    fn default() -> Self {
+        OpenEvent {
+            kind: kind::OPEN,
+            tid: 0,
+            fd: 0,
+            dfd: 0,
+            path: [0; PATH_LEN],
+        }
+    }
+}
+
+crate::pod!(CallEvent, OpenEvent, FdEvent, Entry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layout_has_no_padding() {
+        assert_eq!(size_of::<CallEvent>(), 16 + 24 + 8 * MAX_ARGS);
+        assert_eq!(size_of::<OpenEvent>(), 16 + PATH_LEN);
+        assert_eq!(size_of::<FdEvent>(), 16);
+        assert_eq!(size_of::<Entry>(), 16 + 8 * MAX_ARGS);
+    }
+
+    #[test]
+    fn record_sizes_differ_so_kind_and_size_agree() {
+        let sizes = [
+            size_of::<CallEvent>(),
+            size_of::<OpenEvent>(),
+            size_of::<FdEvent>(),
+        ];
+        assert!(sizes[0] != sizes[1] && sizes[1] != sizes[2] && sizes[0] != sizes[2]);
+    }
+}

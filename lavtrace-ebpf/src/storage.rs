@@ -1,0 +1,319 @@
+//! Shared by the storage families (`fsync`, `mmap`): the per-thread table of calls in
+//! progress, the programs both families need (fd bookkeeping, mmap/munmap/mremap) and the
+//! choice of ring(s) they report to.
+//!
+//! Every program here hangs off a `syscalls:sys_{enter,exit}_<name>` tracepoint, which fires
+//! only for that one syscall: processes that do not call it pay nothing, and the target pays
+//! one helper call and a compare before anything else.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
+    macros::{map, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use lavtrace_common::{
+    ring::lost,
+    storage::{CallEvent, Entry, FdEvent, MAX_ARGS, MAX_THREADS, OpenEvent, kind, sink},
+};
+
+use crate::{filter::current_target_task, fsync::FSYNC_EVENTS, mmap::MMAP_EVENTS, ring};
+
+/// tid → the call it is in. LRU: threads that exit leave an entry behind, which is evicted
+/// instead of ever filling the table.
+#[map]
+static CALL_START: LruHashMap<u32, Entry> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Which rings want the shared records (see `lavtrace_common::storage::sink`); written by
+/// userspace when a family attaches.
+#[map]
+static STORAGE_SINKS: Array<u32> = Array::with_max_entries(sink::LEN, 0);
+
+/// Room for one OpenEvent (272 B, too big for the 512 B stack next to everything else).
+#[map]
+static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
+
+// `syscalls:sys_enter_*` records: `int __syscall_nr` at 8, then each argument as a u64 from
+// 16. `sys_exit_*`: `__syscall_nr` at 8, `long ret` at 16.
+const NR_OFFSET: usize = 8;
+const ARGS_OFFSET: usize = 16;
+const RET_OFFSET: usize = 16;
+
+/// asm-generic fcntl commands that duplicate a descriptor (the same on every architecture).
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// Who pays when a record cannot be kept.
+#[derive(Clone, Copy)]
+pub enum Owner {
+    Fsync,
+    Mmap,
+    /// Whichever families want the shared records.
+    Shared,
+}
+
+#[inline(always)]
+fn sink_on(index: u32) -> bool {
+    STORAGE_SINKS.get(index).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn count_lost(owner: Owner) {
+    match owner {
+        Owner::Fsync => ring::count_lost(lost::FSYNC),
+        Owner::Mmap => ring::count_lost(lost::MMAP),
+        Owner::Shared => {
+            if sink_on(sink::FSYNC) {
+                ring::count_lost(lost::FSYNC);
+            }
+            if sink_on(sink::MMAP) {
+                ring::count_lost(lost::MMAP);
+            }
+        }
+    }
+}
+
+/// Sends `event` to the ring(s) of `owner`, counting each ring that had no room.
+#[inline(always)]
+fn send<T>(owner: Owner, event: &T) {
+    match owner {
+        Owner::Fsync => output(&FSYNC_EVENTS, lost::FSYNC, event),
+        Owner::Mmap => output(&MMAP_EVENTS, lost::MMAP, event),
+        Owner::Shared => {
+            if sink_on(sink::FSYNC) {
+                output(&FSYNC_EVENTS, lost::FSYNC, event);
+            }
+            if sink_on(sink::MMAP) {
+                output(&MMAP_EVENTS, lost::MMAP, event);
+            }
+        }
+    }
+}
+
+/// Like `ring::send`, waking the reader only once a quarter of the ring is waiting: a wakeup
+/// per record (an irq_work, then a context switch in the reader) costs more than the record.
+/// Userspace also drains each ring every few tens of ms on its own, so a quiet ring is still
+/// read promptly.
+#[inline(always)]
+fn output<T>(ring: &RingBuf, family: u32, event: &T) {
+    let waiting = ring.query(BPF_RB_AVAIL_DATA.into());
+    let size = ring.query(BPF_RB_RING_SIZE.into());
+    let flags = if waiting.saturating_mul(4) >= size {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if ring.output::<T>(event, flags.into()).is_err() {
+        ring::count_lost(family);
+    }
+}
+
+/// Entry half of a timed call: saves the time and the first `N` arguments for this thread.
+/// `N` bounds the record bytes read, so the program attaches only to tracepoints that have
+/// at least `N` arguments (the kernel checks this at attach).
+#[inline(always)]
+pub fn enter<const N: usize>(ctx: &TracePointContext, owner: Owner) {
+    let Some((_, tid)) = current_target_task() else {
+        return;
+    };
+    save(ctx, tid, read_args::<N>(ctx), owner);
+}
+
+#[inline(always)]
+fn read_args<const N: usize>(ctx: &TracePointContext) -> [u64; MAX_ARGS] {
+    let base = ctx.as_ptr().cast::<u8>();
+    let mut args = [0u64; MAX_ARGS];
+    let mut i = 0;
+    while i < N && i < MAX_ARGS {
+        // SAFETY: tracepoint records are readable through the context pointer within their
+        // size; the N arguments exist in every tracepoint this is attached to.
+        args[i] = unsafe { *base.add(ARGS_OFFSET + 8 * i).cast::<u64>() };
+        i += 1;
+    }
+    args
+}
+
+#[inline(always)]
+fn save(ctx: &TracePointContext, tid: u32, args: [u64; MAX_ARGS], owner: Owner) {
+    // SAFETY: in-record read of the syscall number.
+    let nr = unsafe { *ctx.as_ptr().cast::<u8>().add(NR_OFFSET).cast::<i32>() } as u32;
+    let entry = Entry {
+        // SAFETY: helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        nr,
+        _reserved: 0,
+        args,
+    };
+    if CALL_START.insert(tid, entry, 0).is_err() {
+        count_lost(owner);
+    }
+}
+
+/// Exit half: the thread's saved call if it matches this exit, with its return value and
+/// duration. `None` for calls entered before attach.
+#[inline(always)]
+pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
+    let (_, tid) = current_target_task()?;
+    let slot = CALL_START.get_ptr_mut(tid)?;
+    // SAFETY: map value slot, valid for this program run; only this thread uses its key.
+    let entry = unsafe { *slot };
+    if entry.start_ns == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).start_ns = 0 };
+    let base = ctx.as_ptr().cast::<u8>();
+    // SAFETY: in-record reads of `__syscall_nr` and `ret`.
+    let (nr, ret) = unsafe {
+        (
+            *base.add(NR_OFFSET).cast::<i32>() as u32,
+            *base.add(RET_OFFSET).cast::<i64>(),
+        )
+    };
+    if nr != entry.nr {
+        return None; // an entry whose exit we never saw (attached mid-call)
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    Some(CallEvent {
+        kind: kind::CALL,
+        nr,
+        tid,
+        _reserved: 0,
+        start_ns: entry.start_ns,
+        duration_ns: now.saturating_sub(entry.start_ns),
+        ret,
+        args: entry.args,
+    })
+}
+
+/// Exit of a call reported by `owner`.
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext, owner: Owner) {
+    if let Some(event) = finish(ctx) {
+        send(owner, &event);
+    }
+}
+
+// mmap, munmap and mremap: the mmap family reports them; the fsync family needs them too, to
+// know which file an msync address belongs to.
+
+#[tracepoint]
+pub fn map_enter2(ctx: TracePointContext) -> u32 {
+    enter::<2>(&ctx, Owner::Shared);
+    0
+}
+
+#[tracepoint]
+pub fn map_enter5(ctx: TracePointContext) -> u32 {
+    enter::<5>(&ctx, Owner::Shared);
+    0
+}
+
+#[tracepoint]
+pub fn map_enter6(ctx: TracePointContext) -> u32 {
+    enter::<6>(&ctx, Owner::Shared);
+    0
+}
+
+#[tracepoint]
+pub fn map_exit(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Owner::Shared);
+    0
+}
+
+// fd bookkeeping: the path of each descriptor as the target opened it, in the same ring and
+// order as the calls that use it, so a call is named after the file it really hit even when
+// the fd was closed or reused since.
+
+/// dup, dup2, dup3: the old fd.
+#[tracepoint]
+pub fn fd_enter1(ctx: TracePointContext) -> u32 {
+    enter::<1>(&ctx, Owner::Shared);
+    0
+}
+
+/// openat: dfd, filename.
+#[tracepoint]
+pub fn fd_enter2(ctx: TracePointContext) -> u32 {
+    enter::<2>(&ctx, Owner::Shared);
+    0
+}
+
+#[tracepoint]
+pub fn fd_open_exit(ctx: TracePointContext) -> u32 {
+    let Some(call) = finish(&ctx) else {
+        return 0;
+    };
+    if call.ret < 0 {
+        return 0;
+    }
+    let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, used only during this program run.
+    let event = unsafe { &mut *event };
+    event.kind = kind::OPEN;
+    event.tid = call.tid;
+    event.fd = call.ret as i32;
+    event.dfd = call.args[0] as i32;
+    // SAFETY: the helper reads user memory safely (a fault returns an error); the target's
+    // filename pointer was valid at entry and openat does not free it.
+    if unsafe { bpf_probe_read_user_str_bytes(call.args[1] as *const u8, &mut event.path) }.is_err()
+    {
+        event.path[0] = 0; // userspace falls back to /proc/PID/fd
+    }
+    send(Owner::Shared, event);
+    0
+}
+
+/// fcntl: only the duplicating commands are remembered.
+#[tracepoint]
+pub fn fd_fcntl_enter(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let args = read_args::<2>(&ctx);
+    if args[1] == F_DUPFD || args[1] == F_DUPFD_CLOEXEC {
+        save(&ctx, tid, args, Owner::Shared);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn fd_dup_exit(ctx: TracePointContext) -> u32 {
+    let Some(call) = finish(&ctx) else {
+        return 0;
+    };
+    if call.ret < 0 {
+        return 0;
+    }
+    let event = FdEvent {
+        kind: kind::DUP,
+        tid: call.tid,
+        fd: call.ret as i32,
+        other: call.args[0] as i32,
+    };
+    send(Owner::Shared, &event);
+    0
+}
+
+/// close, at entry: the descriptor is gone once it returns (even on EINTR), and a failed
+/// close (EBADF) names an fd that was not open anyway.
+#[tracepoint]
+pub fn fd_close(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let args = read_args::<1>(&ctx);
+    let event = FdEvent {
+        kind: kind::CLOSE,
+        tid,
+        fd: args[0] as i32,
+        other: 0,
+    };
+    send(Owner::Shared, &event);
+    0
+}

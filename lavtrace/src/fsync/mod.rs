@@ -1,0 +1,252 @@
+//! Probe family `fsync`: every durability call of the target (fsync, fdatasync, syncfs, sync,
+//! sync_file_range, msync), timed in the kernel (`lavtrace-ebpf/src/fsync.rs`), received one
+//! by one from the `FSYNC_EVENTS` ring and aggregated here per (syscall, file, flags).
+
+mod report;
+pub mod slow;
+mod stats;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use lavtrace_common::{fsync::RING, storage::sink};
+
+pub use report::{FsyncRow, write_text};
+use slow::{SlowCall, SlowLog};
+use stats::Latency;
+
+use crate::{
+    ebpf::Hook,
+    ringbuf::Drain,
+    storage::{self, LostWindow, Model, Record, files::Mounts, is_error, lavinmq, maps, nr},
+};
+
+pub const FAMILY: &str = "fsync";
+
+/// Aggregation key: one row of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    nr: u32,
+    path: Arc<str>,
+    /// msync / sync_file_range flags.
+    flags: Option<u64>,
+}
+
+/// What a path is, worked out once per path.
+#[derive(Debug, Clone)]
+pub struct PathInfo {
+    pub kind: lavinmq::Kind,
+    pub display: String,
+    pub mount: Option<report::MountRef>,
+}
+
+struct State {
+    pid: u32,
+    model: Model,
+    mounts: Mounts,
+    infos: HashMap<Arc<str>, Arc<PathInfo>>,
+    interval: HashMap<Key, Latency>,
+    total: HashMap<Key, Latency>,
+    slow: Option<SlowLog>,
+}
+
+/// Path of `sync`, which has no file: every filesystem.
+const ALL_FILESYSTEMS: &str = "(all filesystems)";
+/// An msync address that no known mapping covers.
+const UNMAPPED: &str = "[unmapped]";
+
+impl State {
+    fn on_record(&mut self, record: Record) {
+        let Some(call) = self.model.apply(record) else {
+            return;
+        };
+        let a = call.args;
+        let (path, flags, bytes): (Arc<str>, Option<u64>, u64) = match call.nr {
+            nr::MMAP | nr::MUNMAP | nr::MREMAP => {
+                self.model.map_change(&call);
+                return;
+            }
+            nr::FSYNC | nr::FDATASYNC | nr::SYNCFS => (self.model.fds.path(a[0] as i32), None, 0),
+            nr::SYNC_FILE_RANGE => (self.model.fds.path(a[0] as i32), Some(a[3]), a[2]),
+            nr::SYNC => (Arc::from(ALL_FILESYSTEMS), None, 0),
+            nr::MSYNC => (
+                self.model
+                    .maps
+                    .lookup(a[0])
+                    .unwrap_or_else(|| Arc::from(UNMAPPED)),
+                Some(a[2]),
+                a[1],
+            ),
+            _ => return,
+        };
+        let error = is_error(call.ret);
+        // Worked out now, while the file still exists (the data dir is recognised by its
+        // contents; a segment may be deleted before the next report).
+        let info = info_of(&mut self.infos, &self.mounts, self.pid, &path);
+        let key = Key {
+            nr: call.nr,
+            path,
+            flags,
+        };
+        if let Some(slow) = self.slow.as_mut()
+            && slow.is_slow(call.duration_ns)
+        {
+            let flags = flags.map(|f| report::flag_names(call.nr, f));
+            slow.print(&SlowCall {
+                start_ns: call.start_ns,
+                tid: call.tid,
+                syscall: report::syscall_name(call.nr),
+                path: &key.path,
+                display: &info.display,
+                flags: flags.as_deref(),
+                duration_ns: call.duration_ns,
+                ret: call.ret,
+            });
+        }
+        self.interval
+            .entry(key.clone())
+            .or_default()
+            .record(call.duration_ns, error, bytes);
+        self.total
+            .entry(key)
+            .or_default()
+            .record(call.duration_ns, error, bytes);
+    }
+
+    fn rows(&mut self, which: &HashMap<Key, Latency>) -> Vec<FsyncRow> {
+        let mut rows: Vec<FsyncRow> = which
+            .iter()
+            .map(|(k, l)| {
+                let info = info_of(&mut self.infos, &self.mounts, self.pid, &k.path);
+                FsyncRow::new(k.nr, &k.path, k.flags, &info, l)
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.syscall.cmp(b.syscall))
+                .then_with(|| a.path.cmp(&b.path))
+                .then_with(|| a.flags.cmp(&b.flags))
+        });
+        rows
+    }
+}
+
+fn info_of(
+    infos: &mut HashMap<Arc<str>, Arc<PathInfo>>,
+    mounts: &Mounts,
+    pid: u32,
+    path: &Arc<str>,
+) -> Arc<PathInfo> {
+    infos
+        .entry(path.clone())
+        .or_insert_with(|| {
+            let kind = if &**path == ALL_FILESYSTEMS {
+                lavinmq::Kind::System
+            } else if &**path == maps::ANONYMOUS {
+                lavinmq::Kind::Anonymous
+            } else {
+                lavinmq::classify_on_disk(path, pid)
+            };
+            let mount = path
+                .starts_with('/')
+                .then(|| mounts.of(path))
+                .flatten()
+                .map(|m| report::MountRef {
+                    point: m.point.clone(),
+                    fstype: m.fstype.clone(),
+                    source: m.source.clone(),
+                });
+            Arc::new(PathInfo {
+                kind,
+                display: lavinmq::display(path),
+                mount,
+            })
+        })
+        .clone()
+}
+
+pub struct Tracer {
+    state: Arc<Mutex<State>>,
+    drain: Arc<Drain>,
+    lost: LostWindow,
+}
+
+impl Tracer {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32, slow: Option<SlowLog>) -> Result<(Tracer, Vec<Hook>)> {
+        let mut hooks = Vec::new();
+        for (program, tps) in [
+            (
+                "fsync_exit",
+                &[
+                    "sys_exit_fsync",
+                    "sys_exit_fdatasync",
+                    "sys_exit_syncfs",
+                    "sys_exit_sync",
+                    "sys_exit_sync_file_range",
+                    "sys_exit_msync",
+                ][..],
+            ),
+            ("fsync_enter0", &["sys_enter_sync"][..]),
+            (
+                "fsync_enter1",
+                &["sys_enter_fsync", "sys_enter_fdatasync", "sys_enter_syncfs"][..],
+            ),
+            ("fsync_enter3", &["sys_enter_msync"][..]),
+            ("fsync_enter4", &["sys_enter_sync_file_range"][..]),
+        ] {
+            hooks.extend(storage::attach(ebpf, FAMILY, program, tps)?);
+        }
+        hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::FSYNC)?);
+        let state = Arc::new(Mutex::new(State {
+            pid,
+            model: Model::seed(pid),
+            mounts: Mounts::read(pid),
+            infos: HashMap::new(),
+            interval: HashMap::new(),
+            total: HashMap::new(),
+            slow,
+        }));
+        let sink_state = state.clone();
+        let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
+            .context("draining the fsync ring")?;
+        Ok((
+            Tracer {
+                state,
+                drain,
+                lost: LostWindow::default(),
+            },
+            hooks,
+        ))
+    }
+
+    /// Waits until every record already in the ring is aggregated.
+    pub async fn flush(&self) {
+        self.drain.flush().await;
+    }
+
+    /// The rows since the last interval (or the whole run) and the events lost in that
+    /// window; `kernel_lost` is the kernel's cumulative count for this family.
+    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> (Vec<FsyncRow>, u64) {
+        let lost_total = kernel_lost
+            + self
+                .drain
+                .stats
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let mut st = storage::lock(&self.state);
+        if whole {
+            let total = std::mem::take(&mut st.total);
+            let rows = st.rows(&total);
+            st.total = total;
+            (rows, lost_total)
+        } else {
+            let interval = std::mem::take(&mut st.interval);
+            (st.rows(&interval), self.lost.window(lost_total))
+        }
+    }
+}

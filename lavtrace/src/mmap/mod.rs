@@ -1,0 +1,252 @@
+//! Probe family `mmap`: the target's mapping churn (mmap, munmap, mremap, madvise, brk),
+//! received call by call from the `MMAP_EVENTS` ring. Each mapping is tied to its file when
+//! it is mapped (`storage::Model`), so later calls on its addresses are attributed to that
+//! file even though the fd is long closed.
+
+mod report;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use lavtrace_common::{mmap::RING, storage::sink};
+
+pub use report::{MmapSection, write_text};
+
+use crate::{
+    ebpf::Hook,
+    ringbuf::Drain,
+    storage::{self, LostWindow, MapChange, Model, Record, is_error, maps, nr},
+};
+
+pub const FAMILY: &str = "mmap";
+
+/// A file, or a mapping address we never saw mapped.
+const UNKNOWN: &str = "[unknown]";
+
+#[derive(Debug, Clone, Default)]
+struct SysCount {
+    count: u64,
+    errors: u64,
+    bytes: u64,
+    /// madvise: calls per advice.
+    advice: BTreeMap<u64, u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FileCount {
+    mmaps: u64,
+    munmaps: u64,
+    mremaps: u64,
+    madvises: u64,
+    /// Bytes mapped by mmap (and grown by mremap).
+    bytes: u64,
+    bytes_unmapped: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    syscalls: BTreeMap<u32, SysCount>,
+    files: HashMap<Arc<str>, FileCount>,
+}
+
+struct State {
+    model: Model,
+    last_brk: Option<u64>,
+    interval: Counters,
+    total: Counters,
+}
+
+impl State {
+    fn on_record(&mut self, record: Record) {
+        let Some(call) = self.model.apply(record) else {
+            return;
+        };
+        let a = call.args;
+        let failed = is_error(call.ret);
+        let bytes = match call.nr {
+            nr::MMAP | nr::MUNMAP | nr::MADVISE => a[1],
+            nr::MREMAP => a[2],
+            nr::BRK if !failed => {
+                let new = call.ret as u64;
+                let delta = self.last_brk.map_or(0, |old| new.abs_diff(old));
+                self.last_brk = Some(new);
+                delta
+            }
+            nr::BRK => 0,
+            _ => return,
+        };
+        // File attribution, with the model updated in ring order.
+        let mut per_file: Vec<(Arc<str>, FileCount)> = Vec::new();
+        if !failed {
+            match self.model.map_change(&call) {
+                Some(MapChange::Mapped { file }) => per_file.push((
+                    file,
+                    FileCount {
+                        mmaps: 1,
+                        bytes: a[1],
+                        ..FileCount::default()
+                    },
+                )),
+                Some(MapChange::Unmapped(pieces)) => {
+                    if pieces.is_empty() {
+                        per_file.push((
+                            Arc::from(UNKNOWN),
+                            FileCount {
+                                munmaps: 1,
+                                ..FileCount::default()
+                            },
+                        ));
+                    }
+                    for (i, (file, len)) in pieces.into_iter().enumerate() {
+                        per_file.push((
+                            file,
+                            FileCount {
+                                munmaps: u64::from(i == 0),
+                                bytes_unmapped: len,
+                                ..FileCount::default()
+                            },
+                        ));
+                    }
+                }
+                Some(MapChange::Remapped { file }) => per_file.push((
+                    file.unwrap_or_else(|| Arc::from(UNKNOWN)),
+                    FileCount {
+                        mremaps: 1,
+                        bytes: a[2].saturating_sub(a[1]),
+                        bytes_unmapped: a[1].saturating_sub(a[2]),
+                        ..FileCount::default()
+                    },
+                )),
+                None if call.nr == nr::MADVISE => per_file.push((
+                    self.model
+                        .maps
+                        .lookup(a[0])
+                        .unwrap_or_else(|| Arc::from(UNKNOWN)),
+                    FileCount {
+                        madvises: 1,
+                        ..FileCount::default()
+                    },
+                )),
+                None => {}
+            }
+        }
+        for c in [&mut self.interval, &mut self.total] {
+            let s = c.syscalls.entry(call.nr).or_default();
+            s.count += 1;
+            if failed {
+                s.errors += 1;
+            } else {
+                s.bytes += bytes;
+                if call.nr == nr::MADVISE {
+                    *s.advice.entry(a[2]).or_default() += 1;
+                }
+            }
+            for (file, add) in &per_file {
+                let f = c.files.entry(file.clone()).or_default();
+                f.mmaps += add.mmaps;
+                f.munmaps += add.munmaps;
+                f.mremaps += add.mremaps;
+                f.madvises += add.madvises;
+                f.bytes += add.bytes;
+                f.bytes_unmapped += add.bytes_unmapped;
+            }
+        }
+    }
+}
+
+pub struct Tracer {
+    pid: u32,
+    state: Arc<Mutex<State>>,
+    drain: Arc<Drain>,
+    lost: LostWindow,
+    started: Instant,
+    last: Instant,
+    max_map_count: Option<u64>,
+    live: Option<u64>,
+    kinds: report::KindCache,
+}
+
+impl Tracer {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Tracer, Vec<Hook>)> {
+        let mut hooks = Vec::new();
+        for (program, tps) in [
+            ("mmap_exit", &["sys_exit_madvise", "sys_exit_brk"][..]),
+            ("mmap_enter3", &["sys_enter_madvise"][..]),
+            ("mmap_enter1", &["sys_enter_brk"][..]),
+        ] {
+            hooks.extend(storage::attach(ebpf, FAMILY, program, tps)?);
+        }
+        hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::MMAP)?);
+        let state = Arc::new(Mutex::new(State {
+            model: Model::seed(pid),
+            last_brk: None,
+            interval: Counters::default(),
+            total: Counters::default(),
+        }));
+        let sink_state = state.clone();
+        let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
+            .context("draining the mmap ring")?;
+        let now = Instant::now();
+        Ok((
+            Tracer {
+                pid,
+                state,
+                drain,
+                lost: LostWindow::default(),
+                started: now,
+                last: now,
+                max_map_count: maps::max_map_count(),
+                live: maps::live_count(pid),
+                kinds: report::KindCache::new(pid),
+            },
+            hooks,
+        ))
+    }
+
+    pub async fn flush(&self) {
+        self.drain.flush().await;
+    }
+
+    /// This window's section (or the whole run's) and the events lost in it; `kernel_lost`
+    /// is the kernel's cumulative count for this family.
+    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> (MmapSection, u64) {
+        let lost_total = kernel_lost
+            + self
+                .drain
+                .stats
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = maps::live_count(self.pid) {
+            self.live = Some(n);
+        }
+        let now = Instant::now();
+        let (counters, secs, lost) = {
+            let mut st = storage::lock(&self.state);
+            if whole {
+                (
+                    st.total.clone(),
+                    (now - self.started).as_secs_f64(),
+                    lost_total,
+                )
+            } else {
+                let c = std::mem::take(&mut st.interval);
+                let secs = (now - self.last).as_secs_f64();
+                self.last = now;
+                (c, secs, self.lost.window(lost_total))
+            }
+        };
+        let section = report::section(
+            &counters,
+            secs,
+            self.live,
+            self.max_map_count,
+            &mut self.kinds,
+        );
+        (section, lost)
+    }
+}

@@ -1,0 +1,328 @@
+//! Family `fsync` against the real kernel: a broker-shaped workload with known durability
+//! calls must be reported exactly, per syscall and per file, and nothing from another process
+//! may be counted; a ring too small for a burst must report exactly what it dropped.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{LAVTRACE, Lines, Trace, Workload, require_root};
+use serde_json::Value;
+
+const VHOST: &str = "42099b4af021e53fd8fd4e056c2568d7c2e3ffa8";
+const QUEUE: &str = "8c6e326cc8ba989509be7aa0485a4a523f4aaa47";
+
+fn rows(section: &Value) -> &Vec<Value> {
+    section["fsync"].as_array().expect("an fsync list")
+}
+
+fn find<'a>(section: &'a Value, syscall: &str, path_end: &str, flags: Option<&str>) -> &'a Value {
+    let found: Vec<&Value> = rows(section)
+        .iter()
+        .filter(|r| {
+            r["syscall"] == syscall
+                && r["path"].as_str().unwrap().ends_with(path_end)
+                && r["flags"].as_str() == flags
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {syscall} {flags:?} row for *{path_end}: {found:?}"
+    );
+    found[0]
+}
+
+fn total(section: &Value, syscall: &str) -> u64 {
+    rows(section)
+        .iter()
+        .filter(|r| r["syscall"] == syscall)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+fn data_dir_prefix(pid: u32) -> String {
+    format!("{}/lavtrace-data-{pid}-", std::env::temp_dir().display())
+}
+
+#[test]
+fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
+    require_root();
+    let mut target = Workload::spawn(&[
+        "storage",
+        "--segments",
+        "3",
+        "--premapped",
+        "1",
+        "--syncfs",
+        "120",
+        "--fsyncs",
+        "4",
+        "--sync",
+        "1",
+        "--linger",
+        "300ms",
+    ]);
+    // The same calls from another process at the same time must not leak in.
+    let mut bystander = Workload::spawn(&["storage", "--segments", "2", "--syncfs", "77"]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "fsync",
+        "--interval",
+        "200ms",
+        "--slow",
+        "0s",
+    ]);
+    let hooks: Vec<&str> = trace.attached["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["via"].as_str().unwrap())
+        .collect();
+    for tp in [
+        "sys_enter_syncfs",
+        "sys_exit_msync",
+        "sys_exit_openat",
+        "sys_enter_close",
+    ] {
+        assert!(
+            hooks.contains(&format!("tracepoint syscalls:{tp}").as_str()),
+            "{hooks:?}"
+        );
+    }
+    bystander.go();
+    target.go();
+    bystander.wait_done();
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "target_exited");
+    assert_eq!(summary["lost_events"]["fsync"], 0);
+
+    // syncfs on the data dir (opened before attach: named from /proc/PID/fd), with its mount.
+    let syncfs = find(summary, "syncfs", "", None);
+    assert_eq!(syncfs["count"], 120);
+    let dir = syncfs["path"].as_str().unwrap();
+    assert!(dir.starts_with(&data_dir_prefix(target.pid)), "{dir}");
+    assert_eq!(syncfs["kind"], "data_dir");
+    assert!(!syncfs["mount"]["fstype"].as_str().unwrap().is_empty());
+
+    // definitions.amqp: fsync, fdatasync through a dup of the fd, sync_file_range; all of
+    // them reported after the fds were closed.
+    let defs = format!("{VHOST}/definitions.amqp");
+    let fsync = find(summary, "fsync", &defs, None);
+    assert_eq!(fsync["count"], 4);
+    assert_eq!(fsync["kind"], "definitions");
+    assert!(fsync["path"].as_str().unwrap().starts_with(dir));
+    assert_eq!(find(summary, "fdatasync", &defs, None)["count"], 1);
+    let sfr = find(summary, "sync_file_range", &defs, Some("WRITE"));
+    assert_eq!(
+        (sfr["count"].as_u64(), sfr["bytes"].as_u64()),
+        (Some(1), Some(4096))
+    );
+    assert_eq!(find(summary, "sync", "(all filesystems)", None)["count"], 1);
+
+    // msync, attributed through the mapping to each segment (fd long closed), flags apart.
+    // msgs.0000000001 was mapped (and msynced) before attach.
+    for i in 2..=4 {
+        let seg = format!("{QUEUE}/msgs.{i:010}");
+        let a = find(summary, "msync", &seg, Some("MS_ASYNC"));
+        let s = find(summary, "msync", &seg, Some("MS_SYNC"));
+        assert_eq!(
+            (a["count"].as_u64(), a["bytes"].as_u64()),
+            (Some(1), Some(4))
+        );
+        assert_eq!(
+            (s["count"].as_u64(), s["bytes"].as_u64()),
+            (Some(1), Some(65536))
+        );
+        assert_eq!(s["kind"], "segment");
+    }
+    // Nothing else: 1 syncfs, 3 definitions rows, 1 sync, 3×2 msync.
+    assert_eq!(rows(summary).len(), 11, "{:#?}", rows(summary));
+    for r in rows(summary) {
+        assert_eq!(r["errors"], 0);
+        let p = |k: &str| r[k].as_u64().unwrap();
+        assert!(p("p50_ns") <= p("p90_ns") && p("p99_ns") <= p("p999_ns"));
+        assert!(p("p999_ns") <= p("max_ns"));
+        let in_hist: u64 = r["histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(in_hist, p("count"));
+    }
+
+    // Intervals add up to the summary.
+    let intervals: Vec<&Value> = records.iter().filter(|r| r["type"] == "interval").collect();
+    for syscall in ["syncfs", "fsync", "msync"] {
+        let sum: u64 = intervals.iter().map(|r| total(r, syscall)).sum();
+        assert_eq!(sum, total(summary, syscall), "{syscall}");
+    }
+
+    // --slow 0s: every call printed as it happened, with its thread's name.
+    let slow: Vec<&Value> = records.iter().filter(|r| r["type"] == "slow").collect();
+    assert_eq!(slow.len() as u64, 120 + 4 + 1 + 1 + 1 + 6);
+    let confirm: Vec<&&Value> = slow.iter().filter(|r| r["syscall"] == "syncfs").collect();
+    assert_eq!(confirm.len(), 120);
+    assert!(
+        confirm
+            .iter()
+            .all(|r| r["thread"] == "Publish confirm" && r["path"] == dir)
+    );
+    assert!(
+        slow.iter()
+            .any(|r| r["syscall"] == "msync" && r["flags"] == "MS_SYNC")
+    );
+}
+
+#[test]
+fn a_tiny_ring_reports_exactly_what_it_lost() {
+    require_root();
+    const BURST: u64 = 20_000;
+    let mut target = Workload::spawn(&[
+        "storage",
+        "--segments",
+        "0",
+        "--syncfs",
+        "0",
+        "--fsyncs",
+        "0",
+        "--burst",
+        &BURST.to_string(),
+        "--linger",
+        "300ms",
+    ]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "fsync,mmap",
+        "--ring-bytes",
+        "4096",
+        "--interval",
+        "100ms",
+    ]);
+    target.go();
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let intervals: Vec<&Value> = records.iter().filter(|r| r["type"] == "interval").collect();
+
+    // fsync ring: BURST msync, nothing else.
+    let received = total(summary, "msync");
+    let lost = summary["lost_events"]["fsync"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring must overflow under {BURST} calls");
+    assert_eq!(lost, BURST - received, "lost = produced - received");
+    let per_interval: u64 = intervals
+        .iter()
+        .map(|r| r["lost_events"]["fsync"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_interval, lost);
+
+    // mmap ring: BURST madvise.
+    let madvise = summary["mmap"]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["syscall"] == "madvise")
+        .map_or(0, |r| r["count"].as_u64().unwrap());
+    let lost = summary["lost_events"]["mmap"].as_u64().unwrap();
+    assert!(lost > 0);
+    assert_eq!(lost, BURST - madvise, "lost = produced - received");
+}
+
+#[test]
+fn text_shows_slow_calls_histograms_and_the_map_count() {
+    require_root();
+    let mut target = Workload::spawn(&[
+        "storage",
+        "--segments",
+        "2",
+        "--syncfs",
+        "30",
+        "--linger",
+        "300ms",
+    ]);
+    let mut child = Command::new(LAVTRACE)
+        .args(["trace", "--pid", &target.pid.to_string()])
+        .args([
+            "--probes",
+            "fsync,mmap",
+            "--slow",
+            "1ns",
+            "--interval",
+            "10s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap());
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("lavtrace: tracing pid"), "{first}");
+    target.go();
+    target.wait_done();
+    let text = lines.rest().join("\n");
+    assert!(child.wait().unwrap().success());
+    let slow_syncfs = text
+        .lines()
+        .filter(|l| l.contains("Publish confirm") && l.contains(" syncfs "))
+        .count();
+    assert_eq!(slow_syncfs, 30, "{text}");
+    for needle in [
+        "DURABILITY CALL",
+        "msync MS_SYNC",
+        "vhost:42099b4a/queue:8c6e326c/msgs.0000000001 (segment)",
+        "(data dir) [fs ",
+        "distribution",
+        "MAP CALL",
+        "live of vm.max_map_count",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn demo_shows_both_storage_families() {
+    require_root();
+    let out = Command::new(LAVTRACE)
+        .args(["demo", "--duration", "1500ms", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_string)
+        .unwrap();
+    let summary: Value = serde_json::from_str(&last).unwrap();
+    let attached: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        attached["probes"],
+        serde_json::json!(["syscalls", "fsync", "mmap", "tcp"])
+    );
+    assert!(total(&summary, "syncfs") > 0, "{summary}");
+    let mmaps = summary["mmap"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "segment")
+        .map(|f| f["mmaps"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(mmaps > 0, "{summary}");
+    // Its data dir is gone.
+    let pid = attached["target"]["pid"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("lavtrace-demo-{pid}"))
+            .exists()
+    );
+}
