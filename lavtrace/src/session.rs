@@ -89,6 +89,10 @@ impl Session {
 
     /// Reports until the end, then prints the summary. Returns why it ended.
     pub async fn run(mut self, args: &ReportArgs, mut exit: ExitWatch) -> Result<End> {
+        // Handlers first: `attached` tells a caller it may signal us (found on slow guests).
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let out = Output::new(args);
         let names = self.probes.iter().map(|p| p.name()).collect();
         out.attached(&self.target, names, &self.hooks)
@@ -99,9 +103,6 @@ impl Session {
             tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
 
         let mut seq = 0u64;
         let mut last_report = started;
