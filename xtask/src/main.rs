@@ -1,6 +1,7 @@
 //! Developer tasks for lavtrace. `cargo xtask --help` lists them.
 
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -31,6 +32,9 @@ enum Task {
     Test,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
+    /// Run the eBPF integration tests inside Debian's 5.10, 6.1 and 6.12 kernels under qemu
+    /// (TCG), kprobe path included. Needs root; installs qemu and busybox when missing.
+    VmTest(vm::Opts),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             lint()
         }
+        Task::VmTest(opts) => vm::run(opts),
     }
 }
 
