@@ -55,6 +55,15 @@ pub fn build(dir: &Path, binaries: &[PathBuf], runs: &[Run]) -> Result<PathBuf> 
     copy_into(&root, Path::new(BUSYBOX), Path::new("/bin/busybox"), false)?;
     let mut libs = Vec::new();
     for bin in binaries {
+        if ["/proc/", "/sys/", "/dev/"]
+            .iter()
+            .any(|m| bin.starts_with(m))
+        {
+            bail!(
+                "{} is under a mount point of the guest: build elsewhere",
+                bin.display()
+            );
+        }
         // Debug info is most of a debug build's size and nothing the guest needs.
         copy_into(&root, bin, bin, true)?;
         for lib in shared_libraries(bin)? {
@@ -161,8 +170,9 @@ mount -t sysfs sysfs /sys
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# No tmpfs over /tmp: the root is already in RAM and writable, and the host's build may live
+# under /tmp (a CI clone), where a mount would hide it.
+chmod 1777 /tmp
 ip link set lo up
 ulimit -n 65536
 echo "{MARKER} kernel $(uname -r)"
