@@ -79,16 +79,30 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/lavtrace-vm"))
 }
 
-/// The cached kernel for `spec`, fetched first if there is none (or `refresh` asks for the
-/// archive's newest).
-pub fn get(spec: &'static Spec, refresh: bool) -> Result<Kernel> {
+/// The cached kernel for each spec, fetched first if there is none (or `refresh` asks for the
+/// archive's newest). The archive is asked at most once.
+pub fn get(specs: &[&'static Spec], refresh: bool) -> Result<Vec<Kernel>> {
+    let mut apt = None;
+    specs
+        .iter()
+        .map(|s| get_one(s, refresh, &mut apt))
+        .collect()
+}
+
+fn get_one(spec: &'static Spec, refresh: bool, apt: &mut Option<Apt>) -> Result<Kernel> {
     let root = cache_dir();
     let kernels = root.join("kernels");
     if !refresh && let Some(kernel) = newest_cached(spec, &kernels)? {
         return Ok(kernel);
     }
-    let apt = Apt::new(&root.join("apt"))?;
-    apt.update()?;
+    let apt = match apt {
+        Some(apt) => apt,
+        None => {
+            let fresh = Apt::new(&root.join("apt"))?;
+            fresh.update()?;
+            apt.insert(fresh)
+        }
+    };
     let package = apt
         .packages()?
         .into_iter()
@@ -97,7 +111,7 @@ pub fn get(spec: &'static Spec, refresh: bool) -> Result<Kernel> {
         .with_context(|| format!("no package {}*{} in the archive", spec.prefix, spec.suffix))?;
     let dir = kernels.join(&package);
     if !dir.join("vmlinuz").is_file() {
-        fetch(&apt, &package, &dir)?;
+        fetch(apt, &package, &dir)?;
     }
     Ok(Kernel {
         name: spec.name,

@@ -61,10 +61,7 @@ pub fn run(opts: Opts) -> Result<()> {
     };
     host_packages()?;
     let build = build_tests()?;
-    let kernels = specs
-        .into_iter()
-        .map(|s| kernels::get(s, opts.refresh))
-        .collect::<Result<Vec<_>>>()?;
+    let kernels = kernels::get(&specs, opts.refresh)?;
 
     let runs = guest_runs(&build, opts.test_timeout);
     let mut binaries = vec![build.lavtrace.clone()];
