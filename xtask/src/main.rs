@@ -3,6 +3,7 @@
 mod bench;
 mod broker;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -53,6 +54,9 @@ enum Task {
         #[arg(long, default_value_t = 5672)]
         port: u16,
     },
+    /// Run the eBPF integration tests inside Debian's 5.10, 6.1 and 6.12 kernels under qemu
+    /// (TCG), kprobe path included. Needs root; installs qemu and busybox when missing.
+    VmTest(vm::Opts),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,7 @@ fn run(task: Task) -> Result<()> {
                 output: workspace_root().join(output),
             })
         }
+        Task::VmTest(opts) => vm::run(opts),
     }
 }
 

@@ -1,0 +1,316 @@
+//! `cargo xtask vm-test`: the eBPF integration tests inside Debian's 5.10, 6.1 and 6.12 kernels
+//! under qemu, because this host's kernel has no kprobes and every kernel differs in what it
+//! lets a tracer attach to. Host tools come from Debian (installed when missing), kernels from
+//! Debian's archive (cached, see `kernels`), the root file system is an initramfs built from
+//! the host's own build (see `initramfs`), and each boot's verdict is a marker line (`qemu`).
+
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use cargo_metadata::{Message, TargetKind};
+
+use crate::workspace_root;
+
+/// Prefix of the lines the guest's `/init` writes for the host to read.
+const MARKER: &str = "LAVTRACE-VM:";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Debian packages the matrix needs on the host, with a file each provides.
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
+
+/// The test binary that exercises the CLI with host tools (a real /bin/sleep, unprivileged
+/// runs): not an eBPF test, and it needs more of a system than the guest has.
+const SKIPPED_TESTS: &[&str] = &["cli"];
+
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Kernels to boot (default: all of 5.10, 6.1, 6.12). Repeatable.
+    #[arg(long = "kernel", value_name = "NAME")]
+    kernels: Vec<String>,
+    /// Ask the archive for the newest package of each kernel line instead of the cached one.
+    #[arg(long)]
+    refresh: bool,
+    /// Virtual CPUs per guest.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Seconds one boot may take, tests included, before it is killed and failed.
+    #[arg(long, default_value_t = 1500)]
+    boot_timeout: u64,
+    /// Seconds one test binary may run inside the guest.
+    #[arg(long, default_value_t = 900)]
+    test_timeout: u64,
+}
+
+pub fn run(opts: Opts) -> Result<()> {
+    let started = Instant::now();
+    let specs = if opts.kernels.is_empty() {
+        kernels::MATRIX.iter().collect()
+    } else {
+        opts.kernels
+            .iter()
+            .map(|k| kernels::Spec::find(k))
+            .collect::<Result<Vec<_>>>()?
+    };
+    host_packages()?;
+    let build = build_tests()?;
+    let kernels = kernels::get(&specs, opts.refresh)?;
+
+    let runs = guest_runs(&build, opts.test_timeout);
+    let mut binaries = vec![build.lavtrace.clone()];
+    binaries.extend(build.tests.iter().map(|(_, p)| p.clone()));
+    let dir = workspace_root().join("target/vm");
+    let initrd = initramfs::build(&dir, &binaries, &runs)?;
+    let size = std::fs::metadata(&initrd).map_or(0, |m| m.len());
+    eprintln!(
+        "xtask vm: initramfs {} ({} MiB); tests: {}",
+        initrd.display(),
+        size >> 20,
+        build
+            .tests
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let mut results = Vec::new();
+    for kernel in &kernels {
+        eprintln!("xtask vm: booting {} ({})", kernel.name, kernel.package);
+        let outcome = qemu::boot(
+            kernel,
+            &initrd,
+            opts.smp,
+            Duration::from_secs(opts.boot_timeout),
+        )?;
+        results.push(outcome);
+    }
+    summary(&kernels, &results, started.elapsed());
+    let failed: Vec<_> = kernels
+        .iter()
+        .zip(&results)
+        .filter(|(_, o)| !o.passed())
+        .map(|(k, _)| k.name)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the kernel matrix failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// What the guest gets from the host's build.
+struct Build {
+    lavtrace: PathBuf,
+    /// Integration test binaries that load eBPF: (target name, executable).
+    tests: Vec<(String, PathBuf)>,
+}
+
+/// Builds exactly what `cargo xtask test` builds (so nothing is rebuilt twice) and picks out
+/// the lavtrace binary and every integration test of the lavtrace package: new families'
+/// test files are found without a change here.
+fn build_tests() -> Result<Build> {
+    crate::setup::run()?;
+    let args = [
+        "test",
+        "--workspace",
+        "--exclude",
+        "lavtrace-ebpf",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ];
+    eprintln!("xtask vm: cargo {}", args.join(" "));
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test --no-run")?;
+    let manifest = workspace_root().join("lavtrace/Cargo.toml");
+    let mut lavtrace = None;
+    let mut tests = Vec::new();
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    for message in Message::parse_stream(stdout) {
+        let Message::CompilerArtifact(a) = message.context("reading cargo's messages")? else {
+            continue;
+        };
+        let (Some(exe), true) = (a.executable, a.manifest_path.as_std_path() == manifest) else {
+            continue;
+        };
+        if a.target.kind.contains(&TargetKind::Bin)
+            && !a.profile.test
+            && a.target.name == "lavtrace"
+        {
+            lavtrace = Some(exe.into_std_path_buf());
+        } else if a.target.kind.contains(&TargetKind::Test)
+            && !SKIPPED_TESTS.contains(&a.target.name.as_str())
+        {
+            tests.push((a.target.name.clone(), exe.into_std_path_buf()));
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("cargo test --no-run failed ({st})");
+    }
+    tests.sort();
+    Ok(Build {
+        lavtrace: lavtrace.context("cargo built no lavtrace binary")?,
+        tests,
+    })
+}
+
+/// `lavtrace check` first (it lists the hooks this kernel gets), then every test binary; the
+/// TCP tests once more with kprobes forced, the hook the host cannot test.
+fn guest_runs(build: &Build, timeout: u64) -> Vec<initramfs::Run> {
+    let mut runs = vec![initramfs::Run {
+        label: "check".into(),
+        env: vec![],
+        program: build.lavtrace.clone(),
+        args: vec!["check".into()],
+        timeout: 300,
+    }];
+    let test = |label: String, env: Vec<(String, String)>, program: &PathBuf| initramfs::Run {
+        label,
+        env,
+        program: program.clone(),
+        // One vCPU, and the tests time real work: running them side by side only adds noise.
+        args: vec!["--test-threads=1".into()],
+        timeout,
+    };
+    for (name, program) in &build.tests {
+        runs.push(test(name.clone(), vec![], program));
+        if name == "tcp" {
+            runs.push(test(
+                "tcp(kprobe)".into(),
+                vec![("LAVTRACE_TCP_HOOKS".into(), "kprobe".into())],
+                program,
+            ));
+        }
+    }
+    runs
+}
+
+/// Installs the Debian packages the matrix needs when one is missing (`apt-get update` first,
+/// as a fresh machine's lists may be empty or stale).
+fn host_packages() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${db:Status-Status}", p])
+                .output()
+                .map_or(true, |o| o.stdout != b"installed")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask vm: installing {}", missing.join(" "));
+    status(Command::new("apt-get").args(["-q", "update"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["-q", "-y", "install", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn summary(kernels: &[kernels::Kernel], results: &[qemu::Outcome], total: Duration) {
+    println!();
+    println!("══ kernel matrix ══");
+    println!(
+        "{:<6} {:<28} {:<6} {:>6} {:>7}  runs",
+        "KERNEL", "RELEASE", "RESULT", "TESTS", "WALL"
+    );
+    for (k, o) in kernels.iter().zip(results) {
+        let runs: Vec<String> = o
+            .runs
+            .iter()
+            .map(|(label, rc, secs)| match (rc, secs) {
+                (Some(0), Some(s)) => format!("{label} ok {s}s"),
+                (Some(rc), _) => format!("{label} FAILED rc={rc}"),
+                (None, _) => format!("{label} UNFINISHED"),
+            })
+            .collect();
+        println!(
+            "{:<6} {:<28} {:<6} {:>6} {:>6}s  {}",
+            k.name,
+            if o.release.is_empty() {
+                "?"
+            } else {
+                &o.release
+            },
+            if o.passed() { "pass" } else { "FAIL" },
+            format!("{}/{}", o.tests_passed, o.tests_passed + o.tests_failed),
+            o.wall.as_secs(),
+            runs.join(", ")
+        );
+        if let Some(problem) = &o.problem {
+            println!("       {problem}");
+        }
+    }
+    for (k, o) in kernels.iter().zip(results) {
+        println!("hooks on {} (lavtrace check):", k.name);
+        for line in &o.check {
+            println!("  {line}");
+        }
+    }
+    let passed = results.iter().filter(|o| o.passed()).count();
+    println!("matrix wall time {}s", total.as_secs());
+    println!(
+        "vm-test: {passed} passed, {} failed",
+        results.len() - passed
+    );
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_runs_twice_the_second_time_with_kprobes_forced() {
+        let build = Build {
+            lavtrace: "/w/target/debug/lavtrace".into(),
+            tests: vec![
+                ("syscalls".into(), "/w/target/debug/deps/syscalls-1".into()),
+                ("tcp".into(), "/w/target/debug/deps/tcp-2".into()),
+            ],
+        };
+        let runs = guest_runs(&build, 60);
+        let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["check", "syscalls", "tcp", "tcp(kprobe)"]);
+        assert_eq!(runs[0].args, ["check"]);
+        assert!(runs[2].env.is_empty());
+        assert_eq!(
+            runs[3].env,
+            [("LAVTRACE_TCP_HOOKS".to_string(), "kprobe".to_string())]
+        );
+        assert_eq!(runs[3].program, runs[2].program);
+    }
+}
