@@ -261,9 +261,9 @@ impl Session {
         self.flush().await;
         // Back to the normal screen, where the summary stays readable after exit.
         let live = tui.take().is_some();
-        // The last, partial interval, unless it is too short to mean anything.
+        // The last, partial interval, however short: the intervals add up to the summary.
         let now = Instant::now();
-        if !live && (now - last_report >= Duration::from_millis(50) || seq == 0) {
+        if !live {
             seq += 1;
             let sections = self.sections(Window::Interval)?;
             out.interval(seq, now - started, now - last_report, &sections)
