@@ -4,9 +4,9 @@
 
 mod btf;
 pub mod hooks;
-mod procfs;
+pub mod procfs;
 mod report;
-mod table;
+pub mod table;
 
 use std::sync::{Arc, Mutex};
 
