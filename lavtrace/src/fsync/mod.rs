@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use lavtrace_common::{fsync::RING, storage::sink};
 
-pub use report::{FsyncRow, write_text};
+pub use report::{Bucket, FsyncRow, write_text};
 use slow::{SlowCall, SlowLog};
 use stats::Latency;
 

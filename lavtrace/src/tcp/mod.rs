@@ -18,7 +18,7 @@ use aya::{
 use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
 use tracing::{debug, info};
 
-pub use report::{TcpSection, write_text};
+pub use report::{ConnRow, TcpSection, TransitionRow, write_text};
 
 use crate::{
     ebpf::Hook,
