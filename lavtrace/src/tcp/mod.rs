@@ -18,7 +18,9 @@ use aya::{
 use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
 use tracing::{debug, info};
 
-pub use report::{ConnRow, TcpSection, TransitionRow, write_text};
+pub use report::{ConnRow, TcpSection, write_text};
+#[cfg(test)]
+pub use report::TransitionRow;
 
 use crate::{
     ebpf::Hook,
