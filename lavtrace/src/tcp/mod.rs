@@ -18,9 +18,9 @@ use aya::{
 use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
 use tracing::{debug, info};
 
-pub use report::{ConnRow, TcpSection, write_text};
 #[cfg(test)]
 pub use report::TransitionRow;
+pub use report::{ConnRow, TcpSection, write_text};
 
 use crate::{
     ebpf::Hook,
