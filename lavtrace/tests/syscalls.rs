@@ -211,3 +211,46 @@ fn without_per_thread_there_is_no_threads_key() {
     assert!(records.iter().all(|r| r.get("threads").is_none()));
     assert_eq!(count(records.last().unwrap(), "getppid"), 10);
 }
+
+/// Size (translated instructions) of the `syscalls_exit` program held by process `pid`.
+fn exit_program_size(pid: u32) -> u32 {
+    let ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some("syscalls_exit"))
+        .and_then(|p| p.size_translated())
+        .expect("lavtrace holds a syscalls_exit program")
+}
+
+#[test]
+fn without_per_thread_the_verifier_drops_its_code() {
+    require_root();
+    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
+    let pid = target.pid.to_string();
+    let size = |extra: &[&str]| {
+        let mut args = vec!["--pid", pid.as_str(), "--probes", "syscalls"];
+        args.extend_from_slice(extra);
+        let trace = Trace::spawn(&args);
+        let size = exit_program_size(trace.child.id());
+        trace.signal(libc::SIGTERM);
+        trace.records();
+        size
+    };
+    let off = size(&[]);
+    let on = size(&["--per-thread"]);
+    eprintln!("syscalls_exit: {off} bytes without --per-thread, {on} with");
+    assert!(
+        off < on,
+        "syscalls_exit is {off} bytes without --per-thread, {on} with"
+    );
+    drop(target);
+}
