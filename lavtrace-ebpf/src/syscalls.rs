@@ -2,7 +2,8 @@
 //!
 //! Hot path, run for every syscall of every process on the host: one helper call and a compare
 //! for everyone else; for the target one hash lookup on entry and one hash plus one (inlined)
-//! per-cpu array lookup on exit. Nothing is sent to userspace per syscall.
+//! per-cpu array lookup on exit. Nothing is sent to userspace per syscall. With `--per-thread`
+//! (a read-only global, so the code is gone when it is off) one more per-cpu hash update on exit.
 
 use aya_ebpf::{
     EbpfContext as _,
