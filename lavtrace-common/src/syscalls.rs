@@ -30,16 +30,42 @@ pub struct ErrnoKey {
     pub errno: u32,
 }
 
+/// Distinct (thread, syscall) pairs of the optional per-thread table (`--per-thread`).
+pub const MAX_THREAD_KEYS: u32 = 16_384;
+/// Symbol of the `u8` read-only global that turns the per-thread table on (1) or off (0); with
+/// it off the verifier prunes the per-thread code from the hot path.
+pub const PER_THREAD: &str = "SYSCALL_PER_THREAD";
+
+/// Key of the per-cpu per-thread table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ThreadKey {
+    pub tid: u32,
+    pub nr: u32,
+}
+
+/// One thread's figures for one syscall (no histogram: the per-syscall table has it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadStats {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
 /// Indexes of the per-cpu diagnostic counters of this family.
 pub mod diag {
     /// A thread's entry timestamp could not be stored (the thread table was full).
     pub const START_TABLE_FULL: u32 = 0;
     /// A (syscall, errno) pair could not be stored (the errno table was full).
     pub const ERRNO_TABLE_FULL: u32 = 1;
-    pub const LEN: u32 = 2;
+    /// A (thread, syscall) pair could not be stored (the per-thread table was full).
+    pub const THREAD_TABLE_FULL: u32 = 2;
+    pub const LEN: u32 = 3;
 }
 
-crate::pod!(SyscallStats, ErrnoKey);
+crate::pod!(SyscallStats, ErrnoKey, ThreadKey, ThreadStats);
 
 /// Bucket index of a duration, the same in the kernel and in tests.
 #[inline(always)]
@@ -66,6 +92,8 @@ mod tests {
             8 * (4 + LATENCY_BUCKETS)
         );
         assert_eq!(core::mem::size_of::<ErrnoKey>(), 8);
+        assert_eq!(core::mem::size_of::<ThreadKey>(), 8);
+        assert_eq!(core::mem::size_of::<ThreadStats>(), 32);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Hot path, run for every syscall of every process on the host: one helper call and a compare
 //! for everyone else; for the target one hash lookup on entry and one hash plus one (inlined)
-//! per-cpu array lookup on exit. Nothing is sent to userspace per syscall.
+//! per-cpu array lookup on exit. Nothing is sent to userspace per syscall. With `--per-thread`
+//! (a read-only global, so the code is gone when it is off) one more per-cpu hash update on exit.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -12,7 +13,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use lavtrace_common::syscalls::{
-    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREADS, SyscallStats, diag, latency_bucket,
+    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, ThreadKey,
+    ThreadStats, diag, latency_bucket,
 };
 
 use crate::filter::current_target_task;
@@ -27,6 +29,16 @@ static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(
 #[map]
 static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_ERRNO_KEYS, 0);
+
+/// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALL_PER_THREAD`).
+#[map]
+static SYSCALL_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
+    PerCpuHashMap::with_max_entries(MAX_THREAD_KEYS, 0);
+
+/// Set by userspace at load (`lavtrace_common::syscalls::PER_THREAD`); a read-only global, so
+/// when it is 0 the verifier sees the per-thread branch as dead and drops it.
+#[unsafe(no_mangle)]
+static SYSCALL_PER_THREAD: u8 = 0;
 
 #[map]
 static SYSCALL_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
@@ -98,11 +110,44 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     if let Some(bucket) = stats.buckets.get_mut(latency_bucket(elapsed)) {
         *bucket += 1;
     }
-    if (-MAX_ERRNO..0).contains(&ret) {
+    let failed = (-MAX_ERRNO..0).contains(&ret);
+    if failed {
         stats.errors += 1;
         count_errno(nr, (-ret) as u32);
     }
+    // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
+    if unsafe { core::ptr::read_volatile(&SYSCALL_PER_THREAD) } != 0 {
+        count_thread(tid, nr, elapsed, failed);
+    }
     0
+}
+
+#[inline(always)]
+fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
+    let key = ThreadKey { tid, nr };
+    match SYSCALL_THREADS.get_ptr_mut(key) {
+        Some(t) => {
+            // SAFETY: this CPU's value slot.
+            let t = unsafe { &mut *t };
+            t.count += 1;
+            t.total_ns += elapsed;
+            t.errors += u64::from(failed);
+            if elapsed > t.max_ns {
+                t.max_ns = elapsed;
+            }
+        }
+        None => {
+            let first = ThreadStats {
+                count: 1,
+                errors: u64::from(failed),
+                total_ns: elapsed,
+                max_ns: elapsed,
+            };
+            if SYSCALL_THREADS.insert(key, first, 0).is_err() {
+                bump_diag(diag::THREAD_TABLE_FULL);
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -1,13 +1,28 @@
 //! `lavtrace check`: can this kernel do the job? Facts about the host, then every hook of
 //! every family tried for real (loaded and attached, then detached).
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Result;
+use lavtrace_common::tcp::state;
 
-use crate::{cli::Probe, ebpf, error::Fatal, session::Session, target::Target, tcp};
+use crate::{
+    cli::{CheckArgs, Probe},
+    ebpf,
+    error::Fatal,
+    session::Session,
+    storage::maps,
+    target::Target,
+    tcp::{self, procfs, table},
+};
 
-pub fn run() -> Result<()> {
+pub fn run(args: &CheckArgs) -> Result<()> {
+    // The target first: a wrong --pid/--comm is the operator's first thing to fix (exit 3).
+    let target = match (args.pid, args.comm.as_deref()) {
+        (Some(pid), _) => Some(Target::from_pid(pid)?),
+        (None, Some(comm)) => Some(Target::from_comm(comm)?),
+        (None, None) => None,
+    };
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel        {}", release.trim());
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -45,6 +60,12 @@ pub fn run() -> Result<()> {
     println!("unprivileged  kernel.unprivileged_bpf_disabled={unpriv}");
     let max_map = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap_or_default();
     println!("max_map_count {}", max_map.trim());
+    if let Some(t) = &target {
+        println!();
+        for line in describe(t) {
+            println!("{line}");
+        }
+    }
 
     // Trial attach, filtered to ourselves so nothing else is touched.
     let me = Target::from_pid(std::process::id())?;
@@ -109,4 +130,72 @@ pub fn run() -> Result<()> {
         ))
         .into())
     }
+}
+
+/// The target as /proc shows it: name, threads by name, listening ports, open connections by
+/// state, and its mappings against vm.max_map_count.
+fn describe(t: &Target) -> Vec<String> {
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", t.pid)) {
+        for e in dir.flatten() {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            *names.entry(comm.trim_end().to_string()).or_default() += 1;
+        }
+    }
+    let threads: Vec<String> = names
+        .iter()
+        .map(|(n, c)| {
+            if *c == 1 {
+                n.clone()
+            } else {
+                format!("{n} ×{c}")
+            }
+        })
+        .collect();
+    let sockets = procfs::target_sockets(t.pid);
+    let mut listening: Vec<String> = sockets
+        .iter()
+        .filter(|s| s.state == state::LISTEN)
+        .map(|s| match table::service(s.local.port()) {
+            Some(svc) => format!("{} ({svc})", s.local),
+            None => s.local.to_string(),
+        })
+        .collect();
+    listening.sort();
+    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    for s in sockets.iter().filter(|s| s.state != state::LISTEN) {
+        *by_state.entry(table::state_name(s.state)).or_default() += 1;
+    }
+    let open: usize = by_state.values().sum();
+    let states: Vec<String> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let mappings = match (maps::live_count(t.pid), maps::max_map_count()) {
+        (Some(live), Some(max)) if max > 0 => format!(
+            "{live} of vm.max_map_count {max} ({:.1}%)",
+            live as f64 * 100.0 / max as f64
+        ),
+        (Some(live), _) => live.to_string(),
+        (None, _) => "unreadable".into(),
+    };
+    vec![
+        format!("target        pid {} ({})", t.pid, t.comm),
+        format!("threads       {}: {}", t.threads, threads.join(", ")),
+        format!(
+            "listening     {}{}",
+            listening.len(),
+            if listening.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", listening.join(", "))
+            }
+        ),
+        format!(
+            "connections   {open} open TCP{}",
+            if states.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", states.join(", "))
+            }
+        ),
+        format!("mappings      {mappings}"),
+    ]
 }

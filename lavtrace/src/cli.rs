@@ -30,8 +30,9 @@ pub enum Command {
     Trace(TraceArgs),
     /// Run the built-in broker-shaped workload as a child and trace it (no broker needed).
     Demo(DemoArgs),
-    /// Say which hooks this kernel supports for each probe family, and why not.
-    Check,
+    /// Say which hooks this kernel supports for each probe family, and why not; with
+    /// --pid/--comm, also describe that process (threads, ports, connections, mappings).
+    Check(CheckArgs),
     /// The built-in workload (used by `demo` and the tests).
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
@@ -44,6 +45,17 @@ pub struct TargetArgs {
     pub pid: Option<u32>,
 
     /// Exact process name to trace (as in /proc/PID/comm). Default: lavinmq.
+    #[arg(short, long)]
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Process to describe.
+    #[arg(short, long, conflicts_with = "comm")]
+    pub pid: Option<u32>,
+
+    /// Exact process name to describe (as in /proc/PID/comm).
     #[arg(short, long)]
     pub comm: Option<String>,
 }
@@ -80,6 +92,10 @@ pub struct ReportArgs {
     /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
     #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
     pub tcp_hooks: crate::tcp::hooks::Mode,
+    /// Break the figures down per thread (named from /proc/PID/task/TID/comm): a per-thread
+    /// syscall table (counted in the kernel) and durability/mapping rows per thread.
+    #[arg(long)]
+    pub per_thread: bool,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,

@@ -32,10 +32,13 @@ pub fn preflight() -> Result<()> {
 }
 
 /// Loads the object with the target's tgid baked in as a read-only global, and each ring
-/// sized from lavtrace-common (or `ring_bytes`, from --ring-bytes).
-pub fn load(tgid: u32, ring_bytes: Option<u32>) -> Result<Ebpf> {
+/// sized from lavtrace-common (or `ring_bytes`, from --ring-bytes). `per_thread` turns on the
+/// syscalls family's per-thread table (also read-only, so the verifier prunes it when off).
+pub fn load(tgid: u32, ring_bytes: Option<u32>, per_thread: bool) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(lavtrace_common::filter::TARGET_TGID, &tgid, true);
+    let per_thread = u8::from(per_thread);
+    loader.override_global(lavtrace_common::syscalls::PER_THREAD, &per_thread, true);
     let retransmit_has_err = u8::from(crate::tcp::hooks::retransmit_has_err());
     loader.override_global(
         lavtrace_common::tcp::RETRANSMIT_HAS_ERR,

@@ -16,6 +16,7 @@ mod storage;
 mod syscalls;
 mod target;
 mod tcp;
+mod threads;
 mod tui;
 mod units;
 mod workload;
@@ -57,7 +58,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Trace(args) => follow::trace(&args).await,
         Command::Demo(args) => demo::run(&args).await,
-        Command::Check => check::run(),
+        Command::Check(args) => check::run(&args),
         Command::Workload(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -22,6 +22,9 @@ use crate::{
 pub struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<Vec<SyscallRow>>,
+    /// `--per-thread`: the syscalls family per thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Vec<syscalls::threads::ThreadRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync: Option<Vec<crate::fsync::FsyncRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,9 @@ impl Sections {
     fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
         if let Some(rows) = &self.syscalls {
             syscalls::write_text(out, rows, args.sort, args.top);
+        }
+        if let Some(rows) = &self.threads {
+            syscalls::threads::write_text(out, rows, args.sort, args.top);
         }
         if let Some(rows) = &self.fsync {
             crate::fsync::write_text(out, rows, args.top);

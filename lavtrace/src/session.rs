@@ -32,6 +32,8 @@ pub struct AttachOptions {
     pub json: bool,
     /// Ring size override (tests use a tiny ring to force losses).
     pub ring_bytes: Option<u32>,
+    /// `--per-thread`.
+    pub per_thread: bool,
 }
 
 impl From<&ReportArgs> for AttachOptions {
@@ -41,6 +43,7 @@ impl From<&ReportArgs> for AttachOptions {
             slow: args.slow,
             json: args.format == Format::Json,
             ring_bytes: args.ring_bytes,
+            per_thread: args.per_thread,
         }
     }
 }
@@ -79,7 +82,7 @@ impl Session {
 
     fn attach_opts(target: Target, probes: &[Probe], options: &AttachOptions) -> Result<Session> {
         ebpf::preflight()?;
-        let mut ebpf = ebpf::load(target.pid, options.ring_bytes)?;
+        let mut ebpf = ebpf::load(target.pid, options.ring_bytes, options.per_thread)?;
         let lost = LostCounters::take(&mut ebpf)?;
         let mut probes = probes.to_vec();
         probes.sort_unstable();
@@ -94,8 +97,9 @@ impl Session {
         for probe in &probes {
             match probe {
                 Probe::Syscalls => {
-                    let (tracer, h) = syscalls::Tracer::attach(&mut ebpf)
-                        .context("attaching the syscalls family")?;
+                    let (tracer, h) =
+                        syscalls::Tracer::attach(&mut ebpf, options.per_thread, target.pid)
+                            .context("attaching the syscalls family")?;
                     syscalls = Some(tracer);
                     hooks.extend(h);
                 }
@@ -119,14 +123,20 @@ impl Session {
                     hooks.extend(h);
                 }
                 Probe::Fsync => {
-                    let (tracer, h) = fsync::Tracer::attach(&mut ebpf, target.pid, slow.take())
-                        .context("attaching the fsync family")?;
+                    let (tracer, h) = fsync::Tracer::attach(
+                        &mut ebpf,
+                        target.pid,
+                        slow.take(),
+                        options.per_thread,
+                    )
+                    .context("attaching the fsync family")?;
                     fsync = Some(tracer);
                     hooks.extend(h);
                 }
                 Probe::Mmap => {
-                    let (tracer, h) = mmap::Tracer::attach(&mut ebpf, target.pid)
-                        .context("attaching the mmap family")?;
+                    let (tracer, h) =
+                        mmap::Tracer::attach(&mut ebpf, target.pid, options.per_thread)
+                            .context("attaching the mmap family")?;
                     mmap = Some(tracer);
                     hooks.extend(h);
                 }
@@ -178,6 +188,7 @@ impl Session {
                 Window::Whole => t.summary()?,
             };
             s.syscalls = Some(rows);
+            s.threads = t.threads(matches!(window, Window::Whole))?;
             s.lost_events.insert(syscalls::FAMILY, untimed);
         }
         let whole = matches!(window, Window::Whole);

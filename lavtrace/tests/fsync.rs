@@ -326,3 +326,52 @@ fn demo_shows_both_storage_families() {
             .exists()
     );
 }
+
+#[test]
+fn per_thread_rows_name_the_confirm_thread() {
+    require_root();
+    let mut target = Workload::spawn(&[
+        "storage",
+        "--segments",
+        "2",
+        "--syncfs",
+        "50",
+        "--fsyncs",
+        "2",
+    ]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "fsync,mmap",
+        "--per-thread",
+        "--interval",
+        "100ms",
+    ]);
+    target.go();
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let syncfs = find(summary, "syncfs", "", None);
+    assert_eq!(syncfs["count"], 50);
+    assert_eq!(syncfs["thread"], "Publish confirm");
+    assert_ne!(syncfs["tid"], target.pid, "syncfs is not the main thread's");
+    let fsync = find(summary, "fsync", "definitions.amqp", None);
+    assert_eq!(fsync["count"], 2);
+    assert_eq!(fsync["tid"], target.pid);
+    assert_eq!(fsync["thread"], "lavtrace");
+    // Every durability row carries its thread.
+    assert!(rows(summary).iter().all(|r| r["tid"].is_u64()));
+    // mmap: per-thread rows add up to the per-syscall counts.
+    let mmap = &summary["mmap"];
+    for s in mmap["syscalls"].as_array().unwrap() {
+        let per_thread: u64 = mmap["threads"]
+            .as_array()
+            .expect("mmap threads")
+            .iter()
+            .filter(|t| t["syscall"] == s["syscall"])
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_thread, s["count"].as_u64().unwrap(), "{s}");
+    }
+}

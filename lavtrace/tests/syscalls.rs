@@ -119,3 +119,138 @@ fn sigterm_prints_the_summary_and_exits_zero() {
     );
     assert_eq!(count(summary, "getppid"), 1234);
 }
+
+#[test]
+fn per_thread_counts_and_names_are_exact() {
+    require_root();
+    // "Publish confirm loop" is LavinMQ's syncfs thread; the kernel keeps 15 bytes of a name.
+    let mut target = Workload::spawn(&[
+        "syscalls",
+        "--getppid",
+        "300",
+        "--bad-close",
+        "7",
+        "--thread",
+        "Publish confirm loop=1000",
+        "--thread",
+        "worker-b=2500",
+    ]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "syscalls",
+        "--per-thread",
+        "--interval",
+        "100ms",
+    ]);
+    target.go();
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let threads = summary["threads"].as_array().expect("a threads list");
+    let getppid_of = |name: &str| -> (u64, u64) {
+        let t = threads
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no thread {name:?} in {threads:?}"));
+        let calls = t["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "getppid")
+            .map_or(0, |s| s["count"].as_u64().unwrap());
+        (t["tid"].as_u64().unwrap(), calls)
+    };
+    let (confirm_tid, confirm) = getppid_of("Publish confirm");
+    let (worker_tid, worker) = getppid_of("worker-b");
+    let (main_tid, main) = getppid_of("lavtrace");
+    assert_eq!((confirm, worker, main), (1000, 2500, 300));
+    assert_eq!(
+        main_tid,
+        u64::from(target.pid),
+        "the main thread's tid is the pid"
+    );
+    assert!(confirm_tid != worker_tid && confirm_tid != main_tid);
+    let main_row = threads.iter().find(|t| t["tid"] == main_tid).unwrap();
+    assert_eq!(
+        main_row["errors"], 7,
+        "the failing closes are the main thread's"
+    );
+    // The per-thread figures add up to the per-syscall table.
+    let per_thread: u64 = [confirm, worker, main].iter().sum();
+    assert_eq!(count(summary, "getppid"), per_thread);
+    // And the intervals add up to the summary.
+    let in_intervals: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "interval")
+        .flat_map(|r| r["threads"].as_array().unwrap().iter())
+        .filter(|t| t["tid"] == confirm_tid)
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    let confirm_row = threads.iter().find(|t| t["tid"] == confirm_tid).unwrap();
+    assert_eq!(in_intervals, confirm_row["count"].as_u64().unwrap());
+    assert_eq!(summary["lost_events"]["syscalls"], 0);
+}
+
+#[test]
+fn without_per_thread_there_is_no_threads_key() {
+    require_root();
+    let mut target = Workload::spawn(&["syscalls", "--getppid", "10", "--bad-close", "0"]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "syscalls",
+        "--interval",
+        "100ms",
+    ]);
+    target.go();
+    target.wait_done();
+    let records = trace.records();
+    assert!(records.iter().all(|r| r.get("threads").is_none()));
+    assert_eq!(count(records.last().unwrap(), "getppid"), 10);
+}
+
+/// Size (translated instructions) of the `syscalls_exit` program held by process `pid`.
+fn exit_program_size(pid: u32) -> u32 {
+    let ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some("syscalls_exit"))
+        .and_then(|p| p.size_translated())
+        .expect("lavtrace holds a syscalls_exit program")
+}
+
+#[test]
+fn without_per_thread_the_verifier_drops_its_code() {
+    require_root();
+    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
+    let pid = target.pid.to_string();
+    let size = |extra: &[&str]| {
+        let mut args = vec!["--pid", pid.as_str(), "--probes", "syscalls"];
+        args.extend_from_slice(extra);
+        let trace = Trace::spawn(&args);
+        let size = exit_program_size(trace.child.id());
+        trace.signal(libc::SIGTERM);
+        trace.records();
+        size
+    };
+    let off = size(&[]);
+    let on = size(&["--per-thread"]);
+    eprintln!("syscalls_exit: {off} bytes without --per-thread, {on} with");
+    assert!(
+        off < on,
+        "syscalls_exit is {off} bytes without --per-thread, {on} with"
+    );
+    drop(target);
+}

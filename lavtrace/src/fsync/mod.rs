@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use lavtrace_common::{fsync::RING, storage::sink};
 
-pub use report::{FsyncRow, write_text};
+pub use report::{Bucket, FsyncRow, write_text};
 use slow::{SlowCall, SlowLog};
 use stats::Latency;
 
@@ -34,6 +34,8 @@ struct Key {
     path: Arc<str>,
     /// msync / sync_file_range flags.
     flags: Option<u64>,
+    /// `--per-thread`: the calling thread.
+    tid: Option<u32>,
 }
 
 /// What a path is, worked out once per path.
@@ -52,6 +54,8 @@ struct State {
     interval: HashMap<Key, Latency>,
     total: HashMap<Key, Latency>,
     slow: Option<SlowLog>,
+    /// `--per-thread`: rows per thread too, named from /proc.
+    threads: Option<crate::threads::ThreadNames>,
 }
 
 /// Path of `sync`, which has no file: every filesystem.
@@ -87,10 +91,16 @@ impl State {
         // Worked out now, while the file still exists (the data dir is recognised by its
         // contents; a segment may be deleted before the next report).
         let info = info_of(&mut self.infos, &self.mounts, self.pid, &path);
+        let tid = self.threads.as_mut().map(|names| {
+            // Named now, while the thread still exists.
+            names.name(call.tid);
+            call.tid
+        });
         let key = Key {
             nr: call.nr,
             path,
             flags,
+            tid,
         };
         if let Some(slow) = self.slow.as_mut()
             && slow.is_slow(call.duration_ns)
@@ -122,7 +132,12 @@ impl State {
             .iter()
             .map(|(k, l)| {
                 let info = info_of(&mut self.infos, &self.mounts, self.pid, &k.path);
-                FsyncRow::new(k.nr, &k.path, k.flags, &info, l)
+                let mut row = FsyncRow::new(k.nr, &k.path, k.flags, &info, l);
+                if let (Some(tid), Some(names)) = (k.tid, self.threads.as_mut()) {
+                    row.tid = Some(tid);
+                    row.thread = names.name(tid).map(|n| n.to_string());
+                }
+                row
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -131,6 +146,7 @@ impl State {
                 .then_with(|| a.syscall.cmp(b.syscall))
                 .then_with(|| a.path.cmp(&b.path))
                 .then_with(|| a.flags.cmp(&b.flags))
+                .then_with(|| a.tid.cmp(&b.tid))
         });
         rows
     }
@@ -177,7 +193,12 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32, slow: Option<SlowLog>) -> Result<(Tracer, Vec<Hook>)> {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        pid: u32,
+        slow: Option<SlowLog>,
+        per_thread: bool,
+    ) -> Result<(Tracer, Vec<Hook>)> {
         let mut hooks = Vec::new();
         for (program, tps) in [
             (
@@ -210,6 +231,7 @@ impl Tracer {
             interval: HashMap::new(),
             total: HashMap::new(),
             slow,
+            threads: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
         }));
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))

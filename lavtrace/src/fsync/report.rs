@@ -51,6 +51,11 @@ pub struct FsyncRow {
     pub max_ns: u64,
     /// Log2 buckets from the lowest to the highest non-empty one.
     pub histogram: Vec<Bucket>,
+    /// `--per-thread`: the calling thread's id and name (null name: exited unseen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
     #[serde(skip)]
     pub display: String,
 }
@@ -87,6 +92,8 @@ impl FsyncRow {
             p999_ns: l.quantile(0.999),
             max_ns: l.max_ns,
             histogram,
+            tid: None,
+            thread: None,
             display: info.display.clone(),
         }
     }
@@ -154,6 +161,13 @@ fn file(r: &FsyncRow) -> String {
         && let Some(m) = &r.mount
     {
         let _ = write!(s, " [fs {} {} on {}]", m.fstype, m.source, m.point);
+    }
+    if let Some(tid) = r.tid {
+        let _ = write!(
+            s,
+            " · thread {} ({tid})",
+            r.thread.as_deref().unwrap_or("?")
+        );
     }
     s
 }

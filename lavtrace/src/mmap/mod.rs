@@ -52,6 +52,8 @@ struct FileCount {
 struct Counters {
     syscalls: BTreeMap<u32, SysCount>,
     files: HashMap<Arc<str>, FileCount>,
+    /// `--per-thread`: (tid, syscall) → calls, errors, bytes.
+    threads: BTreeMap<(u32, u32), [u64; 3]>,
 }
 
 struct State {
@@ -59,6 +61,8 @@ struct State {
     last_brk: Option<u64>,
     interval: Counters,
     total: Counters,
+    /// `--per-thread`: thread names, looked up when a thread is first seen.
+    names: Option<crate::threads::ThreadNames>,
 }
 
 impl State {
@@ -135,7 +139,17 @@ impl State {
                 None => {}
             }
         }
+        if let Some(names) = self.names.as_mut() {
+            names.name(call.tid);
+        }
+        let per_thread = self.names.is_some();
         for c in [&mut self.interval, &mut self.total] {
+            if per_thread {
+                let t = c.threads.entry((call.tid, call.nr)).or_default();
+                t[0] += 1;
+                t[1] += u64::from(failed);
+                t[2] += if failed { 0 } else { bytes };
+            }
             let s = c.syscalls.entry(call.nr).or_default();
             s.count += 1;
             if failed {
@@ -172,7 +186,7 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Tracer, Vec<Hook>)> {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32, per_thread: bool) -> Result<(Tracer, Vec<Hook>)> {
         let mut hooks = Vec::new();
         for (program, tps) in [
             ("mmap_exit", &["sys_exit_madvise", "sys_exit_brk"][..]),
@@ -187,6 +201,7 @@ impl Tracer {
             last_brk: None,
             interval: Counters::default(),
             total: Counters::default(),
+            names: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
         }));
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
@@ -225,28 +240,33 @@ impl Tracer {
             self.live = Some(n);
         }
         let now = Instant::now();
-        let (counters, secs, lost) = {
+        let (counters, secs, lost, threads) = {
             let mut st = storage::lock(&self.state);
+            let st = &mut *st;
             if whole {
+                let threads = report::thread_rows(&st.total, st.names.as_mut());
                 (
                     st.total.clone(),
                     (now - self.started).as_secs_f64(),
                     lost_total,
+                    threads,
                 )
             } else {
                 let c = std::mem::take(&mut st.interval);
                 let secs = (now - self.last).as_secs_f64();
                 self.last = now;
-                (c, secs, self.lost.window(lost_total))
+                let threads = report::thread_rows(&c, st.names.as_mut());
+                (c, secs, self.lost.window(lost_total), threads)
             }
         };
-        let section = report::section(
+        let mut section = report::section(
             &counters,
             secs,
             self.live,
             self.max_map_count,
             &mut self.kinds,
         );
+        section.threads = threads;
         (section, lost)
     }
 }

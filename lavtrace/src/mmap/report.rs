@@ -65,6 +65,43 @@ pub struct MmapSection {
     pub max_map_count: Option<u64>,
     /// `live_mappings` ≥ `WARN_RATIO` × `max_map_count`.
     pub map_count_warning: bool,
+    /// `--per-thread`: calls per thread and syscall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Vec<ThreadRow>>,
+}
+
+/// One syscall of one thread (`--per-thread`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadRow {
+    pub tid: u32,
+    /// Null for a thread that exited before lavtrace saw it.
+    pub thread: Option<String>,
+    pub syscall: &'static str,
+    pub count: u64,
+    pub errors: u64,
+    pub bytes: u64,
+}
+
+/// Per-thread rows, most calls first; None without `--per-thread`.
+pub fn thread_rows(
+    c: &Counters,
+    names: Option<&mut crate::threads::ThreadNames>,
+) -> Option<Vec<ThreadRow>> {
+    let names = names?;
+    let mut rows: Vec<ThreadRow> = c
+        .threads
+        .iter()
+        .map(|(&(tid, n), &[count, errors, bytes])| ThreadRow {
+            tid,
+            thread: names.name(tid).map(|s| s.to_string()),
+            syscall: syscall_name(n),
+            count,
+            errors,
+            bytes,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.tid.cmp(&b.tid)));
+    Some(rows)
 }
 
 /// Kind of each path of the target `pid`, worked out once (it looks at the disk for the data
@@ -213,6 +250,7 @@ pub(super) fn section(
         live_mappings: live,
         max_map_count,
         map_count_warning,
+        threads: None,
     }
 }
 
@@ -304,6 +342,25 @@ pub fn write_text(out: &mut String, s: &MmapSection, top: usize) {
         }
         if s.files.len() > top {
             let _ = writeln!(out, "({} more files not shown; --top)", s.files.len() - top);
+        }
+    }
+    if let Some(threads) = &s.threads {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:<8} {:>7} {:>6} {:>10}",
+            "THREAD", "TID", "MAPCALL", "COUNT", "ERR", "BYTES"
+        );
+        for t in threads.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>8} {:<8} {:>7} {:>6} {:>10}",
+                t.thread.as_deref().unwrap_or("?"),
+                t.tid,
+                t.syscall,
+                t.count,
+                t.errors,
+                bytes(t.bytes)
+            );
         }
     }
     write_map_count(out, s);

@@ -3,6 +3,7 @@
 
 mod report;
 pub mod stats;
+pub mod threads;
 
 use std::collections::HashMap;
 
@@ -32,10 +33,14 @@ pub struct Tracer {
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     diag: PerCpuArray<MapData, u64>,
     last: Snapshot,
+    /// `--per-thread` only.
+    threads: Option<threads::Threads>,
 }
 
 impl Tracer {
-    pub fn attach(ebpf: &mut Ebpf) -> Result<(Tracer, Vec<Hook>)> {
+    /// `per_thread`: the object was loaded with the per-thread table on (`ebpf::load`);
+    /// `pid` names its threads.
+    pub fn attach(ebpf: &mut Ebpf, per_thread: bool, pid: u32) -> Result<(Tracer, Vec<Hook>)> {
         let hooks = vec![
             attach_tracepoint(ebpf, FAMILY, "syscalls_exit", "raw_syscalls", "sys_exit")?,
             attach_tracepoint(ebpf, FAMILY, "syscalls_enter", "raw_syscalls", "sys_enter")?,
@@ -51,6 +56,13 @@ impl Tracer {
             last: Snapshot {
                 per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
                 ..Snapshot::default()
+            },
+            threads: match per_thread {
+                true => Some(threads::Threads::new(
+                    PerCpuHashMap::try_from(take(ebpf, "SYSCALL_THREADS")?)?,
+                    pid,
+                )),
+                false => None,
             },
         };
         Ok((tracer, hooks))
@@ -72,11 +84,11 @@ impl Tracer {
                 .with_context(|| format!("reading syscall stats for {nr}"))?;
             per_nr.push(stats::merge_cpus(slots.iter()));
         }
-        let untimed = self
-            .diag
-            .get(&diag::START_TABLE_FULL, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
+        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
+        let untimed = [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
+            .iter()
+            .map(|i| self.diag.get(i, 0).map_or(0, |v| v.iter().sum::<u64>()))
+            .sum();
         Ok(Snapshot {
             per_nr,
             errnos,
@@ -91,6 +103,11 @@ impl Tracer {
         let untimed = cur.untimed.saturating_sub(self.last.untimed);
         self.last = cur;
         Ok((rows, untimed))
+    }
+
+    /// `--per-thread`: threads since the previous call, or (`whole`) since attach.
+    pub fn threads(&mut self, whole: bool) -> Result<Option<Vec<threads::ThreadRow>>> {
+        self.threads.as_mut().map(|t| t.rows(whole)).transpose()
     }
 
     /// Rows for the whole run (the maps start empty at attach).

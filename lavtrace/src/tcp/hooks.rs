@@ -459,7 +459,7 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<Hook> {
 /// object: the verifier checks them even on a kernel that cannot attach them. Returns the
 /// programs the kernel refused, with the first line of why.
 pub fn verify_kprobe_programs() -> Result<Vec<(&'static str, String)>> {
-    let mut ebpf = ebpf::load(std::process::id(), None)?;
+    let mut ebpf = ebpf::load(std::process::id(), None, false)?;
     let mut refused = Vec::new();
     let mut seen = HashSet::new();
     for spec in HOOKS.iter().filter(|h| h.set == Set::Kprobe) {

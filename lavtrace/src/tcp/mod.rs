@@ -6,7 +6,7 @@ mod btf;
 pub mod hooks;
 pub mod procfs;
 mod report;
-mod table;
+pub mod table;
 
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +18,9 @@ use aya::{
 use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
 use tracing::{debug, info};
 
-pub use report::{TcpSection, write_text};
+#[cfg(test)]
+pub use report::TransitionRow;
+pub use report::{ConnRow, TcpSection, write_text};
 
 use crate::{
     ebpf::Hook,

@@ -65,7 +65,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     }
     let result = match &args.mode {
-        Mode::Syscalls(a) => ready_then(|| syscalls::run(a)),
+        Mode::Syscalls(a) => syscalls::run(a),
         Mode::Demo => ready_then(demo::run),
         Mode::Amqp(a) => ready_then(|| amqp::run(a)),
         Mode::Spin(a) => ready_then(|| spin::run(a)),

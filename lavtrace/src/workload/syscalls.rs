@@ -1,7 +1,9 @@
 //! Mode `syscalls`: exactly N getppid, M failing close(-1) (EBADF) and one sleep of a known
-//! length, from the main thread, nothing else of those kinds.
+//! length, from the main thread, nothing else of those kinds; plus, with `--thread NAME=N`,
+//! named threads making exactly N getppid each (started before `ready`, so they have their
+//! names by the time a tracer attaches).
 
-use std::time::Duration;
+use std::{sync::mpsc, time::Duration};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -12,13 +14,49 @@ pub struct Args {
     /// One clock_nanosleep of this length (0: none).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub sleep: Duration,
+    /// A thread named NAME (15 bytes at most are kept) making N getppid; repeatable.
+    #[arg(long = "thread", value_parser = parse_thread)]
+    pub threads: Vec<(String, u64)>,
 }
 
-pub fn run(args: &Args) -> std::io::Result<()> {
-    for _ in 0..args.getppid {
+fn parse_thread(s: &str) -> Result<(String, u64), String> {
+    let (name, n) = s.rsplit_once('=').ok_or("expected NAME=COUNT")?;
+    Ok((name.to_string(), n.parse().map_err(|e| format!("{e}"))?))
+}
+
+fn getppid(n: u64) {
+    for _ in 0..n {
         // SAFETY: no arguments.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
+}
+
+/// Starts the named threads (waiting), then the ready/go protocol; after go the threads run
+/// one after the other, then the main thread's calls.
+pub fn run(args: &Args) -> std::io::Result<()> {
+    let mut threads = Vec::new();
+    for (name, n) in args.threads.clone() {
+        let (go, wait) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            if wait.recv().is_ok() {
+                getppid(n);
+            }
+        })?;
+        threads.push((go, handle));
+    }
+    super::ready_then(|| {
+        for (go, handle) in threads {
+            let _ = go.send(());
+            handle
+                .join()
+                .map_err(|_| std::io::Error::other("a workload thread panicked"))?;
+        }
+        calls(args)
+    })
+}
+
+fn calls(args: &Args) -> std::io::Result<()> {
+    getppid(args.getppid);
     for _ in 0..args.bad_close {
         // SAFETY: closing an invalid descriptor only fails with EBADF.
         unsafe { libc::syscall(libc::SYS_close, -1) };

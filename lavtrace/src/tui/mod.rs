@@ -1,0 +1,299 @@
+//! The live view: a full-screen display redrawn in place each interval when stdout is a
+//! terminal. A header, then one pane per traced family (syscalls, durability calls, mappings,
+//! connections). Keys: q / Ctrl-C quit (the summary is then printed to the normal screen),
+//! Tab moves the focus (the focused pane grows), s cycles the focused pane's sort, p pauses
+//! the display.
+
+mod panes;
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use ratatui::{
+    DefaultTerminal, Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout, Rect},
+    style::{Modifier, Style, Stylize as _},
+    text::Line,
+    widgets::{Block, Paragraph},
+};
+use tokio::sync::mpsc;
+
+use crate::{cli::SortKey, ebpf::Hook, output::Sections, overhead, target::Target};
+use panes::{LastTransitions, Pane};
+
+/// What a key (or a terminal resize) asks for.
+pub enum Action {
+    Quit,
+    Redraw,
+    /// A view key: s, p or Tab.
+    View(char),
+}
+
+/// What the view shows and how; everything but the terminal, so it renders on any backend.
+struct ViewState {
+    panes: Vec<Pane>,
+    focus: Pane,
+    /// Per pane (by `Pane::index`): index into its `sorts()`.
+    sorts: [usize; 5],
+    paused: bool,
+    started: Instant,
+    pid: u32,
+    comm: String,
+    /// The target's thread count at the last update.
+    threads: usize,
+    hooks: String,
+    last: Option<(u64, Duration, Sections)>,
+    transitions: LastTransitions,
+}
+
+pub struct Tui {
+    terminal: DefaultTerminal,
+    keys: mpsc::UnboundedReceiver<Action>,
+    state: ViewState,
+}
+
+impl Tui {
+    pub fn start(target: &Target, hooks: &[Hook], sort: SortKey) -> io::Result<Tui> {
+        let terminal = ratatui::try_init()?;
+        let (tx, keys) = mpsc::unbounded_channel();
+        // Blocking key reads on their own thread; they end with the process.
+        std::thread::spawn(move || {
+            while let Ok(ev) = event::read() {
+                let action = match ev {
+                    Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
+                        KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                            Some(Action::Quit)
+                        }
+                        KeyCode::Char(c @ ('s' | 'p')) => Some(Action::View(c)),
+                        KeyCode::Tab => Some(Action::View('\t')),
+                        _ => None,
+                    },
+                    Event::Resize(..) => Some(Action::Redraw),
+                    _ => None,
+                };
+                if let Some(a) = action
+                    && tx.send(a).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Tui {
+            terminal,
+            keys,
+            state: ViewState::new(target, hooks, sort),
+        })
+    }
+
+    /// The next key action (never resolves once the key thread is gone).
+    pub async fn next_action(&mut self) -> Action {
+        match self.keys.recv().await {
+            Some(a) => a,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies a view key and redraws.
+    pub fn key(&mut self, key: char) -> io::Result<()> {
+        self.state.key(key);
+        self.draw()
+    }
+
+    pub fn update(&mut self, seq: u64, window: Duration, sections: Sections) -> io::Result<()> {
+        self.state.update(seq, window, sections);
+        self.draw()
+    }
+
+    pub fn draw(&mut self) -> io::Result<()> {
+        let state = &self.state;
+        self.terminal.draw(|f| state.render(f)).map(|_| ())
+    }
+}
+
+impl Drop for Tui {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+impl ViewState {
+    fn new(target: &Target, hooks: &[Hook], sort: SortKey) -> ViewState {
+        let mut families: Vec<&str> = hooks.iter().map(|h| h.family).collect();
+        families.dedup();
+        let panes = panes::panes_for(families.iter().copied());
+        let mut sorts = [0; 5];
+        sorts[Pane::Syscalls.index()] = panes::syscall_sort_index(sort);
+        ViewState {
+            focus: panes.first().copied().unwrap_or(Pane::Syscalls),
+            panes,
+            sorts,
+            paused: false,
+            started: Instant::now(),
+            pid: target.pid,
+            comm: target.comm.clone(),
+            threads: target.threads,
+            hooks: format!("{} hooks ({})", hooks.len(), families.join(", ")),
+            last: None,
+            transitions: LastTransitions::new(),
+        }
+    }
+
+    fn key(&mut self, key: char) {
+        match key {
+            's' => {
+                let n = self.focus.sorts().len();
+                if n > 0 {
+                    let i = &mut self.sorts[self.focus.index()];
+                    *i = (*i + 1) % n;
+                }
+            }
+            'p' => self.paused = !self.paused,
+            '\t' if !self.panes.is_empty() => {
+                let i = self
+                    .panes
+                    .iter()
+                    .position(|&p| p == self.focus)
+                    .unwrap_or(0);
+                self.focus = self.panes[(i + 1) % self.panes.len()];
+            }
+            _ => {}
+        }
+    }
+
+    fn update(&mut self, seq: u64, window: Duration, sections: Sections) {
+        if self.paused {
+            return;
+        }
+        if let Some(tcp) = &sections.tcp {
+            panes::note_transitions(&mut self.transitions, tcp);
+        }
+        // --per-thread: its pane comes with the first sections that have threads.
+        if sections.threads.is_some() && !self.panes.contains(&Pane::Threads) {
+            let at = usize::from(self.panes.first() == Some(&Pane::Syscalls));
+            self.panes.insert(at, Pane::Threads);
+        }
+        let threads = crate::target::thread_count(self.pid);
+        if threads > 0 {
+            self.threads = threads;
+        }
+        self.last = Some((seq, window, sections));
+    }
+
+    fn render(&self, f: &mut Frame) {
+        let [header, body] =
+            Layout::vertical([Constraint::Length(4), Constraint::Min(3)]).areas(f.area());
+        self.header(f, header);
+        let Some((_, _, s)) = &self.last else {
+            f.render_widget(
+                Paragraph::new("waiting for the first interval…").block(Block::bordered()),
+                body,
+            );
+            return;
+        };
+        for (pane, area) in panes::layout(&self.panes, self.focus, body) {
+            let sort = self.sorts[pane.index()];
+            let block = self.block(pane, s);
+            match pane {
+                Pane::Syscalls => {
+                    panes::syscalls(f, area, block, s.syscalls.as_deref().unwrap_or(&[]), sort)
+                }
+                Pane::Threads => {
+                    panes::threads(f, area, block, s.threads.as_deref().unwrap_or(&[]), sort)
+                }
+                Pane::Durability => {
+                    panes::durability(f, area, block, s.fsync.as_deref().unwrap_or(&[]), sort)
+                }
+                Pane::Mappings => match &s.mmap {
+                    Some(m) => panes::mappings(f, area, block, m),
+                    None => f.render_widget(block, area),
+                },
+                Pane::Connections => match &s.tcp {
+                    Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
+                    None => f.render_widget(block, area),
+                },
+            }
+        }
+    }
+
+    fn block(&self, pane: Pane, s: &Sections) -> Block<'static> {
+        let mut title = format!(" {} ", pane.name());
+        match pane {
+            Pane::Syscalls | Pane::Threads | Pane::Durability => title.push_str("· this interval "),
+            Pane::Mappings => title.push_str("· rates over this interval "),
+            Pane::Connections => {
+                if let Some(t) = &s.tcp {
+                    let open = t.connections.iter().filter(|c| c.open).count();
+                    title.push_str(&format!(
+                        "· {open} open · {} opened, {} closed this interval · {} listening ",
+                        t.opened,
+                        t.closed,
+                        t.listening.len()
+                    ));
+                }
+            }
+        }
+        if let Some(sort) = pane.sorts().get(self.sorts[pane.index()]) {
+            title.push_str(&format!("· by {sort} "));
+        }
+        let block = Block::bordered().title(title);
+        if pane == self.focus {
+            block.border_style(Style::new().bold())
+        } else {
+            block.border_style(Style::new().add_modifier(Modifier::DIM))
+        }
+    }
+
+    fn header(&self, f: &mut Frame, area: Rect) {
+        let secs = self.started.elapsed().as_secs();
+        let mut first = format!(
+            "lavtrace · pid {} ({}, {} threads) · up {}:{:02}:{:02} · {}",
+            self.pid,
+            self.comm,
+            self.threads,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            self.hooks
+        );
+        if self.paused {
+            first.push_str(" · PAUSED");
+        }
+        let (lost, cost) = match &self.last {
+            Some((_, _, s)) => (
+                s.lost_events.values().sum::<u64>(),
+                // The totals; the per-program detail does not fit a line.
+                s.overhead
+                    .as_ref()
+                    .map(|o| {
+                        let full = overhead::text(o);
+                        full.split(" (").next().unwrap_or_default().to_string()
+                    })
+                    .unwrap_or_default(),
+            ),
+            None => (0, String::new()),
+        };
+        let sort = self
+            .focus
+            .sorts()
+            .get(self.sorts[self.focus.index()])
+            .copied()
+            .unwrap_or("-");
+        let lines = vec![
+            Line::from(first).bold(),
+            Line::from(format!("lost events: {lost} · {cost}")),
+            Line::from(format!(
+                "[q]uit  [tab] focus: {}  [s]ort: {sort}  [p]ause",
+                self.focus.name()
+            ))
+            .style(Style::new().add_modifier(Modifier::DIM)),
+        ];
+        f.render_widget(Paragraph::new(lines), area);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! `lavtrace check --pid/--comm`: the target section describes a process with known sockets
+//! (the `tcp` workload before `go`: one listener, three accepted connections).
+
+mod common;
+
+use std::process::Command;
+
+use common::{LAVTRACE, Workload, require_root};
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(LAVTRACE)
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("running lavtrace check");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn line<'a>(stdout: &'a str, label: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"))
+}
+
+#[test]
+fn check_pid_describes_the_target() {
+    require_root();
+    let target = Workload::spawn(&["--name", "lt-check", "tcp"]);
+    let pid = target.pid;
+    // The workload waits for `go`: its threads, sockets and mappings hold still.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .count();
+    let (code, out, err) = check(&["--pid", &pid.to_string()]);
+    assert_eq!(code, 0, "check failed: {err}\n{out}");
+    assert_eq!(
+        line(&out, "target"),
+        format!("target        pid {pid} (lt-check)")
+    );
+    assert!(
+        line(&out, "threads").starts_with(&format!("threads       {threads}: ")),
+        "{out}"
+    );
+    let listening = line(&out, "listening");
+    assert!(
+        listening.starts_with("listening     1: 127.0.0.1:"),
+        "{listening}"
+    );
+    assert_eq!(
+        line(&out, "connections"),
+        "connections   3 open TCP (ESTABLISHED 3)"
+    );
+    assert!(
+        line(&out, "mappings").starts_with(&format!("mappings      {maps} of vm.max_map_count ")),
+        "{out}"
+    );
+    // The hook lines still follow, and every core family is usable here.
+    assert!(out.contains("syscalls  syscalls_enter"), "{out}");
+    drop(target);
+
+    // By name, the same process.
+    let target = Workload::spawn(&["--name", "lt-check2", "syscalls"]);
+    let (code, out, err) = check(&["--comm", "lt-check2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        line(&out, "target"),
+        format!("target        pid {} (lt-check2)", target.pid)
+    );
+    assert_eq!(line(&out, "connections"), "connections   0 open TCP");
+}
+
+#[test]
+fn check_unknown_target_exits_3() {
+    let (code, out, err) = check(&["--comm", "no-such-process-x"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("no process named"), "{err}");
+    assert!(out.is_empty(), "nothing before the error: {out}");
+}
