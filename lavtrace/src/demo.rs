@@ -7,6 +7,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::{
     cli::DemoArgs,
+    metrics::Exporter,
     session::Session,
     target::{ExitWatch, Target},
 };
@@ -16,6 +17,7 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 pub async fn run(args: &DemoArgs) -> Result<()> {
     let mut report = args.report.clone();
     report.duration.get_or_insert(DEFAULT_DURATION);
+    let metrics = report.metrics.map(Exporter::serve).transpose()?;
     let exe = std::env::current_exe().context("locating the lavtrace binary")?;
     let mut child = tokio::process::Command::new(exe)
         .args(["workload", "demo"])
@@ -31,7 +33,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     }
     let pid = child.id().context("workload pid")?;
     let target = Target::from_pid(pid)?;
-    let session = Session::attach_with(target, &report)?;
+    let session = Session::attach_with(target, &report)?.export_to(metrics.as_ref());
     let mut stdin = child.stdin.take().context("workload stdin")?;
     stdin.write_all(b"go\n").await?;
     let end = session.run(&report, ExitWatch::Child(child)).await?;
