@@ -335,6 +335,217 @@ fn durability_and_mapping_series_match_the_workload() {
     drop(trace);
 }
 
+#[test]
+fn tcp_gauges_and_counters_match_the_workload() {
+    require_root();
+    // Connections with known histories (see lavtrace/src/workload/tcp.rs); G stays open and
+    // the workload waits for its stdin to close after `done`.
+    let mut target = Workload::spawn(&["tcp"]);
+    let port = free_port();
+    let pid = target.pid.to_string();
+    let trace = Trace::spawn(&[
+        "--pid",
+        &pid,
+        "--probes",
+        "tcp",
+        "--interval",
+        "100ms",
+        "--metrics",
+        &format!(":{port}"),
+    ]);
+    target.go();
+    while target.lines.next().expect("workload ended early") != "done" {}
+    let listening = std::cell::Cell::new(0);
+    let sums = until(
+        &trace,
+        |r| {
+            let tcp = &r["tcp"];
+            listening.set(tcp["listening"].as_array().unwrap().len() as u64);
+            let mut out = vec![
+                ("opened".to_string(), tcp["opened"].as_u64().unwrap()),
+                ("closed".to_string(), tcp["closed"].as_u64().unwrap()),
+            ];
+            for (pair, n) in tcp["transitions"].as_object().unwrap() {
+                out.push((pair.clone(), n.as_u64().unwrap()));
+            }
+            for c in tcp["connections"].as_array().unwrap() {
+                out.push(("retransmits".into(), c["retransmits"].as_u64().unwrap()));
+            }
+            out
+        },
+        // Everything but G destroyed: the last events are in.
+        |s| s.get("opened") == Some(&6) && s.get("closed") == Some(&8),
+    );
+
+    let (_, body) = scrape(port, Some("application/openmetrics-text"));
+    let p = pid.as_str();
+    let state = |s| [("pid", p), ("state", s)];
+    assert_eq!(
+        get(&body, "lavtrace_tcp_connections", &state("ESTABLISHED")),
+        1,
+        "G"
+    );
+    assert_eq!(
+        get(&body, "lavtrace_tcp_connections", &state("LISTEN")),
+        listening.get()
+    );
+    assert!(listening.get() >= 1);
+    for s in [
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "CLOSE",
+    ] {
+        assert_eq!(get(&body, "lavtrace_tcp_connections", &state(s)), 0, "{s}");
+    }
+    let labels = [("pid", p)];
+    assert_eq!(
+        get(&body, "lavtrace_tcp_connections_opened_total", &labels),
+        6
+    );
+    assert_eq!(
+        get(&body, "lavtrace_tcp_connections_closed_total", &labels),
+        8
+    );
+    // A 3000 + G 123 + C 4096 + O 500 sent; A 2000 + C 1024 + D 10 + O 700 received.
+    assert_eq!(get(&body, "lavtrace_tcp_sent_bytes_total", &labels), 7719);
+    assert_eq!(
+        get(&body, "lavtrace_tcp_received_bytes_total", &labels),
+        3734
+    );
+    let resets = |d| [("pid", p), ("direction", d)];
+    assert_eq!(
+        get(&body, "lavtrace_tcp_resets_total", &resets("sent")),
+        1,
+        "E"
+    );
+    assert_eq!(
+        get(&body, "lavtrace_tcp_resets_total", &resets("received")),
+        1,
+        "F"
+    );
+    let retransmits = get(&body, "lavtrace_tcp_retransmits_total", &labels);
+    assert!(retransmits >= 1, "R's SYN");
+    assert_eq!(retransmits, sums["retransmits"]);
+    // Every transition, as the intervals counted them.
+    let mut exposed = 0;
+    for (pair, &n) in sums.iter().filter(|(k, _)| k.contains("->")) {
+        let (from, to) = pair.split_once("->").unwrap();
+        let t = [("pid", p), ("from", from), ("to", to)];
+        assert_eq!(
+            get(&body, "lavtrace_tcp_transitions_total", &t),
+            n,
+            "{pair}"
+        );
+        exposed += 1;
+    }
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("lavtrace_tcp_transitions_total{"))
+            .count(),
+        exposed
+    );
+    let accepted = [("pid", p), ("from", "SYN_RECV"), ("to", "ESTABLISHED")];
+    assert_eq!(
+        get(&body, "lavtrace_tcp_transitions_total", &accepted),
+        4,
+        "C D E F"
+    );
+    let connected = [("pid", p), ("from", "CLOSE"), ("to", "SYN_SENT")];
+    assert_eq!(
+        get(&body, "lavtrace_tcp_transitions_total", &connected),
+        2,
+        "O R"
+    );
+
+    drop(trace);
+    target.finish();
+}
+
+/// The next record of type `kind`, skipping others.
+fn next_of(trace: &Trace, kind: &str) -> Value {
+    loop {
+        let line = trace.lines.next().expect("lavtrace ended early");
+        let r: Value = serde_json::from_str(&line).unwrap();
+        if r["type"] == kind {
+            return r;
+        }
+    }
+}
+
+/// Intervals until their getppid counts add up to `n`.
+fn getppid_until(trace: &Trace, n: u64) {
+    let mut seen = 0;
+    while seen < n {
+        seen += common::count(&next_of(trace, "interval"), "getppid");
+    }
+    assert_eq!(seen, n);
+}
+
+#[test]
+fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
+    require_root();
+    let name = format!("lvt-met{}", std::process::id() % 100_000);
+    let spawn = |getppid: &str| {
+        Workload::spawn(&[
+            "--name",
+            &name,
+            "syscalls",
+            "--getppid",
+            getppid,
+            "--sleep",
+            "1s",
+        ])
+    };
+    let calls = |body: &str, pid: u32| {
+        let pid = pid.to_string();
+        sample(
+            body,
+            "lavtrace_syscalls_total",
+            &[("pid", &pid), ("syscall", "getppid")],
+        )
+    };
+    let mut first = spawn("100");
+    let port = free_port();
+    let trace = Trace::spawn(&[
+        "--comm",
+        &name,
+        "--follow",
+        "--probes",
+        "syscalls",
+        "--interval",
+        "100ms",
+        "--metrics",
+        &port.to_string(),
+    ]);
+    first.go();
+    getppid_until(&trace, 100);
+    let (_, body) = scrape(port, None);
+    assert_eq!(calls(&body, first.pid), Some(100.0));
+    first.wait_done();
+    let first_pid = first.pid;
+    first.finish();
+
+    // The broker restarts: same name, new pid.
+    let mut second = spawn("200");
+    let restart = next_of(&trace, "restart");
+    assert_eq!(restart["pid"], second.pid);
+    next_of(&trace, "attached");
+    second.go();
+    getppid_until(&trace, 200);
+    let (_, body) = scrape(port, None);
+    assert_eq!(calls(&body, second.pid), Some(200.0), "counted from 0");
+    assert_eq!(
+        calls(&body, first_pid),
+        None,
+        "the old instance's series are gone"
+    );
+    second.wait_done();
+    drop(trace);
+}
+
 fn run_with_metrics(addr: &str) -> (i32, String, String) {
     let out = Command::new(LAVTRACE)
         .args(["trace", "--pid", &std::process::id().to_string()])
