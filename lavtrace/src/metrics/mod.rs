@@ -273,9 +273,11 @@ mod tests {
     #[test]
     fn durability_mapping_and_tcp_families_are_labelled() {
         let mut i = Instance::new(7, "lavinmq");
-        let mut h = model::Log2Histogram::default();
-        h.count = 3;
-        h.sum_ns = 3_000_000;
+        let mut h = model::Log2Histogram {
+            count: 3,
+            sum_ns: 3_000_000,
+            ..model::Log2Histogram::default()
+        };
         h.buckets[19] = 3; // 524 µs .. 1.05 ms
         i.durability = Some(BTreeMap::from([(
             model::DurabilityKey {
