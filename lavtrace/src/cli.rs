@@ -111,6 +111,11 @@ pub struct TraceArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub report: ReportArgs,
+
+    /// Trace the broker listening at this AMQP URL instead of the built-in workload, while the
+    /// built-in AMQP client loads it (e.g. amqp://guest:guest@127.0.0.1:5672/%2f).
+    #[arg(long, value_name = "URL")]
+    pub amqp: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]

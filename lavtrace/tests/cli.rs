@@ -108,3 +108,10 @@ fn help_lists_the_contract() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn demo_without_a_broker_at_the_url_exits_3() {
+    let (code, stderr) = run(&["demo", "--amqp", "amqp://127.0.0.1:1/%2f"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(one_error_line(&stderr).contains("no process listens on port 1"));
+}

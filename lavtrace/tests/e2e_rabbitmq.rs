@@ -118,3 +118,44 @@ fn traces_a_real_broker_under_a_real_client() {
     }
     drop(broker);
 }
+
+#[test]
+fn demo_traces_the_broker_behind_an_amqp_url() {
+    require_root();
+    let broker = RabbitMq::start();
+    let out = std::process::Command::new(common::LAVTRACE)
+        .args([
+            "demo",
+            "--amqp",
+            &broker.url(),
+            "--duration",
+            "4s",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records[0]["target"]["pid"], broker.pid);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "duration");
+    // The built-in client connected at least once and published persistent messages.
+    let port = format!(":{}", broker.port);
+    let accepted = summary["tcp"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["local"].as_str().unwrap().ends_with(&port) && c["origin"] == "accept")
+        .count();
+    assert!(accepted >= 3, "{accepted} client connections");
+    assert!(count(summary, "fsync") + count(summary, "fdatasync") > 0);
+}

@@ -40,7 +40,7 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Syscalls per run of the syscall-bound loop.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         spin_calls: u64,
         /// Messages per run of the broker scenario.
         #[arg(long, default_value_t = 20000)]

@@ -4,7 +4,7 @@
 
 mod btf;
 pub mod hooks;
-mod procfs;
+pub mod procfs;
 mod report;
 mod table;
 

@@ -92,6 +92,32 @@ pub fn target_sockets(pid: u32) -> Vec<ProcSock> {
     out
 }
 
+/// The process that listens on TCP `port` in lavtrace's own network namespace (the broker
+/// behind `lavtrace demo --amqp URL`).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let mut listeners = HashSet::new();
+    for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/self/net/{file}")) else {
+            continue;
+        };
+        listeners.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| parse_line(l, family))
+                .filter(|s| s.state == state::LISTEN && s.local.port() == port)
+                .map(|s| s.inode),
+        );
+    }
+    if listeners.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| !socket_inodes(pid).is_disjoint(&listeners))
+}
+
 /// One line of /proc/net/tcp{,6}:
 /// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`
 pub fn parse_line(line: &str, family: u16) -> Option<ProcSock> {

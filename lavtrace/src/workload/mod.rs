@@ -7,6 +7,7 @@
 
 mod amqp;
 mod demo;
+mod pace;
 mod spin;
 mod storage;
 mod syscalls;
@@ -38,6 +39,8 @@ pub enum Mode {
     Demo,
     /// As many cheap syscalls as possible, timed (benchmarks).
     Spin(spin::Args),
+    /// msync(MS_ASYNC) at a chosen rate: ring-buffer events for the pipeline benchmark.
+    Pace(pace::Args),
     /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
     Amqp(amqp::Args),
     /// TCP connections with known histories on 127.0.0.1 (see workload/tcp.rs); after
@@ -66,6 +69,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
         Mode::Demo => ready_then(demo::run),
         Mode::Amqp(a) => ready_then(|| amqp::run(a)),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
+        Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
