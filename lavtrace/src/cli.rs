@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   show, aggregated in the kernel at a cost the broker does not notice.\n\n\
                   Needs root (or CAP_BPF + CAP_PERFMON) and tracefs.",
     after_help = "Exit codes: 0 ok, 1 runtime error, 2 bad usage, 3 target not found, \
-                  4 not permitted, 5 kernel lacks a needed feature."
+                  4 not permitted, 5 kernel lacks a needed feature, 6 --metrics address unusable."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -99,6 +99,11 @@ pub struct ReportArgs {
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
+
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics: PORT or :PORT (127.0.0.1),
+    /// or ADDRESS:PORT (e.g. 0.0.0.0:9464, [::1]:9464).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::addr::parse)]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Bytes per event ring (power of two, at least 4096); tests use a tiny ring to force losses.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use crate::{
     cli::{DemoArgs, ReportArgs},
     error::Fatal,
+    metrics::Exporter,
     session::Session,
     target::{ExitWatch, Target},
 };
@@ -17,8 +18,10 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 pub async fn run(args: &DemoArgs) -> Result<()> {
     let mut report = args.report.clone();
     report.duration.get_or_insert(DEFAULT_DURATION);
+    // Bound first: a taken port must fail before anything is attached.
+    let metrics = report.metrics.map(Exporter::serve).transpose()?;
     if let Some(url) = &args.amqp {
-        return broker(url, &report).await;
+        return broker(url, &report, metrics.as_ref()).await;
     }
     let exe = std::env::current_exe().context("locating the lavtrace binary")?;
     let mut child = tokio::process::Command::new(exe)
@@ -35,7 +38,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     }
     let pid = child.id().context("workload pid")?;
     let target = Target::from_pid(pid)?;
-    let session = Session::attach_with(target, &report)?;
+    let session = Session::attach_with(target, &report)?.export_to(metrics.as_ref());
     let mut stdin = child.stdin.take().context("workload stdin")?;
     stdin.write_all(b"go\n").await?;
     let end = session.run(&report, ExitWatch::Child(child)).await?;
@@ -50,7 +53,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
 /// `demo --amqp URL`: trace the broker behind the URL while the built-in AMQP client
 /// (`workload amqp`) publishes persistent messages with confirms and consumes them, run after
 /// run, until the demo ends.
-async fn broker(url: &str, report: &ReportArgs) -> Result<()> {
+async fn broker(url: &str, report: &ReportArgs, metrics: Option<&Exporter>) -> Result<()> {
     let uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e| Fatal::Target(format!("--amqp {url:?} is not an AMQP URL: {e}")))?;
@@ -62,7 +65,7 @@ async fn broker(url: &str, report: &ReportArgs) -> Result<()> {
     })?;
     let target = Target::from_pid(pid)?;
     let exit = ExitWatch::pidfd(pid)?;
-    let session = Session::attach_with(target, report)?;
+    let session = Session::attach_with(target, report)?.export_to(metrics);
     let exe = std::env::current_exe().context("locating the lavtrace binary")?;
     let url = url.to_string();
     let load = tokio::spawn(async move {

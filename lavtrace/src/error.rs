@@ -14,6 +14,9 @@ pub enum Fatal {
     /// The kernel lacks something a requested probe family needs (tracefs, a hook, BTF).
     #[error("{0}")]
     Unsupported(String),
+    /// The `--metrics` address cannot be listened on (in use, not an address of this host).
+    #[error("{0}")]
+    Metrics(String),
 }
 
 impl Fatal {
@@ -22,6 +25,7 @@ impl Fatal {
             Fatal::Target(_) => 3,
             Fatal::Permission(_) => 4,
             Fatal::Unsupported(_) => 5,
+            Fatal::Metrics(_) => 6,
         })
     }
 }

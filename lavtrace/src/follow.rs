@@ -11,6 +11,7 @@ use tracing::info;
 use crate::{
     cli::TraceArgs,
     error::Fatal,
+    metrics::Exporter,
     output::{End, Output},
     session::Session,
     target::{ExitWatch, Target},
@@ -20,10 +21,13 @@ use crate::{
 const POLL: Duration = Duration::from_millis(100);
 
 pub async fn trace(args: &TraceArgs) -> Result<()> {
+    // Bound first: a taken port must fail before anything is attached.
+    let metrics = args.report.metrics.map(Exporter::serve).transpose()?;
     let mut target = Target::resolve(&args.target)?;
     loop {
         let exit = ExitWatch::pidfd(target.pid)?;
-        let session = Session::attach_with(target.clone(), &args.report)?;
+        let session =
+            Session::attach_with(target.clone(), &args.report)?.export_to(metrics.as_ref());
         let end = session.run(&args.report, exit).await?;
         let End::TargetExited(exit) = end else {
             return Ok(());

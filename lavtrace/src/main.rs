@@ -7,6 +7,7 @@ mod ebpf;
 mod error;
 mod follow;
 mod fsync;
+mod metrics;
 mod mmap;
 mod output;
 mod overhead;

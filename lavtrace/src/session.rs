@@ -12,7 +12,7 @@ use tracing::info;
 use crate::{
     cli::{Format, Probe, ReportArgs},
     ebpf::{self, Hook},
-    fsync, mmap,
+    fsync, metrics, mmap,
     output::{End, Output, Sections},
     overhead::Meter,
     ringbuf::LostCounters,
@@ -61,6 +61,8 @@ pub struct Session {
     tcp: Option<tcp::Tracer>,
     fsync: Option<fsync::Tracer>,
     mmap: Option<mmap::Tracer>,
+    /// `--metrics`: fed every interval.
+    metrics: Option<metrics::Exporter>,
 }
 
 #[derive(Clone, Copy)]
@@ -154,7 +156,20 @@ impl Session {
             tcp,
             fsync,
             mmap,
+            metrics: None,
         })
+    }
+
+    /// Feeds every interval's sections to the `--metrics` endpoint, if there is one.
+    pub fn export_to(mut self, metrics: Option<&metrics::Exporter>) -> Session {
+        self.metrics = metrics.cloned();
+        self
+    }
+
+    fn export(&self, sections: &Sections) {
+        if let Some(m) = &self.metrics {
+            m.observe(&self.target, sections);
+        }
     }
 
     pub fn hooks(&self) -> &[Hook] {
@@ -247,6 +262,8 @@ impl Session {
                     seq += 1;
                     let now = Instant::now();
                     let sections = self.sections(Window::Interval)?;
+                    // Before the interval is out: whoever saw it can scrape its figures.
+                    self.export(&sections);
                     match tui.as_mut() {
                         Some(t) => t.update(seq, now - last_report, sections)?,
                         None => out
@@ -277,6 +294,7 @@ impl Session {
         if !live {
             seq += 1;
             let sections = self.sections(Window::Interval)?;
+            self.export(&sections);
             out.interval(seq, now - started, now - last_report, &sections)
                 .context("writing to stdout")?;
         }

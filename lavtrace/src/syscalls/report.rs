@@ -38,6 +38,9 @@ pub struct SyscallRow {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// The window's log2 latency buckets (for the metrics endpoint's histograms).
+    #[serde(skip)]
+    pub buckets: [u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
 }
 
 impl SyscallRow {
@@ -53,6 +56,7 @@ impl SyscallRow {
             p50_ns: stats::percentile(&w.buckets, w.max_ns, 0.50),
             p99_ns: stats::percentile(&w.buckets, w.max_ns, 0.99),
             max_ns: w.max_ns,
+            buckets: w.buckets,
         }
     }
 }

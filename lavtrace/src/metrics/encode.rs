@@ -1,0 +1,320 @@
+//! The exposition: every `lavtrace_*` family written from the current `Instance` at scrape
+//! time, through prometheus-client's `Collector` (the kernel's log2 buckets are already
+//! counted, so histograms are written as they are rather than re-observed).
+
+use std::sync::{Arc, Mutex};
+
+use lavtrace_common::syscalls::LATENCY_BUCKETS;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Unit,
+};
+
+use super::model::{Instance, Log2Histogram};
+
+type Labels = Vec<(&'static str, String)>;
+
+enum Value<'a> {
+    Counter(u64),
+    Seconds(f64),
+    Gauge(u64),
+    Histogram(&'a Log2Histogram),
+}
+
+/// The collector registered once; the session swaps in each interval's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Current(pub Arc<Mutex<Option<Instance>>>);
+
+impl Current {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instance>> {
+        // A panic elsewhere must not take the endpoint down with it: the data is plain counters.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Collector for Current {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match &*self.lock() {
+            Some(i) => encode(&mut enc, i),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Upper bounds (`le`, seconds) of the log2 buckets: bucket `i` holds whole nanoseconds
+/// below `2^(i+1)`; the last is open-ended.
+pub fn upper_bounds() -> [f64; LATENCY_BUCKETS] {
+    std::array::from_fn(|i| {
+        if i + 1 == LATENCY_BUCKETS {
+            f64::INFINITY
+        } else {
+            (1u64 << (i + 1)) as f64 / 1e9
+        }
+    })
+}
+
+struct Writer<'e, 'a> {
+    enc: &'e mut DescriptorEncoder<'a>,
+    /// `pid` and `comm`, on every series.
+    base: Labels,
+}
+
+impl Writer<'_, '_> {
+    fn family<'v>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        series: impl IntoIterator<Item = (Labels, Value<'v>)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut series = series.into_iter().peekable();
+        let kind = match series.peek().map(|(_, v)| v) {
+            Some(Value::Counter(_) | Value::Seconds(_)) => MetricType::Counter,
+            Some(Value::Gauge(_)) => MetricType::Gauge,
+            Some(Value::Histogram(_)) => MetricType::Histogram,
+            None => return Ok(()),
+        };
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, unit.as_ref(), kind)?;
+        for (labels, value) in series {
+            let mut all = self.base.clone();
+            all.extend(labels);
+            let mut f = m.encode_family(&all)?;
+            match value {
+                Value::Counter(n) => f.encode_counter::<NoLabelSet, _, u64>(&n, None)?,
+                Value::Seconds(s) => f.encode_counter::<NoLabelSet, _, f64>(&s, None)?,
+                Value::Gauge(n) => f.encode_gauge(&(n as i64))?,
+                Value::Histogram(h) => {
+                    let buckets: Vec<(f64, u64)> =
+                        upper_bounds().into_iter().zip(h.buckets).collect();
+                    f.encode_histogram::<NoLabelSet>(
+                        h.sum_ns as f64 / 1e9,
+                        h.count,
+                        &buckets,
+                        None,
+                    )?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one(v: Value<'_>) -> Option<(Labels, Value<'_>)> {
+    Some((Vec::new(), v))
+}
+
+fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Error> {
+    let mut w = Writer {
+        enc,
+        base: vec![("pid", i.pid.to_string()), ("comm", i.comm.clone())],
+    };
+    w.family(
+        "lavtrace_intervals",
+        "Intervals reported since attach (the figures below are as of the last one).",
+        None,
+        one(Value::Counter(i.intervals)),
+    )?;
+    if let Some(all) = &i.syscalls {
+        let by = |f: fn(&super::model::SyscallSeries) -> Value<'_>| {
+            all.iter()
+                .map(move |(name, s)| (vec![("syscall", name.clone())], f(s)))
+        };
+        w.family(
+            "lavtrace_syscalls",
+            "Syscalls of the target that returned (entry seen after attach).",
+            None,
+            by(|s| Value::Counter(s.calls)),
+        )?;
+        w.family(
+            "lavtrace_syscall_errors",
+            "Syscalls that returned an error (-4095..-1).",
+            None,
+            by(|s| Value::Counter(s.errors)),
+        )?;
+        w.family(
+            "lavtrace_syscall_latency",
+            "Syscall latency, entry to return (the kernel's log2 buckets).",
+            Some(Unit::Seconds),
+            by(|s| Value::Histogram(&s.latency)),
+        )?;
+    }
+    if let Some(all) = &i.durability {
+        let labels = |k: &super::model::DurabilityKey| {
+            let mut l = vec![
+                ("syscall", k.syscall.to_string()),
+                ("file_class", k.class.to_string()),
+            ];
+            if let Some(flags) = &k.flags {
+                l.push(("flags", flags.clone()));
+            }
+            l
+        };
+        w.family(
+            "lavtrace_durability_call_latency",
+            "Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) by \
+             file class: latency.",
+            Some(Unit::Seconds),
+            all.iter()
+                .map(|(k, s)| (labels(k), Value::Histogram(&s.latency))),
+        )?;
+        w.family(
+            "lavtrace_durability_call_errors",
+            "Durability calls that returned an error.",
+            None,
+            all.iter()
+                .map(|(k, s)| (labels(k), Value::Counter(s.errors))),
+        )?;
+    }
+    if let Some(m) = &i.mmap {
+        let by = |f: fn(&super::model::MapSeries) -> u64| {
+            m.syscalls
+                .iter()
+                .map(move |(name, s)| (vec![("syscall", name.to_string())], Value::Counter(f(s))))
+        };
+        w.family(
+            "lavtrace_mmap_calls",
+            "Mapping calls (mmap, munmap, mremap, madvise, brk).",
+            None,
+            by(|s| s.calls),
+        )?;
+        w.family(
+            "lavtrace_mmap_errors",
+            "Mapping calls that failed.",
+            None,
+            by(|s| s.errors),
+        )?;
+        w.family(
+            "lavtrace_mmap",
+            "Bytes of successful mapping calls (lengths; mremap: new length; brk: distance moved).",
+            Some(Unit::Bytes),
+            by(|s| s.bytes),
+        )?;
+        w.family(
+            "lavtrace_live_mappings",
+            "Mappings of the target (lines of /proc/PID/maps), what vm.max_map_count limits.",
+            None,
+            m.live_mappings.and_then(|n| one(Value::Gauge(n))),
+        )?;
+        w.family(
+            "lavtrace_vm_max_map_count",
+            "The kernel's vm.max_map_count.",
+            None,
+            m.max_map_count.and_then(|n| one(Value::Gauge(n))),
+        )?;
+    }
+    if let Some(t) = &i.tcp {
+        w.family(
+            "lavtrace_tcp_connections",
+            "TCP connections of the target now, by state (LISTEN: listening sockets).",
+            None,
+            t.states
+                .iter()
+                .map(|(s, &n)| (vec![("state", s.clone())], Value::Gauge(n))),
+        )?;
+        w.family(
+            "lavtrace_tcp_transitions",
+            "TCP state transitions of the target's connections.",
+            None,
+            t.transitions.iter().map(|((from, to), &n)| {
+                (
+                    vec![("from", from.clone()), ("to", to.clone())],
+                    Value::Counter(n),
+                )
+            }),
+        )?;
+        for (name, help, n) in [
+            (
+                "lavtrace_tcp_connections_opened",
+                "TCP connections opened (connect or accept seen).",
+                t.opened,
+            ),
+            (
+                "lavtrace_tcp_connections_closed",
+                "TCP connections destroyed.",
+                t.closed,
+            ),
+            (
+                "lavtrace_tcp_retransmits",
+                "TCP retransmits on the target's connections.",
+                t.retransmits,
+            ),
+        ] {
+            w.family(name, help, None, one(Value::Counter(n)))?;
+        }
+        w.family(
+            "lavtrace_tcp_sent",
+            "Bytes the target sent through its TCP sockets.",
+            Some(Unit::Bytes),
+            one(Value::Counter(t.sent_bytes)),
+        )?;
+        w.family(
+            "lavtrace_tcp_received",
+            "Bytes the target received through its TCP sockets.",
+            Some(Unit::Bytes),
+            one(Value::Counter(t.received_bytes)),
+        )?;
+        w.family(
+            "lavtrace_tcp_resets",
+            "TCP resets on the target's connections, sent or received.",
+            None,
+            [
+                (
+                    vec![("direction", "sent".into())],
+                    Value::Counter(t.resets_sent),
+                ),
+                (
+                    vec![("direction", "received".into())],
+                    Value::Counter(t.resets_received),
+                ),
+            ],
+        )?;
+    }
+    w.family(
+        "lavtrace_lost_events",
+        "Events the kernel could not record or deliver, per probe family.",
+        None,
+        i.lost
+            .iter()
+            .map(|(f, &n)| (vec![("family", f.to_string())], Value::Counter(n))),
+    )?;
+    if let Some(c) = &i.cost {
+        w.family(
+            "lavtrace_cpu",
+            "CPU time (user + system) lavtrace itself used.",
+            Some(Unit::Seconds),
+            one(Value::Seconds(c.cpu_ns as f64 / 1e9)),
+        )?;
+        w.family(
+            "lavtrace_rss",
+            "lavtrace's resident memory.",
+            Some(Unit::Bytes),
+            one(Value::Gauge(c.rss_bytes)),
+        )?;
+        if c.kernel_stats {
+            w.family(
+                "lavtrace_bpf_program_runs",
+                "Runs of each lavtrace kernel program (every process's calls that hit the hook).",
+                None,
+                c.programs
+                    .iter()
+                    .map(|(p, &(runs, _))| (vec![("program", p.clone())], Value::Counter(runs))),
+            )?;
+            w.family(
+                "lavtrace_bpf_program_run",
+                "Kernel run time of each lavtrace program: the cost added to the traced system.",
+                Some(Unit::Seconds),
+                c.programs.iter().map(|(p, &(_, ns))| {
+                    (
+                        vec![("program", p.clone())],
+                        Value::Seconds(ns as f64 / 1e9),
+                    )
+                }),
+            )?;
+        }
+    }
+    Ok(())
+}

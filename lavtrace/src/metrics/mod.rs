@@ -1,0 +1,346 @@
+//! `--metrics ADDR`: an OpenMetrics / Prometheus text endpoint at `GET /metrics`, so one
+//! lavtrace per broker node is scraped by the Prometheus the operators already run. Figures
+//! are cumulative since attach, folded in from each interval's sections (see `model`), and
+//! carry the target's `pid` and `comm`. With `--follow`, a restarted target replaces the
+//! previous instance's series (new `pid`), as a restarted exporter would.
+//!
+//! The address is bound before anything is attached: a taken port is one error line and
+//! exit 6, not a tracer that runs without the endpoint it was asked for.
+
+pub mod addr;
+mod encode;
+mod model;
+
+use std::{net::SocketAddr, thread};
+
+use anyhow::{Context as _, Result};
+use prometheus_client::registry::Registry;
+use tracing::{debug, info};
+
+use crate::{error::Fatal, output::Sections, target::Target};
+use encode::Current;
+use model::Instance;
+
+/// OpenMetrics 1.0 text, for scrapers that ask for it (Prometheus does).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for everything else (curl, older scrapers).
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The running endpoint; clones feed the same one.
+#[derive(Clone)]
+pub struct Exporter {
+    current: Current,
+}
+
+impl Exporter {
+    /// Binds `addr` and serves it on its own thread until lavtrace exits.
+    pub fn serve(addr: SocketAddr) -> Result<Exporter> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| Fatal::Metrics(format!("--metrics {addr}: cannot listen: {e}")))?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        let current = Current::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(current.clone()));
+        thread::Builder::new()
+            .name("lavtrace-metrics".into())
+            .spawn(move || serve(&server, &registry))
+            .context("starting the metrics thread")?;
+        info!(%addr, "serving metrics at /metrics");
+        Ok(Exporter { current })
+    }
+
+    /// Folds one interval's sections into the figures of `target`'s instance.
+    pub fn observe(&self, target: &Target, sections: &Sections) {
+        let mut current = self.current.lock();
+        let instance = match current.as_mut() {
+            Some(i) if i.pid == target.pid => i,
+            _ => current.insert(Instance::new(target.pid, &target.comm)),
+        };
+        instance.add(sections);
+    }
+}
+
+fn serve(server: &tiny_http::Server, registry: &Registry) {
+    for request in server.incoming_requests() {
+        let path = request.url().split('?').next().unwrap_or_default();
+        let response = match (request.method(), path) {
+            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
+                let openmetrics = request.headers().iter().any(|h| {
+                    h.field.equiv("Accept")
+                        && h.value.as_str().contains("application/openmetrics-text")
+                });
+                match exposition(registry, openmetrics) {
+                    Ok(body) => tiny_http::Response::from_string(body).with_header(content_type(
+                        if openmetrics { OPENMETRICS } else { PROMETHEUS },
+                    )),
+                    Err(_) => {
+                        tiny_http::Response::from_string("encoding failed\n").with_status_code(500)
+                    }
+                }
+            }
+            (_, "/metrics") => tiny_http::Response::from_string("GET only\n").with_status_code(405),
+            _ => tiny_http::Response::from_string("lavtrace: metrics are at /metrics\n")
+                .with_status_code(404),
+        };
+        if let Err(e) = request.respond(response) {
+            debug!("metrics client went away: {e}");
+        }
+    }
+}
+
+fn content_type(value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes("Content-Type", value).expect("a valid header")
+}
+
+fn exposition(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, registry)?;
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lavtrace_common::syscalls::{SyscallStats, latency_bucket};
+
+    use super::*;
+    use crate::{
+        overhead::{Overhead, ProgramCost},
+        syscalls::SyscallRow,
+    };
+
+    fn target(pid: u32) -> Target {
+        Target {
+            pid,
+            comm: "lavinmq".into(),
+            threads: 1,
+        }
+    }
+
+    /// One interval's sections: `getppid` calls of the given durations, 2 of them failing.
+    fn interval(durations_ns: &[u64], lost: u64) -> Sections {
+        let mut w = SyscallStats::default();
+        for &ns in durations_ns {
+            w.count += 1;
+            w.total_ns += ns;
+            w.max_ns = w.max_ns.max(ns);
+            w.buckets[latency_bucket(ns)] += 1;
+        }
+        w.errors = 2;
+        let mut s = Sections {
+            syscalls: Some(vec![SyscallRow::new(libc::SYS_getppid as u32, &w, None)]),
+            overhead: Some(Overhead {
+                lavtrace_cpu_ns: 1_500_000,
+                lavtrace_cpu_pct: 0.15,
+                lavtrace_rss_bytes: 4096,
+                kernel_stats: true,
+                kernel_ns: 300,
+                kernel_cpu_pct: 0.0,
+                programs: vec![ProgramCost {
+                    name: "syscalls_exit".into(),
+                    runs: 3,
+                    run_time_ns: 300,
+                    ns_per_run: 100,
+                }],
+            }),
+            ..Sections::default()
+        };
+        s.lost_events.insert("syscalls", lost);
+        s
+    }
+
+    fn scrape(e: &Exporter, openmetrics: bool) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(e.current.clone()));
+        exposition(&registry, openmetrics).unwrap()
+    }
+
+    fn lines_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .collect()
+    }
+
+    #[test]
+    fn intervals_add_up_into_counters_and_a_cumulative_histogram() {
+        let e = Exporter {
+            current: Current::default(),
+        };
+        assert_eq!(
+            scrape(&e, true),
+            "# EOF\n",
+            "nothing before the first interval"
+        );
+        e.observe(&target(42), &interval(&[300, 300, 1500], 1));
+        e.observe(&target(42), &interval(&[700], 2));
+        let text = scrape(&e, true);
+        let l = r#"pid="42",comm="lavinmq",syscall="getppid""#;
+        assert_eq!(
+            lines_of(&text, "lavtrace_syscalls_total"),
+            [format!("lavtrace_syscalls_total{{{l}}} 4")]
+        );
+        assert_eq!(
+            lines_of(&text, "lavtrace_syscall_errors_total"),
+            [format!("lavtrace_syscall_errors_total{{{l}}} 4")]
+        );
+        let h = "lavtrace_syscall_latency_seconds";
+        assert_eq!(
+            lines_of(&text, &format!("{h}_count")),
+            [format!("{h}_count{{{l}}} 4")]
+        );
+        assert_eq!(
+            lines_of(&text, &format!("{h}_sum")),
+            [format!("{h}_sum{{{l}}} 0.0000028")]
+        );
+        let buckets = lines_of(&text, &format!("{h}_bucket"));
+        assert_eq!(buckets.len(), 32);
+        // 300 ns: bucket 8 (256..511, le 512 ns); 700: bucket 9; 1500: bucket 10.
+        assert_eq!(buckets[7], format!("{h}_bucket{{le=\"2.56e-7\",{l}}} 0"));
+        assert_eq!(buckets[8], format!("{h}_bucket{{le=\"5.12e-7\",{l}}} 2"));
+        assert_eq!(
+            buckets[9],
+            format!("{h}_bucket{{le=\"0.000001024\",{l}}} 3")
+        );
+        assert_eq!(
+            buckets[10],
+            format!("{h}_bucket{{le=\"0.000002048\",{l}}} 4")
+        );
+        assert_eq!(buckets[31], format!("{h}_bucket{{le=\"+Inf\",{l}}} 4"));
+        assert!(text.contains("# TYPE lavtrace_syscall_latency_seconds histogram\n"));
+        assert!(text.contains("# UNIT lavtrace_syscall_latency_seconds seconds\n"));
+
+        let base = r#"pid="42",comm="lavinmq""#;
+        for (name, value) in [
+            ("lavtrace_intervals_total", "2".to_string()),
+            ("lavtrace_cpu_seconds_total", "0.003".into()),
+            ("lavtrace_rss_bytes", "4096".into()),
+        ] {
+            assert_eq!(lines_of(&text, name), [format!("{name}{{{base}}} {value}")]);
+        }
+        assert_eq!(
+            lines_of(&text, "lavtrace_lost_events_total"),
+            [format!(
+                "lavtrace_lost_events_total{{{base},family=\"syscalls\"}} 3"
+            )]
+        );
+        assert_eq!(
+            lines_of(&text, "lavtrace_bpf_program_runs_total"),
+            [format!(
+                "lavtrace_bpf_program_runs_total{{{base},program=\"syscalls_exit\"}} 6"
+            )]
+        );
+        assert_eq!(
+            lines_of(&text, "lavtrace_bpf_program_run_seconds_total"),
+            [format!(
+                "lavtrace_bpf_program_run_seconds_total{{{base},program=\"syscalls_exit\"}} 6e-7"
+            )]
+        );
+        assert!(text.ends_with("# EOF\n"));
+
+        // The classic format carries the same samples, without the OpenMetrics EOF.
+        let plain = scrape(&e, false);
+        assert_eq!(
+            lines_of(&plain, "lavtrace_syscalls_total"),
+            [format!("lavtrace_syscalls_total{{{l}}} 4")]
+        );
+        assert!(!plain.contains("# EOF"));
+    }
+
+    #[test]
+    fn a_restarted_target_replaces_the_previous_instance() {
+        let e = Exporter {
+            current: Current::default(),
+        };
+        e.observe(&target(42), &interval(&[300], 0));
+        e.observe(&target(43), &interval(&[300, 300], 0));
+        let text = scrape(&e, true);
+        assert!(!text.contains(r#"pid="42""#), "{text}");
+        assert!(
+            text.contains(
+                r#"lavtrace_syscalls_total{pid="43",comm="lavinmq",syscall="getppid"} 2"#
+            )
+        );
+        assert!(text.contains(r#"lavtrace_intervals_total{pid="43",comm="lavinmq"} 1"#));
+    }
+
+    #[test]
+    fn durability_mapping_and_tcp_families_are_labelled() {
+        let mut i = Instance::new(7, "lavinmq");
+        let mut h = model::Log2Histogram {
+            count: 3,
+            sum_ns: 3_000_000,
+            ..model::Log2Histogram::default()
+        };
+        h.buckets[19] = 3; // 524 µs .. 1.05 ms
+        i.durability = Some(BTreeMap::from([(
+            model::DurabilityKey {
+                syscall: "msync",
+                class: "segment",
+                flags: Some("MS_SYNC".into()),
+            },
+            model::DurabilitySeries {
+                errors: 1,
+                latency: h,
+            },
+        )]));
+        let mut m = model::Mmap {
+            live_mappings: Some(41),
+            max_map_count: Some(65530),
+            ..model::Mmap::default()
+        };
+        m.syscalls.insert(
+            "mmap",
+            model::MapSeries {
+                calls: 6,
+                errors: 0,
+                bytes: 1 << 20,
+            },
+        );
+        i.mmap = Some(m);
+        let mut t = model::Tcp::default();
+        t.states.insert("ESTABLISHED".into(), 3);
+        t.transitions
+            .insert(("SYN_RECV".into(), "ESTABLISHED".into()), 4);
+        t.resets_received = 1;
+        i.tcp = Some(t);
+        let e = Exporter {
+            current: Current(std::sync::Arc::new(std::sync::Mutex::new(Some(i)))),
+        };
+        let text = scrape(&e, true);
+        let b = r#"pid="7",comm="lavinmq""#;
+        for line in [
+            format!(
+                "lavtrace_durability_call_latency_seconds_count{{{b},syscall=\"msync\",file_class=\"segment\",flags=\"MS_SYNC\"}} 3"
+            ),
+            format!(
+                "lavtrace_durability_call_latency_seconds_bucket{{le=\"0.001048576\",{b},syscall=\"msync\",file_class=\"segment\",flags=\"MS_SYNC\"}} 3"
+            ),
+            format!(
+                "lavtrace_durability_call_errors_total{{{b},syscall=\"msync\",file_class=\"segment\",flags=\"MS_SYNC\"}} 1"
+            ),
+            format!("lavtrace_mmap_calls_total{{{b},syscall=\"mmap\"}} 6"),
+            format!("lavtrace_mmap_bytes_total{{{b},syscall=\"mmap\"}} 1048576"),
+            format!("lavtrace_live_mappings{{{b}}} 41"),
+            format!("lavtrace_vm_max_map_count{{{b}}} 65530"),
+            format!("lavtrace_tcp_connections{{{b},state=\"ESTABLISHED\"}} 3"),
+            format!("lavtrace_tcp_transitions_total{{{b},from=\"SYN_RECV\",to=\"ESTABLISHED\"}} 4"),
+            format!("lavtrace_tcp_resets_total{{{b},direction=\"received\"}} 1"),
+            "# TYPE lavtrace_live_mappings gauge".into(),
+            "# UNIT lavtrace_mmap_bytes bytes".into(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        // Not traced: not exposed.
+        assert!(!text.contains("lavtrace_syscalls_total"));
+    }
+}

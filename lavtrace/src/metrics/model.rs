@@ -1,0 +1,236 @@
+//! What the endpoint exposes: the figures of one traced process instance, cumulative since
+//! attach, built by adding up the interval sections the session already computes (nothing is
+//! read from the kernel a second time). Counters only grow; gauges are the latest value.
+
+use std::collections::BTreeMap;
+
+use lavtrace_common::syscalls::{LATENCY_BUCKETS, latency_bucket};
+
+use crate::{output::Sections, storage::lavinmq::Kind};
+
+/// A latency histogram in the kernel's log2 buckets: bucket `i` holds durations of
+/// `2^i ..= 2^(i+1)-1` ns (bucket 0: 0 and 1 ns), the last one is open-ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Log2Histogram {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Log2Histogram {
+    fn add(&mut self, count: u64, sum_ns: u64, buckets: &[u64; LATENCY_BUCKETS]) {
+        self.count += count;
+        self.sum_ns += sum_ns;
+        for (o, b) in self.buckets.iter_mut().zip(buckets) {
+            *o += b;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyscallSeries {
+    pub calls: u64,
+    pub errors: u64,
+    pub latency: Log2Histogram,
+}
+
+/// A durability call's series: (syscall, file class, flags).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurabilityKey {
+    pub syscall: &'static str,
+    pub class: &'static str,
+    pub flags: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DurabilitySeries {
+    pub errors: u64,
+    pub latency: Log2Histogram,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MapSeries {
+    pub calls: u64,
+    pub errors: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Tcp {
+    /// Current connections per state (LISTEN: listening sockets).
+    pub states: BTreeMap<String, u64>,
+    /// (from, to) → transitions.
+    pub transitions: BTreeMap<(String, String), u64>,
+    pub opened: u64,
+    pub closed: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Mmap {
+    pub syscalls: BTreeMap<&'static str, MapSeries>,
+    pub live_mappings: Option<u64>,
+    pub max_map_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cost {
+    pub cpu_ns: u64,
+    pub rss_bytes: u64,
+    pub kernel_stats: bool,
+    /// Program → (runs, run time ns).
+    pub programs: BTreeMap<String, (u64, u64)>,
+}
+
+/// One traced process instance (a `--follow` restart starts a new one).
+#[derive(Debug, Clone, Default)]
+pub struct Instance {
+    pub pid: u32,
+    pub comm: String,
+    pub intervals: u64,
+    pub syscalls: Option<BTreeMap<String, SyscallSeries>>,
+    pub durability: Option<BTreeMap<DurabilityKey, DurabilitySeries>>,
+    pub mmap: Option<Mmap>,
+    pub tcp: Option<Tcp>,
+    pub lost: BTreeMap<&'static str, u64>,
+    pub cost: Option<Cost>,
+}
+
+impl Instance {
+    pub fn new(pid: u32, comm: &str) -> Instance {
+        Instance {
+            pid,
+            comm: comm.to_string(),
+            ..Instance::default()
+        }
+    }
+
+    /// Adds one interval's sections (each holds what happened in that window only).
+    pub fn add(&mut self, s: &Sections) {
+        self.intervals += 1;
+        if let Some(rows) = &s.syscalls {
+            let all = self.syscalls.get_or_insert_default();
+            for r in rows {
+                let e = all.entry(r.name.clone()).or_default();
+                e.calls += r.count;
+                e.errors += r.errors;
+                e.latency.add(r.count, r.total_ns, &r.buckets);
+            }
+        }
+        if let Some(rows) = &s.fsync {
+            let all = self.durability.get_or_insert_default();
+            for r in rows {
+                let key = DurabilityKey {
+                    syscall: r.syscall,
+                    class: class(r.kind),
+                    flags: r.flags.clone(),
+                };
+                let mut buckets = [0; LATENCY_BUCKETS];
+                for b in &r.histogram {
+                    buckets[latency_bucket(b.lo_ns)] += b.count;
+                }
+                let e = all.entry(key).or_default();
+                e.errors += r.errors;
+                e.latency.add(r.count, r.total_ns, &buckets);
+            }
+        }
+        if let Some(section) = &s.mmap {
+            let m = self.mmap.get_or_insert_default();
+            for r in &section.syscalls {
+                let e = m.syscalls.entry(r.syscall).or_default();
+                e.calls += r.count;
+                e.errors += r.errors;
+                e.bytes += r.bytes;
+            }
+            m.live_mappings = section.live_mappings.or(m.live_mappings);
+            m.max_map_count = section.max_map_count.or(m.max_map_count);
+        }
+        if let Some(section) = &s.tcp {
+            let t = self.tcp.get_or_insert_default();
+            // Every state is present, 0 when empty: a state's series must not vanish.
+            t.states = TCP_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+            *t.states.entry("LISTEN".into()).or_default() += section.listening.len() as u64;
+            for c in &section.connections {
+                if c.open {
+                    *t.states.entry(c.state.clone()).or_default() += 1;
+                }
+                // An interval's connection counters are those of its window.
+                t.sent_bytes += c.bytes_sent;
+                t.received_bytes += c.bytes_received;
+                t.retransmits += c.retransmits;
+                t.resets_sent += c.resets_sent;
+                t.resets_received += c.resets_received;
+            }
+            for (pair, n) in &section.transitions {
+                let (from, to) = pair.split_once("->").unwrap_or((pair.as_str(), ""));
+                *t.transitions
+                    .entry((from.to_string(), to.to_string()))
+                    .or_default() += n;
+            }
+            t.opened += section.opened;
+            t.closed += section.closed;
+        }
+        for (family, n) in &s.lost_events {
+            *self.lost.entry(family).or_default() += n;
+        }
+        if let Some(o) = &s.overhead {
+            let c = self.cost.get_or_insert_default();
+            c.cpu_ns += o.lavtrace_cpu_ns;
+            c.rss_bytes = o.lavtrace_rss_bytes;
+            c.kernel_stats = o.kernel_stats;
+            for p in &o.programs {
+                let e = c.programs.entry(p.name.clone()).or_default();
+                e.0 += p.runs;
+                e.1 += p.run_time_ns;
+            }
+        }
+    }
+}
+
+/// The states `ss` shows, as lavtrace names them.
+pub const TCP_STATES: [&str; 11] = [
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+];
+
+/// The `file_class` label: the JSON `kind` names (a bounded set, unlike paths).
+pub fn class(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Segment => "segment",
+        Kind::AckFile => "ack_file",
+        Kind::Meta => "meta",
+        Kind::Definitions => "definitions",
+        Kind::DataDir => "data_dir",
+        Kind::VhostDir => "vhost_dir",
+        Kind::QueueDir => "queue_dir",
+        Kind::File => "file",
+        Kind::Anonymous => "anonymous",
+        Kind::System => "system",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_are_the_json_kind_names() {
+        for kind in [Kind::Segment, Kind::AckFile, Kind::DataDir, Kind::System] {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json.as_str(), Some(class(kind)));
+        }
+    }
+}
