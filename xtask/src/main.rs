@@ -43,7 +43,7 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         spin_calls: u64,
         /// Messages per run of the broker scenario.
-        #[arg(long, default_value_t = 20000)]
+        #[arg(long, default_value_t = 10000)]
         broker_messages: u64,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
