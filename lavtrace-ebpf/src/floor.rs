@@ -1,8 +1,11 @@
-//! Benchmark floor (hidden probe `floor`): empty programs on the same tracepoints as the
-//! `syscalls` family, so the benchmarks can tell the cost of being attached at all from the
-//! cost of lavtrace's own work.
+//! Benchmark floors: empty programs on the same hooks as the `syscalls` family (hidden probe
+//! `floor`: raw tracepoints; `floor-tracepoint`: the classic raw_syscalls tracepoints), so the
+//! benchmarks can tell the cost of being attached at all from the cost of lavtrace's own work.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 
 #[tracepoint]
 pub fn floor_enter(_ctx: TracePointContext) -> u32 {
@@ -11,5 +14,15 @@ pub fn floor_enter(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn floor_exit(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn floor_raw_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor_raw_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }

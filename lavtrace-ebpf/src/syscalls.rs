@@ -1,5 +1,10 @@
 //! Probe family `syscalls`: every syscall of the target, counted and timed in the kernel.
 //!
+//! Two program pairs do the same work: on the raw tracepoints `sys_enter`/`sys_exit` (the
+//! kernel calls the program with the tracepoint's arguments, building no record: measurably
+//! cheaper per syscall, see BENCHMARKS.md) and, where raw tracepoints cannot attach, on the
+//! classic `raw_syscalls:sys_enter`/`sys_exit`. Userspace attaches one pair.
+//!
 //! Hot path, run for every syscall of every process on the host: one helper call and a compare
 //! for everyone else; for the target one hash lookup on entry and one hash plus one (inlined)
 //! per-cpu array lookup on exit. Nothing is sent to userspace per syscall. With `--per-thread`
@@ -8,9 +13,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use lavtrace_common::syscalls::{
     ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, ThreadKey,
@@ -19,9 +24,18 @@ use lavtrace_common::syscalls::{
 
 use crate::filter::current_target_task;
 
-/// tid → entry timestamp (ns); 0 once consumed, so an exit never pairs with a stale entry.
+/// A thread's syscall in progress. The number is kept from the entry because the raw
+/// `sys_exit` tracepoint passes only the return value.
+#[repr(C)]
+struct Start {
+    /// Entry time (ns); 0 once consumed, so an exit never pairs with a stale entry.
+    ts: u64,
+    nr: u64,
+}
+
+/// tid → the syscall it is in.
 #[map]
-static SYSCALL_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_THREADS, 0);
+static SYSCALL_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 #[map]
 static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
@@ -50,55 +64,88 @@ const RET_OFFSET: usize = 16;
 /// The kernel's error range for syscall return values (IS_ERR_VALUE).
 const MAX_ERRNO: i64 = 4095;
 
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn syscalls_enter_raw(ctx: RawTracePointContext) -> i32 {
+    if let Some((_, tid)) = current_target_task() {
+        // TP_PROTO(struct pt_regs *regs, long id)
+        on_enter(tid, ctx.arg(1));
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscalls_exit_raw(ctx: RawTracePointContext) -> i32 {
+    if let Some((_, tid)) = current_target_task() {
+        // TP_PROTO(struct pt_regs *regs, long ret)
+        on_exit(tid, ctx.arg(1));
+    }
+    0
+}
+
 #[tracepoint]
-pub fn syscalls_enter(_ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = current_target_task() else {
-        return 0;
-    };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match SYSCALL_START.get_ptr_mut(tid) {
-        // SAFETY: the pointer is the map's value slot for this key, valid for this program run.
-        Some(slot) => unsafe { *slot = now },
-        None => {
-            if SYSCALL_START.insert(tid, now, 0).is_err() {
-                bump_diag(diag::START_TABLE_FULL);
-            }
-        }
+pub fn syscalls_enter(ctx: TracePointContext) -> u32 {
+    if let Some((_, tid)) = current_target_task() {
+        on_enter(tid, record_field(&ctx, ID_OFFSET));
     }
     0
 }
 
 #[tracepoint]
 pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = current_target_task() else {
-        return 0;
-    };
+    if let Some((_, tid)) = current_target_task() {
+        on_exit(tid, record_field(&ctx, RET_OFFSET));
+    }
+    0
+}
+
+/// A `long` of a raw_syscalls record.
+#[inline(always)]
+fn record_field(ctx: &TracePointContext, offset: usize) -> i64 {
+    // SAFETY: tracepoint records are readable directly through the context pointer within
+    // their size; the fields used are 8-byte aligned longs.
+    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<i64>() }
+}
+
+#[inline(always)]
+fn on_enter(tid: u32, nr: i64) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SYSCALL_START.get_ptr_mut(tid) {
+        // SAFETY: the pointer is the map's value slot for this key, valid for this program run.
+        Some(slot) => unsafe {
+            (*slot).ts = now;
+            (*slot).nr = nr as u64;
+        },
+        None => {
+            let start = Start {
+                ts: now,
+                nr: nr as u64,
+            };
+            if SYSCALL_START.insert(tid, start, 0).is_err() {
+                bump_diag(diag::START_TABLE_FULL);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn on_exit(tid: u32, ret: i64) {
     let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
-        return 0; // entered before we attached
+        return; // entered before we attached
     };
     // SAFETY: map value slot, valid for this program run.
-    let start = unsafe { core::ptr::replace(slot, 0) };
+    let (start, id) = unsafe { (core::ptr::replace(&raw mut (*slot).ts, 0), (*slot).nr) };
     if start == 0 {
-        return 0; // a new thread's first return (from clone), or entered before we attached
+        return; // a new thread's first return (from clone), or entered before we attached
     }
     // SAFETY: helper without preconditions.
     let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
-    // SAFETY: tracepoint records are readable directly through the context pointer within
-    // their size; both fields are 8-byte aligned longs.
-    let (id, ret) = unsafe {
-        let base = ctx.as_ptr().cast::<u8>();
-        (
-            *base.add(ID_OFFSET).cast::<i64>(),
-            *base.add(RET_OFFSET).cast::<i64>(),
-        )
-    };
-    if id < 0 || id >= i64::from(MAX_SYSCALLS) {
-        return 0;
+    if id >= u64::from(MAX_SYSCALLS) {
+        return; // also -1 (no syscall), seen as a huge unsigned number
     }
     let nr = id as u32;
     let Some(stats) = SYSCALL_STATS.get_ptr_mut(nr) else {
-        return 0;
+        return;
     };
     // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
     let stats = unsafe { &mut *stats };
@@ -119,7 +166,6 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     if unsafe { core::ptr::read_volatile(&SYSCALL_PER_THREAD) } != 0 {
         count_thread(tid, nr, elapsed, failed);
     }
-    0
 }
 
 #[inline(always)]

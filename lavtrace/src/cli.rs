@@ -96,6 +96,11 @@ pub struct ReportArgs {
     /// syscall table (counted in the kernel) and durability/mapping rows per thread.
     #[arg(long)]
     pub per_thread: bool,
+
+    /// Hooks of the syscalls family: raw tracepoints where the kernel has them (auto), or the
+    /// classic raw_syscalls tracepoints (tests use this to cover the fallback).
+    #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
+    pub syscalls_hooks: SyscallHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -144,9 +149,13 @@ pub enum Probe {
     Mmap,
     /// Every TCP connection of the target: transitions, time in state, bytes, resets.
     Tcp,
-    /// Benchmarks only: empty programs on the syscalls tracepoints (the cost floor).
+    /// Benchmarks only: empty programs on the raw tracepoints the syscalls family uses (the
+    /// cost floor).
     #[value(hide = true)]
     Floor,
+    /// Benchmarks only: empty programs on the classic raw_syscalls tracepoints.
+    #[value(hide = true)]
+    FloorTracepoint,
 }
 
 impl Probe {
@@ -158,6 +167,7 @@ impl Probe {
         match self {
             Probe::Syscalls => "syscalls",
             Probe::Floor => "floor",
+            Probe::FloorTracepoint => "floor-tracepoint",
             Probe::Tcp => "tcp",
             Probe::Fsync => "fsync",
             Probe::Mmap => "mmap",
@@ -169,6 +179,15 @@ impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum SyscallHooks {
+    /// Raw tracepoints sys_enter/sys_exit, else raw_syscalls:sys_enter/sys_exit.
+    #[default]
+    Auto,
+    /// raw_syscalls:sys_enter/sys_exit only.
+    Tracepoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

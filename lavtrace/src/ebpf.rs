@@ -123,6 +123,33 @@ pub fn attach_tracepoint(
     })
 }
 
+/// Loads program `program` and attaches it to raw tracepoint `name` (no record is built for
+/// it: the program reads the tracepoint's arguments directly, the cheapest hook there is).
+pub fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    program: &'static str,
+    name: &str,
+) -> Result<Hook> {
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {program} is not a raw tracepoint program"))?;
+    prog.load().map_err(|e| verifier_error(program, e))?;
+    prog.attach(name).map_err(|e| {
+        anyhow::Error::new(Fatal::Unsupported(format!(
+            "cannot attach {program} to raw tracepoint {name}: {e}"
+        )))
+    })?;
+    debug!(program, "attached to raw tracepoint {name}");
+    Ok(Hook {
+        family,
+        program,
+        via: format!("raw_tracepoint {name}"),
+    })
+}
+
 /// A verifier rejection keeps the verifier's log: it is the only way to know what to fix.
 fn verifier_error(program: &str, e: aya::programs::ProgramError) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("the kernel rejected program {program}"))

@@ -34,6 +34,7 @@ pub struct AttachOptions {
     pub ring_bytes: Option<u32>,
     /// `--per-thread`.
     pub per_thread: bool,
+    pub syscalls_hooks: crate::cli::SyscallHooks,
 }
 
 impl From<&ReportArgs> for AttachOptions {
@@ -44,6 +45,7 @@ impl From<&ReportArgs> for AttachOptions {
             json: args.format == Format::Json,
             ring_bytes: args.ring_bytes,
             per_thread: args.per_thread,
+            syscalls_hooks: args.syscalls_hooks,
         }
     }
 }
@@ -99,13 +101,17 @@ impl Session {
         for probe in &probes {
             match probe {
                 Probe::Syscalls => {
-                    let (tracer, h) =
-                        syscalls::Tracer::attach(&mut ebpf, options.per_thread, target.pid)
-                            .context("attaching the syscalls family")?;
+                    let (tracer, h) = syscalls::Tracer::attach(
+                        &mut ebpf,
+                        options.per_thread,
+                        target.pid,
+                        options.syscalls_hooks,
+                    )
+                    .context("attaching the syscalls family")?;
                     syscalls = Some(tracer);
                     hooks.extend(h);
                 }
-                Probe::Floor => {
+                Probe::FloorTracepoint => {
                     for (program, name) in
                         [("floor_exit", "sys_exit"), ("floor_enter", "sys_enter")]
                     {
@@ -115,6 +121,16 @@ impl Session {
                             program,
                             "raw_syscalls",
                             name,
+                        )?);
+                    }
+                }
+                Probe::Floor => {
+                    for (program, name) in [
+                        ("floor_raw_exit", "sys_exit"),
+                        ("floor_raw_enter", "sys_enter"),
+                    ] {
+                        hooks.push(ebpf::attach_raw_tracepoint(
+                            &mut ebpf, "floor", program, name,
                         )?);
                     }
                 }

@@ -183,7 +183,7 @@ fn syscall_counters_and_histograms_match_the_workload() {
     assert_eq!(get(&body, "lavtrace_lost_events_total", &lost), 0);
     assert!(sample(&body, "lavtrace_rss_bytes", &labels).unwrap() > 0.0);
     assert!(sample(&body, "lavtrace_cpu_seconds_total", &labels).is_some());
-    let enter = [("pid", pid.as_str()), ("program", "syscalls_enter")];
+    let enter = [("pid", pid.as_str()), ("program", "syscalls_enter_raw")];
     assert!(get(&body, "lavtrace_bpf_program_runs_total", &enter) >= 5037);
 
     // The classic text format for clients that do not ask for OpenMetrics: same figures.

@@ -336,16 +336,18 @@ fn own_usage(pid: u32) -> Own {
 /// utime + stime of a process, all threads.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised comm; utime and stime are fields 14 and 15.
+    // After the parenthesised comm come fields 3 (state) onwards: utime and stime are
+    // fields 14 and 15 (some fields before them, like tpgid, may be negative).
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // SAFETY: sysconf without side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 1000 / hz)
+    Duration::from_millis((field(14) + field(15)) * 1000 / hz)
 }
 
 fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -363,6 +365,7 @@ fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
     let tracers = [
         Tracer::None,
+        Tracer::Lavtrace("floor-tracepoint"),
         Tracer::Lavtrace("floor"),
         Tracer::Lavtrace("syscalls"),
         Tracer::Lavtrace(ALL),
@@ -407,7 +410,9 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
         md,
         "`lavtrace workload spin --calls {calls}`: getppid and 1-byte writes to /dev/null, alternating, as fast \
          as one thread can. ns per syscall of the loop (wall time / calls); *added* is the median minus the \
-         untraced median. `floor` is lavtrace with empty programs on the same two tracepoints.\n"
+         untraced median. `floor` is lavtrace with empty programs on the raw tracepoints `sys_enter`/`sys_exit` \
+         that the syscalls family uses: the cost of being attached at all; `floor-tracepoint` the same on the \
+         classic `raw_syscalls` tracepoints that bpftrace uses here.\n"
     )?;
     writeln!(
         md,
@@ -429,7 +434,7 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
         )?;
     }
     writeln!(md)?;
-    let lt: Vec<f64> = attach[2].clone();
+    let lt: Vec<f64> = attach[3].clone();
     if !lt.is_empty() {
         let (med, min, max) = median_min_max(lt);
         writeln!(

@@ -47,7 +47,7 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     )
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -58,8 +58,8 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask setup: {cmd:?}");
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");

@@ -16,7 +16,12 @@ use lavtrace_common::syscalls::{ErrnoKey, MAX_SYSCALLS, SyscallStats, diag};
 
 pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 
-use crate::ebpf::{Hook, attach_tracepoint};
+use tracing::debug;
+
+use crate::{
+    cli::SyscallHooks,
+    ebpf::{Hook, attach_raw_tracepoint, attach_tracepoint},
+};
 
 pub const FAMILY: &str = "syscalls";
 
@@ -40,11 +45,26 @@ pub struct Tracer {
 impl Tracer {
     /// `per_thread`: the object was loaded with the per-thread table on (`ebpf::load`);
     /// `pid` names its threads.
-    pub fn attach(ebpf: &mut Ebpf, per_thread: bool, pid: u32) -> Result<(Tracer, Vec<Hook>)> {
-        let hooks = vec![
-            attach_tracepoint(ebpf, FAMILY, "syscalls_exit", "raw_syscalls", "sys_exit")?,
-            attach_tracepoint(ebpf, FAMILY, "syscalls_enter", "raw_syscalls", "sys_enter")?,
-        ];
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        per_thread: bool,
+        pid: u32,
+        hooks: SyscallHooks,
+    ) -> Result<(Tracer, Vec<Hook>)> {
+        let raw = match hooks {
+            SyscallHooks::Auto => attach_raw(ebpf),
+            SyscallHooks::Tracepoint => Err(anyhow::anyhow!("--syscalls-hooks tracepoint")),
+        };
+        let hooks = match raw {
+            Ok(hooks) => hooks,
+            Err(e) => {
+                debug!("not on raw tracepoints ({e:#}); using raw_syscalls tracepoints");
+                vec![
+                    attach_tracepoint(ebpf, FAMILY, "syscalls_exit", "raw_syscalls", "sys_exit")?,
+                    attach_tracepoint(ebpf, FAMILY, "syscalls_enter", "raw_syscalls", "sys_enter")?,
+                ]
+            }
+        };
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
@@ -150,6 +170,25 @@ fn top_errno(nr: u32, cur: &Snapshot, prev: &Snapshot) -> Option<ErrnoCount> {
         .filter(|&(_, n)| n > 0)
         .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
         .map(|(errno, count)| ErrnoCount::new(errno, count))
+}
+
+/// The cheaper pair, on the raw `sys_enter`/`sys_exit` tracepoints (4.17+). Both or neither:
+/// an exit program left attached alone would never count anything, but the classic pair
+/// attached next to it must not see a half-attached raw pair either.
+fn attach_raw(ebpf: &mut Ebpf) -> Result<Vec<Hook>> {
+    let exit = attach_raw_tracepoint(ebpf, FAMILY, "syscalls_exit_raw", "sys_exit")?;
+    match attach_raw_tracepoint(ebpf, FAMILY, "syscalls_enter_raw", "sys_enter") {
+        Ok(enter) => Ok(vec![exit, enter]),
+        Err(e) => {
+            if let Some(prog) = ebpf.program_mut("syscalls_exit_raw") {
+                let prog: Result<&mut aya::programs::RawTracePoint, _> = prog.try_into();
+                if let Ok(prog) = prog {
+                    let _ = prog.unload();
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Name of a syscall number on this architecture.

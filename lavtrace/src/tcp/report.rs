@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::table::{Conn, Origin, Side, service, state_name};
 use crate::units;
+use crate::units::bytes;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TransitionRow {
@@ -179,21 +180,6 @@ fn endpoint(addr: &str) -> String {
     match port.and_then(service) {
         Some(s) => format!("{addr} ({s})"),
         None => addr.to_string(),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
     }
 }
 

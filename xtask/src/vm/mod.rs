@@ -17,7 +17,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use cargo_metadata::{Message, TargetKind};
 
-use crate::workspace_root;
+use crate::{
+    setup::{output, status},
+    workspace_root,
+};
 
 /// Prefix of the lines the guest's `/init` writes for the host to read.
 const MARKER: &str = "LAVTRACE-VM:";
@@ -197,30 +200,9 @@ fn guest_runs(build: &Build, timeout: u64) -> Vec<initramfs::Run> {
     runs
 }
 
-/// Installs the Debian packages the matrix needs when one is missing (`apt-get update` first,
-/// as a fresh machine's lists may be empty or stale).
+/// Installs the Debian packages the matrix needs when one is missing.
 fn host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f=${db:Status-Status}", p])
-                .output()
-                .map_or(true, |o| o.stdout != b"installed")
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask vm: installing {}", missing.join(" "));
-    status(Command::new("apt-get").args(["-q", "update"]))?;
-    status(
-        Command::new("apt-get")
-            .args(["-q", "-y", "install", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::setup::debian_packages(HOST_PACKAGES)
 }
 
 fn summary(kernels: &[kernels::Kernel], results: &[qemu::Outcome], total: Duration) {
@@ -269,25 +251,6 @@ fn summary(kernels: &[kernels::Kernel], results: &[qemu::Outcome], total: Durati
         "vm-test: {passed} passed, {} failed",
         results.len() - passed
     );
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !st.success() {
-        bail!("{cmd:?} failed ({st})");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
