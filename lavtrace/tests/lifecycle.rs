@@ -7,28 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Trace, Workload, require_root};
+use common::{Trace, Workload, programs_held_by, require_root};
 
 /// The tests here count lavtrace's programs in the whole kernel: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Ids of the BPF programs whose descriptors process `pid` holds (from /proc/PID/fdinfo).
-fn programs_held_by(pid: u32) -> BTreeSet<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect()
 }
 
 fn loaded_programs() -> BTreeSet<u32> {

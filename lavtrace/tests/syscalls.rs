@@ -233,16 +233,7 @@ fn without_per_thread_there_is_no_threads_key() {
 
 /// Size (translated instructions) of the `syscalls_exit` program held by process `pid`.
 fn exit_program_size(pid: u32) -> u32 {
-    let ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
+    let ids = common::programs_held_by(pid);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         // The kernel keeps 15 bytes of a name: `syscalls_exit_raw` is `syscalls_exit_r`.

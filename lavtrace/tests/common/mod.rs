@@ -195,6 +195,21 @@ impl Drop for Trace {
     }
 }
 
+/// Ids of the BPF programs whose descriptors process `pid` holds (from /proc/PID/fdinfo).
+pub fn programs_held_by(pid: u32) -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
 /// The row for syscall `name` in a `syscalls` section, if present.
 pub fn syscall<'a>(section: &'a Value, name: &str) -> Option<&'a Value> {
     section["syscalls"]
