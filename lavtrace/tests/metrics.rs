@@ -76,7 +76,13 @@ fn until(
     done: impl Fn(&BTreeMap<String, u64>) -> bool,
 ) -> BTreeMap<String, u64> {
     let mut sums = BTreeMap::new();
+    // lavtrace reports every interval, so a figure that never comes in would loop forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !done(&sums) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the figures did not come in within 30 s: {sums:?}"
+        );
         let line = trace.lines.next().expect("lavtrace ended early");
         let r: Value = serde_json::from_str(&line).unwrap();
         assert_ne!(
