@@ -6,6 +6,7 @@ mod demo;
 mod ebpf;
 mod error;
 mod follow;
+mod lavinmq;
 mod fsync;
 mod metrics;
 mod mmap;

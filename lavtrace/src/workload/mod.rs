@@ -7,6 +7,7 @@
 
 mod amqp;
 mod demo;
+mod lavinmq;
 mod pace;
 mod spin;
 mod storage;
@@ -50,13 +51,17 @@ pub enum Mode {
     TcpPeer(tcp::PeerArgs),
     /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
     Storage(storage::Args),
+    /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
+    /// SIGUSR1 dump (see workload/lavinmq.rs); its name is `lavinmq` unless --name says.
+    Lavinmq(lavinmq::Args),
 }
 
 pub fn run(args: &WorkloadArgs) -> ExitCode {
     // Never outlive the process that started us (a test or `lavtrace demo`).
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Some(name) = &args.name {
+    let default_name = matches!(args.mode, Mode::Lavinmq(_)).then_some(lavinmq::COMM);
+    if let Some(name) = args.name.as_deref().or(default_name) {
         let Ok(name) = std::ffi::CString::new(name.as_bytes()) else {
             eprintln!("workload: --name must not contain NUL");
             return ExitCode::FAILURE;
@@ -75,6 +80,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),
         Mode::Storage(a) => storage::run(a),
+        Mode::Lavinmq(a) => lavinmq::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
