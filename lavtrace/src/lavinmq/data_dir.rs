@@ -48,7 +48,10 @@ pub fn find(pid: u32) -> Option<(String, Source)> {
         return Some((d, Source::OpenFile));
     }
     let default = Path::new(&proc).join("root").join(&DEFAULT[1..]);
-    default.join("vhosts.json").exists().then(|| (DEFAULT.to_string(), Source::Default))
+    default
+        .join("vhosts.json")
+        .exists()
+        .then(|| (DEFAULT.to_string(), Source::Default))
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -215,7 +215,11 @@ mod tests {
     fn disk_figures_match_statvfs_and_du() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("q")).unwrap();
-        fs::write(dir.path().join("q").join("msgs.0000000001"), vec![7u8; 300_000]).unwrap();
+        fs::write(
+            dir.path().join("q").join("msgs.0000000001"),
+            vec![7u8; 300_000],
+        )
+        .unwrap();
         // A sparse file: 8 MiB long, nothing allocated.
         fs::File::create(dir.path().join("q").join("msgs.0000000002"))
             .unwrap()

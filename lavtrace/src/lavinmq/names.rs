@@ -161,7 +161,10 @@ impl Names {
             return;
         };
         for e in entries {
-            let hash = e.dir.filter(|d| is_sha1(d)).unwrap_or_else(|| dir_hash(&e.name));
+            let hash = e
+                .dir
+                .filter(|d| is_sha1(d))
+                .unwrap_or_else(|| dir_hash(&e.name));
             self.vhosts.entry(hash).or_default().name = Some(e.name);
         }
     }
@@ -336,7 +339,11 @@ fn queue_records(bytes: &[u8]) -> (Vec<(QueueOp, String)>, usize, bool) {
 
 /// class u16, method u16, reserved u16, queue shortstr, ...
 fn queue_record(payload: &[u8]) -> Option<(QueueOp, String)> {
-    let u16_at = |i: usize| payload.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let u16_at = |i: usize| {
+        payload
+            .get(i..i + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
     let op = match (u16_at(0)?, u16_at(2)?) {
         (QUEUE_CLASS, QUEUE_DECLARE) => QueueOp::Declare,
         (QUEUE_CLASS, QUEUE_DELETE) => QueueOp::Delete,
@@ -469,9 +476,15 @@ mod tests {
         let dir = data_dir();
         let names = Names::load(dir.path());
         let seg = names
-            .resolve(&path(&dir, &format!("{ROOT_VHOST}/{PERF_TEST}/msgs.0000000001")))
+            .resolve(&path(
+                &dir,
+                &format!("{ROOT_VHOST}/{PERF_TEST}/msgs.0000000001"),
+            ))
             .unwrap();
-        assert_eq!(seg.to_string(), "vhost / · queue perf-test · msgs.0000000001");
+        assert_eq!(
+            seg.to_string(),
+            "vhost / · queue perf-test · msgs.0000000001"
+        );
         assert_eq!(seg.vhost.hash, ROOT_VHOST);
         assert_eq!(seg.queue.as_ref().unwrap().hash, PERF_TEST);
         let declared = format!("{ROOT_VHOST}/{}/acks.0000000002", dir_hash("declared-only"));
@@ -556,12 +569,22 @@ mod tests {
         let names = Names::load(dir.path());
         assert_eq!(names.malformed(), 3);
         let r = names
-            .resolve(&path(&dir, &format!("{ROOT_VHOST}/{PERF_TEST}/msgs.0000000001")))
+            .resolve(&path(
+                &dir,
+                &format!("{ROOT_VHOST}/{PERF_TEST}/msgs.0000000001"),
+            ))
             .unwrap();
         assert!(r.vhost.fell_back());
         assert_eq!(r.queue.unwrap().name.as_deref(), Some("perf-test"));
         let declared = format!("{ROOT_VHOST}/{}", dir_hash("declared-only"));
-        assert!(!names.resolve(&path(&dir, &declared)).unwrap().queue.unwrap().fell_back());
+        assert!(
+            !names
+                .resolve(&path(&dir, &declared))
+                .unwrap()
+                .queue
+                .unwrap()
+                .fell_back()
+        );
     }
 
     #[test]

@@ -188,10 +188,18 @@ impl Broker {
             self.save(&self.queues[i].declare)?;
             let q = &mut self.queues[i];
             // SAFETY: valid NUL-terminated path.
-            check(unsafe { libc::mkdir(q.dir.as_ptr(), 0o755) }.into(), "mkdir")?;
+            check(
+                unsafe { libc::mkdir(q.dir.as_ptr(), 0o755) }.into(),
+                "mkdir",
+            )?;
             write_file(&q.queue_file, q.name.as_bytes())?;
             for [msgs, acks, meta] in &q.segments {
-                let m = map_file(msgs, SEGMENT_BYTES, libc::PROT_READ | libc::PROT_WRITE, true)?;
+                let m = map_file(
+                    msgs,
+                    SEGMENT_BYTES,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    true,
+                )?;
                 // A message, written through the mapping as LavinMQ writes them.
                 // SAFETY: the first bytes of a fresh 8 MiB mapping of ours.
                 unsafe { std::ptr::write_bytes(m as *mut u8, 0x42, 64) };
@@ -282,7 +290,10 @@ fn map_file(path: &CString, len: usize, prot: i32, dontdump: bool) -> io::Result
             return Err(io::Error::last_os_error());
         }
         if dontdump {
-            check(libc::madvise(addr, len, libc::MADV_DONTDUMP).into(), "madvise")?;
+            check(
+                libc::madvise(addr, len, libc::MADV_DONTDUMP).into(),
+                "madvise",
+            )?;
         }
         libc::close(fd);
         Ok(addr as usize)
@@ -364,7 +375,11 @@ impl Buf {
     }
 }
 
-fn install(sig: i32, handler: extern "C" fn(libc::c_int), also_block: Option<i32>) -> io::Result<()> {
+fn install(
+    sig: i32,
+    handler: extern "C" fn(libc::c_int),
+    also_block: Option<i32>,
+) -> io::Result<()> {
     // SAFETY: a zeroed sigaction is valid; the handlers are async-signal-safe (above).
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();

@@ -1,0 +1,317 @@
+//! The `lavinmq` workload (LavinMQ 2.9.1's syscall patterns, see workload/lavinmq.rs) under
+//! lavtrace: the exact counts it promises from its flags, attributed to the data dir and its
+//! files; its threads named `lavinmq`; its data dir in LavinMQ's layout; SIGUSR1's dump.
+
+mod common;
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+};
+
+use common::{LAVTRACE, Trace, Workload, count, require_root};
+use serde_json::Value;
+
+const SEGMENT: u64 = 8 << 20;
+const ACKS: u64 = 1_597_832;
+const PAGE: u64 = 4096;
+
+fn sha1(s: &str) -> String {
+    sha1_smol::Sha1::from(s).digest().to_string()
+}
+
+/// The `data-dir <path>` line the workload prints once it has the go line.
+fn data_dir(w: &Workload) -> String {
+    let line = w.lines.next().expect("a data-dir line");
+    line.strip_prefix("data-dir ")
+        .unwrap_or_else(|| panic!("expected data-dir, got {line:?}"))
+        .to_string()
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            fs::read_to_string(t.path().join("comm"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn mmap_counts(row: &Value) -> [u64; 6] {
+    [
+        "mmaps",
+        "munmaps",
+        "mremaps",
+        "madvises",
+        "bytes",
+        "bytes_unmapped",
+    ]
+    .map(|k| row[k].as_u64().unwrap())
+}
+
+#[test]
+fn exact_durability_and_mapping_calls_of_a_lavinmq_shaped_broker() {
+    require_root();
+    const QUEUES: u64 = 3;
+    const SEGMENTS: u64 = 2;
+    const SYNCFS: u64 = 150;
+    const DELETED: u64 = 1;
+    let mut target = Workload::spawn(&[
+        "lavinmq",
+        "--queues",
+        &QUEUES.to_string(),
+        "--segments",
+        &SEGMENTS.to_string(),
+        "--syncfs",
+        &SYNCFS.to_string(),
+        "--delete",
+        &DELETED.to_string(),
+        "--gc-bursts",
+        "4",
+    ]);
+    // Main and the syncfs thread, both `lavinmq` as in the real broker.
+    assert_eq!(thread_names(target.pid), ["lavinmq", "lavinmq"]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "fsync,mmap",
+        "--interval",
+        "200ms",
+        "--slow",
+        "0s",
+    ]);
+    target.go();
+    let dir = data_dir(&target);
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "target_exited");
+    assert_eq!(summary["lost_events"]["fsync"], 0);
+    assert_eq!(summary["lost_events"]["mmap"], 0);
+
+    // Durability: syncfs on the data dir's fd from the second thread; fsync only on
+    // definitions.amqp, once per declare (one exchange, each queue) and per delete.
+    let rows = summary["fsync"].as_array().unwrap();
+    let syncfs: Vec<&Value> = rows.iter().filter(|r| r["syscall"] == "syncfs").collect();
+    assert_eq!(syncfs.len(), 1, "{syncfs:?}");
+    assert_eq!(syncfs[0]["count"], SYNCFS);
+    assert_eq!(syncfs[0]["path"], dir.as_str());
+    assert_eq!(syncfs[0]["kind"], "data_dir");
+    let fsyncs: Vec<&Value> = rows.iter().filter(|r| r["syscall"] == "fsync").collect();
+    assert_eq!(fsyncs.len(), 1, "{fsyncs:?}");
+    let defs = format!("{dir}/{}/definitions.amqp", sha1("/"));
+    assert_eq!(fsyncs[0]["path"], defs.as_str());
+    assert_eq!(fsyncs[0]["kind"], "definitions");
+    assert_eq!(fsyncs[0]["count"], 1 + QUEUES + DELETED);
+    assert_eq!(rows.len(), 2, "nothing else synced: {rows:#?}");
+
+    // Mappings: per segment an 8 MiB msgs map + DONTDUMP and an acks map; the deleted
+    // queue's unmapped after their unlink, every fd long closed.
+    let calls = |name: &str| {
+        summary["mmap"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["syscall"] == name)
+            .map(|r| (r["count"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()))
+    };
+    let n = QUEUES * SEGMENTS;
+    let gone = DELETED * SEGMENTS;
+    assert_eq!(calls("mmap"), Some((2 * n, n * (SEGMENT + ACKS))));
+    assert_eq!(calls("madvise"), Some((n, n * SEGMENT)));
+    // As called; the per-file figures below are in whole pages.
+    assert_eq!(calls("munmap"), Some((2 * gone, gone * (SEGMENT + ACKS))));
+    assert_eq!(calls("mremap"), None);
+    assert_eq!(calls("brk"), None);
+    let acks_pages = ACKS.div_ceil(PAGE) * PAGE;
+    let files = summary["mmap"]["files"].as_array().unwrap();
+    assert_eq!(files.len() as u64, 2 * n, "{files:#?}");
+    let file = |queue: &str, name: &str| {
+        let path = format!("{dir}/{}/{}/{name}", sha1("/"), sha1(queue));
+        let found: Vec<&Value> = files
+            .iter()
+            .filter(|f| f["path"] == path.as_str())
+            .collect();
+        assert_eq!(found.len(), 1, "{path}: {files:#?}");
+        mmap_counts(found[0])
+    };
+    for q in 1..=QUEUES {
+        let queue = format!("perf-test-{q}");
+        let deleted = q <= DELETED;
+        for s in 1..=SEGMENTS {
+            let (unmaps, seg_bytes, ack_bytes) = if deleted {
+                (1, SEGMENT, acks_pages)
+            } else {
+                (0, 0, 0)
+            };
+            assert_eq!(
+                file(&queue, &format!("msgs.{s:010}")),
+                [1, unmaps, 0, 1, SEGMENT, seg_bytes],
+                "{queue} msgs.{s}"
+            );
+            assert_eq!(
+                file(&queue, &format!("acks.{s:010}")),
+                [1, unmaps, 0, 0, ACKS, ack_bytes],
+                "{queue} acks.{s}"
+            );
+        }
+    }
+}
+
+/// Boehm's stop-the-world, as the facts show it: per collection and stopped thread, a tgkill
+/// of SIGPWR and one of SIGXCPU, one rt_sigsuspend, a rt_sigreturn from each handler.
+#[test]
+fn gc_bursts_are_exact_signal_bursts() {
+    require_root();
+    const BURSTS: u64 = 7;
+    let mut target = Workload::spawn(&[
+        "lavinmq",
+        "--queues",
+        "1",
+        "--delete",
+        "0",
+        "--syncfs",
+        "40",
+        "--gc-bursts",
+        &BURSTS.to_string(),
+    ]);
+    let trace = Trace::spawn(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--probes",
+        "syscalls",
+        "--interval",
+        "200ms",
+    ]);
+    target.go();
+    data_dir(&target);
+    target.wait_done();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "target_exited");
+    assert_eq!(count(summary, "syncfs"), 40);
+    assert_eq!(count(summary, "tgkill"), 2 * BURSTS);
+    assert_eq!(count(summary, "rt_sigsuspend"), BURSTS);
+    assert_eq!(count(summary, "rt_sigreturn"), 2 * BURSTS);
+}
+
+#[test]
+fn the_data_dir_is_lavinmqs_and_sigusr1_dumps_the_gc_cycle_count() {
+    const BURSTS: u64 = 5;
+    let mut w = Workload::spawn(&[
+        "lavinmq",
+        "--queues",
+        "2",
+        "--segments",
+        "1",
+        "--delete",
+        "1",
+        "--syncfs",
+        "3",
+        "--gc-bursts",
+        &BURSTS.to_string(),
+        "--wait",
+    ]);
+    w.go();
+    let dir = data_dir(&w);
+    w.wait_done();
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{}/comm", w.pid)).unwrap(),
+        "lavinmq\n"
+    );
+    assert_eq!(thread_names(w.pid), ["lavinmq", "lavinmq"]);
+
+    // LavinMQ's layout: vhosts.json names the vhost dir, `.queue` names the queue dir, the
+    // deleted queue's dir is gone.
+    let vhosts: Value =
+        serde_json::from_str(&fs::read_to_string(format!("{dir}/vhosts.json")).unwrap()).unwrap();
+    assert_eq!(vhosts[0]["name"], "/");
+    assert_eq!(vhosts[0]["dir"], sha1("/").as_str());
+    let vhost = format!("{dir}/{}", sha1("/"));
+    assert!(fs::metadata(format!("{vhost}/.vhost")).is_ok());
+    assert!(fs::metadata(format!("{dir}/.lock")).is_ok());
+    let kept = format!("{vhost}/{}", sha1("perf-test-2"));
+    assert_eq!(
+        fs::read_to_string(format!("{kept}/.queue")).unwrap(),
+        "perf-test-2"
+    );
+    assert_eq!(
+        fs::metadata(format!("{kept}/msgs.0000000001"))
+            .unwrap()
+            .len(),
+        SEGMENT
+    );
+    assert_eq!(
+        fs::metadata(format!("{kept}/acks.0000000001"))
+            .unwrap()
+            .len(),
+        ACKS
+    );
+    assert_eq!(
+        fs::metadata(format!("{kept}/meta.0000000001"))
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(fs::metadata(format!("{vhost}/{}", sha1("perf-test-1"))).is_err());
+    // definitions.amqp: the u32 version, then exchange.declare, 2 × queue.declare and
+    // queue.delete, each a frame ending in 0xCE (sizes in machine byte order).
+    let defs = fs::read(format!("{vhost}/definitions.amqp")).unwrap();
+    assert_eq!(defs[..4], 1u32.to_ne_bytes());
+    let mut at = 4;
+    let mut methods = Vec::new();
+    while at < defs.len() {
+        let size = u32::from_ne_bytes(defs[at + 3..at + 7].try_into().unwrap()) as usize;
+        let p = &defs[at + 7..at + 7 + size];
+        methods.push((
+            u16::from_ne_bytes([p[0], p[1]]),
+            u16::from_ne_bytes([p[2], p[3]]),
+        ));
+        assert_eq!(defs[at + 7 + size], 0xce);
+        at += 8 + size;
+    }
+    assert_eq!(methods, [(40, 10), (50, 10), (50, 10), (50, 40)]);
+
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(w.pid as i32, libc::SIGUSR1) }, 0);
+        assert_eq!(w.lines.next().as_deref(), Some("GC"));
+        assert_eq!(
+            w.lines.next(),
+            Some(format!("  garbage collection cycle number: {BURSTS}"))
+        );
+        assert_eq!(w.lines.next().as_deref(), Some("  marker threads: 0"));
+        assert_eq!(w.lines.next().as_deref(), Some("Fibers:"));
+        for fiber in ["main>", "Publish confirm loop>"] {
+            let line = w.lines.next().unwrap();
+            assert!(
+                line.starts_with("#<Fiber:0x") && line.ends_with(fiber),
+                "{line}"
+            );
+        }
+    }
+    w.finish();
+    assert!(fs::metadata(&dir).is_err(), "{dir} removed at the end");
+}
+
+#[test]
+fn deleting_more_queues_than_declared_is_one_clear_error() {
+    let out = Command::new(LAVTRACE)
+        .args(["workload", "lavinmq", "--queues", "1", "--delete", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "workload: --delete 2 is more than --queues 1\n"
+    );
+    assert!(out.stdout.is_empty());
+}
