@@ -244,7 +244,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(l.data_dir_bytes, Some(du));
-        assert!(du >= 300_000 && du < 8 << 20, "{du}");
+        assert!((300_000..8 << 20).contains(&du), "{du}");
         let df = std::process::Command::new("df")
             .args(["--block-size=1", "--output=size", d])
             .output()
