@@ -34,7 +34,7 @@ pub struct ErrnoKey {
 pub const MAX_THREAD_KEYS: u32 = 16_384;
 /// Symbol of the `u8` read-only global that turns the per-thread table on (1) or off (0); with
 /// it off the verifier prunes the per-thread code from the hot path.
-pub const PER_THREAD: &str = "SYSCALL_PER_THREAD";
+pub const PER_THREAD: &str = "SYSCALLS_PER_THREAD";
 
 /// Key of the per-cpu per-thread table.
 #[repr(C)]

@@ -35,27 +35,27 @@ struct Start {
 
 /// tid → the syscall it is in.
 #[map]
-static SYSCALL_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
+static SYSCALLS_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 #[map]
-static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
 
 #[map]
-static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
+static SYSCALLS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_ERRNO_KEYS, 0);
 
-/// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALL_PER_THREAD`).
+/// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALLS_PER_THREAD`).
 #[map]
-static SYSCALL_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
+static SYSCALLS_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
     PerCpuHashMap::with_max_entries(MAX_THREAD_KEYS, 0);
 
 /// Set by userspace at load (`lavtrace_common::syscalls::PER_THREAD`); a read-only global, so
 /// when it is 0 the verifier sees the per-thread branch as dead and drops it.
 #[unsafe(no_mangle)]
-static SYSCALL_PER_THREAD: u8 = 0;
+static SYSCALLS_PER_THREAD: u8 = 0;
 
 #[map]
-static SYSCALL_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
+static SYSCALLS_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
 
 // Offsets in the raw_syscalls:sys_{enter,exit} records (after the 8-byte common header),
 // stable since the tracepoints were added: `long id; long ret/args[6]`.
@@ -110,7 +110,7 @@ fn record_field(ctx: &TracePointContext, offset: usize) -> i64 {
 fn on_enter(tid: u32, nr: i64) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    match SYSCALL_START.get_ptr_mut(tid) {
+    match SYSCALLS_START.get_ptr_mut(tid) {
         // SAFETY: the pointer is the map's value slot for this key, valid for this program run.
         Some(slot) => unsafe {
             (*slot).ts = now;
@@ -121,7 +121,7 @@ fn on_enter(tid: u32, nr: i64) {
                 ts: now,
                 nr: nr as u64,
             };
-            if SYSCALL_START.insert(tid, start, 0).is_err() {
+            if SYSCALLS_START.insert(tid, start, 0).is_err() {
                 bump_diag(diag::START_TABLE_FULL);
             }
         }
@@ -130,7 +130,7 @@ fn on_enter(tid: u32, nr: i64) {
 
 #[inline(always)]
 fn on_exit(tid: u32, ret: i64) {
-    let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
+    let Some(slot) = SYSCALLS_START.get_ptr_mut(tid) else {
         return; // entered before we attached
     };
     // SAFETY: map value slot, valid for this program run.
@@ -144,7 +144,7 @@ fn on_exit(tid: u32, ret: i64) {
         return; // also -1 (no syscall), seen as a huge unsigned number
     }
     let nr = id as u32;
-    let Some(stats) = SYSCALL_STATS.get_ptr_mut(nr) else {
+    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(nr) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
@@ -163,7 +163,7 @@ fn on_exit(tid: u32, ret: i64) {
         count_errno(nr, (-ret) as u32);
     }
     // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
-    if unsafe { core::ptr::read_volatile(&SYSCALL_PER_THREAD) } != 0 {
+    if unsafe { core::ptr::read_volatile(&SYSCALLS_PER_THREAD) } != 0 {
         count_thread(tid, nr, elapsed, failed);
     }
 }
@@ -171,7 +171,7 @@ fn on_exit(tid: u32, ret: i64) {
 #[inline(always)]
 fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
     let key = ThreadKey { tid, nr };
-    match SYSCALL_THREADS.get_ptr_mut(key) {
+    match SYSCALLS_THREADS.get_ptr_mut(key) {
         Some(t) => {
             // SAFETY: this CPU's value slot.
             let t = unsafe { &mut *t };
@@ -189,7 +189,7 @@ fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
                 total_ns: elapsed,
                 max_ns: elapsed,
             };
-            if SYSCALL_THREADS.insert(key, first, 0).is_err() {
+            if SYSCALLS_THREADS.insert(key, first, 0).is_err() {
                 bump_diag(diag::THREAD_TABLE_FULL);
             }
         }
@@ -199,11 +199,11 @@ fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
 #[inline(always)]
 fn count_errno(nr: u32, errno: u32) {
     let key = ErrnoKey { nr, errno };
-    match SYSCALL_ERRNOS.get_ptr_mut(key) {
+    match SYSCALLS_ERRNOS.get_ptr_mut(key) {
         // SAFETY: this CPU's value slot.
         Some(count) => unsafe { *count += 1 },
         None => {
-            if SYSCALL_ERRNOS.insert(key, 1, 0).is_err() {
+            if SYSCALLS_ERRNOS.insert(key, 1, 0).is_err() {
                 bump_diag(diag::ERRNO_TABLE_FULL);
             }
         }
@@ -212,7 +212,7 @@ fn count_errno(nr: u32, errno: u32) {
 
 #[inline(always)]
 fn bump_diag(index: u32) {
-    if let Some(counter) = SYSCALL_DIAG.get_ptr_mut(index) {
+    if let Some(counter) = SYSCALLS_DIAG.get_ptr_mut(index) {
         // SAFETY: this CPU's slot.
         unsafe { *counter += 1 };
     }
