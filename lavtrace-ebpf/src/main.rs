@@ -9,6 +9,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod field;
 mod filter;
 mod floor;
 mod fsync;

@@ -12,7 +12,6 @@
 //! one helper call and a compare before anything else.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{map, tracepoint},
@@ -24,7 +23,7 @@ use lavtrace_common::{
     storage::{CallEvent, Entry, FdEvent, MAX_ARGS, MAX_THREADS, OpenEvent, kind, sink},
 };
 
-use crate::{filter::current_target_task, ring};
+use crate::{field, filter::current_target_task, ring};
 
 /// The fsync family's ring. Sized at load time by userspace
 /// (`lavtrace_common::fsync::RING_BYTES` or `--ring-bytes`).
@@ -50,11 +49,18 @@ static STORAGE_SINKS: Array<u32> = Array::with_max_entries(sink::LEN, 0);
 #[map]
 static STORAGE_OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
-// `syscalls:sys_enter_*` records: `int __syscall_nr` at 8, then each argument as a u64 from
-// 16. `sys_exit_*`: `__syscall_nr` at 8, `long ret` at 16.
-const NR_OFFSET: usize = 8;
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
+// Every `syscalls:sys_enter_*` record is the kernel's `struct syscall_trace_enter` (`int
+// __syscall_nr`, then each argument as an 8-byte slot), every `sys_exit_*` record its `struct
+// syscall_trace_exit` (`__syscall_nr`, `long ret`): one layout for all of them, checked at load
+// on representative events (`lavtrace_common::storage::FIELDS`).
+field::offsets!(
+    /// `int __syscall_nr` of the enter and exit records.
+    STORAGE_NR_OFFSET,
+    /// The first argument slot of an enter record.
+    STORAGE_ARGS_OFFSET,
+    /// `long ret` of an exit record.
+    STORAGE_RET_OFFSET,
+);
 
 /// asm-generic fcntl commands that duplicate a descriptor (the same on every architecture).
 const F_DUPFD: u64 = 0;
@@ -138,22 +144,14 @@ pub fn enter<const N: usize>(ctx: &TracePointContext, owner: Owner) {
 
 #[inline(always)]
 fn read_args<const N: usize>(ctx: &TracePointContext) -> [u64; MAX_ARGS] {
-    let base = ctx.as_ptr().cast::<u8>();
     let mut args = [0u64; MAX_ARGS];
-    let mut i = 0;
-    while i < N && i < MAX_ARGS {
-        // SAFETY: tracepoint records are readable through the context pointer within their
-        // size; the N arguments exist in every tracepoint this is attached to.
-        args[i] = unsafe { *base.add(ARGS_OFFSET + 8 * i).cast::<u64>() };
-        i += 1;
-    }
+    field::read_u64s::<N>(ctx, &STORAGE_ARGS_OFFSET, &mut args);
     args
 }
 
 #[inline(always)]
 fn save(ctx: &TracePointContext, tid: u32, args: [u64; MAX_ARGS], owner: Owner) {
-    // SAFETY: in-record read of the syscall number.
-    let nr = unsafe { *ctx.as_ptr().cast::<u8>().add(NR_OFFSET).cast::<i32>() } as u32;
+    let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
     let entry = Entry {
         // SAFETY: helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -179,14 +177,8 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
     }
     // SAFETY: as above.
     unsafe { (*slot).start_ns = 0 };
-    let base = ctx.as_ptr().cast::<u8>();
-    // SAFETY: in-record reads of `__syscall_nr` and `ret`.
-    let (nr, ret) = unsafe {
-        (
-            *base.add(NR_OFFSET).cast::<i32>() as u32,
-            *base.add(RET_OFFSET).cast::<i64>(),
-        )
-    };
+    let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
+    let ret: i64 = field::read(ctx, &STORAGE_RET_OFFSET);
     if nr != entry.nr {
         return None; // an entry whose exit we never saw (attached mid-call)
     }
@@ -286,7 +278,7 @@ pub fn storage_fd_open_exit(ctx: TracePointContext) -> u32 {
 
 /// fcntl: only the duplicating commands are remembered.
 #[tracepoint]
-pub fn storage_fd_fcntl_enter(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_fcntl(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };

@@ -11,7 +11,6 @@
 //! (a read-only global, so the code is gone when it is off) one more per-cpu hash update on exit.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -22,7 +21,7 @@ use lavtrace_common::syscalls::{
     ThreadStats, diag, latency_bucket,
 };
 
-use crate::filter::current_target_task;
+use crate::{field, filter::current_target_task};
 
 /// A thread's syscall in progress. The number is kept from the entry because the raw
 /// `sys_exit` tracepoint passes only the return value.
@@ -57,10 +56,12 @@ static SYSCALLS_PER_THREAD: u8 = 0;
 #[map]
 static SYSCALLS_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
 
-// Offsets in the raw_syscalls:sys_{enter,exit} records (after the 8-byte common header),
-// stable since the tracepoints were added: `long id; long ret/args[6]`.
-const ID_OFFSET: usize = 8;
-const RET_OFFSET: usize = 16;
+field::offsets!(
+    /// `long id` of raw_syscalls:sys_enter.
+    SYSCALLS_ID_OFFSET,
+    /// `long ret` of raw_syscalls:sys_exit.
+    SYSCALLS_RET_OFFSET,
+);
 /// The kernel's error range for syscall return values (IS_ERR_VALUE).
 const MAX_ERRNO: i64 = 4095;
 
@@ -85,7 +86,7 @@ pub fn syscalls_exit_raw(ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn syscalls_enter(ctx: TracePointContext) -> u32 {
     if let Some((_, tid)) = current_target_task() {
-        on_enter(tid, record_field(&ctx, ID_OFFSET));
+        on_enter(tid, field::read(&ctx, &SYSCALLS_ID_OFFSET));
     }
     0
 }
@@ -93,17 +94,9 @@ pub fn syscalls_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     if let Some((_, tid)) = current_target_task() {
-        on_exit(tid, record_field(&ctx, RET_OFFSET));
+        on_exit(tid, field::read(&ctx, &SYSCALLS_RET_OFFSET));
     }
     0
-}
-
-/// A `long` of a raw_syscalls record.
-#[inline(always)]
-fn record_field(ctx: &TracePointContext, offset: usize) -> i64 {
-    // SAFETY: tracepoint records are readable directly through the context pointer within
-    // their size; the fields used are 8-byte aligned longs.
-    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<i64>() }
 }
 
 #[inline(always)]

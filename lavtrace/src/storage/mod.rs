@@ -222,7 +222,7 @@ pub fn attach_shared(ebpf: &mut Ebpf, family: &'static str, sink: u32) -> Result
             "storage_fd_enter1",
             &["sys_enter_dup", "sys_enter_dup2", "sys_enter_dup3"][..],
         ),
-        ("storage_fd_fcntl_enter", &["sys_enter_fcntl"][..]),
+        ("storage_fd_fcntl", &["sys_enter_fcntl"][..]),
         ("storage_fd_close", &["sys_enter_close"][..]),
     ] {
         hooks.extend(attach(ebpf, family, program, tps)?);
