@@ -4,7 +4,10 @@
 //! tables: `lavtrace_common::<family>::FIELDS`), so no program reads a record at an offset
 //! nobody checked on this kernel.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    path::Path,
+};
 
 use lavtrace_common::field::FieldSpec;
 
@@ -73,8 +76,9 @@ pub fn resolve(
     for (family, specs) in families {
         for spec in specs {
             let event = format!("{}:{}", spec.category, spec.event);
-            if !formats.contains_key(&(spec.category, spec.event)) {
-                let fields = match read(spec.category, spec.event) {
+            let fields = match formats.entry((spec.category, spec.event)) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(slot) => slot.insert(match read(spec.category, spec.event) {
                     Ok(text) => Some(parse(&text)),
                     // No such event on this kernel: its programs cannot attach, and the
                     // family's hook table says so (or falls back) when it tries.
@@ -84,10 +88,9 @@ pub fn resolve(
                             "cannot read the format of tracepoint {event} (the {family} family reads it): {e}"
                         ));
                     }
-                };
-                formats.insert((spec.category, spec.event), fields);
-            }
-            let Some(fields) = &formats[&(spec.category, spec.event)] else {
+                }),
+            };
+            let Some(fields) = fields else {
                 if let Some(flag) = spec.present {
                     flags.push((flag, 0));
                 }
