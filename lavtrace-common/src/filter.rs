@@ -2,4 +2,4 @@
 //! per-event filter is a single compare against a constant the verifier knows.
 
 /// Symbol of the `u32` global that holds the target's tgid (its pid as `ps` shows it).
-pub const TARGET_TGID: &str = "TARGET_TGID";
+pub const TARGET_TGID: &str = "FILTER_TARGET_TGID";

@@ -1,6 +1,6 @@
 //! Ring buffers: the event path of the families that report call by call.
 
-/// Indexes of the per-cpu `LOST_EVENTS` counter, one per ring-buffer family: every event the
+/// Indexes of the per-cpu `RING_LOST_EVENTS` counter ([`LOST_MAP`]), one per ring-buffer family: every event the
 /// kernel could not place in its ring is counted here, so losses are never silent.
 pub mod lost {
     pub const FSYNC: u32 = 0;
@@ -8,6 +8,9 @@ pub mod lost {
     pub const TCP: u32 = 2;
     pub const LEN: u32 = 4;
 }
+
+/// Name of the per-cpu lost-event counter in the eBPF object.
+pub const LOST_MAP: &str = "RING_LOST_EVENTS";
 
 /// Default ring size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;

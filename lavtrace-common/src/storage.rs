@@ -3,6 +3,66 @@
 //! file of each call. The first `u32` of every record is its kind; userspace matches on it and
 //! checks the record's exact size before reading it.
 
+use crate::field::FieldSpec;
+
+/// The record fields of the storage layer's programs, needed by both storage families. All
+/// `syscalls:sys_enter_*` records share one layout (the kernel's `struct syscall_trace_enter`:
+/// `__syscall_nr`, then 8-byte argument slots) and all `sys_exit_*` records another
+/// (`syscall_trace_exit`), so representative events stand for the rest: openat and close,
+/// attached by both families, and mmap, the one with six arguments.
+pub const FIELDS: &[FieldSpec] = &[
+    FieldSpec::new(
+        "STORAGE_NR_OFFSET",
+        "syscalls",
+        "sys_enter_openat",
+        "__syscall_nr",
+        4,
+    ),
+    FieldSpec::new(
+        "STORAGE_NR_OFFSET",
+        "syscalls",
+        "sys_exit_openat",
+        "__syscall_nr",
+        4,
+    ),
+    FieldSpec::new(
+        "STORAGE_NR_OFFSET",
+        "syscalls",
+        "sys_enter_close",
+        "__syscall_nr",
+        4,
+    ),
+    FieldSpec::new(
+        "STORAGE_ARGS_OFFSET",
+        "syscalls",
+        "sys_enter_openat",
+        "dfd",
+        8,
+    ),
+    FieldSpec::new(
+        "STORAGE_ARGS_OFFSET",
+        "syscalls",
+        "sys_enter_close",
+        "fd",
+        8,
+    ),
+    FieldSpec::new(
+        "STORAGE_ARGS_OFFSET",
+        "syscalls",
+        "sys_enter_mmap",
+        "addr",
+        8,
+    ),
+    FieldSpec::new(
+        "STORAGE_RET_OFFSET",
+        "syscalls",
+        "sys_exit_openat",
+        "ret",
+        8,
+    ),
+    FieldSpec::new("STORAGE_RET_OFFSET", "syscalls", "sys_exit_close", "ret", 8),
+];
+
 /// Record kinds (the first field of every record).
 pub mod kind {
     /// A completed, timed syscall: [`super::CallEvent`].

@@ -1,5 +1,7 @@
 //! Probe family `syscalls`: per-syscall counts, errors and latency, aggregated in the kernel.
 
+use crate::field::FieldSpec;
+
 /// Syscall numbers tracked; x86_64 and aarch64 numbers all sit below this.
 pub const MAX_SYSCALLS: u32 = 512;
 /// Threads of the target that can be inside a syscall at once (entry timestamps).
@@ -34,7 +36,14 @@ pub struct ErrnoKey {
 pub const MAX_THREAD_KEYS: u32 = 16_384;
 /// Symbol of the `u8` read-only global that turns the per-thread table on (1) or off (0); with
 /// it off the verifier prunes the per-thread code from the hot path.
-pub const PER_THREAD: &str = "SYSCALL_PER_THREAD";
+pub const PER_THREAD: &str = "SYSCALLS_PER_THREAD";
+
+/// The raw_syscalls record fields of the classic-tracepoint program pair (the raw tracepoint
+/// pair reads no record).
+pub const FIELDS: &[FieldSpec] = &[
+    FieldSpec::new("SYSCALLS_ID_OFFSET", "raw_syscalls", "sys_enter", "id", 8),
+    FieldSpec::new("SYSCALLS_RET_OFFSET", "raw_syscalls", "sys_exit", "ret", 8),
+];
 
 /// Key of the per-cpu per-thread table.
 #[repr(C)]

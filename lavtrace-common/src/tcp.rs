@@ -4,6 +4,8 @@
 //! one [`TcpEvent`] per state transition, per socket it starts tracking and per socket it
 //! forgets (with its final counters). Byte, retransmit and reset counts stay in the map.
 
+use crate::field::FieldSpec;
+
 /// Sockets tracked at once (connections and listeners of the target).
 pub const MAX_SOCKS: u32 = 65_536;
 /// Local ports the target listens on.
@@ -117,10 +119,71 @@ pub struct TcpEvent {
     pub info: SockInfo,
 }
 
-/// Set by userspace at load when `tcp:tcp_retransmit_skb` has an `int err` field at
-/// [`RETRANSMIT_ERR_OFFSET`] (Linux 6.10+): only retransmits that went out (err == 0) count.
+/// Set by userspace at load when `tcp:tcp_retransmit_skb` has its `int err` field (Linux
+/// 6.10+): only retransmits that went out (err == 0) count.
 pub const RETRANSMIT_HAS_ERR: &str = "TCP_RETRANSMIT_HAS_ERR";
-pub const RETRANSMIT_ERR_OFFSET: usize = 76;
+
+const SS: (&str, &str) = ("sock", "inet_sock_set_state");
+
+const fn ss(global: &'static str, field: &'static str, size: u32) -> FieldSpec {
+    FieldSpec::new(global, SS.0, SS.1, field, size)
+}
+
+const fn sl(
+    global: &'static str,
+    event: &'static str,
+    field: &'static str,
+    size: u32,
+) -> FieldSpec {
+    FieldSpec::new(global, "sock", event, field, size)
+}
+
+/// The record fields of the tracepoint set (the kprobe set reads `sock_offsets` instead).
+pub const FIELDS: &[FieldSpec] = &[
+    ss("TCP_SS_SKADDR", "skaddr", 8),
+    ss("TCP_SS_OLDSTATE", "oldstate", 4),
+    ss("TCP_SS_NEWSTATE", "newstate", 4),
+    ss("TCP_SS_SPORT", "sport", 2),
+    ss("TCP_SS_DPORT", "dport", 2),
+    ss("TCP_SS_FAMILY", "family", 2),
+    ss("TCP_SS_PROTOCOL", "protocol", 2),
+    ss("TCP_SS_SADDR", "saddr", 4),
+    ss("TCP_SS_DADDR", "daddr", 4),
+    ss("TCP_SS_SADDR_V6", "saddr_v6", 16),
+    ss("TCP_SS_DADDR_V6", "daddr_v6", 16),
+    FieldSpec::new("TCP_DESTROY_SKADDR", "tcp", "tcp_destroy_sock", "skaddr", 8),
+    FieldSpec::new(
+        "TCP_RETRANSMIT_SKADDR",
+        "tcp",
+        "tcp_retransmit_skb",
+        "skaddr",
+        8,
+    ),
+    FieldSpec::new("TCP_RETRANSMIT_ERR", "tcp", "tcp_retransmit_skb", "err", 4)
+        .optional(RETRANSMIT_HAS_ERR),
+    FieldSpec::new(
+        "TCP_SEND_RESET_SKADDR",
+        "tcp",
+        "tcp_send_reset",
+        "skaddr",
+        8,
+    ),
+    FieldSpec::new(
+        "TCP_RECEIVE_RESET_SKADDR",
+        "tcp",
+        "tcp_receive_reset",
+        "skaddr",
+        8,
+    ),
+    sl("TCP_SL_SK", "sock_send_length", "sk", 8),
+    sl("TCP_SL_SK", "sock_recv_length", "sk", 8),
+    sl("TCP_SL_PROTOCOL", "sock_send_length", "protocol", 2),
+    sl("TCP_SL_PROTOCOL", "sock_recv_length", "protocol", 2),
+    sl("TCP_SL_RET", "sock_send_length", "ret", 4),
+    sl("TCP_SL_RET", "sock_recv_length", "ret", 4),
+    sl("TCP_SL_FLAGS", "sock_send_length", "flags", 4),
+    sl("TCP_SL_FLAGS", "sock_recv_length", "flags", 4),
+];
 
 /// Byte offsets in `struct sock_common`, read by the kprobe set (which has no tracepoint
 /// record) and to adopt a pre-existing socket met on send/recv. This head of the struct is laid

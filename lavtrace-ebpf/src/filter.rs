@@ -2,7 +2,7 @@
 
 /// Set by userspace at load time (see `lavtrace_common::filter::TARGET_TGID`).
 #[unsafe(no_mangle)]
-static TARGET_TGID: u32 = 0;
+static FILTER_TARGET_TGID: u32 = 0;
 
 /// The current task's (tgid, tid) if it belongs to the target, else `None`.
 #[inline(always)]
@@ -11,7 +11,7 @@ pub fn current_target_task() -> Option<(u32, u32)> {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: a plain read of a global; volatile so the compiler cannot fold the 0 it sees
     // at build time (userspace rewrites the value before the program is loaded).
-    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    let target = unsafe { core::ptr::read_volatile(&FILTER_TARGET_TGID) };
     if tgid == target {
         Some((tgid, pid_tgid as u32))
     } else {

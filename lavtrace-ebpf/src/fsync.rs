@@ -1,20 +1,11 @@
 //! Probe family `fsync`: every durability call of the target (fsync, fdatasync, syncfs, sync,
 //! sync_file_range, msync), timed between its enter and exit tracepoints and sent as one
-//! record through `FSYNC_EVENTS`. The fd and mapping bookkeeping that names the file of each
+//! record through `FSYNC_EVENTS` (declared in `storage.rs`, which fills it). The fd and mapping bookkeeping that names the file of each
 //! call comes through the same ring (`storage.rs`).
 
-use aya_ebpf::{
-    macros::{map, tracepoint},
-    maps::RingBuf,
-    programs::TracePointContext,
-};
-use lavtrace_common::fsync::RING_BYTES;
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::storage::{Owner, enter, exit};
-
-/// Sized at load time by userspace (`lavtrace_common::fsync::RING_BYTES` or `--ring-bytes`).
-#[map]
-pub static FSYNC_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// sync: no arguments.
 #[tracepoint]

@@ -3,10 +3,13 @@
 //! only the programs of the families asked for.
 #![no_std]
 #![no_main]
-// Atomic adds on map values (tcp.rs): core's atomics lack fetch_add on the BPF target.
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "atomic adds on map values (tcp.rs): core's atomics lack fetch_add on the BPF target"
+)]
 #![feature(core_intrinsics)]
 
+mod field;
 mod filter;
 mod floor;
 mod fsync;

@@ -8,11 +8,10 @@ use lavtrace_common::ring::lost;
 
 /// Events that did not fit in their family's ring, per family (see `lavtrace_common::ring::lost`).
 #[map]
-static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
+static RING_LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
 
 /// Sends `event` through `ring`, or counts it as lost for `family`.
 #[inline(always)]
-#[allow(dead_code)] // used by the ring-buffer families
 pub fn send<T>(ring: &RingBuf, family: u32, event: &T) {
     if ring.output::<T>(event, 0).is_err() {
         count_lost(family);
@@ -21,7 +20,7 @@ pub fn send<T>(ring: &RingBuf, family: u32, event: &T) {
 
 #[inline(always)]
 pub fn count_lost(family: u32) {
-    if let Some(counter) = LOST_EVENTS.get_ptr_mut(family) {
+    if let Some(counter) = RING_LOST_EVENTS.get_ptr_mut(family) {
         // SAFETY: this CPU's slot of a per-cpu array.
         unsafe { *counter += 1 };
     }

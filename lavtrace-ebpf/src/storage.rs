@@ -1,13 +1,17 @@
-//! Shared by the storage families (`fsync`, `mmap`): the per-thread table of calls in
-//! progress, the programs both families need (fd bookkeeping, mmap/munmap/mremap) and the
-//! choice of ring(s) they report to.
+//! The shared layer of the storage families (`fsync`, `mmap`): the per-thread table of calls
+//! in progress, the programs both families need (fd bookkeeping, mmap/munmap/mremap), both
+//! families' rings and the choice of ring(s) each record goes to. The rings are declared here
+//! because this is the code that fills them: `fsync.rs` and `mmap.rs` only call in, so imports
+//! go one way (family → storage → filter/ring).
+//!
+//! Naming: what belongs to this layer carries the `storage_`/`STORAGE_` prefix; each ring
+//! keeps the name of the family that reads it (`FSYNC_EVENTS`, `MMAP_EVENTS`).
 //!
 //! Every program here hangs off a `syscalls:sys_{enter,exit}_<name>` tracepoint, which fires
 //! only for that one syscall: processes that do not call it pay nothing, and the target pays
 //! one helper call and a compare before anything else.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{map, tracepoint},
@@ -19,12 +23,22 @@ use lavtrace_common::{
     storage::{CallEvent, Entry, FdEvent, MAX_ARGS, MAX_THREADS, OpenEvent, kind, sink},
 };
 
-use crate::{filter::current_target_task, fsync::FSYNC_EVENTS, mmap::MMAP_EVENTS, ring};
+use crate::{field, filter::current_target_task, ring};
+
+/// The fsync family's ring. Sized at load time by userspace
+/// (`lavtrace_common::fsync::RING_BYTES` or `--ring-bytes`).
+#[map]
+static FSYNC_EVENTS: RingBuf = RingBuf::with_byte_size(lavtrace_common::fsync::RING_BYTES, 0);
+
+/// The mmap family's ring. Sized at load time by userspace
+/// (`lavtrace_common::mmap::RING_BYTES` or `--ring-bytes`).
+#[map]
+static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(lavtrace_common::mmap::RING_BYTES, 0);
 
 /// tid → the call it is in. LRU: threads that exit leave an entry behind, which is evicted
 /// instead of ever filling the table.
 #[map]
-static CALL_START: LruHashMap<u32, Entry> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+static STORAGE_CALL_START: LruHashMap<u32, Entry> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
 /// Which rings want the shared records (see `lavtrace_common::storage::sink`); written by
 /// userspace when a family attaches.
@@ -33,13 +47,20 @@ static STORAGE_SINKS: Array<u32> = Array::with_max_entries(sink::LEN, 0);
 
 /// Room for one OpenEvent (272 B, too big for the 512 B stack next to everything else).
 #[map]
-static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
+static STORAGE_OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
-// `syscalls:sys_enter_*` records: `int __syscall_nr` at 8, then each argument as a u64 from
-// 16. `sys_exit_*`: `__syscall_nr` at 8, `long ret` at 16.
-const NR_OFFSET: usize = 8;
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
+// Every `syscalls:sys_enter_*` record is the kernel's `struct syscall_trace_enter` (`int
+// __syscall_nr`, then each argument as an 8-byte slot), every `sys_exit_*` record its `struct
+// syscall_trace_exit` (`__syscall_nr`, `long ret`): one layout for all of them, checked at load
+// on representative events (`lavtrace_common::storage::FIELDS`).
+field::offsets!(
+    /// `int __syscall_nr` of the enter and exit records.
+    STORAGE_NR_OFFSET,
+    /// The first argument slot of an enter record.
+    STORAGE_ARGS_OFFSET,
+    /// `long ret` of an exit record.
+    STORAGE_RET_OFFSET,
+);
 
 /// asm-generic fcntl commands that duplicate a descriptor (the same on every architecture).
 const F_DUPFD: u64 = 0;
@@ -123,22 +144,14 @@ pub fn enter<const N: usize>(ctx: &TracePointContext, owner: Owner) {
 
 #[inline(always)]
 fn read_args<const N: usize>(ctx: &TracePointContext) -> [u64; MAX_ARGS] {
-    let base = ctx.as_ptr().cast::<u8>();
     let mut args = [0u64; MAX_ARGS];
-    let mut i = 0;
-    while i < N && i < MAX_ARGS {
-        // SAFETY: tracepoint records are readable through the context pointer within their
-        // size; the N arguments exist in every tracepoint this is attached to.
-        args[i] = unsafe { *base.add(ARGS_OFFSET + 8 * i).cast::<u64>() };
-        i += 1;
-    }
+    field::read_u64s::<N>(ctx, &STORAGE_ARGS_OFFSET, &mut args);
     args
 }
 
 #[inline(always)]
 fn save(ctx: &TracePointContext, tid: u32, args: [u64; MAX_ARGS], owner: Owner) {
-    // SAFETY: in-record read of the syscall number.
-    let nr = unsafe { *ctx.as_ptr().cast::<u8>().add(NR_OFFSET).cast::<i32>() } as u32;
+    let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
     let entry = Entry {
         // SAFETY: helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -146,7 +159,7 @@ fn save(ctx: &TracePointContext, tid: u32, args: [u64; MAX_ARGS], owner: Owner) 
         _reserved: 0,
         args,
     };
-    if CALL_START.insert(tid, entry, 0).is_err() {
+    if STORAGE_CALL_START.insert(tid, entry, 0).is_err() {
         count_lost(owner);
     }
 }
@@ -156,7 +169,7 @@ fn save(ctx: &TracePointContext, tid: u32, args: [u64; MAX_ARGS], owner: Owner) 
 #[inline(always)]
 pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
     let (_, tid) = current_target_task()?;
-    let slot = CALL_START.get_ptr_mut(tid)?;
+    let slot = STORAGE_CALL_START.get_ptr_mut(tid)?;
     // SAFETY: map value slot, valid for this program run; only this thread uses its key.
     let entry = unsafe { *slot };
     if entry.start_ns == 0 {
@@ -164,14 +177,8 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
     }
     // SAFETY: as above.
     unsafe { (*slot).start_ns = 0 };
-    let base = ctx.as_ptr().cast::<u8>();
-    // SAFETY: in-record reads of `__syscall_nr` and `ret`.
-    let (nr, ret) = unsafe {
-        (
-            *base.add(NR_OFFSET).cast::<i32>() as u32,
-            *base.add(RET_OFFSET).cast::<i64>(),
-        )
-    };
+    let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
+    let ret: i64 = field::read(ctx, &STORAGE_RET_OFFSET);
     if nr != entry.nr {
         return None; // an entry whose exit we never saw (attached mid-call)
     }
@@ -201,25 +208,25 @@ pub fn exit(ctx: &TracePointContext, owner: Owner) {
 // know which file an msync address belongs to.
 
 #[tracepoint]
-pub fn map_enter2(ctx: TracePointContext) -> u32 {
+pub fn storage_map_enter2(ctx: TracePointContext) -> u32 {
     enter::<2>(&ctx, Owner::Shared);
     0
 }
 
 #[tracepoint]
-pub fn map_enter5(ctx: TracePointContext) -> u32 {
+pub fn storage_map_enter5(ctx: TracePointContext) -> u32 {
     enter::<5>(&ctx, Owner::Shared);
     0
 }
 
 #[tracepoint]
-pub fn map_enter6(ctx: TracePointContext) -> u32 {
+pub fn storage_map_enter6(ctx: TracePointContext) -> u32 {
     enter::<6>(&ctx, Owner::Shared);
     0
 }
 
 #[tracepoint]
-pub fn map_exit(ctx: TracePointContext) -> u32 {
+pub fn storage_map_exit(ctx: TracePointContext) -> u32 {
     exit(&ctx, Owner::Shared);
     0
 }
@@ -230,27 +237,27 @@ pub fn map_exit(ctx: TracePointContext) -> u32 {
 
 /// dup, dup2, dup3: the old fd.
 #[tracepoint]
-pub fn fd_enter1(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_enter1(ctx: TracePointContext) -> u32 {
     enter::<1>(&ctx, Owner::Shared);
     0
 }
 
 /// openat: dfd, filename.
 #[tracepoint]
-pub fn fd_enter2(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_enter2(ctx: TracePointContext) -> u32 {
     enter::<2>(&ctx, Owner::Shared);
     0
 }
 
 #[tracepoint]
-pub fn fd_open_exit(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_open_exit(ctx: TracePointContext) -> u32 {
     let Some(call) = finish(&ctx) else {
         return 0;
     };
     if call.ret < 0 {
         return 0;
     }
-    let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = STORAGE_OPEN_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's scratch slot, used only during this program run.
@@ -271,7 +278,7 @@ pub fn fd_open_exit(ctx: TracePointContext) -> u32 {
 
 /// fcntl: only the duplicating commands are remembered.
 #[tracepoint]
-pub fn fd_fcntl_enter(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_fcntl(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };
@@ -283,7 +290,7 @@ pub fn fd_fcntl_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn fd_dup_exit(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_dup_exit(ctx: TracePointContext) -> u32 {
     let Some(call) = finish(&ctx) else {
         return 0;
     };
@@ -303,7 +310,7 @@ pub fn fd_dup_exit(ctx: TracePointContext) -> u32 {
 /// close, at entry: the descriptor is gone once it returns (even on EINTR), and a failed
 /// close (EBADF) names an fd that was not open anyway.
 #[tracepoint]
-pub fn fd_close(ctx: TracePointContext) -> u32 {
+pub fn storage_fd_close(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };

@@ -11,7 +11,6 @@
 //! (a read-only global, so the code is gone when it is off) one more per-cpu hash update on exit.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -22,7 +21,7 @@ use lavtrace_common::syscalls::{
     ThreadStats, diag, latency_bucket,
 };
 
-use crate::filter::current_target_task;
+use crate::{field, filter::current_target_task};
 
 /// A thread's syscall in progress. The number is kept from the entry because the raw
 /// `sys_exit` tracepoint passes only the return value.
@@ -35,32 +34,34 @@ struct Start {
 
 /// tid → the syscall it is in.
 #[map]
-static SYSCALL_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
+static SYSCALLS_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 #[map]
-static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
 
 #[map]
-static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
+static SYSCALLS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_ERRNO_KEYS, 0);
 
-/// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALL_PER_THREAD`).
+/// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALLS_PER_THREAD`).
 #[map]
-static SYSCALL_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
+static SYSCALLS_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
     PerCpuHashMap::with_max_entries(MAX_THREAD_KEYS, 0);
 
 /// Set by userspace at load (`lavtrace_common::syscalls::PER_THREAD`); a read-only global, so
 /// when it is 0 the verifier sees the per-thread branch as dead and drops it.
 #[unsafe(no_mangle)]
-static SYSCALL_PER_THREAD: u8 = 0;
+static SYSCALLS_PER_THREAD: u8 = 0;
 
 #[map]
-static SYSCALL_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
+static SYSCALLS_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
 
-// Offsets in the raw_syscalls:sys_{enter,exit} records (after the 8-byte common header),
-// stable since the tracepoints were added: `long id; long ret/args[6]`.
-const ID_OFFSET: usize = 8;
-const RET_OFFSET: usize = 16;
+field::offsets!(
+    /// `long id` of raw_syscalls:sys_enter.
+    SYSCALLS_ID_OFFSET,
+    /// `long ret` of raw_syscalls:sys_exit.
+    SYSCALLS_RET_OFFSET,
+);
 /// The kernel's error range for syscall return values (IS_ERR_VALUE).
 const MAX_ERRNO: i64 = 4095;
 
@@ -85,7 +86,7 @@ pub fn syscalls_exit_raw(ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn syscalls_enter(ctx: TracePointContext) -> u32 {
     if let Some((_, tid)) = current_target_task() {
-        on_enter(tid, record_field(&ctx, ID_OFFSET));
+        on_enter(tid, field::read(&ctx, &SYSCALLS_ID_OFFSET));
     }
     0
 }
@@ -93,24 +94,16 @@ pub fn syscalls_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     if let Some((_, tid)) = current_target_task() {
-        on_exit(tid, record_field(&ctx, RET_OFFSET));
+        on_exit(tid, field::read(&ctx, &SYSCALLS_RET_OFFSET));
     }
     0
-}
-
-/// A `long` of a raw_syscalls record.
-#[inline(always)]
-fn record_field(ctx: &TracePointContext, offset: usize) -> i64 {
-    // SAFETY: tracepoint records are readable directly through the context pointer within
-    // their size; the fields used are 8-byte aligned longs.
-    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<i64>() }
 }
 
 #[inline(always)]
 fn on_enter(tid: u32, nr: i64) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    match SYSCALL_START.get_ptr_mut(tid) {
+    match SYSCALLS_START.get_ptr_mut(tid) {
         // SAFETY: the pointer is the map's value slot for this key, valid for this program run.
         Some(slot) => unsafe {
             (*slot).ts = now;
@@ -121,7 +114,7 @@ fn on_enter(tid: u32, nr: i64) {
                 ts: now,
                 nr: nr as u64,
             };
-            if SYSCALL_START.insert(tid, start, 0).is_err() {
+            if SYSCALLS_START.insert(tid, start, 0).is_err() {
                 bump_diag(diag::START_TABLE_FULL);
             }
         }
@@ -130,7 +123,7 @@ fn on_enter(tid: u32, nr: i64) {
 
 #[inline(always)]
 fn on_exit(tid: u32, ret: i64) {
-    let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
+    let Some(slot) = SYSCALLS_START.get_ptr_mut(tid) else {
         return; // entered before we attached
     };
     // SAFETY: map value slot, valid for this program run.
@@ -144,7 +137,7 @@ fn on_exit(tid: u32, ret: i64) {
         return; // also -1 (no syscall), seen as a huge unsigned number
     }
     let nr = id as u32;
-    let Some(stats) = SYSCALL_STATS.get_ptr_mut(nr) else {
+    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(nr) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
@@ -163,7 +156,7 @@ fn on_exit(tid: u32, ret: i64) {
         count_errno(nr, (-ret) as u32);
     }
     // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
-    if unsafe { core::ptr::read_volatile(&SYSCALL_PER_THREAD) } != 0 {
+    if unsafe { core::ptr::read_volatile(&SYSCALLS_PER_THREAD) } != 0 {
         count_thread(tid, nr, elapsed, failed);
     }
 }
@@ -171,7 +164,7 @@ fn on_exit(tid: u32, ret: i64) {
 #[inline(always)]
 fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
     let key = ThreadKey { tid, nr };
-    match SYSCALL_THREADS.get_ptr_mut(key) {
+    match SYSCALLS_THREADS.get_ptr_mut(key) {
         Some(t) => {
             // SAFETY: this CPU's value slot.
             let t = unsafe { &mut *t };
@@ -189,7 +182,7 @@ fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
                 total_ns: elapsed,
                 max_ns: elapsed,
             };
-            if SYSCALL_THREADS.insert(key, first, 0).is_err() {
+            if SYSCALLS_THREADS.insert(key, first, 0).is_err() {
                 bump_diag(diag::THREAD_TABLE_FULL);
             }
         }
@@ -199,11 +192,11 @@ fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
 #[inline(always)]
 fn count_errno(nr: u32, errno: u32) {
     let key = ErrnoKey { nr, errno };
-    match SYSCALL_ERRNOS.get_ptr_mut(key) {
+    match SYSCALLS_ERRNOS.get_ptr_mut(key) {
         // SAFETY: this CPU's value slot.
         Some(count) => unsafe { *count += 1 },
         None => {
-            if SYSCALL_ERRNOS.insert(key, 1, 0).is_err() {
+            if SYSCALLS_ERRNOS.insert(key, 1, 0).is_err() {
                 bump_diag(diag::ERRNO_TABLE_FULL);
             }
         }
@@ -212,7 +205,7 @@ fn count_errno(nr: u32, errno: u32) {
 
 #[inline(always)]
 fn bump_diag(index: u32) {
-    if let Some(counter) = SYSCALL_DIAG.get_ptr_mut(index) {
+    if let Some(counter) = SYSCALLS_DIAG.get_ptr_mut(index) {
         // SAFETY: this CPU's slot.
         unsafe { *counter += 1 };
     }

@@ -22,7 +22,6 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, RingBuf},
@@ -32,12 +31,12 @@ use lavtrace_common::{
     ring::{DEFAULT_RING_BYTES, lost},
     tcp::{
         AF_INET, AF_INET6, FlowKey, IPPROTO_TCP, MAX_INFLIGHT, MAX_LISTEN_PORTS, MAX_SEEDS,
-        MAX_SOCKS, RETRANSMIT_ERR_OFFSET, SockInfo, TcpEvent, kind, origin, sock_offsets as so,
-        state,
+        MAX_SOCKS, SockInfo, TcpEvent, kind, origin, sock_offsets as so, state,
     },
 };
 
 use crate::{
+    field,
     filter::current_target_task,
     ring::{count_lost, send},
 };
@@ -324,114 +323,114 @@ fn on_destroy(sk: u64) {
     );
 }
 
-// ---- tracepoint set ------------------------------------------------------------------------
+// ---- tracepoint set: record fields at the offsets of this kernel's format files ---------
 
-/// Reads a field of a tracepoint record (direct context access, as the verifier allows for
-/// tracepoint programs; every offset below is from the format file and naturally aligned).
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: within the record, aligned (see the offsets).
-    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<T>() }
-}
-
-// sock:inet_sock_set_state
-const SS_SKADDR: usize = 8;
-const SS_OLDSTATE: usize = 16;
-const SS_NEWSTATE: usize = 20;
-const SS_SPORT: usize = 24;
-const SS_DPORT: usize = 26;
-const SS_FAMILY: usize = 28;
-const SS_PROTOCOL: usize = 30;
-const SS_SADDR: usize = 32;
-const SS_DADDR: usize = 36;
-const SS_SADDR_V6: usize = 40;
-const SS_DADDR_V6: usize = 56;
+field::offsets!(
+    // sock:inet_sock_set_state
+    TCP_SS_SKADDR,
+    TCP_SS_OLDSTATE,
+    TCP_SS_NEWSTATE,
+    TCP_SS_SPORT,
+    TCP_SS_DPORT,
+    TCP_SS_FAMILY,
+    TCP_SS_PROTOCOL,
+    TCP_SS_SADDR,
+    TCP_SS_DADDR,
+    TCP_SS_SADDR_V6,
+    TCP_SS_DADDR_V6,
+    /// tcp:tcp_destroy_sock `skaddr`.
+    TCP_DESTROY_SKADDR,
+    /// tcp:tcp_retransmit_skb `skaddr`.
+    TCP_RETRANSMIT_SKADDR,
+    /// tcp:tcp_retransmit_skb `int err` (6.10+; see `TCP_RETRANSMIT_HAS_ERR`).
+    TCP_RETRANSMIT_ERR,
+    /// tcp:tcp_send_reset `skaddr` (NULL for resets sent without a socket).
+    TCP_SEND_RESET_SKADDR,
+    /// tcp:tcp_receive_reset `skaddr`.
+    TCP_RECEIVE_RESET_SKADDR,
+    // sock:sock_send_length and sock:sock_recv_length (one event class: one layout)
+    TCP_SL_SK,
+    TCP_SL_PROTOCOL,
+    TCP_SL_RET,
+    TCP_SL_FLAGS,
+);
 
 #[tracepoint]
 pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
-    if field::<u16>(&ctx, SS_PROTOCOL) != IPPROTO_TCP {
+    if field::read::<u16>(&ctx, &TCP_SS_PROTOCOL) != IPPROTO_TCP {
         return 0;
     }
-    let sk: u64 = field(&ctx, SS_SKADDR);
-    let old = field::<i32>(&ctx, SS_OLDSTATE) as u32;
-    let new = field::<i32>(&ctx, SS_NEWSTATE) as u32;
+    let sk: u64 = field::read(&ctx, &TCP_SS_SKADDR);
+    let old = field::read::<i32>(&ctx, &TCP_SS_OLDSTATE) as u32;
+    let new = field::read::<i32>(&ctx, &TCP_SS_NEWSTATE) as u32;
     on_state(sk, old, new, || {
-        let family: u16 = field(&ctx, SS_FAMILY);
+        let family: u16 = field::read(&ctx, &TCP_SS_FAMILY);
         let mut t = Tuple {
             family,
-            lport: field(&ctx, SS_SPORT),
-            rport: field(&ctx, SS_DPORT),
+            lport: field::read(&ctx, &TCP_SS_SPORT),
+            rport: field::read(&ctx, &TCP_SS_DPORT),
             ..Tuple::default()
         };
         if family == AF_INET6 {
-            let words = |at: usize| -> [u8; 16] {
-                let a: u64 = field(&ctx, at);
-                let b: u64 = field(&ctx, at + 8);
-                let mut out = [0u8; 16];
-                out[..8].copy_from_slice(&a.to_ne_bytes());
-                out[8..].copy_from_slice(&b.to_ne_bytes());
-                out
-            };
-            t.laddr = words(SS_SADDR_V6);
-            t.raddr = words(SS_DADDR_V6);
+            t.laddr = field::read(&ctx, &TCP_SS_SADDR_V6);
+            t.raddr = field::read(&ctx, &TCP_SS_DADDR_V6);
         } else {
-            t.laddr[..4].copy_from_slice(&field::<u32>(&ctx, SS_SADDR).to_ne_bytes());
-            t.raddr[..4].copy_from_slice(&field::<u32>(&ctx, SS_DADDR).to_ne_bytes());
+            t.laddr[..4].copy_from_slice(&field::read::<[u8; 4]>(&ctx, &TCP_SS_SADDR));
+            t.raddr[..4].copy_from_slice(&field::read::<[u8; 4]>(&ctx, &TCP_SS_DADDR));
         }
         t
     });
     0
 }
 
-/// tcp:tcp_destroy_sock
 #[tracepoint]
 pub fn tcp_destroy_tp(ctx: TracePointContext) -> u32 {
-    on_destroy(field(&ctx, 8));
+    on_destroy(field::read(&ctx, &TCP_DESTROY_SKADDR));
     0
 }
 
-/// tcp:tcp_retransmit_skb (skaddr at 16; `int err` at 76 on 6.10+)
 #[tracepoint]
 pub fn tcp_retransmit_tp(ctx: TracePointContext) -> u32 {
     // SAFETY: read of a read-only global (volatile: set at load time).
     let has_err = unsafe { core::ptr::read_volatile(&TCP_RETRANSMIT_HAS_ERR) } != 0;
-    if has_err && field::<i32>(&ctx, RETRANSMIT_ERR_OFFSET) != 0 {
+    if has_err && field::read::<i32>(&ctx, &TCP_RETRANSMIT_ERR) != 0 {
         return 0; // not sent
     }
-    bump(field(&ctx, 16), Counter::Retransmits);
+    bump(
+        field::read(&ctx, &TCP_RETRANSMIT_SKADDR),
+        Counter::Retransmits,
+    );
     0
 }
 
-/// tcp:tcp_send_reset (skaddr at 16, NULL for resets sent without a socket)
 #[tracepoint]
 pub fn tcp_send_reset_tp(ctx: TracePointContext) -> u32 {
-    bump(field(&ctx, 16), Counter::ResetsSent);
+    bump(
+        field::read(&ctx, &TCP_SEND_RESET_SKADDR),
+        Counter::ResetsSent,
+    );
     0
 }
 
-/// tcp:tcp_receive_reset (skaddr at 8)
 #[tracepoint]
 pub fn tcp_receive_reset_tp(ctx: TracePointContext) -> u32 {
-    bump(field(&ctx, 8), Counter::ResetsReceived);
+    bump(
+        field::read(&ctx, &TCP_RECEIVE_RESET_SKADDR),
+        Counter::ResetsReceived,
+    );
     0
 }
-
-// sock:sock_send_length / sock:sock_recv_length
-const SL_SK: usize = 8;
-const SL_PROTOCOL: usize = 18;
-const SL_RET: usize = 20;
-const SL_FLAGS: usize = 24;
 
 #[inline(always)]
 fn on_length(ctx: &TracePointContext, sent: bool) {
-    if current_target_task().is_none() || field::<u16>(ctx, SL_PROTOCOL) != IPPROTO_TCP {
+    if current_target_task().is_none() || field::read::<u16>(ctx, &TCP_SL_PROTOCOL) != IPPROTO_TCP {
         return;
     }
-    let ret: i32 = field(ctx, SL_RET);
-    if ret <= 0 || (!sent && field::<i32>(ctx, SL_FLAGS) & MSG_PEEK != 0) {
+    let ret: i32 = field::read(ctx, &TCP_SL_RET);
+    if ret <= 0 || (!sent && field::read::<i32>(ctx, &TCP_SL_FLAGS) & MSG_PEEK != 0) {
         return;
     }
-    count_bytes(field(ctx, SL_SK), ret as u64, sent);
+    count_bytes(field::read(ctx, &TCP_SL_SK), ret as u64, sent);
 }
 
 #[tracepoint]

@@ -9,6 +9,8 @@ use aya::{Ebpf, EbpfLoader, programs::TracePoint};
 use serde::Serialize;
 use tracing::{debug, info};
 
+use lavtrace_common::field::FieldSpec;
+
 use crate::error::Fatal;
 
 /// The object built by build.rs from `lavtrace-ebpf`.
@@ -34,17 +36,31 @@ pub fn preflight() -> Result<()> {
 /// Loads the object with the target's tgid baked in as a read-only global, and each ring
 /// sized from lavtrace-common (or `ring_bytes`, from --ring-bytes). `per_thread` turns on the
 /// syscalls family's per-thread table (also read-only, so the verifier prunes it when off).
-pub fn load(tgid: u32, ring_bytes: Option<u32>, per_thread: bool) -> Result<Ebpf> {
+/// `fields`: the record-field tables of the families to be attached (family name, table),
+/// whose offsets are read from this kernel's tracefs (`crate::fields`); a field missing or of
+/// another size fails the load, naming the family.
+pub fn load(
+    tgid: u32,
+    ring_bytes: Option<u32>,
+    per_thread: bool,
+    fields: &[(&'static str, &'static [FieldSpec])],
+) -> Result<Ebpf> {
+    let overrides = match tracefs_dir() {
+        Some(dir) => crate::fields::from_tracefs(Path::new(dir), fields.iter().copied())
+            .map_err(Fatal::Unsupported)?,
+        None if fields.is_empty() => crate::fields::Overrides::default(),
+        None => return Err(Fatal::Unsupported("tracefs is not mounted".into()).into()),
+    };
     let mut loader = EbpfLoader::new();
     loader.override_global(lavtrace_common::filter::TARGET_TGID, &tgid, true);
     let per_thread = u8::from(per_thread);
     loader.override_global(lavtrace_common::syscalls::PER_THREAD, &per_thread, true);
-    let retransmit_has_err = u8::from(crate::tcp::hooks::retransmit_has_err());
-    loader.override_global(
-        lavtrace_common::tcp::RETRANSMIT_HAS_ERR,
-        &retransmit_has_err,
-        true,
-    );
+    for (global, offset) in &overrides.offsets {
+        loader.override_global(global, offset, true);
+    }
+    for (global, flag) in &overrides.flags {
+        loader.override_global(global, flag, true);
+    }
     for (ring, default) in [
         (
             lavtrace_common::fsync::RING,

@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod ebpf;
 mod error;
+mod fields;
 mod follow;
 mod fsync;
 mod lavinmq;

@@ -119,15 +119,16 @@ where
     Ok(Drain { stats, flush })
 }
 
-/// The kernel's lost-event counters (`LOST_EVENTS`), one per ring-buffer family.
+/// The kernel's lost-event counters (`RING_LOST_EVENTS`), one per ring-buffer family.
 pub struct LostCounters(PerCpuArray<MapData, u64>);
 
 impl LostCounters {
     /// Takes the counter map out of `ebpf`; the session owns it and hands it to the families.
     pub fn take(ebpf: &mut Ebpf) -> Result<LostCounters> {
+        let name = lavtrace_common::ring::LOST_MAP;
         let map = ebpf
-            .take_map("LOST_EVENTS")
-            .context("map LOST_EVENTS missing")?;
+            .take_map(name)
+            .with_context(|| format!("map {name} missing"))?;
         Ok(LostCounters(PerCpuArray::try_from(map)?))
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lavtrace_common::ring::lost;
+use lavtrace_common::{field::FieldSpec, ring::lost};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -67,6 +67,17 @@ pub struct Session {
     metrics: Option<metrics::Exporter>,
 }
 
+/// The tracepoint record fields `probe`'s programs read (checked against tracefs at load).
+fn record_fields(probe: Probe) -> Option<(&'static str, &'static [FieldSpec])> {
+    let table = match probe {
+        Probe::Syscalls => lavtrace_common::syscalls::FIELDS,
+        Probe::Fsync | Probe::Mmap => lavtrace_common::storage::FIELDS,
+        Probe::Tcp => lavtrace_common::tcp::FIELDS,
+        Probe::Floor | Probe::FloorTracepoint => return None,
+    };
+    Some((probe.name(), table))
+}
+
 #[derive(Clone, Copy)]
 enum Window {
     Interval,
@@ -86,11 +97,12 @@ impl Session {
 
     fn attach_opts(target: Target, probes: &[Probe], options: &AttachOptions) -> Result<Session> {
         ebpf::preflight()?;
-        let mut ebpf = ebpf::load(target.pid, options.ring_bytes, options.per_thread)?;
-        let lost = LostCounters::take(&mut ebpf)?;
         let mut probes = probes.to_vec();
         probes.sort_unstable();
         probes.dedup();
+        let fields: Vec<_> = probes.iter().filter_map(|p| record_fields(*p)).collect();
+        let mut ebpf = ebpf::load(target.pid, options.ring_bytes, options.per_thread, &fields)?;
+        let lost = LostCounters::take(&mut ebpf)?;
         let mut hooks = Vec::new();
         let mut syscalls = None;
         let mut tcp = None;

@@ -201,16 +201,16 @@ pub fn attach_shared(ebpf: &mut Ebpf, family: &'static str, sink: u32) -> Result
     let mut hooks = Vec::new();
     for (program, tps) in [
         (
-            "map_exit",
+            "storage_map_exit",
             &["sys_exit_mmap", "sys_exit_munmap", "sys_exit_mremap"][..],
         ),
-        ("map_enter6", &["sys_enter_mmap"][..]),
-        ("map_enter2", &["sys_enter_munmap"][..]),
-        ("map_enter5", &["sys_enter_mremap"][..]),
-        ("fd_open_exit", &["sys_exit_openat"][..]),
-        ("fd_enter2", &["sys_enter_openat"][..]),
+        ("storage_map_enter6", &["sys_enter_mmap"][..]),
+        ("storage_map_enter2", &["sys_enter_munmap"][..]),
+        ("storage_map_enter5", &["sys_enter_mremap"][..]),
+        ("storage_fd_open_exit", &["sys_exit_openat"][..]),
+        ("storage_fd_enter2", &["sys_enter_openat"][..]),
         (
-            "fd_dup_exit",
+            "storage_fd_dup_exit",
             &[
                 "sys_exit_dup",
                 "sys_exit_dup2",
@@ -219,11 +219,11 @@ pub fn attach_shared(ebpf: &mut Ebpf, family: &'static str, sink: u32) -> Result
             ][..],
         ),
         (
-            "fd_enter1",
+            "storage_fd_enter1",
             &["sys_enter_dup", "sys_enter_dup2", "sys_enter_dup3"][..],
         ),
-        ("fd_fcntl_enter", &["sys_enter_fcntl"][..]),
-        ("fd_close", &["sys_enter_close"][..]),
+        ("storage_fd_fcntl", &["sys_enter_fcntl"][..]),
+        ("storage_fd_close", &["sys_enter_close"][..]),
     ] {
         hooks.extend(attach(ebpf, family, program, tps)?);
     }

@@ -70,16 +70,16 @@ impl Tracer {
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
         let tracer = Tracer {
-            stats: PerCpuArray::try_from(take(ebpf, "SYSCALL_STATS")?)?,
-            errnos: PerCpuHashMap::try_from(take(ebpf, "SYSCALL_ERRNOS")?)?,
-            diag: PerCpuArray::try_from(take(ebpf, "SYSCALL_DIAG")?)?,
+            stats: PerCpuArray::try_from(take(ebpf, "SYSCALLS_STATS")?)?,
+            errnos: PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_ERRNOS")?)?,
+            diag: PerCpuArray::try_from(take(ebpf, "SYSCALLS_DIAG")?)?,
             last: Snapshot {
                 per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
                 ..Snapshot::default()
             },
             threads: match per_thread {
                 true => Some(threads::Threads::new(
-                    PerCpuHashMap::try_from(take(ebpf, "SYSCALL_THREADS")?)?,
+                    PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_THREADS")?)?,
                     pid,
                 )),
                 false => None,

@@ -459,7 +459,7 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<Hook> {
 /// object: the verifier checks them even on a kernel that cannot attach them. Returns the
 /// programs the kernel refused, with the first line of why.
 pub fn verify_kprobe_programs() -> Result<Vec<(&'static str, String)>> {
-    let mut ebpf = ebpf::load(std::process::id(), None, false)?;
+    let mut ebpf = ebpf::load(std::process::id(), None, false, &[])?;
     let mut refused = Vec::new();
     let mut seen = HashSet::new();
     for spec in HOOKS.iter().filter(|h| h.set == Set::Kprobe) {
@@ -495,23 +495,6 @@ pub fn not_in_use(in_use: &[Hook], caps: &Caps) -> Vec<(&'static str, String)> {
             (spec.program, status)
         })
         .collect()
-}
-
-/// Whether tcp:tcp_retransmit_skb has the `int err` field where the kernel program reads it.
-pub fn retransmit_has_err() -> bool {
-    let Some(tracefs) = ebpf::tracefs_dir() else {
-        return false;
-    };
-    let format = Path::new(tracefs).join("events/tcp/tcp_retransmit_skb/format");
-    std::fs::read_to_string(format).is_ok_and(|f| {
-        f.lines().any(|l| {
-            l.contains("field:int err;")
-                && l.contains(&format!(
-                    "offset:{};",
-                    lavtrace_common::tcp::RETRANSMIT_ERR_OFFSET
-                ))
-        })
-    })
 }
 
 #[cfg(test)]
