@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{
+    family::{self, Entry, Options},
+    syscalls::HookChoice,
+    tcp::hooks::Mode,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lavtrace",
@@ -90,8 +96,8 @@ pub struct ReportArgs {
     #[arg(long)]
     pub no_tui: bool,
     /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
-    #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
-    pub tcp_hooks: crate::tcp::hooks::Mode,
+    #[arg(long, value_enum, default_value_t = TcpHooks::Auto)]
+    pub tcp_hooks: TcpHooks,
     /// Break the figures down per thread (named from /proc/PID/task/TID/comm): a per-thread
     /// syscall table (counted in the kernel) and durability/mapping rows per thread.
     #[arg(long)]
@@ -113,6 +119,35 @@ pub struct ReportArgs {
     /// Bytes per event ring (power of two, at least 4096); tests use a tiny ring to force losses.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
+}
+
+impl ReportArgs {
+    /// The registry entries of `--probes`.
+    pub fn families(&self) -> Vec<&'static Entry> {
+        self.probes
+            .iter()
+            .filter_map(|p| family::by_name(p.name()))
+            .collect()
+    }
+
+    /// The flags the families read, as their plain options.
+    pub fn family_options(&self) -> Options {
+        Options {
+            per_thread: self.per_thread,
+            ring_bytes: self.ring_bytes,
+            slow: self.slow,
+            json: self.format == Format::Json,
+            syscalls_hooks: match self.syscalls_hooks {
+                SyscallHooks::Auto => HookChoice::Auto,
+                SyscallHooks::Tracepoint => HookChoice::Tracepoint,
+            },
+            tcp_hooks: match self.tcp_hooks {
+                TcpHooks::Auto => Mode::Auto,
+                TcpHooks::Kprobe => Mode::Kprobe,
+                TcpHooks::Tracepoint => Mode::Tracepoint,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +225,18 @@ pub enum SyscallHooks {
     Tracepoint,
 }
 
+/// `--tcp-hooks` (the tcp family's `hooks::Mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TcpHooks {
+    /// kprobes where the kernel has them, tracepoints otherwise.
+    #[default]
+    Auto,
+    /// kprobes only (fails where the kernel has none).
+    Kprobe,
+    /// Tracepoints only.
+    Tracepoint,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
@@ -206,6 +253,17 @@ pub enum SortKey {
     Errors,
     /// Slowest single call first.
     Max,
+}
+
+impl From<SortKey> for family::SortKey {
+    fn from(s: SortKey) -> Self {
+        match s {
+            SortKey::Count => family::SortKey::Count,
+            SortKey::Time => family::SortKey::Time,
+            SortKey::Errors => family::SortKey::Errors,
+            SortKey::Max => family::SortKey::Max,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -257,6 +315,14 @@ mod tests {
             panic!("not trace")
         };
         assert_eq!(t.report.probes, vec![Probe::Syscalls]);
+        // Every value of --probes is a family of the registry, and the defaults are the
+        // visible ones.
+        for p in [Probe::Floor, Probe::FloorTracepoint].iter().chain(Probe::all()) {
+            assert!(family::by_name(p.name()).is_some(), "{p}");
+        }
+        let defaults: Vec<&str> = Probe::all().iter().map(|p| p.name()).collect();
+        let visible: Vec<&str> = family::visible().map(|e| e.name).collect();
+        assert_eq!(defaults, visible);
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
             "unknown probe must be rejected"

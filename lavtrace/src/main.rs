@@ -3,12 +3,15 @@
 mod check;
 mod cli;
 mod demo;
-mod ebpf;
 mod error;
+mod family;
+mod floor;
 mod follow;
 mod fsync;
+mod kernel;
 mod metrics;
 mod mmap;
+mod names;
 mod output;
 mod overhead;
 mod ringbuf;

@@ -111,7 +111,7 @@ impl SlowLog {
             let err = if call.ret < 0 {
                 format!(
                     "  (error {})",
-                    crate::syscalls::errno_name((-call.ret) as u32)
+                    crate::names::errno_name((-call.ret) as u32)
                 )
             } else {
                 String::new()

@@ -131,15 +131,9 @@ impl KindCache {
     }
 }
 
+/// Its calls are only these (`State::on_record`), all named on every architecture.
 pub fn syscall_name(n: u32) -> &'static str {
-    match n {
-        nr::MMAP => "mmap",
-        nr::MUNMAP => "munmap",
-        nr::MREMAP => "mremap",
-        nr::MADVISE => "madvise",
-        nr::BRK => "brk",
-        _ => "?",
-    }
+    crate::names::syscall(n).unwrap_or("?")
 }
 
 fn advice_name(advice: u64) -> String {

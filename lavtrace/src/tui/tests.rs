@@ -11,8 +11,8 @@ use super::{
     panes::{self, Pane},
 };
 use crate::{
-    cli::SortKey,
-    ebpf::Hook,
+    family::SortKey,
+    kernel::Hook,
     fsync::{Bucket, FsyncRow},
     mmap::MmapSection,
     output::Sections,
