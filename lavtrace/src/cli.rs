@@ -317,7 +317,10 @@ mod tests {
         assert_eq!(t.report.probes, vec![Probe::Syscalls]);
         // Every value of --probes is a family of the registry, and the defaults are the
         // visible ones.
-        for p in [Probe::Floor, Probe::FloorTracepoint].iter().chain(Probe::all()) {
+        for p in [Probe::Floor, Probe::FloorTracepoint]
+            .iter()
+            .chain(Probe::all())
+        {
             assert!(family::by_name(p.name()).is_some(), "{p}");
         }
         let defaults: Vec<&str> = Probe::all().iter().map(|p| p.name()).collect();

@@ -13,8 +13,7 @@ use aya::Ebpf;
 use serde_json::value::RawValue;
 
 use crate::{
-    floor,
-    fsync,
+    floor, fsync,
     kernel::{Hook, Overrides},
     mmap, syscalls, tcp,
 };
@@ -73,6 +72,7 @@ pub trait Tracer {
     }
 }
 
+/// The future `Tracer::flush` returns (boxed: the session holds families as trait objects).
 pub type Flush<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// One family's part of a window.
@@ -140,8 +140,11 @@ pub struct Entry {
     pub hidden: bool,
     lost_slot: Option<u32>,
     overrides: fn(&Options, &mut Overrides),
-    attach: fn(&mut Ebpf, u32, &Options) -> Result<(Box<dyn Tracer>, Vec<Hook>)>,
+    attach: fn(&mut Ebpf, u32, &Options) -> Result<Attached>,
 }
+
+/// A family just attached, and the hooks it is on.
+type Attached = (Box<dyn Tracer>, Vec<Hook>);
 
 const fn entry<F: Family>() -> Entry {
     Entry {
@@ -157,7 +160,7 @@ fn attach_boxed<F: Family>(
     ebpf: &mut Ebpf,
     pid: u32,
     options: &Options,
-) -> Result<(Box<dyn Tracer>, Vec<Hook>)> {
+) -> Result<Attached> {
     let (tracer, hooks) = F::attach(ebpf, pid, options)?;
     Ok((Box::new(tracer), hooks))
 }

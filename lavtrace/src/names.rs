@@ -27,7 +27,10 @@ mod tests {
         assert_eq!(syscall_name(libc::SYS_getppid as u32), "getppid");
         assert_eq!(syscall_name(libc::SYS_syncfs as u32), "syncfs");
         assert_eq!(syscall_name(511), "syscall_511");
-        assert_eq!(syscall(libc::SYS_sync_file_range as u32), Some("sync_file_range"));
+        assert_eq!(
+            syscall(libc::SYS_sync_file_range as u32),
+            Some("sync_file_range")
+        );
         assert_eq!(syscall(libc::SYS_madvise as u32), Some("madvise"));
         assert_eq!(errno_name(libc::EAGAIN as u32), "EAGAIN");
         assert_eq!(errno_name(libc::EBADF as u32), "EBADF");

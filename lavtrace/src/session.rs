@@ -46,7 +46,11 @@ impl Session {
         Session::attach_opts(target, &args.families(), &args.family_options())
     }
 
-    fn attach_opts(target: Target, entries: &[&'static Entry], options: &Options) -> Result<Session> {
+    fn attach_opts(
+        target: Target,
+        entries: &[&'static Entry],
+        options: &Options,
+    ) -> Result<Session> {
         kernel::preflight()?;
         // Registry order, once each: the order of the reports.
         let entries: Vec<&'static Entry> = family::REGISTRY

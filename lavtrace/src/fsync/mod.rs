@@ -223,9 +223,7 @@ impl Family for Tracer {
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
-        let slow = options
-            .slow
-            .map(|d| SlowLog::new(d, options.json, pid));
+        let slow = options.slow.map(|d| SlowLog::new(d, options.json, pid));
         Tracer::start(ebpf, pid, slow, options.per_thread)
     }
 }

@@ -76,4 +76,3 @@ pub fn attach_raw_tracepoint(
 fn verifier_error(program: &str, e: aya::programs::ProgramError) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("the kernel rejected program {program}"))
 }
-

@@ -37,4 +37,3 @@ pub fn check_privileges() -> Result<()> {
         .into())
     }
 }
-

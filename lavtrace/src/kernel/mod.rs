@@ -102,7 +102,6 @@ fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     });
 }
 
-
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use the memory cgroup
 /// and may not let us raise it at all, which is then harmless.
 fn raise_memlock() {

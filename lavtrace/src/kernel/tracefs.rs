@@ -43,4 +43,3 @@ pub fn ensure_tracefs() -> Result<()> {
     ))
     .into())
 }
-

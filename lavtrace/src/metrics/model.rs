@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use lavtrace_common::syscalls::{LATENCY_BUCKETS, latency_bucket};
 
 use crate::{
-    fsync, mmap::MmapSection, output::Sections, storage::lavinmq::Kind, syscalls,
-    tcp::TcpSection,
+    fsync, mmap::MmapSection, output::Sections, storage::lavinmq::Kind, syscalls, tcp::TcpSection,
 };
 
 /// A latency histogram in the kernel's log2 buckets: bucket `i` holds durations of

@@ -17,8 +17,8 @@ use lavtrace_common::storage::{CallEvent, FdEvent, OpenEvent, kind};
 use tracing::debug;
 
 use crate::{
-    kernel::{Hook, tracefs},
     error::Fatal,
+    kernel::{Hook, tracefs},
     ringbuf::{Drain, decode},
 };
 use files::FdTable;

@@ -118,7 +118,8 @@ impl family::Tracer for Tracer {
     }
 
     fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
-        let (section, lost_since_attach) = self.build_section(window == Window::Whole, kernel_lost)?;
+        let (section, lost_since_attach) =
+            self.build_section(window == Window::Whole, kernel_lost)?;
         Ok(Some(Part {
             section: Box::new(section),
             lost_since_attach,
@@ -138,11 +139,11 @@ impl family::Tracer for Tracer {
                 "*".into(),
                 "every kprobe program passes this kernel's verifier".into(),
             )),
-            Ok(refused) => notes.extend(
-                refused
-                    .into_iter()
-                    .map(|(program, why)| (program.to_string(), format!("verifier refused: {why}"))),
-            ),
+            Ok(refused) => {
+                notes.extend(refused.into_iter().map(|(program, why)| {
+                    (program.to_string(), format!("verifier refused: {why}"))
+                }))
+            }
             Err(e) => notes.push(("*".into(), format!("kprobe programs not verified: {e:#}"))),
         }
         notes

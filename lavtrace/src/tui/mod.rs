@@ -22,8 +22,8 @@ use ratatui::{
 use tokio::sync::mpsc;
 
 use crate::{
-    family::SortKey, fsync, kernel::Hook, mmap::MmapSection, output::Sections, overhead,
-    syscalls, target::Target, tcp::TcpSection,
+    family::SortKey, fsync, kernel::Hook, mmap::MmapSection, output::Sections, overhead, syscalls,
+    target::Target, tcp::TcpSection,
 };
 use panes::{LastTransitions, Pane};
 
