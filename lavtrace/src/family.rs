@@ -156,11 +156,7 @@ const fn entry<F: Family>() -> Entry {
     }
 }
 
-fn attach_boxed<F: Family>(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    options: &Options,
-) -> Result<Attached> {
+fn attach_boxed<F: Family>(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<Attached> {
     let (tracer, hooks) = F::attach(ebpf, pid, options)?;
     Ok((Box::new(tracer), hooks))
 }

@@ -270,3 +270,36 @@ impl Output {
         stdout.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsync;
+
+    #[test]
+    fn sections_flatten_into_the_record_in_registry_order() {
+        let mut sections = Sections::default()
+            .with(crate::syscalls::Section::default())
+            .with(fsync::Section(Vec::new()));
+        sections.lost_events.insert("syscalls", 3);
+        sections.lost_events.insert("fsync", 0);
+        let json = serde_json::to_string(&Record::Interval {
+            seq: 1,
+            elapsed_ms: 1000,
+            window_ms: 1000,
+            sections: &sections,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"interval","seq":1,"elapsed_ms":1000,"window_ms":1000,"syscalls":[],"fsync":[],"lost_events":{"fsync":0,"syscalls":3}}"#
+        );
+        // --per-thread adds the syscalls family's second key right after its first.
+        let sections = Sections::default().with(crate::syscalls::Section {
+            rows: Vec::new(),
+            threads: Some(Vec::new()),
+        });
+        let json = serde_json::to_string(&sections).unwrap();
+        assert_eq!(json, r#"{"syscalls":[],"threads":[],"lost_events":{}}"#);
+    }
+}
