@@ -1,6 +1,6 @@
 //! Command-line interface. The `trace` flags are a contract scripts rely on: extend, never break.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -124,10 +124,7 @@ pub struct ReportArgs {
 impl ReportArgs {
     /// The registry entries of `--probes`.
     pub fn families(&self) -> Vec<&'static Entry> {
-        self.probes
-            .iter()
-            .filter_map(|p| family::by_name(p.name()))
-            .collect()
+        self.probes.iter().map(|p| p.0).collect()
     }
 
     /// The flags the families read, as their plain options.
@@ -174,39 +171,37 @@ pub struct DemoArgs {
     pub amqp: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum Probe {
-    /// Every syscall: count, errors, latency (in-kernel aggregation).
-    Syscalls,
-    /// Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file.
-    Fsync,
-    /// Mapping churn (mmap, munmap, mremap, madvise, brk) per file, and the map count.
-    Mmap,
-    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
-    Tcp,
-    /// Benchmarks only: empty programs on the raw tracepoints the syscalls family uses (the
-    /// cost floor).
-    #[value(hide = true)]
-    Floor,
-    /// Benchmarks only: empty programs on the classic raw_syscalls tracepoints.
-    #[value(hide = true)]
-    FloorTracepoint,
-}
+/// A value of `--probes`: a family of the registry (its `ABOUT` is the `--help` line; hidden
+/// families are accepted but not listed).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe(pub &'static Entry);
 
 impl Probe {
+    /// The default: every visible family.
     pub fn all() -> &'static [Probe] {
-        &[Probe::Syscalls, Probe::Fsync, Probe::Mmap, Probe::Tcp]
+        static VISIBLE: LazyLock<Vec<Probe>> =
+            LazyLock::new(|| family::visible().map(Probe).collect());
+        &VISIBLE
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Probe::Syscalls => "syscalls",
-            Probe::Floor => "floor",
-            Probe::FloorTracepoint => "floor-tracepoint",
-            Probe::Tcp => "tcp",
-            Probe::Fsync => "fsync",
-            Probe::Mmap => "mmap",
-        }
+        self.0.name
+    }
+}
+
+impl ValueEnum for Probe {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: LazyLock<Vec<Probe>> =
+            LazyLock::new(|| family::REGISTRY.iter().map(Probe).collect());
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(
+            clap::builder::PossibleValue::new(self.0.name)
+                .help(self.0.about)
+                .hide(self.0.hidden),
+        )
     }
 }
 
@@ -314,18 +309,23 @@ mod tests {
         let Command::Trace(t) = cli.command else {
             panic!("not trace")
         };
-        assert_eq!(t.report.probes, vec![Probe::Syscalls]);
-        // Every value of --probes is a family of the registry, and the defaults are the
-        // visible ones.
-        for p in [Probe::Floor, Probe::FloorTracepoint]
-            .iter()
-            .chain(Probe::all())
-        {
-            assert!(family::by_name(p.name()).is_some(), "{p}");
-        }
-        let defaults: Vec<&str> = Probe::all().iter().map(|p| p.name()).collect();
-        let visible: Vec<&str> = family::visible().map(|e| e.name).collect();
-        assert_eq!(defaults, visible);
+        let names: Vec<&str> = t.report.probes.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["syscalls"]);
+        // Hidden families are accepted, and the default is every visible one.
+        let names = |args: &[&str]| -> Vec<&'static str> {
+            let Command::Trace(t) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            t.report.probes.iter().map(|p| p.name()).collect()
+        };
+        assert_eq!(
+            names(&["lavtrace", "trace", "--probes", "floor,floor-tracepoint"]),
+            ["floor", "floor-tracepoint"]
+        );
+        assert_eq!(
+            names(&["lavtrace", "trace"]),
+            ["syscalls", "fsync", "mmap", "tcp"]
+        );
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
             "unknown probe must be rejected"

@@ -28,11 +28,6 @@ pub static REGISTRY: &[Entry] = &[
     entry::<floor::Tracepoint>(),
 ];
 
-/// The registry entry called `name`.
-pub fn by_name(name: &str) -> Option<&'static Entry> {
-    REGISTRY.iter().find(|e| e.name == name)
-}
-
 /// The families an operator sees (`--probes` default, `check`); hidden ones are for benchmarks.
 pub fn visible() -> impl Iterator<Item = &'static Entry> {
     REGISTRY.iter().filter(|e| !e.hidden)
@@ -42,6 +37,8 @@ pub fn visible() -> impl Iterator<Item = &'static Entry> {
 pub trait Family: Tracer + Sized + 'static {
     /// The one name: `--probes`, JSON key of its lost events, `Hook::family`.
     const NAME: &'static str;
+    /// Its line in `--help` (`--probes` possible values).
+    const ABOUT: &'static str;
     /// Benchmark-only: not in the `--probes` defaults or `check`.
     const HIDDEN: bool = false;
     /// Index of its kernel lost-event counter (`lavtrace_common::ring::lost`), if it has a ring.
@@ -135,8 +132,10 @@ pub struct Options {
 }
 
 /// One line of the registry.
+#[derive(Debug)]
 pub struct Entry {
     pub name: &'static str,
+    pub about: &'static str,
     pub hidden: bool,
     lost_slot: Option<u32>,
     overrides: fn(&Options, &mut Overrides),
@@ -149,6 +148,7 @@ type Attached = (Box<dyn Tracer>, Vec<Hook>);
 const fn entry<F: Family>() -> Entry {
     Entry {
         name: F::NAME,
+        about: F::ABOUT,
         hidden: F::HIDDEN,
         lost_slot: F::LOST_SLOT,
         overrides: F::overrides,

@@ -20,6 +20,7 @@ pub struct Tracepoint;
 
 impl Family for Raw {
     const NAME: &'static str = "floor";
+    const ABOUT: &'static str = "Benchmarks only: empty programs on the raw tracepoints the syscalls family uses (the cost floor)";
     const HIDDEN: bool = true;
 
     fn attach(ebpf: &mut Ebpf, _pid: u32, _options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -36,6 +37,8 @@ impl Family for Raw {
 
 impl Family for Tracepoint {
     const NAME: &'static str = "floor-tracepoint";
+    const ABOUT: &'static str =
+        "Benchmarks only: empty programs on the classic raw_syscalls tracepoints";
     const HIDDEN: bool = true;
 
     fn attach(ebpf: &mut Ebpf, _pid: u32, _options: &Options) -> Result<(Self, Vec<Hook>)> {

@@ -41,7 +41,7 @@ impl Session {
         Session::attach_opts(target, entries, &Options::default())
     }
 
-    /// `attach`, with the options of a report (--probes, --tcp-hooks, --slow, --ring-bytes).
+    /// `attach`, with the families and options of a report (`--probes` and the flags they read).
     pub fn attach_with(target: Target, args: &ReportArgs) -> Result<Session> {
         Session::attach_opts(target, &args.families(), &args.family_options())
     }

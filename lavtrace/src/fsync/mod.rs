@@ -216,6 +216,8 @@ pub struct Tracer {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    const ABOUT: &'static str =
+        "Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file";
     const LOST_SLOT: Option<u32> = Some(lost::FSYNC);
 
     fn overrides(options: &Options, overrides: &mut Overrides) {

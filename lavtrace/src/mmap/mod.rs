@@ -205,6 +205,8 @@ impl family::Section for MmapSection {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    const ABOUT: &'static str =
+        "Mapping churn (mmap, munmap, mremap, madvise, brk) per file, and the map count";
     const LOST_SLOT: Option<u32> = Some(lost::MMAP);
 
     fn overrides(options: &Options, overrides: &mut Overrides) {

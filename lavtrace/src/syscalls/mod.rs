@@ -65,6 +65,7 @@ impl family::Section for Section {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    const ABOUT: &'static str = "Every syscall: count, errors, latency (in-kernel aggregation)";
 
     /// The per-thread table is a read-only global, so the verifier prunes it when off.
     fn overrides(options: &Options, overrides: &mut Overrides) {

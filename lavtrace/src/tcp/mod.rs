@@ -97,6 +97,8 @@ impl family::Section for TcpSection {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    const ABOUT: &'static str =
+        "Every TCP connection of the target: transitions, time in state, bytes, resets";
     const LOST_SLOT: Option<u32> = Some(lost::TCP);
 
     /// Whether tcp:tcp_retransmit_skb has its `err` field where the kernel program reads it.
