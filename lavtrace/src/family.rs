@@ -4,7 +4,8 @@
 //!
 //! A family is a type implementing `Family` (how it is set up: its name, what it sets in the
 //! object before load, its attach) and `Tracer` (what the session asks of it once attached:
-//! flush, a section per window). Adding one is one line in `REGISTRY`.
+//! flush, a section per window). Adding one is its four places plus one line in `REGISTRY`
+//! (README, Layout).
 
 use std::{any::Any, fmt::Debug, future::Future, pin::Pin, time::Duration};
 
