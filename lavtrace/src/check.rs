@@ -7,13 +7,17 @@ use anyhow::Result;
 use lavtrace_common::tcp::state;
 
 use crate::{
-    cli::{CheckArgs, Probe},
-    ebpf,
+    cli::CheckArgs,
     error::Fatal,
+    family,
+    kernel::{
+        caps::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
+        tracefs,
+    },
     session::Session,
     storage::maps,
     target::Target,
-    tcp::{self, procfs, table},
+    tcp::{procfs, table},
 };
 
 pub fn run(args: &CheckArgs) -> Result<()> {
@@ -36,23 +40,23 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     );
     println!(
         "tracefs       {}",
-        ebpf::tracefs_dir().map_or_else(
+        tracefs::tracefs_dir().map_or_else(
             || "not mounted (lavtrace mounts it at /sys/kernel/tracing)".to_string(),
             |d| format!("mounted at {d}")
         )
     );
-    let caps = ebpf::effective_caps();
+    let eff = caps::effective_caps();
     let cap = |n, name: &str| {
         format!(
             "{name}={}",
-            if ebpf::has_cap(caps, n) { "yes" } else { "no" }
+            if caps::has_cap(eff, n) { "yes" } else { "no" }
         )
     };
     println!(
         "capabilities  {} {} {}",
-        cap(39, "CAP_BPF"),
-        cap(38, "CAP_PERFMON"),
-        cap(21, "CAP_SYS_ADMIN")
+        cap(CAP_BPF, "CAP_BPF"),
+        cap(CAP_PERFMON, "CAP_PERFMON"),
+        cap(CAP_SYS_ADMIN, "CAP_SYS_ADMIN")
     );
     let unpriv = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .map(|s| s.trim().to_string())
@@ -71,42 +75,16 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     let me = Target::from_pid(std::process::id())?;
     let mut failed = Vec::new();
     println!();
-    for &probe in Probe::all() {
-        match Session::attach(me.clone(), &[probe]) {
+    for entry in family::visible() {
+        let name = entry.name;
+        match Session::attach(me.clone(), &[entry]) {
             Ok(session) => {
                 for hook in session.hooks() {
-                    println!(
-                        "{:<9} {:<20} ok via {}",
-                        probe.name(),
-                        hook.program,
-                        hook.via
-                    );
+                    println!("{name:<9} {:<20} ok via {}", hook.program, hook.via);
                 }
-                // Alternatives not chosen, and why (kprobes missing, symbol inlined...).
-                if probe == Probe::Tcp {
-                    let caps = tcp::hooks::Caps::probe();
-                    for (program, status) in tcp::hooks::not_in_use(session.hooks(), &caps) {
-                        println!("{:<9} {program:<20} {status}", probe.name());
-                    }
-                    match tcp::hooks::verify_kprobe_programs() {
-                        Ok(refused) if refused.is_empty() => println!(
-                            "{:<9} {:<20} every kprobe program passes this kernel's verifier",
-                            probe.name(),
-                            "*"
-                        ),
-                        Ok(refused) => {
-                            for (program, why) in refused {
-                                println!(
-                                    "{:<9} {program:<20} verifier refused: {why}",
-                                    probe.name()
-                                );
-                            }
-                        }
-                        Err(e) => println!(
-                            "{:<9} {:<20} kprobe programs not verified: {e:#}",
-                            probe.name(),
-                            "*"
-                        ),
+                for f in session.families() {
+                    for (program, status) in f.tracer.check_notes(session.hooks()) {
+                        println!("{name:<9} {program:<20} {status}");
                     }
                 }
             }
@@ -116,8 +94,8 @@ pub fn run(args: &CheckArgs) -> Result<()> {
                 {
                     return Err(e);
                 }
-                println!("{:<9} {:<20} unavailable: {e:#}", probe.name(), "*");
-                failed.push(probe.name());
+                println!("{name:<9} {:<20} unavailable: {e:#}", "*");
+                failed.push(name);
             }
         }
     }

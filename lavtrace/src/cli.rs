@@ -1,8 +1,14 @@
 //! Command-line interface. The `trace` flags are a contract scripts rely on: extend, never break.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    family::{self, Entry, Options},
+    syscalls::HookChoice,
+    tcp::hooks::Mode,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,8 +96,8 @@ pub struct ReportArgs {
     #[arg(long)]
     pub no_tui: bool,
     /// Hooks of the tcp family: kprobes where the kernel has them (auto), or force a set.
-    #[arg(long, value_enum, default_value_t = crate::tcp::hooks::Mode::Auto)]
-    pub tcp_hooks: crate::tcp::hooks::Mode,
+    #[arg(long, value_enum, default_value_t = TcpHooks::Auto)]
+    pub tcp_hooks: TcpHooks,
     /// Break the figures down per thread (named from /proc/PID/task/TID/comm): a per-thread
     /// syscall table (counted in the kernel) and durability/mapping rows per thread.
     #[arg(long)]
@@ -113,6 +119,32 @@ pub struct ReportArgs {
     /// Bytes per event ring (power of two, at least 4096); tests use a tiny ring to force losses.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
+}
+
+impl ReportArgs {
+    /// The registry entries of `--probes`.
+    pub fn families(&self) -> Vec<&'static Entry> {
+        self.probes.iter().map(|p| p.0).collect()
+    }
+
+    /// The flags the families read, as their plain options.
+    pub fn family_options(&self) -> Options {
+        Options {
+            per_thread: self.per_thread,
+            ring_bytes: self.ring_bytes,
+            slow: self.slow,
+            json: self.format == Format::Json,
+            syscalls_hooks: match self.syscalls_hooks {
+                SyscallHooks::Auto => HookChoice::Auto,
+                SyscallHooks::Tracepoint => HookChoice::Tracepoint,
+            },
+            tcp_hooks: match self.tcp_hooks {
+                TcpHooks::Auto => Mode::Auto,
+                TcpHooks::Kprobe => Mode::Kprobe,
+                TcpHooks::Tracepoint => Mode::Tracepoint,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -139,39 +171,37 @@ pub struct DemoArgs {
     pub amqp: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum Probe {
-    /// Every syscall: count, errors, latency (in-kernel aggregation).
-    Syscalls,
-    /// Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file.
-    Fsync,
-    /// Mapping churn (mmap, munmap, mremap, madvise, brk) per file, and the map count.
-    Mmap,
-    /// Every TCP connection of the target: transitions, time in state, bytes, resets.
-    Tcp,
-    /// Benchmarks only: empty programs on the raw tracepoints the syscalls family uses (the
-    /// cost floor).
-    #[value(hide = true)]
-    Floor,
-    /// Benchmarks only: empty programs on the classic raw_syscalls tracepoints.
-    #[value(hide = true)]
-    FloorTracepoint,
-}
+/// A value of `--probes`: a family of the registry (its `ABOUT` is the `--help` line; hidden
+/// families are accepted but not listed).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe(pub &'static Entry);
 
 impl Probe {
+    /// The default: every visible family.
     pub fn all() -> &'static [Probe] {
-        &[Probe::Syscalls, Probe::Fsync, Probe::Mmap, Probe::Tcp]
+        static VISIBLE: LazyLock<Vec<Probe>> =
+            LazyLock::new(|| family::visible().map(Probe).collect());
+        &VISIBLE
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Probe::Syscalls => "syscalls",
-            Probe::Floor => "floor",
-            Probe::FloorTracepoint => "floor-tracepoint",
-            Probe::Tcp => "tcp",
-            Probe::Fsync => "fsync",
-            Probe::Mmap => "mmap",
-        }
+        self.0.name
+    }
+}
+
+impl ValueEnum for Probe {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: LazyLock<Vec<Probe>> =
+            LazyLock::new(|| family::REGISTRY.iter().map(Probe).collect());
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(
+            clap::builder::PossibleValue::new(self.0.name)
+                .help(self.0.about)
+                .hide(self.0.hidden),
+        )
     }
 }
 
@@ -187,6 +217,18 @@ pub enum SyscallHooks {
     #[default]
     Auto,
     /// raw_syscalls:sys_enter/sys_exit only.
+    Tracepoint,
+}
+
+/// `--tcp-hooks` (the tcp family's `hooks::Mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TcpHooks {
+    /// kprobes where the kernel has them, tracepoints otherwise.
+    #[default]
+    Auto,
+    /// kprobes only (fails where the kernel has none).
+    Kprobe,
+    /// Tracepoints only.
     Tracepoint,
 }
 
@@ -206,6 +248,17 @@ pub enum SortKey {
     Errors,
     /// Slowest single call first.
     Max,
+}
+
+impl From<SortKey> for family::SortKey {
+    fn from(s: SortKey) -> Self {
+        match s {
+            SortKey::Count => family::SortKey::Count,
+            SortKey::Time => family::SortKey::Time,
+            SortKey::Errors => family::SortKey::Errors,
+            SortKey::Max => family::SortKey::Max,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -256,7 +309,23 @@ mod tests {
         let Command::Trace(t) = cli.command else {
             panic!("not trace")
         };
-        assert_eq!(t.report.probes, vec![Probe::Syscalls]);
+        let names: Vec<&str> = t.report.probes.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["syscalls"]);
+        // Hidden families are accepted, and the default is every visible one.
+        let names = |args: &[&str]| -> Vec<&'static str> {
+            let Command::Trace(t) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not trace")
+            };
+            t.report.probes.iter().map(|p| p.name()).collect()
+        };
+        assert_eq!(
+            names(&["lavtrace", "trace", "--probes", "floor,floor-tracepoint"]),
+            ["floor", "floor-tracepoint"]
+        );
+        assert_eq!(
+            names(&["lavtrace", "trace"]),
+            ["syscalls", "fsync", "mmap", "tcp"]
+        );
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
             "unknown probe must be rejected"

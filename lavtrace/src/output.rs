@@ -7,53 +7,51 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Serialize, ser::SerializeMap as _};
 
 use crate::{
     cli::{Format, ReportArgs},
-    ebpf::Hook,
-    syscalls::{self, SyscallRow},
+    family::{Section, TextOptions},
+    kernel::Hook,
     target::{Target, TargetExit},
-    tcp,
 };
 
-/// Every family's section of one window; absent families are left out of the JSON.
-#[derive(Debug, Default, Serialize)]
+/// Every loaded family's section of one window, in registry order; a family not loaded has
+/// no section and so no keys in the JSON.
+#[derive(Debug, Default)]
 pub struct Sections {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub syscalls: Option<Vec<SyscallRow>>,
-    /// `--per-thread`: the syscalls family per thread.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub threads: Option<Vec<syscalls::threads::ThreadRow>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fsync: Option<Vec<crate::fsync::FsyncRow>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mmap: Option<crate::mmap::MmapSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<tcp::TcpSection>,
+    parts: Vec<Box<dyn Section>>,
     /// Events the kernel side could not record or deliver, per family. Never silent.
     pub lost_events: BTreeMap<&'static str, u64>,
     /// What tracing cost in this window.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub overhead: Option<crate::overhead::Overhead>,
 }
 
 impl Sections {
+    pub fn push(&mut self, section: Box<dyn Section>) {
+        self.parts.push(section);
+    }
+
+    /// `push`, for building sections by hand (tests).
+    #[cfg(test)]
+    pub fn with(mut self, section: impl Section) -> Sections {
+        self.parts.push(Box::new(section));
+        self
+    }
+
+    /// The section of type `T` (the family that makes it), if that family is loaded.
+    pub fn get<T: Section>(&self) -> Option<&T> {
+        self.parts.iter().find_map(|p| p.as_any().downcast_ref())
+    }
+
     fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
-        if let Some(rows) = &self.syscalls {
-            syscalls::write_text(out, rows, args.sort, args.top);
-        }
-        if let Some(rows) = &self.threads {
-            syscalls::threads::write_text(out, rows, args.sort, args.top);
-        }
-        if let Some(rows) = &self.fsync {
-            crate::fsync::write_text(out, rows, args.top);
-        }
-        if let Some(section) = &self.mmap {
-            crate::mmap::write_text(out, section, args.top);
-        }
-        if let Some(section) = &self.tcp {
-            tcp::write_text(out, section, summary, args.top);
+        let text = TextOptions {
+            sort: args.sort.into(),
+            top: args.top,
+            summary,
+        };
+        for part in &self.parts {
+            part.write_text(out, &text);
         }
         let lost: Vec<String> = self
             .lost_events
@@ -67,6 +65,23 @@ impl Sections {
         if let Some(o) = &self.overhead {
             let _ = writeln!(out, "{}", crate::overhead::text(o));
         }
+    }
+}
+
+/// The families' keys in order, then `lost_events` and `overhead`: flattened into a record.
+impl Serialize for Sections {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for part in &self.parts {
+            for (key, value) in part.json().map_err(serde::ser::Error::custom)? {
+                map.serialize_entry(key, &value)?;
+            }
+        }
+        map.serialize_entry("lost_events", &self.lost_events)?;
+        if let Some(o) = &self.overhead {
+            map.serialize_entry("overhead", o)?;
+        }
+        map.end()
     }
 }
 
@@ -253,5 +268,38 @@ impl Output {
         let mut stdout = io::stdout().lock();
         stdout.write_all(s.as_bytes())?;
         stdout.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsync;
+
+    #[test]
+    fn sections_flatten_into_the_record_in_registry_order() {
+        let mut sections = Sections::default()
+            .with(crate::syscalls::Section::default())
+            .with(fsync::Section(Vec::new()));
+        sections.lost_events.insert("syscalls", 3);
+        sections.lost_events.insert("fsync", 0);
+        let json = serde_json::to_string(&Record::Interval {
+            seq: 1,
+            elapsed_ms: 1000,
+            window_ms: 1000,
+            sections: &sections,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"interval","seq":1,"elapsed_ms":1000,"window_ms":1000,"syscalls":[],"fsync":[],"lost_events":{"fsync":0,"syscalls":3}}"#
+        );
+        // --per-thread adds the syscalls family's second key right after its first.
+        let sections = Sections::default().with(crate::syscalls::Section {
+            rows: Vec::new(),
+            threads: Some(Vec::new()),
+        });
+        let json = serde_json::to_string(&sections).unwrap();
+        assert_eq!(json, r#"{"syscalls":[],"threads":[],"lost_events":{}}"#);
     }
 }

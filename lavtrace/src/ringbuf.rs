@@ -35,7 +35,6 @@ pub struct DrainStats {
 }
 
 /// A running drain task.
-#[allow(dead_code)] // used by the ring-buffer families
 pub struct Drain {
     pub stats: Arc<DrainStats>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
@@ -43,7 +42,6 @@ pub struct Drain {
 
 impl Drain {
     /// Returns once every record already in the ring has gone to the sink (the end of a run).
-    #[allow(dead_code)] // used by the ring-buffer families
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.flush.send(tx).await.is_ok() {
@@ -54,7 +52,6 @@ impl Drain {
 
 /// Takes ring `map_name` out of `ebpf` and feeds every decoded `T` to `sink` from a task on
 /// the current tokio runtime.
-#[allow(dead_code)] // used by the ring-buffer families
 pub fn spawn_drain<T, F>(ebpf: &mut Ebpf, map_name: &str, mut sink: F) -> Result<Drain>
 where
     T: Pod + Send + 'static,
@@ -133,7 +130,6 @@ impl LostCounters {
     }
 
     /// Events lost so far by `family` (an index from `lavtrace_common::ring::lost`).
-    #[allow(dead_code)] // used by the ring-buffer families
     pub fn get(&self, family: u32) -> u64 {
         self.0.get(&family, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }

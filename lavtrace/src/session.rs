@@ -1,189 +1,84 @@
 //! One tracing run: load and attach the asked-for families, report every interval, and finish
 //! with a summary when the duration ends, a signal arrives or the target exits.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lavtrace_common::{field::FieldSpec, ring::lost};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
-    cli::{Format, Probe, ReportArgs},
-    ebpf::{self, Hook},
-    fsync, metrics, mmap,
+    cli::{Format, ReportArgs},
+    family::{self, Entry, Loaded, Options, Window},
+    kernel::{self, Hook, Overrides},
+    metrics,
     output::{End, Output, Sections},
     overhead::Meter,
     ringbuf::LostCounters,
-    syscalls,
     target::{ExitWatch, Target},
-    tcp,
     tui::{Action, Tui},
 };
-
-/// Per-family options of an attach (defaults: what `lavtrace check` tries).
-#[derive(Debug, Clone, Default)]
-pub struct AttachOptions {
-    pub tcp_hooks: tcp::hooks::Mode,
-    /// fsync family: print calls slower than this as they happen.
-    pub slow: Option<Duration>,
-    /// Slow calls as JSON records rather than text lines.
-    pub json: bool,
-    /// Ring size override (tests use a tiny ring to force losses).
-    pub ring_bytes: Option<u32>,
-    /// `--per-thread`.
-    pub per_thread: bool,
-    pub syscalls_hooks: crate::cli::SyscallHooks,
-}
-
-impl From<&ReportArgs> for AttachOptions {
-    fn from(args: &ReportArgs) -> Self {
-        AttachOptions {
-            tcp_hooks: args.tcp_hooks,
-            slow: args.slow,
-            json: args.format == Format::Json,
-            ring_bytes: args.ring_bytes,
-            per_thread: args.per_thread,
-            syscalls_hooks: args.syscalls_hooks,
-        }
-    }
-}
 
 pub struct Session {
     // Owns every program and link: dropping it detaches everything.
     ebpf: Ebpf,
     meter: Meter,
     target: Target,
-    probes: Vec<Probe>,
     hooks: Vec<Hook>,
     /// Per-family counts of events the kernel could not put in a ring.
     lost: LostCounters,
-    syscalls: Option<syscalls::Tracer>,
-    tcp: Option<tcp::Tracer>,
-    fsync: Option<fsync::Tracer>,
-    mmap: Option<mmap::Tracer>,
+    /// The attached families, in registry order.
+    families: Vec<Loaded>,
     /// `--metrics`: fed every interval.
     metrics: Option<metrics::Exporter>,
 }
 
-/// The tracepoint record fields `probe`'s programs read (checked against tracefs at load).
-fn record_fields(probe: Probe) -> Option<(&'static str, &'static [FieldSpec])> {
-    let table = match probe {
-        Probe::Syscalls => lavtrace_common::syscalls::FIELDS,
-        Probe::Fsync | Probe::Mmap => lavtrace_common::storage::FIELDS,
-        Probe::Tcp => lavtrace_common::tcp::FIELDS,
-        Probe::Floor | Probe::FloorTracepoint => return None,
-    };
-    Some((probe.name(), table))
-}
-
-#[derive(Clone, Copy)]
-enum Window {
-    Interval,
-    Whole,
-}
-
 impl Session {
-    /// Loads the programs for `probes`, filtered to `target`, and attaches them.
-    pub fn attach(target: Target, probes: &[Probe]) -> Result<Session> {
-        Session::attach_opts(target, probes, &AttachOptions::default())
+    /// Loads the programs of the families `entries` (default options), filtered to `target`,
+    /// and attaches them.
+    pub fn attach(target: Target, entries: &[&'static Entry]) -> Result<Session> {
+        Session::attach_opts(target, entries, &Options::default())
     }
 
-    /// `attach`, with the options of a report (--probes, --tcp-hooks, --slow, --ring-bytes).
+    /// `attach`, with the families and options of a report (`--probes` and the flags they read).
     pub fn attach_with(target: Target, args: &ReportArgs) -> Result<Session> {
-        Session::attach_opts(target, &args.probes, &args.into())
+        Session::attach_opts(target, &args.families(), &args.family_options())
     }
 
-    fn attach_opts(target: Target, probes: &[Probe], options: &AttachOptions) -> Result<Session> {
-        ebpf::preflight()?;
-        let mut probes = probes.to_vec();
-        probes.sort_unstable();
-        probes.dedup();
-        let fields: Vec<_> = probes.iter().filter_map(|p| record_fields(*p)).collect();
-        let mut ebpf = ebpf::load(target.pid, options.ring_bytes, options.per_thread, &fields)?;
+    fn attach_opts(
+        target: Target,
+        entries: &[&'static Entry],
+        options: &Options,
+    ) -> Result<Session> {
+        kernel::preflight()?;
+        // Registry order, once each: the order of the reports.
+        let entries: Vec<&'static Entry> = family::REGISTRY
+            .iter()
+            .filter(|e| entries.iter().any(|w| w.name == e.name))
+            .collect();
+        let mut overrides = Overrides::default();
+        overrides.global_u32(lavtrace_common::filter::TARGET_TGID, target.pid);
+        for entry in &entries {
+            entry.overrides(options, &mut overrides);
+        }
+        let mut ebpf = kernel::load(&overrides)?;
         let lost = LostCounters::take(&mut ebpf)?;
         let mut hooks = Vec::new();
-        let mut syscalls = None;
-        let mut tcp = None;
-        let (mut fsync, mut mmap) = (None, None);
-        let mut slow = options
-            .slow
-            .map(|d| fsync::slow::SlowLog::new(d, options.json, target.pid));
-        for probe in &probes {
-            match probe {
-                Probe::Syscalls => {
-                    let (tracer, h) = syscalls::Tracer::attach(
-                        &mut ebpf,
-                        options.per_thread,
-                        target.pid,
-                        options.syscalls_hooks,
-                    )
-                    .context("attaching the syscalls family")?;
-                    syscalls = Some(tracer);
-                    hooks.extend(h);
-                }
-                Probe::FloorTracepoint => {
-                    for (program, name) in
-                        [("floor_exit", "sys_exit"), ("floor_enter", "sys_enter")]
-                    {
-                        hooks.push(ebpf::attach_tracepoint(
-                            &mut ebpf,
-                            "floor",
-                            program,
-                            "raw_syscalls",
-                            name,
-                        )?);
-                    }
-                }
-                Probe::Floor => {
-                    for (program, name) in [
-                        ("floor_raw_exit", "sys_exit"),
-                        ("floor_raw_enter", "sys_enter"),
-                    ] {
-                        hooks.push(ebpf::attach_raw_tracepoint(
-                            &mut ebpf, "floor", program, name,
-                        )?);
-                    }
-                }
-                Probe::Tcp => {
-                    let (tracer, h) = tcp::Tracer::attach(&mut ebpf, target.pid, options.tcp_hooks)
-                        .context("attaching the tcp family")?;
-                    tcp = Some(tracer);
-                    hooks.extend(h);
-                }
-                Probe::Fsync => {
-                    let (tracer, h) = fsync::Tracer::attach(
-                        &mut ebpf,
-                        target.pid,
-                        slow.take(),
-                        options.per_thread,
-                    )
-                    .context("attaching the fsync family")?;
-                    fsync = Some(tracer);
-                    hooks.extend(h);
-                }
-                Probe::Mmap => {
-                    let (tracer, h) =
-                        mmap::Tracer::attach(&mut ebpf, target.pid, options.per_thread)
-                            .context("attaching the mmap family")?;
-                    mmap = Some(tracer);
-                    hooks.extend(h);
-                }
-            }
+        let mut families = Vec::new();
+        for entry in entries {
+            let (loaded, h) = entry.attach(&mut ebpf, target.pid, options)?;
+            families.push(loaded);
+            hooks.extend(h);
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
         Ok(Session {
             meter: Meter::start(&ebpf),
             ebpf,
             target,
-            probes,
             hooks,
             lost,
-            syscalls,
-            tcp,
-            fsync,
-            mmap,
+            families,
             metrics: None,
         })
     }
@@ -206,52 +101,30 @@ impl Session {
 
     /// Waits until every event already in the kernel's rings has been aggregated.
     async fn flush(&mut self) {
-        if let Some(t) = &self.fsync {
-            t.flush().await;
-        }
-        if let Some(t) = &self.mmap {
-            t.flush().await;
-        }
-        if let Some(t) = &self.tcp {
-            t.flush().await;
+        for f in &self.families {
+            f.tracer.flush().await;
         }
     }
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
-        let mut s = Sections {
-            overhead: Some(match window {
-                Window::Interval => self.meter.interval(&self.ebpf),
-                Window::Whole => self.meter.whole(&self.ebpf),
-            }),
-            ..Sections::default()
-        };
-        if let Some(t) = self.syscalls.as_mut() {
-            let (rows, untimed) = match window {
-                Window::Interval => t.interval()?,
-                Window::Whole => t.summary()?,
-            };
-            s.syscalls = Some(rows);
-            s.threads = t.threads(matches!(window, Window::Whole))?;
-            s.lost_events.insert(syscalls::FAMILY, untimed);
-        }
-        let whole = matches!(window, Window::Whole);
-        if let Some(t) = self.fsync.as_mut() {
-            let (rows, lost) = t.section(whole, self.lost.get(lost::FSYNC));
-            s.fsync = Some(rows);
-            s.lost_events.insert(fsync::FAMILY, lost);
-        }
-        if let Some(t) = self.mmap.as_mut() {
-            let (section, lost) = t.section(whole, self.lost.get(lost::MMAP));
-            s.mmap = Some(section);
-            s.lost_events.insert(mmap::FAMILY, lost);
-        }
-        if let Some(t) = self.tcp.as_mut() {
-            let kernel_lost = self.lost.get(lost::TCP);
-            let (section, lost) = t.section(matches!(window, Window::Whole), kernel_lost)?;
-            s.tcp = Some(section);
-            s.lost_events.insert(tcp::FAMILY, lost);
+        let mut s = Sections::default();
+        s.overhead = Some(match window {
+            Window::Interval => self.meter.interval(&self.ebpf),
+            Window::Whole => self.meter.whole(&self.ebpf),
+        });
+        let lost = &self.lost;
+        for f in &mut self.families {
+            if let Some((section, lost)) = f.section(window, |slot| lost.get(slot))? {
+                s.push(section);
+                s.lost_events.insert(f.entry.name, lost);
+            }
         }
         Ok(s)
+    }
+
+    /// The families attached and the hooks in use, for `check`.
+    pub fn families(&self) -> impl Iterator<Item = &Loaded> {
+        self.families.iter()
     }
 
     /// Reports until the end, then prints the summary. Returns why it ended.
@@ -266,11 +139,11 @@ impl Session {
             && std::io::IsTerminal::is_terminal(&std::io::stdout())
         {
             Some(
-                Tui::start(&self.target, &self.hooks, args.sort)
+                Tui::start(&self.target, &self.hooks, args.sort.into())
                     .context("starting the live view")?,
             )
         } else {
-            let names = self.probes.iter().map(|p| p.name()).collect();
+            let names = self.families.iter().map(|f| f.entry.name).collect();
             out.attached(&self.target, names, &self.hooks)
                 .context("writing to stdout")?;
             None

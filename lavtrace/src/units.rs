@@ -52,5 +52,7 @@ mod tests {
     fn bytes_use_binary_prefixes() {
         assert_eq!(super::bytes(512), "512B");
         assert_eq!(super::bytes(8 << 20), "8.0MiB");
+        assert_eq!(super::bytes(1_597_832), "1.5MiB");
+        assert_eq!(super::bytes(1023), "1023B");
     }
 }

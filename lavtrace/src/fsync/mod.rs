@@ -13,16 +13,21 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lavtrace_common::{fsync::RING, storage::sink};
+use lavtrace_common::{
+    fsync::{RING, RING_BYTES},
+    ring::lost,
+    storage::sink,
+};
 
 pub use report::{Bucket, FsyncRow, write_text};
 use slow::{SlowCall, SlowLog};
 use stats::Latency;
 
 use crate::{
-    ebpf::Hook,
+    family::{self, Family, Flush, Options, Part, TextOptions, Window},
+    kernel::{Hook, Overrides},
     ringbuf::Drain,
-    storage::{self, LostWindow, Model, Record, files::Mounts, is_error, lavinmq, maps, nr},
+    storage::{self, Model, Record, files::Mounts, is_error, lavinmq, maps, nr},
 };
 
 pub const FAMILY: &str = "fsync";
@@ -186,14 +191,82 @@ fn info_of(
         .clone()
 }
 
+/// A window of the family: one row per (syscall, file, flags[, thread]).
+#[derive(Debug, Clone, Default)]
+pub struct Section(pub Vec<FsyncRow>);
+
+impl family::Section for Section {
+    fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
+        family::one_key(FAMILY, &self.0)
+    }
+
+    fn write_text(&self, out: &mut String, text: &TextOptions) {
+        write_text(out, &self.0, text.top);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 pub struct Tracer {
     state: Arc<Mutex<State>>,
     drain: Arc<Drain>,
-    lost: LostWindow,
+}
+
+impl Family for Tracer {
+    const NAME: &'static str = FAMILY;
+    const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::storage::FIELDS;
+    const ABOUT: &'static str =
+        "Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file";
+    const LOST_SLOT: Option<u32> = Some(lost::FSYNC);
+
+    fn overrides(options: &Options, overrides: &mut Overrides) {
+        overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
+    }
+
+    fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        let slow = options.slow.map(|d| SlowLog::new(d, options.json, pid));
+        Tracer::start(ebpf, pid, slow, options.per_thread)
+    }
+}
+
+impl family::Tracer for Tracer {
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(self.drain.flush())
+    }
+
+    /// The rows since the last interval (or the whole run); its losses are the kernel's
+    /// count plus records that arrived malformed.
+    fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
+        let lost_since_attach = kernel_lost
+            + self
+                .drain
+                .stats
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let mut st = storage::lock(&self.state);
+        let rows = match window {
+            Window::Whole => {
+                let total = std::mem::take(&mut st.total);
+                let rows = st.rows(&total);
+                st.total = total;
+                rows
+            }
+            Window::Interval => {
+                let interval = std::mem::take(&mut st.interval);
+                st.rows(&interval)
+            }
+        };
+        Ok(Some(Part {
+            section: Box::new(Section(rows)),
+            lost_since_attach,
+        }))
+    }
 }
 
 impl Tracer {
-    pub fn attach(
+    fn start(
         ebpf: &mut Ebpf,
         pid: u32,
         slow: Option<SlowLog>,
@@ -236,39 +309,6 @@ impl Tracer {
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
             .context("draining the fsync ring")?;
-        Ok((
-            Tracer {
-                state,
-                drain,
-                lost: LostWindow::default(),
-            },
-            hooks,
-        ))
-    }
-
-    /// Waits until every record already in the ring is aggregated.
-    pub async fn flush(&self) {
-        self.drain.flush().await;
-    }
-
-    /// The rows since the last interval (or the whole run) and the events lost in that
-    /// window; `kernel_lost` is the kernel's cumulative count for this family.
-    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> (Vec<FsyncRow>, u64) {
-        let lost_total = kernel_lost
-            + self
-                .drain
-                .stats
-                .malformed
-                .load(std::sync::atomic::Ordering::Relaxed);
-        let mut st = storage::lock(&self.state);
-        if whole {
-            let total = std::mem::take(&mut st.total);
-            let rows = st.rows(&total);
-            st.total = total;
-            (rows, lost_total)
-        } else {
-            let interval = std::mem::take(&mut st.interval);
-            (st.rows(&interval), self.lost.window(lost_total))
-        }
+        Ok((Tracer { state, drain }, hooks))
     }
 }

@@ -99,16 +99,9 @@ impl FsyncRow {
     }
 }
 
+/// Its calls are only these (`State::on_record`), all named on every architecture.
 pub fn syscall_name(n: u32) -> &'static str {
-    match n {
-        nr::FSYNC => "fsync",
-        nr::FDATASYNC => "fdatasync",
-        nr::SYNCFS => "syncfs",
-        nr::SYNC => "sync",
-        nr::SYNC_FILE_RANGE => "sync_file_range",
-        nr::MSYNC => "msync",
-        _ => "?",
-    }
+    crate::names::syscall(n).unwrap_or("?")
 }
 
 /// `MS_SYNC|MS_INVALIDATE`, `SYNC_FILE_RANGE_WRITE`; unknown bits in hex.

@@ -109,10 +109,7 @@ impl SlowLog {
                 None => call.syscall.to_string(),
             };
             let err = if call.ret < 0 {
-                format!(
-                    "  (error {})",
-                    crate::syscalls::errno_name((-call.ret) as u32)
-                )
+                format!("  (error {})", crate::names::errno_name((-call.ret) as u32))
             } else {
                 String::new()
             };

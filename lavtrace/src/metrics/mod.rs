@@ -134,24 +134,24 @@ mod tests {
             w.buckets[latency_bucket(ns)] += 1;
         }
         w.errors = 2;
-        let mut s = Sections {
-            syscalls: Some(vec![SyscallRow::new(libc::SYS_getppid as u32, &w, None)]),
-            overhead: Some(Overhead {
-                lavtrace_cpu_ns: 1_500_000,
-                lavtrace_cpu_pct: 0.15,
-                lavtrace_rss_bytes: 4096,
-                kernel_stats: true,
-                kernel_ns: 300,
-                kernel_cpu_pct: 0.0,
-                programs: vec![ProgramCost {
-                    name: "syscalls_exit".into(),
-                    runs: 3,
-                    run_time_ns: 300,
-                    ns_per_run: 100,
-                }],
-            }),
-            ..Sections::default()
-        };
+        let mut s = Sections::default().with(crate::syscalls::Section {
+            rows: vec![SyscallRow::new(libc::SYS_getppid as u32, &w, None)],
+            threads: None,
+        });
+        s.overhead = Some(Overhead {
+            lavtrace_cpu_ns: 1_500_000,
+            lavtrace_cpu_pct: 0.15,
+            lavtrace_rss_bytes: 4096,
+            kernel_stats: true,
+            kernel_ns: 300,
+            kernel_cpu_pct: 0.0,
+            programs: vec![ProgramCost {
+                name: "syscalls_exit".into(),
+                runs: 3,
+                run_time_ns: 300,
+                ns_per_run: 100,
+            }],
+        });
         s.lost_events.insert("syscalls", lost);
         s
     }

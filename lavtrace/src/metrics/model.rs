@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use lavtrace_common::syscalls::{LATENCY_BUCKETS, latency_bucket};
 
-use crate::{output::Sections, storage::lavinmq::Kind};
+use crate::{
+    fsync, mmap::MmapSection, output::Sections, storage::lavinmq::Kind, syscalls, tcp::TcpSection,
+};
 
 /// A latency histogram in the kernel's log2 buckets: bucket `i` holds durations of
 /// `2^i ..= 2^(i+1)-1` ns (bucket 0: 0 and 1 ns), the last one is open-ended.
@@ -112,7 +114,7 @@ impl Instance {
     /// Adds one interval's sections (each holds what happened in that window only).
     pub fn add(&mut self, s: &Sections) {
         self.intervals += 1;
-        if let Some(rows) = &s.syscalls {
+        if let Some(rows) = s.get::<syscalls::Section>().map(|x| &x.rows) {
             let all = self.syscalls.get_or_insert_default();
             for r in rows {
                 let e = all.entry(r.name.clone()).or_default();
@@ -121,7 +123,7 @@ impl Instance {
                 e.latency.add(r.count, r.total_ns, &r.buckets);
             }
         }
-        if let Some(rows) = &s.fsync {
+        if let Some(fsync::Section(rows)) = s.get() {
             let all = self.durability.get_or_insert_default();
             for r in rows {
                 let key = DurabilityKey {
@@ -138,7 +140,7 @@ impl Instance {
                 e.latency.add(r.count, r.total_ns, &buckets);
             }
         }
-        if let Some(section) = &s.mmap {
+        if let Some(section) = s.get::<MmapSection>() {
             let m = self.mmap.get_or_insert_default();
             for r in &section.syscalls {
                 let e = m.syscalls.entry(r.syscall).or_default();
@@ -149,7 +151,7 @@ impl Instance {
             m.live_mappings = section.live_mappings.or(m.live_mappings);
             m.max_map_count = section.max_map_count.or(m.max_map_count);
         }
-        if let Some(section) = &s.tcp {
+        if let Some(section) = s.get::<TcpSection>() {
             let t = self.tcp.get_or_insert_default();
             // Every state is present, 0 when empty: a state's series must not vanish.
             t.states = TCP_STATES.iter().map(|s| (s.to_string(), 0)).collect();

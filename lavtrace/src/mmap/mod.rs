@@ -13,14 +13,19 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lavtrace_common::{mmap::RING, storage::sink};
+use lavtrace_common::{
+    mmap::{RING, RING_BYTES},
+    ring::lost,
+    storage::sink,
+};
 
 pub use report::{MmapSection, write_text};
 
 use crate::{
-    ebpf::Hook,
+    family::{self, Family, Flush, Options, Part, TextOptions, Window},
+    kernel::{Hook, Overrides},
     ringbuf::Drain,
-    storage::{self, LostWindow, MapChange, Model, Record, is_error, maps, nr},
+    storage::{self, MapChange, Model, Record, is_error, maps, nr},
 };
 
 pub const FAMILY: &str = "mmap";
@@ -177,7 +182,6 @@ pub struct Tracer {
     pid: u32,
     state: Arc<Mutex<State>>,
     drain: Arc<Drain>,
-    lost: LostWindow,
     started: Instant,
     last: Instant,
     max_map_count: Option<u64>,
@@ -185,8 +189,52 @@ pub struct Tracer {
     kinds: report::KindCache,
 }
 
+impl family::Section for MmapSection {
+    fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
+        family::one_key(FAMILY, self)
+    }
+
+    fn write_text(&self, out: &mut String, text: &TextOptions) {
+        write_text(out, self, text.top);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Family for Tracer {
+    const NAME: &'static str = FAMILY;
+    const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::storage::FIELDS;
+    const ABOUT: &'static str =
+        "Mapping churn (mmap, munmap, mremap, madvise, brk) per file, and the map count";
+    const LOST_SLOT: Option<u32> = Some(lost::MMAP);
+
+    fn overrides(options: &Options, overrides: &mut Overrides) {
+        overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
+    }
+
+    fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        Tracer::start(ebpf, pid, options.per_thread)
+    }
+}
+
+impl family::Tracer for Tracer {
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(self.drain.flush())
+    }
+
+    fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
+        let (section, lost_since_attach) = self.build_section(window == Window::Whole, kernel_lost);
+        Ok(Some(Part {
+            section: Box::new(section),
+            lost_since_attach,
+        }))
+    }
+}
+
 impl Tracer {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32, per_thread: bool) -> Result<(Tracer, Vec<Hook>)> {
+    fn start(ebpf: &mut Ebpf, pid: u32, per_thread: bool) -> Result<(Tracer, Vec<Hook>)> {
         let mut hooks = Vec::new();
         for (program, tps) in [
             ("mmap_exit", &["sys_exit_madvise", "sys_exit_brk"][..]),
@@ -212,7 +260,6 @@ impl Tracer {
                 pid,
                 state,
                 drain,
-                lost: LostWindow::default(),
                 started: now,
                 last: now,
                 max_map_count: maps::max_map_count(),
@@ -223,13 +270,9 @@ impl Tracer {
         ))
     }
 
-    pub async fn flush(&self) {
-        self.drain.flush().await;
-    }
-
-    /// This window's section (or the whole run's) and the events lost in it; `kernel_lost`
-    /// is the kernel's cumulative count for this family.
-    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> (MmapSection, u64) {
+    /// This window's section (or the whole run's) and the events lost since attach;
+    /// `kernel_lost` is the kernel's cumulative count for this family.
+    fn build_section(&mut self, whole: bool, kernel_lost: u64) -> (MmapSection, u64) {
         let lost_total = kernel_lost
             + self
                 .drain
@@ -256,7 +299,7 @@ impl Tracer {
                 let secs = (now - self.last).as_secs_f64();
                 self.last = now;
                 let threads = report::thread_rows(&c, st.names.as_mut());
-                (c, secs, self.lost.window(lost_total), threads)
+                (c, secs, lost_total, threads)
             }
         };
         let mut section = report::section(

@@ -6,7 +6,10 @@ use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 use serde::Serialize;
 
 use super::Counters;
-use crate::storage::{lavinmq, maps::ANONYMOUS, nr};
+use crate::{
+    storage::{lavinmq, maps::ANONYMOUS, nr},
+    units::bytes,
+};
 
 /// Warn when the target holds this share of `vm.max_map_count`: past the limit every new
 /// mapping fails (LavinMQ maps one per segment, and its guide names this as a cause of
@@ -131,15 +134,9 @@ impl KindCache {
     }
 }
 
+/// Its calls are only these (`State::on_record`), all named on every architecture.
 pub fn syscall_name(n: u32) -> &'static str {
-    match n {
-        nr::MMAP => "mmap",
-        nr::MUNMAP => "munmap",
-        nr::MREMAP => "mremap",
-        nr::MADVISE => "madvise",
-        nr::BRK => "brk",
-        _ => "?",
-    }
+    crate::names::syscall(n).unwrap_or("?")
 }
 
 fn advice_name(advice: u64) -> String {
@@ -252,28 +249,6 @@ pub(super) fn section(
         map_count_warning,
         threads: None,
     }
-}
-
-/// `8.00MiB`, `1.52GiB`, `512B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n}B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    let prec = if v < 10.0 {
-        2
-    } else if v < 100.0 {
-        1
-    } else {
-        0
-    };
-    format!("{v:.prec$}{}", UNITS[unit])
 }
 
 pub fn write_text(out: &mut String, s: &MmapSection, top: usize) {
@@ -442,8 +417,6 @@ mod tests {
             vec![(lavinmq::Kind::Segment, 1), (lavinmq::Kind::Anonymous, 1)]
         );
         assert!(!s.map_count_warning);
-        assert_eq!(bytes(8 << 20), "8.00MiB");
-        assert_eq!(bytes(1_597_832), "1.52MiB");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use lavtrace_common::storage::{CallEvent, FdEvent, OpenEvent, kind};
 use tracing::debug;
 
 use crate::{
-    ebpf::Hook,
     error::Fatal,
+    kernel::{Hook, tracefs},
     ringbuf::{Drain, decode},
 };
 use files::FdTable;
@@ -164,7 +164,7 @@ pub fn attach(
         .with_context(|| format!("the kernel rejected program {program}"))?;
     let mut hooks = Vec::new();
     for tp in tracepoints {
-        let exists = crate::ebpf::tracefs_dir().is_some_and(|d| {
+        let exists = tracefs::tracefs_dir().is_some_and(|d| {
             std::path::Path::new(d)
                 .join("events/syscalls")
                 .join(tp)
@@ -265,22 +265,6 @@ where
         }
     });
     Ok(drain)
-}
-
-/// A family's lost events per window, from its cumulative count (the kernel's count plus
-/// records that arrived malformed).
-#[derive(Default)]
-pub struct LostWindow {
-    last: u64,
-}
-
-impl LostWindow {
-    /// The part of the cumulative `total` that is new since the previous window.
-    pub fn window(&mut self, total: u64) -> u64 {
-        let w = total.saturating_sub(self.last);
-        self.last = total;
-        w
-    }
 }
 
 #[cfg(test)]

@@ -19,11 +19,83 @@ pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 use tracing::debug;
 
 use crate::{
-    cli::SyscallHooks,
-    ebpf::{Hook, attach_raw_tracepoint, attach_tracepoint},
+    family::{self, Family, Options, Part, TextOptions, Window},
+    kernel::{Hook, Overrides, attach_raw_tracepoint, attach_tracepoint},
 };
 
 pub const FAMILY: &str = "syscalls";
+
+/// Which hooks carry the family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HookChoice {
+    /// Raw tracepoints sys_enter/sys_exit, else raw_syscalls:sys_enter/sys_exit.
+    #[default]
+    Auto,
+    /// raw_syscalls:sys_enter/sys_exit only (covers the fallback in tests).
+    Tracepoint,
+}
+
+/// A window of the family: every syscall, and (`--per-thread`) every thread.
+#[derive(Debug, Clone, Default)]
+pub struct Section {
+    pub rows: Vec<SyscallRow>,
+    pub threads: Option<Vec<threads::ThreadRow>>,
+}
+
+impl family::Section for Section {
+    fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
+        let mut keys = family::one_key("syscalls", &self.rows)?;
+        if let Some(threads) = &self.threads {
+            keys.extend(family::one_key("threads", threads)?);
+        }
+        Ok(keys)
+    }
+
+    fn write_text(&self, out: &mut String, text: &TextOptions) {
+        write_text(out, &self.rows, text.sort, text.top);
+        if let Some(rows) = &self.threads {
+            threads::write_text(out, rows, text.sort, text.top);
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Family for Tracer {
+    const NAME: &'static str = FAMILY;
+    const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::syscalls::FIELDS;
+    const ABOUT: &'static str = "Every syscall: count, errors, latency (in-kernel aggregation)";
+
+    /// The per-thread table is a read-only global, so the verifier prunes it when off.
+    fn overrides(options: &Options, overrides: &mut Overrides) {
+        overrides.global_u8(
+            lavtrace_common::syscalls::PER_THREAD,
+            u8::from(options.per_thread),
+        );
+    }
+
+    fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        Tracer::start(ebpf, options.per_thread, pid, options.syscalls_hooks)
+    }
+}
+
+impl family::Tracer for Tracer {
+    /// Its losses are the syscalls it could not time or (--per-thread) place in the thread
+    /// table; it has no ring.
+    fn section(&mut self, window: Window, _kernel_lost: u64) -> Result<Option<Part>> {
+        let (rows, untimed) = match window {
+            Window::Interval => self.interval()?,
+            Window::Whole => self.summary()?,
+        };
+        let threads = self.threads(window == Window::Whole)?;
+        Ok(Some(Part {
+            section: Box::new(Section { rows, threads }),
+            lost_since_attach: untimed,
+        }))
+    }
+}
 
 /// Cumulative kernel counters at one instant, merged across CPUs.
 #[derive(Clone, Default)]
@@ -43,17 +115,17 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// `per_thread`: the object was loaded with the per-thread table on (`ebpf::load`);
+    /// `per_thread`: the object was loaded with the per-thread table on (`Family::overrides`);
     /// `pid` names its threads.
-    pub fn attach(
+    fn start(
         ebpf: &mut Ebpf,
         per_thread: bool,
         pid: u32,
-        hooks: SyscallHooks,
+        hooks: HookChoice,
     ) -> Result<(Tracer, Vec<Hook>)> {
         let raw = match hooks {
-            SyscallHooks::Auto => attach_raw(ebpf),
-            SyscallHooks::Tracepoint => Err(anyhow::anyhow!("--syscalls-hooks tracepoint")),
+            HookChoice::Auto => attach_raw(ebpf),
+            HookChoice::Tracepoint => Err(anyhow::anyhow!("--syscalls-hooks tracepoint")),
         };
         let hooks = match raw {
             Ok(hooks) => hooks,
@@ -116,22 +188,23 @@ impl Tracer {
         })
     }
 
-    /// Rows for what happened since the previous call (or since attach).
-    pub fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+    /// Rows for what happened since the previous call (or since attach), and the syscalls
+    /// left untimed since attach.
+    fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
         let cur = self.read()?;
         let rows = rows(&cur, &self.last);
-        let untimed = cur.untimed.saturating_sub(self.last.untimed);
+        let untimed = cur.untimed;
         self.last = cur;
         Ok((rows, untimed))
     }
 
     /// `--per-thread`: threads since the previous call, or (`whole`) since attach.
-    pub fn threads(&mut self, whole: bool) -> Result<Option<Vec<threads::ThreadRow>>> {
+    fn threads(&mut self, whole: bool) -> Result<Option<Vec<threads::ThreadRow>>> {
         self.threads.as_mut().map(|t| t.rows(whole)).transpose()
     }
 
     /// Rows for the whole run (the maps start empty at attach).
-    pub fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+    fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
         let cur = self.read()?;
         let zero = Snapshot {
             per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
@@ -191,31 +264,9 @@ fn attach_raw(ebpf: &mut Ebpf) -> Result<Vec<Hook>> {
     }
 }
 
-/// Name of a syscall number on this architecture.
-pub fn syscall_name(nr: u32) -> String {
-    syscalls::Sysno::new(nr as usize)
-        .map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
-}
-
-/// Symbolic name of a positive errno (`EAGAIN`).
-pub fn errno_name(errno: u32) -> String {
-    syscalls::Errno::new(errno as i32)
-        .name()
-        .map_or_else(|| format!("errno_{errno}"), str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_come_from_the_kernel_tables() {
-        assert_eq!(syscall_name(libc::SYS_getppid as u32), "getppid");
-        assert_eq!(syscall_name(libc::SYS_syncfs as u32), "syncfs");
-        assert_eq!(syscall_name(511), "syscall_511");
-        assert_eq!(errno_name(libc::EAGAIN as u32), "EAGAIN");
-        assert_eq!(errno_name(libc::EBADF as u32), "EBADF");
-    }
 
     #[test]
     fn rows_are_interval_differences_with_the_top_errno() {

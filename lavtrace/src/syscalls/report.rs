@@ -5,8 +5,12 @@ use std::{cmp::Reverse, fmt::Write as _};
 use lavtrace_common::syscalls::SyscallStats;
 use serde::Serialize;
 
-use super::{errno_name, stats, syscall_name};
-use crate::{cli::SortKey, units};
+use super::stats;
+use crate::{
+    family::SortKey,
+    names::{errno_name, syscall_name},
+    units,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrnoCount {

@@ -8,8 +8,7 @@ use aya::maps::{MapData, PerCpuHashMap};
 use lavtrace_common::syscalls::{ThreadKey, ThreadStats};
 use serde::Serialize;
 
-use super::syscall_name;
-use crate::{cli::SortKey, threads::ThreadNames, units};
+use crate::{family::SortKey, names::syscall_name, threads::ThreadNames, units};
 
 /// One syscall of one thread over a window.
 #[derive(Debug, Clone, Serialize)]

@@ -14,12 +14,12 @@ use tracing::{debug, warn};
 
 use super::FAMILY;
 use crate::{
-    ebpf::{self, Hook},
     error::Fatal,
+    kernel::{self, Hook, Overrides, tracefs},
 };
 
-/// `--tcp-hooks`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Which set to use (`--tcp-hooks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
     /// kprobes where the kernel has them, tracepoints otherwise.
     #[default]
@@ -247,7 +247,7 @@ pub struct Caps {
 
 impl Caps {
     pub fn probe() -> Caps {
-        let tracefs = ebpf::tracefs_dir().unwrap_or(ebpf::TRACEFS_DIRS[0]);
+        let tracefs = tracefs::tracefs_dir().unwrap_or(tracefs::TRACEFS_DIRS[0]);
         // The kprobe programs read the head of struct sock: check it where kprobes exist.
         let no_kprobes = kprobes_missing(tracefs).or_else(super::btf::sock_head_mismatch);
         let wanted: HashSet<&str> = HOOKS
@@ -428,7 +428,7 @@ fn attach_set(ebpf: &mut Ebpf, role: Role, set: Set) -> Result<Vec<Hook>> {
 
 fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<Hook> {
     match spec.via {
-        Via::Tracepoint(c, n) => ebpf::attach_tracepoint(ebpf, FAMILY, spec.program, c, n),
+        Via::Tracepoint(c, n) => kernel::attach_tracepoint(ebpf, FAMILY, spec.program, c, n),
         Via::Kprobe(sym) | Via::Kretprobe(sym) => {
             let prog: &mut KProbe = ebpf
                 .program_mut(spec.program)
@@ -459,7 +459,10 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<Hook> {
 /// object: the verifier checks them even on a kernel that cannot attach them. Returns the
 /// programs the kernel refused, with the first line of why.
 pub fn verify_kprobe_programs() -> Result<Vec<(&'static str, String)>> {
-    let mut ebpf = ebpf::load(std::process::id(), None, false, &[])?;
+    let mut overrides = Overrides::default();
+    overrides.global_u32(lavtrace_common::filter::TARGET_TGID, std::process::id());
+    <super::Tracer as crate::family::Family>::overrides(&Default::default(), &mut overrides);
+    let mut ebpf = kernel::load(&overrides)?;
     let mut refused = Vec::new();
     let mut seen = HashSet::new();
     for spec in HOOKS.iter().filter(|h| h.set == Set::Kprobe) {

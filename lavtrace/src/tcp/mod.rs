@@ -15,7 +15,10 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use lavtrace_common::tcp::{FlowKey, SockInfo, TcpEvent, state};
+use lavtrace_common::{
+    ring::lost,
+    tcp::{FlowKey, SockInfo, TcpEvent, state},
+};
 use tracing::{debug, info};
 
 #[cfg(test)]
@@ -23,7 +26,8 @@ pub use report::TransitionRow;
 pub use report::{ConnRow, TcpSection, write_text};
 
 use crate::{
-    ebpf::Hook,
+    family::{self, Family, Flush, Options, Part, TextOptions, Window},
+    kernel::Hook,
     ringbuf::{Drain, spawn_drain},
 };
 
@@ -64,7 +68,6 @@ pub struct Tracer {
     /// Attach time and the end of the last reported interval (CLOCK_MONOTONIC ns).
     t0: u64,
     last_end: u64,
-    last_lost: u64,
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
@@ -78,8 +81,73 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+impl family::Section for TcpSection {
+    fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
+        family::one_key(FAMILY, self)
+    }
+
+    fn write_text(&self, out: &mut String, text: &TextOptions) {
+        write_text(out, self, text.summary, text.top);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Family for Tracer {
+    const NAME: &'static str = FAMILY;
+    const ABOUT: &'static str =
+        "Every TCP connection of the target: transitions, time in state, bytes, resets";
+    const LOST_SLOT: Option<u32> = Some(lost::TCP);
+
+    const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::tcp::FIELDS;
+
+    fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        Tracer::start(ebpf, pid, options.tcp_hooks)
+    }
+}
+
+impl family::Tracer for Tracer {
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(self.drain.flush())
+    }
+
+    fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
+        let (section, lost_since_attach) =
+            self.build_section(window == Window::Whole, kernel_lost)?;
+        Ok(Some(Part {
+            section: Box::new(section),
+            lost_since_attach,
+        }))
+    }
+
+    /// Alternatives not chosen and why (kprobes missing, a symbol inlined...), and whether
+    /// the kprobe programs pass this kernel's verifier even where they cannot be attached.
+    fn check_notes(&self, in_use: &[Hook]) -> Vec<(String, String)> {
+        let caps = hooks::Caps::probe();
+        let mut notes: Vec<(String, String)> = hooks::not_in_use(in_use, &caps)
+            .into_iter()
+            .map(|(program, status)| (program.to_string(), status))
+            .collect();
+        match hooks::verify_kprobe_programs() {
+            Ok(refused) if refused.is_empty() => notes.push((
+                "*".into(),
+                "every kprobe program passes this kernel's verifier".into(),
+            )),
+            Ok(refused) => {
+                notes.extend(refused.into_iter().map(|(program, why)| {
+                    (program.to_string(), format!("verifier refused: {why}"))
+                }))
+            }
+            Err(e) => notes.push(("*".into(), format!("kprobe programs not verified: {e:#}"))),
+        }
+        notes
+    }
+}
+
 impl Tracer {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: hooks::Mode) -> Result<(Tracer, Vec<Hook>)> {
+    fn start(ebpf: &mut Ebpf, pid: u32, mode: hooks::Mode) -> Result<(Tracer, Vec<Hook>)> {
         let t0 = monotonic_ns();
         let caps = hooks::Caps::probe();
         let hooks = hooks::attach(ebpf, mode, &caps)?;
@@ -128,19 +196,14 @@ impl Tracer {
                 t0,
                 // The first interval's rates are over the time since attaching ended.
                 last_end: monotonic_ns(),
-                last_lost: 0,
             },
             hooks,
         ))
     }
 
-    pub async fn flush(&self) {
-        self.drain.flush().await;
-    }
-
     /// The section for the window since the last interval (`whole`: the run) and the events
-    /// lost in it; `kernel_lost` is the kernel's cumulative count for this family.
-    pub fn section(&mut self, whole: bool, kernel_lost: u64) -> Result<(TcpSection, u64)> {
+    /// lost since attach; `kernel_lost` is the kernel's cumulative count for this family.
+    fn build_section(&mut self, whole: bool, kernel_lost: u64) -> Result<(TcpSection, u64)> {
         let end = monotonic_ns();
         let malformed = self
             .drain
@@ -222,9 +285,7 @@ impl Tracer {
             closed,
             lifetimes,
         };
-        let lost = if whole {
-            lost_total
-        } else {
+        if !whole {
             for c in table.conns.iter_mut() {
                 c.reported = c.counters;
                 c.reported_transitions = c.transitions.len();
@@ -233,11 +294,8 @@ impl Tracer {
                 }
             }
             self.last_end = end;
-            let l = lost_total.saturating_sub(self.last_lost);
-            self.last_lost = lost_total;
-            l
-        };
-        Ok((section, lost))
+        }
+        Ok((section, lost_total))
     }
 }
 

@@ -21,7 +21,10 @@ use ratatui::{
 };
 use tokio::sync::mpsc;
 
-use crate::{cli::SortKey, ebpf::Hook, output::Sections, overhead, target::Target};
+use crate::{
+    family::SortKey, fsync, kernel::Hook, mmap::MmapSection, output::Sections, overhead, syscalls,
+    target::Target, tcp::TcpSection,
+};
 use panes::{LastTransitions, Pane};
 
 /// What a key (or a terminal resize) asks for.
@@ -168,11 +171,14 @@ impl ViewState {
         if self.paused {
             return;
         }
-        if let Some(tcp) = &sections.tcp {
+        if let Some(tcp) = sections.get::<TcpSection>() {
             panes::note_transitions(&mut self.transitions, tcp);
         }
         // --per-thread: its pane comes with the first sections that have threads.
-        if sections.threads.is_some() && !self.panes.contains(&Pane::Threads) {
+        let has_threads = sections
+            .get::<syscalls::Section>()
+            .is_some_and(|s| s.threads.is_some());
+        if has_threads && !self.panes.contains(&Pane::Threads) {
             let at = usize::from(self.panes.first() == Some(&Pane::Syscalls));
             self.panes.insert(at, Pane::Threads);
         }
@@ -199,19 +205,24 @@ impl ViewState {
             let block = self.block(pane, s);
             match pane {
                 Pane::Syscalls => {
-                    panes::syscalls(f, area, block, s.syscalls.as_deref().unwrap_or(&[]), sort)
+                    let rows = s.get::<syscalls::Section>().map(|x| &x.rows[..]);
+                    panes::syscalls(f, area, block, rows.unwrap_or(&[]), sort)
                 }
                 Pane::Threads => {
-                    panes::threads(f, area, block, s.threads.as_deref().unwrap_or(&[]), sort)
+                    let rows = s
+                        .get::<syscalls::Section>()
+                        .and_then(|x| x.threads.as_deref());
+                    panes::threads(f, area, block, rows.unwrap_or(&[]), sort)
                 }
                 Pane::Durability => {
-                    panes::durability(f, area, block, s.fsync.as_deref().unwrap_or(&[]), sort)
+                    let rows = s.get::<fsync::Section>().map(|x| &x.0[..]);
+                    panes::durability(f, area, block, rows.unwrap_or(&[]), sort)
                 }
-                Pane::Mappings => match &s.mmap {
+                Pane::Mappings => match s.get::<MmapSection>() {
                     Some(m) => panes::mappings(f, area, block, m),
                     None => f.render_widget(block, area),
                 },
-                Pane::Connections => match &s.tcp {
+                Pane::Connections => match s.get::<TcpSection>() {
                     Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
                     None => f.render_widget(block, area),
                 },
@@ -225,7 +236,7 @@ impl ViewState {
             Pane::Syscalls | Pane::Threads | Pane::Durability => title.push_str("· this interval "),
             Pane::Mappings => title.push_str("· rates over this interval "),
             Pane::Connections => {
-                if let Some(t) = &s.tcp {
+                if let Some(t) = s.get::<TcpSection>() {
                     let open = t.connections.iter().filter(|c| c.open).count();
                     title.push_str(&format!(
                         "· {open} open · {} opened, {} closed this interval · {} listening ",

@@ -12,7 +12,7 @@ use ratatui::{
 };
 
 use crate::{
-    cli::SortKey,
+    family::SortKey,
     fsync::{Bucket, FsyncRow},
     mmap::MmapSection,
     syscalls::{SyscallRow, threads::ThreadRow},

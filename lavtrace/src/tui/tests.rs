@@ -11,9 +11,9 @@ use super::{
     panes::{self, Pane},
 };
 use crate::{
-    cli::SortKey,
-    ebpf::Hook,
+    family::SortKey,
     fsync::{Bucket, FsyncRow},
+    kernel::Hook,
     mmap::MmapSection,
     output::Sections,
     storage::lavinmq::Kind,
@@ -156,20 +156,25 @@ fn tcp() -> TcpSection {
 }
 
 fn all_sections(warning: bool) -> Sections {
-    Sections {
-        syscalls: Some(vec![
-            syscall(libc::SYS_read, 900, 400),
-            syscall(libc::SYS_syncfs, 13, 1_000_000),
-        ]),
-        fsync: Some(vec![syncfs_row()]),
-        mmap: Some(if warning {
+    all_sections_with(warning, vec![syncfs_row()])
+}
+
+fn all_sections_with(warning: bool, fsync_rows: Vec<FsyncRow>) -> Sections {
+    Sections::default()
+        .with(crate::syscalls::Section {
+            rows: vec![
+                syscall(libc::SYS_read, 900, 400),
+                syscall(libc::SYS_syncfs, 13, 1_000_000),
+            ],
+            threads: None,
+        })
+        .with(crate::fsync::Section(fsync_rows))
+        .with(if warning {
             mmap(60_000, 65_530, true)
         } else {
             mmap(345, 65_530, false)
-        }),
-        tcp: Some(tcp()),
-        ..Sections::default()
-    }
+        })
+        .with(tcp())
 }
 
 fn draw(state: &ViewState, w: u16, h: u16) -> (String, Buffer) {
@@ -301,8 +306,7 @@ fn view_shows_every_traced_family_and_the_keys_work() {
 
     // Paused: a new interval is not shown.
     state.key('p');
-    let mut next = all_sections(false);
-    next.fsync = Some(Vec::new());
+    let next = all_sections_with(false, Vec::new());
     state.update(2, Duration::from_secs(1), next);
     let (text, _) = draw(&state, 140, 48);
     assert!(text.contains("PAUSED"), "{text}");
@@ -322,10 +326,10 @@ fn only_traced_families_get_panes() {
     state.update(
         1,
         Duration::from_secs(1),
-        Sections {
-            syscalls: Some(vec![syscall(libc::SYS_read, 5, 400)]),
-            ..Sections::default()
-        },
+        Sections::default().with(crate::syscalls::Section {
+            rows: vec![syscall(libc::SYS_read, 5, 400)],
+            threads: None,
+        }),
     );
     let (text, _) = draw(&state, 120, 30);
     assert!(

@@ -379,7 +379,7 @@ print fmt: \"NR %ld = %ld\", REC->id, REC->ret
     /// Every family's table against this machine's kernel: what `lavtrace` will do at load.
     #[test]
     fn this_kernel_has_every_field_the_programs_read() {
-        let Some(tracefs) = crate::ebpf::tracefs_dir() else {
+        let Some(tracefs) = crate::kernel::tracefs::tracefs_dir() else {
             return; // no tracefs mounted (not root): nothing to compare with
         };
         let got = from_tracefs(

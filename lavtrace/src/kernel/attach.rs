@@ -1,0 +1,78 @@
+//! Attaching one loaded program to one kernel hook, and the `Hook` record of what was
+//! attached. Families call these; the kinds of hook a family can choose from live here
+//! (tracepoint and raw tracepoint today; kprobe, fentry and uprobe helpers belong here too).
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, programs::TracePoint};
+use serde::Serialize;
+use tracing::debug;
+
+use crate::error::Fatal;
+
+/// One hook of one family, as attached (reported in the `attached` line and by `check`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Hook {
+    pub family: &'static str,
+    pub program: &'static str,
+    /// How it is attached, e.g. `tracepoint raw_syscalls:sys_enter`.
+    pub via: String,
+}
+
+/// Loads program `program` and attaches it to tracepoint `category:name`.
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<Hook> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {program} is not a tracepoint program"))?;
+    prog.load().map_err(|e| verifier_error(program, e))?;
+    prog.attach(category, name).map_err(|e| {
+        anyhow::Error::new(Fatal::Unsupported(format!(
+            "cannot attach {program} to tracepoint {category}:{name}: {e}"
+        )))
+    })?;
+    debug!(program, "attached to tracepoint {category}:{name}");
+    Ok(Hook {
+        family,
+        program,
+        via: format!("tracepoint {category}:{name}"),
+    })
+}
+
+/// Loads program `program` and attaches it to raw tracepoint `name` (no record is built for
+/// it: the program reads the tracepoint's arguments directly, the cheapest hook there is).
+pub fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    program: &'static str,
+    name: &str,
+) -> Result<Hook> {
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {program} is not a raw tracepoint program"))?;
+    prog.load().map_err(|e| verifier_error(program, e))?;
+    prog.attach(name).map_err(|e| {
+        anyhow::Error::new(Fatal::Unsupported(format!(
+            "cannot attach {program} to raw tracepoint {name}: {e}"
+        )))
+    })?;
+    debug!(program, "attached to raw tracepoint {name}");
+    Ok(Hook {
+        family,
+        program,
+        via: format!("raw_tracepoint {name}"),
+    })
+}
+
+/// A verifier rejection keeps the verifier's log: it is the only way to know what to fix.
+fn verifier_error(program: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("the kernel rejected program {program}"))
+}

@@ -1,0 +1,145 @@
+//! The kernel loader: loads the embedded object with the load-time settings the families ask
+//! for, and owns nothing family-specific. Every program and link belongs to the returned `Ebpf`
+//! (file descriptors), so when lavtrace exits, however it exits, the kernel detaches everything.
+
+mod attach;
+pub mod caps;
+pub mod fields;
+pub mod tracefs;
+
+use anyhow::Result;
+use aya::{Ebpf, EbpfLoader};
+use lavtrace_common::field::FieldSpec;
+use tracing::debug;
+
+pub use attach::{Hook, attach_raw_tracepoint, attach_tracepoint};
+
+use crate::error::Fatal;
+
+/// The object built by build.rs from `lavtrace-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lavtrace"));
+
+/// Checks that can fail in ways an operator can fix, before touching the kernel.
+pub fn preflight() -> Result<()> {
+    caps::check_privileges()?;
+    tracefs::ensure_tracefs()?;
+    raise_memlock();
+    Ok(())
+}
+
+/// Everything set in the object before it is loaded: read-only globals (so the verifier
+/// prunes what they turn off) and ring sizes. The session fills it from the target and from
+/// each loaded family; anything else read at load (tracepoint field offsets, say) adds to it
+/// here too, so `load` stays the one place that applies them.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// (global name, value bytes in the kernel's layout).
+    globals: Vec<(&'static str, Vec<u8>)>,
+    /// (ring map name, bytes).
+    rings: Vec<(&'static str, u32)>,
+    /// (family, the tracepoint fields its programs read): resolved against tracefs in `load`.
+    fields: Vec<(&'static str, &'static [FieldSpec])>,
+}
+
+impl Overrides {
+    pub fn global_u32(&mut self, name: &'static str, value: u32) -> &mut Self {
+        self.globals.push((name, value.to_ne_bytes().to_vec()));
+        self
+    }
+
+    pub fn global_u8(&mut self, name: &'static str, value: u8) -> &mut Self {
+        self.globals.push((name, vec![value]));
+        self
+    }
+
+    pub fn fields(&mut self, family: &'static str, table: &'static [FieldSpec]) -> &mut Self {
+        if !table.is_empty() {
+            self.fields.push((family, table));
+        }
+        self
+    }
+
+    pub fn ring(&mut self, name: &'static str, bytes: u32) -> &mut Self {
+        self.rings.push((name, bytes));
+        self
+    }
+}
+
+/// Loads the object with `overrides` applied. A tracepoint field a family reads that this
+/// kernel lacks, or has at another size, fails the load naming the family (exit 5).
+pub fn load(overrides: &Overrides) -> Result<Ebpf> {
+    let offsets = match tracefs::tracefs_dir() {
+        Some(dir) => {
+            fields::from_tracefs(std::path::Path::new(dir), overrides.fields.iter().copied())
+                .map_err(Fatal::Unsupported)?
+        }
+        None if overrides.fields.is_empty() => fields::Overrides::default(),
+        None => return Err(Fatal::Unsupported("tracefs is not mounted".into()).into()),
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, bytes) in &overrides.globals {
+        loader.override_global(name, bytes.as_slice(), true);
+    }
+    for (global, offset) in &offsets.offsets {
+        loader.override_global(global, offset, true);
+    }
+    for (global, flag) in &offsets.flags {
+        loader.override_global(global, flag, true);
+    }
+    for &(ring, bytes) in &overrides.rings {
+        loader.map_max_entries(ring, bytes);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|e| match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
+            if io_error.raw_os_error() == Some(libc::EPERM) =>
+        {
+            anyhow::Error::new(Fatal::Permission(format!(
+                "the kernel refused to create BPF maps ({io_error}); run as root"
+            )))
+        }
+        other => anyhow::Error::new(other).context("loading the eBPF object"),
+    })?;
+    // Kernel-side diagnostics (rare: a full table); absent if no program logs.
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => spawn_logger(logger),
+        Err(e) => debug!("no kernel-side log channel: {e}"),
+    }
+    Ok(ebpf)
+}
+
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use the memory cgroup
+/// and may not let us raise it at all, which is then harmless.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain struct argument.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
