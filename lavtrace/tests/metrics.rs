@@ -92,6 +92,18 @@ fn until(
     sums
 }
 
+/// Traces `target` (`--probes PROBES`, 100 ms intervals) serving `--metrics` on a free port, in
+/// the address form `addr` writes.
+fn with_metrics(target: &Workload, probes: &str, addr: fn(u16) -> String) -> (Trace, u16) {
+    let port = free_port();
+    let trace = Trace::of(target)
+        .probes(probes)
+        .interval("100ms")
+        .flag("metrics", addr(port))
+        .spawn();
+    (trace, port)
+}
+
 #[test]
 fn syscall_counters_and_histograms_match_the_workload() {
     require_root();
@@ -101,13 +113,8 @@ fn syscall_counters_and_histograms_match_the_workload() {
         .bad_close(37)
         .sleep("3s")
         .spawn();
-    let port = free_port();
+    let (trace, port) = with_metrics(&target, "syscalls", |port| format!("127.0.0.1:{port}"));
     let pid = target.pid.to_string();
-    let trace = Trace::of(&target)
-        .probes("syscalls")
-        .interval("100ms")
-        .flag("metrics", format!("127.0.0.1:{port}"))
-        .spawn();
     target.go();
     let sums = until(
         &trace,
@@ -205,13 +212,8 @@ fn durability_and_mapping_series_match_the_workload() {
         .fsyncs(3)
         .linger("4s")
         .spawn();
-    let port = free_port();
+    let (trace, port) = with_metrics(&target, "fsync,mmap", |port| port.to_string());
     let pid = target.pid.to_string();
-    let trace = Trace::of(&target)
-        .probes("fsync,mmap")
-        .interval("100ms")
-        .flag("metrics", port)
-        .spawn();
     target.go();
     let sums = until(
         &trace,
@@ -322,13 +324,8 @@ fn tcp_gauges_and_counters_match_the_workload() {
     // Connections with known histories (see lavtrace/src/workload/tcp.rs); G stays open and
     // the workload waits for its stdin to close after `done`.
     let mut target = Workload::tcp().spawn();
-    let port = free_port();
+    let (trace, port) = with_metrics(&target, "tcp", |port| format!(":{port}"));
     let pid = target.pid.to_string();
-    let trace = Trace::of(&target)
-        .probes("tcp")
-        .interval("100ms")
-        .flag("metrics", format!(":{port}"))
-        .spawn();
     target.go();
     target.lines_until_done();
     let listening = std::cell::Cell::new(0);

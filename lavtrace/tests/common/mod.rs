@@ -85,6 +85,17 @@ pub fn workload_binary() -> PathBuf {
 /// The workload's main thread name: the kernel keeps 15 bytes of `lavtrace-workload`.
 pub const WORKLOAD_COMM: &str = "lavtrace-worklo";
 
+/// The flags the tests use most, as methods: `.segments(3)` for `.flag("segments", 3)`.
+macro_rules! preset_flags {
+    ($($method:ident($ty:ty) = $flag:literal),* $(,)?) => {
+        $(
+            pub fn $method(self, value: $ty) -> Preset {
+                self.flag($flag, value)
+            }
+        )*
+    };
+}
+
 /// A workload mode and its flags, started with [`Preset::spawn`].
 pub struct Preset {
     name: Option<String>,
@@ -114,29 +125,17 @@ impl Preset {
         self
     }
 
-    pub fn segments(self, n: u64) -> Preset {
-        self.flag("segments", n)
-    }
-    pub fn syncfs(self, n: u64) -> Preset {
-        self.flag("syncfs", n)
-    }
-    pub fn fsyncs(self, n: u64) -> Preset {
-        self.flag("fsyncs", n)
-    }
-    pub fn premapped(self, n: u64) -> Preset {
-        self.flag("premapped", n)
-    }
-    pub fn linger(self, d: &str) -> Preset {
-        self.flag("linger", d)
-    }
-    pub fn getppid(self, n: u64) -> Preset {
-        self.flag("getppid", n)
-    }
-    pub fn bad_close(self, n: u64) -> Preset {
-        self.flag("bad-close", n)
-    }
-    pub fn sleep(self, d: &str) -> Preset {
-        self.flag("sleep", d)
+    preset_flags! {
+        // storage
+        segments(u64) = "segments",
+        syncfs(u64) = "syncfs",
+        fsyncs(u64) = "fsyncs",
+        premapped(u64) = "premapped",
+        linger(&str) = "linger",
+        // syscalls
+        getppid(u64) = "getppid",
+        bad_close(u64) = "bad-close",
+        sleep(&str) = "sleep",
     }
 
     pub fn spawn(self) -> Workload {
