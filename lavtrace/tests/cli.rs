@@ -123,7 +123,10 @@ fn demo_amqp_without_the_workload_binary_next_to_lavtrace_exits_7() {
     let alone = dir.path().join("lavtrace");
     std::fs::copy(LAVTRACE, &alone).unwrap();
     let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("amqp://127.0.0.1:{}/%2f", broker.local_addr().unwrap().port());
+    let url = format!(
+        "amqp://127.0.0.1:{}/%2f",
+        broker.local_addr().unwrap().port()
+    );
     let (code, stderr) = run_cmd(Command::new(&alone).args(["demo", "--amqp", &url]));
     assert_eq!(code, 7, "{stderr}");
     let line = one_error_line(&stderr);
