@@ -1,6 +1,13 @@
 //! Types that cross the kernel/user boundary. Every type here is `#[repr(C)]`, made of
 //! fixed-width fields laid out without padding, so both sides agree byte for byte.
-#![no_std]
+#![cfg_attr(not(feature = "std"), no_std)]
+
+#[cfg(feature = "std")]
+pub mod definitions;
+#[cfg(feature = "std")]
+pub mod disk;
+#[cfg(feature = "std")]
+pub mod start;
 
 pub mod field;
 pub mod filter;

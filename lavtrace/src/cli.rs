@@ -39,9 +39,9 @@ pub enum Command {
     /// Say which hooks this kernel supports for each probe family, and why not; with
     /// --pid/--comm, also describe that process (threads, ports, connections, mappings).
     Check(CheckArgs),
-    /// The built-in workload (used by `demo` and the tests).
+    /// The demo's workload (started by `demo`; the tests' are `lavtrace-workload`).
     #[command(hide = true)]
-    Workload(crate::workload::WorkloadArgs),
+    Workload(crate::demo::workload::WorkloadArgs),
 }
 
 #[derive(Debug, Clone, Args)]

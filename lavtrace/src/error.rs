@@ -17,6 +17,10 @@ pub enum Fatal {
     /// The `--metrics` address cannot be listened on (in use, not an address of this host).
     #[error("{0}")]
     Metrics(String),
+    /// A binary lavtrace runs is not installed next to it (`lavtrace-workload` for
+    /// `demo --amqp`).
+    #[error("{0}")]
+    Missing(String),
 }
 
 impl Fatal {
@@ -26,6 +30,7 @@ impl Fatal {
             Fatal::Permission(_) => 4,
             Fatal::Unsupported(_) => 5,
             Fatal::Metrics(_) => 6,
+            Fatal::Missing(_) => 7,
         })
     }
 }

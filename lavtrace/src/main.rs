@@ -24,7 +24,6 @@ mod tcp;
 mod threads;
 mod tui;
 mod units;
-mod workload;
 
 use std::process::ExitCode;
 
@@ -37,7 +36,7 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Workload(args) = &cli.command {
-        return workload::run(args);
+        return demo::workload::run(args);
     }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()

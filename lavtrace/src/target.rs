@@ -118,8 +118,6 @@ pub struct TargetExit {
 pub enum ExitWatch {
     /// Any process: a pidfd turns readable when it exits (status not knowable).
     Pidfd(AsyncFd<OwnedFd>),
-    /// Our own child: the full exit status.
-    Child(tokio::process::Child),
 }
 
 impl ExitWatch {
@@ -158,21 +156,6 @@ impl ExitWatch {
                     seen_at: None,
                 }
             }
-            ExitWatch::Child(child) => match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt as _;
-                    TargetExit {
-                        code: status.code(),
-                        signal: status.signal(),
-                        seen_at: None,
-                    }
-                }
-                Err(_) => TargetExit {
-                    code: None,
-                    signal: None,
-                    seen_at: None,
-                },
-            },
         }
     }
 }

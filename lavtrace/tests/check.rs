@@ -30,7 +30,7 @@ fn line<'a>(stdout: &'a str, label: &str) -> &'a str {
 #[test]
 fn check_pid_describes_the_target() {
     require_root();
-    let target = Workload::spawn(&["--name", "lt-check", "tcp"]);
+    let target = Workload::tcp().named("lt-check").spawn();
     let pid = target.pid;
     // The workload waits for `go`: its threads, sockets and mappings hold still.
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -68,7 +68,7 @@ fn check_pid_describes_the_target() {
     drop(target);
 
     // By name, the same process.
-    let target = Workload::spawn(&["--name", "lt-check2", "syscalls"]);
+    let target = Workload::syscalls().named("lt-check2").spawn();
     let (code, out, err) = check(&["--comm", "lt-check2"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(

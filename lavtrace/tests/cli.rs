@@ -115,3 +115,23 @@ fn demo_without_a_broker_at_the_url_exits_3() {
     assert_eq!(code, 3, "{stderr}");
     assert!(one_error_line(&stderr).contains("no process listens on port 1"));
 }
+
+#[test]
+fn demo_amqp_without_the_workload_binary_next_to_lavtrace_exits_7() {
+    // A lavtrace installed alone; this test process is the "broker" on the port.
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("lavtrace");
+    std::fs::copy(LAVTRACE, &alone).unwrap();
+    let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "amqp://127.0.0.1:{}/%2f",
+        broker.local_addr().unwrap().port()
+    );
+    let (code, stderr) = run_cmd(Command::new(&alone).args(["demo", "--amqp", &url]));
+    assert_eq!(code, 7, "{stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("lavtrace-workload") && line.contains("cargo build -p lavtrace-workload"),
+        "{line}"
+    );
+}

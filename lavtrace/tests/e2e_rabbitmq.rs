@@ -15,24 +15,17 @@ const MARKER: u64 = 4242;
 fn traces_a_real_broker_under_a_real_client() {
     require_root();
     let broker = RabbitMq::start();
-    let mut client = Workload::spawn(&[
-        "amqp",
-        "--url",
-        &broker.url(),
-        "--connections",
-        &CONNECTIONS.to_string(),
-        "--messages",
-        &MESSAGES.to_string(),
-        "--size",
-        "2048",
-        "--marker-getppid",
-        &MARKER.to_string(),
-    ]);
-    let trace = Trace::spawn(&["--pid", &broker.pid.to_string(), "--interval", "500ms"]);
+    let mut client = Workload::amqp(&broker.url())
+        .flag("connections", CONNECTIONS)
+        .flag("messages", MESSAGES)
+        .flag("size", 2048)
+        .flag("marker-getppid", MARKER)
+        .spawn();
+    let trace = Trace::pid(broker.pid).interval("500ms").spawn();
     assert_eq!(trace.attached["target"]["comm"], "beam.smp");
 
     client.go();
-    let stats = client.lines.next().expect("client stats");
+    let stats = client.next_line().expect("client stats");
     let stats: Value = serde_json::from_str(stats.strip_prefix("stats ").expect("stats line"))
         .expect("stats JSON");
     client.wait_done();

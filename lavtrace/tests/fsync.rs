@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use common::{LAVTRACE, Lines, Trace, Workload, require_root};
+use common::{LAVTRACE, Trace, Workload, require_root};
 use serde_json::Value;
 
 const VHOST: &str = "42099b4af021e53fd8fd4e056c2568d7c2e3ffa8";
@@ -51,39 +48,22 @@ fn data_dir_prefix(pid: u32) -> String {
 #[test]
 fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
     require_root();
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        "3",
-        "--premapped",
-        "1",
-        "--syncfs",
-        "120",
-        "--fsyncs",
-        "4",
-        "--sync",
-        "1",
-        "--linger",
-        "300ms",
-    ]);
+    let mut target = Workload::storage()
+        .segments(3)
+        .premapped(1)
+        .syncfs(120)
+        .fsyncs(4)
+        .flag("sync", 1)
+        .linger("300ms")
+        .spawn();
     // The same calls from another process at the same time must not leak in.
-    let mut bystander = Workload::spawn(&["storage", "--segments", "2", "--syncfs", "77"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "fsync",
-        "--interval",
-        "200ms",
-        "--slow",
-        "0s",
-    ]);
-    let hooks: Vec<&str> = trace.attached["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["via"].as_str().unwrap())
-        .collect();
+    let mut bystander = Workload::storage().segments(2).syncfs(77).spawn();
+    let trace = Trace::of(&target)
+        .probes("fsync")
+        .interval("200ms")
+        .flag("slow", "0s")
+        .spawn();
+    let hooks = trace.vias();
     for tp in [
         "sys_enter_syncfs",
         "sys_exit_msync",
@@ -95,11 +75,7 @@ fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
             "{hooks:?}"
         );
     }
-    bystander.go();
-    target.go();
-    bystander.wait_done();
-    target.wait_done();
-    let records = trace.records();
+    let records = trace.run(&mut [&mut bystander, &mut target]);
     let summary = records.last().unwrap();
     assert_eq!(summary["end"]["reason"], "target_exited");
     assert_eq!(summary["lost_events"]["fsync"], 0);
@@ -186,32 +162,18 @@ fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
 fn a_tiny_ring_reports_exactly_what_it_lost() {
     require_root();
     const BURST: u64 = 20_000;
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        "0",
-        "--syncfs",
-        "0",
-        "--fsyncs",
-        "0",
-        "--burst",
-        &BURST.to_string(),
-        "--linger",
-        "300ms",
-    ]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "fsync,mmap",
-        "--ring-bytes",
-        "4096",
-        "--interval",
-        "100ms",
-    ]);
-    target.go();
-    target.wait_done();
-    let records = trace.records();
+    let mut target = Workload::storage()
+        .segments(0)
+        .syncfs(0)
+        .fsyncs(0)
+        .flag("burst", BURST)
+        .linger("300ms")
+        .spawn();
+    let records = Trace::of(&target)
+        .probes("fsync,mmap")
+        .flag("ring-bytes", 4096)
+        .interval("100ms")
+        .run(&mut [&mut target]);
     let summary = records.last().unwrap();
     let intervals: Vec<&Value> = records.iter().filter(|r| r["type"] == "interval").collect();
 
@@ -241,35 +203,16 @@ fn a_tiny_ring_reports_exactly_what_it_lost() {
 #[test]
 fn text_shows_slow_calls_histograms_and_the_map_count() {
     require_root();
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        "2",
-        "--syncfs",
-        "30",
-        "--linger",
-        "300ms",
-    ]);
-    let mut child = Command::new(LAVTRACE)
-        .args(["trace", "--pid", &target.pid.to_string()])
-        .args([
-            "--probes",
-            "fsync,mmap",
-            "--slow",
-            "1ns",
-            "--interval",
-            "10s",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(child.stdout.take().unwrap());
-    let first = lines.next().unwrap();
-    assert!(first.starts_with("lavtrace: tracing pid"), "{first}");
-    target.go();
-    target.wait_done();
-    let text = lines.rest().join("\n");
-    assert!(child.wait().unwrap().success());
+    let mut target = Workload::storage()
+        .segments(2)
+        .syncfs(30)
+        .linger("300ms")
+        .spawn();
+    let text = Trace::of(&target)
+        .probes("fsync,mmap")
+        .flag("slow", "1ns")
+        .interval("10s")
+        .run_text(&mut target);
     let slow_syncfs = text
         .lines()
         .filter(|l| l.contains("Publish confirm") && l.contains(" syncfs "))
@@ -330,27 +273,12 @@ fn demo_shows_both_storage_families() {
 #[test]
 fn per_thread_rows_name_the_confirm_thread() {
     require_root();
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        "2",
-        "--syncfs",
-        "50",
-        "--fsyncs",
-        "2",
-    ]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "fsync,mmap",
-        "--per-thread",
-        "--interval",
-        "100ms",
-    ]);
-    target.go();
-    target.wait_done();
-    let records = trace.records();
+    let mut target = Workload::storage().segments(2).syncfs(50).fsyncs(2).spawn();
+    let records = Trace::of(&target)
+        .probes("fsync,mmap")
+        .switch("per-thread")
+        .interval("100ms")
+        .run(&mut [&mut target]);
     let summary = records.last().unwrap();
     let syncfs = find(summary, "syncfs", "", None);
     assert_eq!(syncfs["count"], 50);
@@ -359,7 +287,7 @@ fn per_thread_rows_name_the_confirm_thread() {
     let fsync = find(summary, "fsync", "definitions.amqp", None);
     assert_eq!(fsync["count"], 2);
     assert_eq!(fsync["tid"], target.pid);
-    assert_eq!(fsync["thread"], "lavtrace");
+    assert_eq!(fsync["thread"], common::WORKLOAD_COMM);
     // Every durability row carries its thread.
     assert!(rows(summary).iter().all(|r| r["tid"].is_u64()));
     // mmap: per-thread rows add up to the per-syscall counts.

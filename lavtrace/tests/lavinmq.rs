@@ -1,4 +1,4 @@
-//! The `lavinmq` workload (LavinMQ 2.9.1's syscall patterns, see workload/lavinmq.rs) under
+//! The `lavinmq` workload (LavinMQ 2.9.1's syscall patterns, see lavtrace-workload/src/lavinmq.rs) under
 //! lavtrace: the exact counts it promises from its flags, attributed to the data dir and its
 //! files; its threads named `lavinmq`; its data dir in LavinMQ's layout; SIGUSR1's dump.
 
@@ -9,7 +9,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{LAVTRACE, Trace, Workload, count, require_root};
+use common::{Trace, Workload, count, require_root, workload_binary};
 use serde_json::Value;
 
 const SEGMENT: u64 = 8 << 20;
@@ -17,12 +17,12 @@ const ACKS: u64 = 1_597_832;
 const PAGE: u64 = 4096;
 
 fn sha1(s: &str) -> String {
-    sha1_smol::Sha1::from(s).digest().to_string()
+    lavtrace_common::definitions::dir_hash(s)
 }
 
 /// The `data-dir <path>` line the workload prints once it has the go line.
 fn data_dir(w: &Workload) -> String {
-    let line = w.lines.next().expect("a data-dir line");
+    let line = w.next_line().expect("a data-dir line");
     line.strip_prefix("data-dir ")
         .unwrap_or_else(|| panic!("expected data-dir, got {line:?}"))
         .to_string()
@@ -62,31 +62,20 @@ fn exact_durability_and_mapping_calls_of_a_lavinmq_shaped_broker() {
     const SEGMENTS: u64 = 2;
     const SYNCFS: u64 = 150;
     const DELETED: u64 = 1;
-    let mut target = Workload::spawn(&[
-        "lavinmq",
-        "--queues",
-        &QUEUES.to_string(),
-        "--segments",
-        &SEGMENTS.to_string(),
-        "--syncfs",
-        &SYNCFS.to_string(),
-        "--delete",
-        &DELETED.to_string(),
-        "--gc-bursts",
-        "4",
-    ]);
+    let mut target = Workload::lavinmq()
+        .flag("queues", QUEUES)
+        .segments(SEGMENTS)
+        .syncfs(SYNCFS)
+        .flag("delete", DELETED)
+        .flag("gc-bursts", 4)
+        .spawn();
     // Main and the syncfs thread, both `lavinmq` as in the real broker.
     assert_eq!(thread_names(target.pid), ["lavinmq", "lavinmq"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "fsync,mmap",
-        "--interval",
-        "200ms",
-        "--slow",
-        "0s",
-    ]);
+    let trace = Trace::of(&target)
+        .probes("fsync,mmap")
+        .interval("200ms")
+        .flag("slow", "0s")
+        .spawn();
     target.go();
     let dir = data_dir(&target);
     target.wait_done();
@@ -171,25 +160,16 @@ fn exact_durability_and_mapping_calls_of_a_lavinmq_shaped_broker() {
 fn gc_bursts_are_exact_signal_bursts() {
     require_root();
     const BURSTS: u64 = 7;
-    let mut target = Workload::spawn(&[
-        "lavinmq",
-        "--queues",
-        "1",
-        "--delete",
-        "0",
-        "--syncfs",
-        "40",
-        "--gc-bursts",
-        &BURSTS.to_string(),
-    ]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "syscalls",
-        "--interval",
-        "200ms",
-    ]);
+    let mut target = Workload::lavinmq()
+        .flag("queues", 1)
+        .flag("delete", 0)
+        .syncfs(40)
+        .flag("gc-bursts", BURSTS)
+        .spawn();
+    let trace = Trace::of(&target)
+        .probes("syscalls")
+        .interval("200ms")
+        .spawn();
     target.go();
     data_dir(&target);
     target.wait_done();
@@ -205,20 +185,14 @@ fn gc_bursts_are_exact_signal_bursts() {
 #[test]
 fn the_data_dir_is_lavinmqs_and_sigusr1_dumps_the_gc_cycle_count() {
     const BURSTS: u64 = 5;
-    let mut w = Workload::spawn(&[
-        "lavinmq",
-        "--queues",
-        "2",
-        "--segments",
-        "1",
-        "--delete",
-        "1",
-        "--syncfs",
-        "3",
-        "--gc-bursts",
-        &BURSTS.to_string(),
-        "--wait",
-    ]);
+    let mut w = Workload::lavinmq()
+        .flag("queues", 2)
+        .segments(1)
+        .flag("delete", 1)
+        .syncfs(3)
+        .flag("gc-bursts", BURSTS)
+        .switch("wait")
+        .spawn();
     w.go();
     let dir = data_dir(&w);
     w.wait_done();
@@ -282,15 +256,15 @@ fn the_data_dir_is_lavinmqs_and_sigusr1_dumps_the_gc_cycle_count() {
     for _ in 0..2 {
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(w.pid as i32, libc::SIGUSR1) }, 0);
-        assert_eq!(w.lines.next().as_deref(), Some("GC"));
+        assert_eq!(w.next_line().as_deref(), Some("GC"));
         assert_eq!(
-            w.lines.next(),
+            w.next_line(),
             Some(format!("  garbage collection cycle number: {BURSTS}"))
         );
-        assert_eq!(w.lines.next().as_deref(), Some("  marker threads: 0"));
-        assert_eq!(w.lines.next().as_deref(), Some("Fibers:"));
+        assert_eq!(w.next_line().as_deref(), Some("  marker threads: 0"));
+        assert_eq!(w.next_line().as_deref(), Some("Fibers:"));
         for fiber in ["main>", "Publish confirm loop>"] {
-            let line = w.lines.next().unwrap();
+            let line = w.next_line().unwrap();
             assert!(
                 line.starts_with("#<Fiber:0x") && line.ends_with(fiber),
                 "{line}"
@@ -303,8 +277,8 @@ fn the_data_dir_is_lavinmqs_and_sigusr1_dumps_the_gc_cycle_count() {
 
 #[test]
 fn deleting_more_queues_than_declared_is_one_clear_error() {
-    let out = Command::new(LAVTRACE)
-        .args(["workload", "lavinmq", "--queues", "1", "--delete", "2"])
+    let out = Command::new(workload_binary())
+        .args(["lavinmq", "--queues", "1", "--delete", "2"])
         .stdin(Stdio::null())
         .output()
         .unwrap();

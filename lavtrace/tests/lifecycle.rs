@@ -27,8 +27,8 @@ fn loaded_programs() -> BTreeSet<u32> {
 fn sigkill_leaves_no_program_loaded() {
     require_root();
     let _serial = serial();
-    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
-    let mut trace = Trace::spawn(&["--pid", &target.pid.to_string()]);
+    let target = Workload::syscalls().getppid(1).spawn();
+    let mut trace = Trace::of(&target).spawn();
     let ours = programs_held_by(trace.child.id());
     // syscalls (2), tcp and the storage families: several programs, all loaded now.
     assert!(ours.len() >= 2, "lavtrace holds {} programs", ours.len());
@@ -58,8 +58,11 @@ fn follow_reattaches_when_the_target_restarts() {
     let _serial = serial();
     // A name no other process has: `--comm` must find exactly our workload.
     let name = format!("lvt-fol{}", std::process::id() % 100_000);
-    let mut first = Workload::spawn(&["--name", &name, "syscalls", "--getppid", "100"]);
-    let trace = Trace::spawn(&["--comm", &name, "--follow", "--interval", "200ms"]);
+    let mut first = Workload::syscalls().named(&name).getppid(100).spawn();
+    let trace = Trace::comm(&name)
+        .switch("follow")
+        .interval("200ms")
+        .spawn();
     assert_eq!(trace.attached["target"]["pid"], first.pid);
     first.go();
     first.wait_done();
@@ -80,7 +83,7 @@ fn follow_reattaches_when_the_target_restarts() {
     assert_eq!(common::count(&summary1, "getppid"), 100);
 
     std::thread::sleep(Duration::from_millis(300));
-    let mut second = Workload::spawn(&["--name", &name, "syscalls", "--getppid", "200"]);
+    let mut second = Workload::syscalls().named(&name).getppid(200).spawn();
     let restart = record("restart");
     assert_eq!(restart["previous_pid"], first_pid);
     assert_eq!(restart["pid"], second.pid);

@@ -12,17 +12,11 @@ use std::{
     time::Duration,
 };
 
-use common::{LAVTRACE, Trace, Workload, require_root};
+use common::{LAVTRACE, Trace, Workload, free_port, require_root};
 use serde_json::Value;
 
 const SEGMENT: u64 = 8 << 20;
 const ACKS: u64 = 1_597_832;
-
-/// A port nobody listens on now (the kernel's pick, released).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// GET /metrics (HTTP/1.0, so the server closes after the body): (head, body).
 fn scrape(port: u16, accept: Option<&str>) -> (String, String) {
@@ -98,31 +92,29 @@ fn until(
     sums
 }
 
+/// Traces `target` (`--probes PROBES`, 100 ms intervals) serving `--metrics` on a free port, in
+/// the address form `addr` writes.
+fn with_metrics(target: &Workload, probes: &str, addr: fn(u16) -> String) -> (Trace, u16) {
+    let port = free_port();
+    let trace = Trace::of(target)
+        .probes(probes)
+        .interval("100ms")
+        .flag("metrics", addr(port))
+        .spawn();
+    (trace, port)
+}
+
 #[test]
 fn syscall_counters_and_histograms_match_the_workload() {
     require_root();
     // The sleep keeps the target alive (and idle) while we scrape.
-    let mut target = Workload::spawn(&[
-        "syscalls",
-        "--getppid",
-        "5000",
-        "--bad-close",
-        "37",
-        "--sleep",
-        "3s",
-    ]);
-    let port = free_port();
+    let mut target = Workload::syscalls()
+        .getppid(5000)
+        .bad_close(37)
+        .sleep("3s")
+        .spawn();
+    let (trace, port) = with_metrics(&target, "syscalls", |port| format!("127.0.0.1:{port}"));
     let pid = target.pid.to_string();
-    let trace = Trace::spawn(&[
-        "--pid",
-        &pid,
-        "--probes",
-        "syscalls",
-        "--interval",
-        "100ms",
-        "--metrics",
-        &format!("127.0.0.1:{port}"),
-    ]);
     target.go();
     let sums = until(
         &trace,
@@ -214,29 +206,14 @@ fn syscall_counters_and_histograms_match_the_workload() {
 fn durability_and_mapping_series_match_the_workload() {
     require_root();
     const N: u64 = 2;
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        &N.to_string(),
-        "--syncfs",
-        "50",
-        "--fsyncs",
-        "3",
-        "--linger",
-        "4s",
-    ]);
-    let port = free_port();
+    let mut target = Workload::storage()
+        .segments(N)
+        .syncfs(50)
+        .fsyncs(3)
+        .linger("4s")
+        .spawn();
+    let (trace, port) = with_metrics(&target, "fsync,mmap", |port| port.to_string());
     let pid = target.pid.to_string();
-    let trace = Trace::spawn(&[
-        "--pid",
-        &pid,
-        "--probes",
-        "fsync,mmap",
-        "--interval",
-        "100ms",
-        "--metrics",
-        &port.to_string(),
-    ]);
     target.go();
     let sums = until(
         &trace,
@@ -346,21 +323,11 @@ fn tcp_gauges_and_counters_match_the_workload() {
     require_root();
     // Connections with known histories (see lavtrace/src/workload/tcp.rs); G stays open and
     // the workload waits for its stdin to close after `done`.
-    let mut target = Workload::spawn(&["tcp"]);
-    let port = free_port();
+    let mut target = Workload::tcp().spawn();
+    let (trace, port) = with_metrics(&target, "tcp", |port| format!(":{port}"));
     let pid = target.pid.to_string();
-    let trace = Trace::spawn(&[
-        "--pid",
-        &pid,
-        "--probes",
-        "tcp",
-        "--interval",
-        "100ms",
-        "--metrics",
-        &format!(":{port}"),
-    ]);
     target.go();
-    while target.lines.next().expect("workload ended early") != "done" {}
+    target.lines_until_done();
     let listening = std::cell::Cell::new(0);
     let sums = until(
         &trace,
@@ -494,16 +461,12 @@ fn getppid_until(trace: &Trace, n: u64) {
 fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
     require_root();
     let name = format!("lvt-met{}", std::process::id() % 100_000);
-    let spawn = |getppid: &str| {
-        Workload::spawn(&[
-            "--name",
-            &name,
-            "syscalls",
-            "--getppid",
-            getppid,
-            "--sleep",
-            "1s",
-        ])
+    let spawn = |getppid: u64| {
+        Workload::syscalls()
+            .named(&name)
+            .getppid(getppid)
+            .sleep("1s")
+            .spawn()
     };
     let calls = |body: &str, pid: u32| {
         let pid = pid.to_string();
@@ -513,19 +476,14 @@ fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
             &[("pid", &pid), ("syscall", "getppid")],
         )
     };
-    let mut first = spawn("100");
+    let mut first = spawn(100);
     let port = free_port();
-    let trace = Trace::spawn(&[
-        "--comm",
-        &name,
-        "--follow",
-        "--probes",
-        "syscalls",
-        "--interval",
-        "100ms",
-        "--metrics",
-        &port.to_string(),
-    ]);
+    let trace = Trace::comm(&name)
+        .switch("follow")
+        .probes("syscalls")
+        .interval("100ms")
+        .flag("metrics", port)
+        .spawn();
     first.go();
     getppid_until(&trace, 100);
     let (_, body) = scrape(port, None);
@@ -535,7 +493,7 @@ fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
     first.finish();
 
     // The broker restarts: same name, new pid.
-    let mut second = spawn("200");
+    let mut second = spawn(200);
     let restart = next_of(&trace, "restart");
     assert_eq!(restart["pid"], second.pid);
     next_of(&trace, "attached");

@@ -53,31 +53,17 @@ fn counts(row: &Value) -> [u64; 6] {
 fn exact_mapping_calls_per_syscall_and_file_for_the_target_only() {
     require_root();
     const N: u64 = 5;
-    let mut target = Workload::spawn(&[
-        "storage",
-        "--segments",
-        &N.to_string(),
-        "--premapped",
-        "1",
-        "--syncfs",
-        "0",
-        "--linger",
-        "300ms",
-    ]);
-    let mut bystander = Workload::spawn(&["storage", "--segments", "3", "--syncfs", "0"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "mmap",
-        "--interval",
-        "200ms",
-    ]);
-    bystander.go();
-    target.go();
-    bystander.wait_done();
-    target.wait_done();
-    let records = trace.records();
+    let mut target = Workload::storage()
+        .segments(N)
+        .premapped(1)
+        .syncfs(0)
+        .linger("300ms")
+        .spawn();
+    let mut bystander = Workload::storage().segments(3).syncfs(0).spawn();
+    let records = Trace::of(&target)
+        .probes("mmap")
+        .interval("200ms")
+        .run(&mut [&mut bystander, &mut target]);
     let summary = records.last().unwrap();
     assert_eq!(summary["lost_events"]["mmap"], 0);
 

@@ -31,41 +31,22 @@ fn exact_counts_on_the_fallback_tracepoints() {
 
 fn exact_counts_via(syscalls_hooks: &str, expected_hooks: &[&str]) {
     require_root();
-    let mut target = Workload::spawn(&[
-        "syscalls",
-        "--getppid",
-        "5000",
-        "--bad-close",
-        "37",
-        "--sleep",
-        "200ms",
-    ]);
+    let mut target = Workload::syscalls()
+        .getppid(5000)
+        .bad_close(37)
+        .sleep("200ms")
+        .spawn();
     // The same calls from another process at the same time must not leak in.
-    let mut bystander = Workload::spawn(&["syscalls", "--getppid", "3000", "--bad-close", "11"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "syscalls",
-        "--interval",
-        "100ms",
-        "--syscalls-hooks",
-        syscalls_hooks,
-    ]);
+    let mut bystander = Workload::syscalls().getppid(3000).bad_close(11).spawn();
+    let trace = Trace::of(&target)
+        .probes("syscalls")
+        .interval("100ms")
+        .flag("syscalls-hooks", syscalls_hooks)
+        .spawn();
     assert_eq!(trace.attached["target"]["pid"], target.pid);
-    let hooks: Vec<&str> = trace.attached["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["via"].as_str().unwrap())
-        .collect();
-    assert_eq!(hooks, expected_hooks, "exactly one pair attached");
+    assert_eq!(trace.vias(), expected_hooks, "exactly one pair attached");
 
-    bystander.go();
-    target.go();
-    bystander.wait_done();
-    target.wait_done();
-    let records = trace.records();
+    let records = trace.run(&mut [&mut bystander, &mut target]);
     let summary = records.last().unwrap();
 
     assert_eq!(summary["end"]["reason"], "target_exited");
@@ -99,16 +80,11 @@ fn exact_counts_via(syscalls_hooks: &str, expected_hooks: &[&str]) {
 fn duration_ends_the_run_with_a_summary() {
     require_root();
     // A target that never gets its go signal: alive, idle, blocked in read(2).
-    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--duration",
-        "600ms",
-        "--interval",
-        "200ms",
-    ]);
-    let records = trace.records();
+    let target = Workload::syscalls().getppid(1).spawn();
+    let records = Trace::of(&target)
+        .flag("duration", "600ms")
+        .interval("200ms")
+        .run(&mut []);
     let summary = records.last().unwrap();
     assert_eq!(summary["end"]["reason"], "duration");
     assert_eq!(count(summary, "getppid"), 0);
@@ -123,8 +99,8 @@ fn duration_ends_the_run_with_a_summary() {
 #[test]
 fn sigterm_prints_the_summary_and_exits_zero() {
     require_root();
-    let mut target = Workload::spawn(&["syscalls", "--getppid", "1234"]);
-    let trace = Trace::spawn(&["--pid", &target.pid.to_string(), "--probes", "syscalls"]);
+    let mut target = Workload::syscalls().getppid(1234).spawn();
+    let trace = Trace::of(&target).probes("syscalls").spawn();
     target.go();
     target.wait_done();
     // Let lavtrace notice nothing yet: signal it while the target may still be exiting.
@@ -143,29 +119,17 @@ fn sigterm_prints_the_summary_and_exits_zero() {
 fn per_thread_counts_and_names_are_exact() {
     require_root();
     // "Publish confirm loop" is LavinMQ's syncfs thread; the kernel keeps 15 bytes of a name.
-    let mut target = Workload::spawn(&[
-        "syscalls",
-        "--getppid",
-        "300",
-        "--bad-close",
-        "7",
-        "--thread",
-        "Publish confirm loop=1000",
-        "--thread",
-        "worker-b=2500",
-    ]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "syscalls",
-        "--per-thread",
-        "--interval",
-        "100ms",
-    ]);
-    target.go();
-    target.wait_done();
-    let records = trace.records();
+    let mut target = Workload::syscalls()
+        .getppid(300)
+        .bad_close(7)
+        .flag("thread", "Publish confirm loop=1000")
+        .flag("thread", "worker-b=2500")
+        .spawn();
+    let records = Trace::of(&target)
+        .probes("syscalls")
+        .switch("per-thread")
+        .interval("100ms")
+        .run(&mut [&mut target]);
     let summary = records.last().unwrap();
     let threads = summary["threads"].as_array().expect("a threads list");
     let getppid_of = |name: &str| -> (u64, u64) {
@@ -183,7 +147,7 @@ fn per_thread_counts_and_names_are_exact() {
     };
     let (confirm_tid, confirm) = getppid_of("Publish confirm");
     let (worker_tid, worker) = getppid_of("worker-b");
-    let (main_tid, main) = getppid_of("lavtrace");
+    let (main_tid, main) = getppid_of(common::WORKLOAD_COMM);
     assert_eq!((confirm, worker, main), (1000, 2500, 300));
     assert_eq!(
         main_tid,
@@ -215,18 +179,11 @@ fn per_thread_counts_and_names_are_exact() {
 #[test]
 fn without_per_thread_there_is_no_threads_key() {
     require_root();
-    let mut target = Workload::spawn(&["syscalls", "--getppid", "10", "--bad-close", "0"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "syscalls",
-        "--interval",
-        "100ms",
-    ]);
-    target.go();
-    target.wait_done();
-    let records = trace.records();
+    let mut target = Workload::syscalls().getppid(10).bad_close(0).spawn();
+    let records = Trace::of(&target)
+        .probes("syscalls")
+        .interval("100ms")
+        .run(&mut [&mut target]);
     assert!(records.iter().all(|r| r.get("threads").is_none()));
     assert_eq!(count(records.last().unwrap(), "getppid"), 10);
 }
@@ -249,19 +206,22 @@ fn exit_program_size(pid: u32) -> u32 {
 #[test]
 fn without_per_thread_the_verifier_drops_its_code() {
     require_root();
-    let target = Workload::spawn(&["syscalls", "--getppid", "1"]);
-    let pid = target.pid.to_string();
-    let size = |extra: &[&str]| {
-        let mut args = vec!["--pid", pid.as_str(), "--probes", "syscalls"];
-        args.extend_from_slice(extra);
-        let trace = Trace::spawn(&args);
+    let target = Workload::syscalls().getppid(1).spawn();
+    let size = |per_thread: bool| {
+        let args = Trace::of(&target).probes("syscalls");
+        let trace = if per_thread {
+            args.switch("per-thread")
+        } else {
+            args
+        }
+        .spawn();
         let size = exit_program_size(trace.child.id());
         trace.signal(libc::SIGTERM);
         trace.records();
         size
     };
-    let off = size(&[]);
-    let on = size(&["--per-thread"]);
+    let off = size(false);
+    let on = size(true);
     eprintln!("syscalls_exit: {off} bytes without --per-thread, {on} with");
     assert!(
         off < on,

@@ -146,26 +146,15 @@ fn u(v: &Value) -> u64 {
 fn every_connection_of_the_target_with_its_history_and_nothing_else() {
     require_root();
     let mode = hooks_mode();
-    let mut target = Workload::spawn(&["tcp"]);
-    let trace = Trace::spawn(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--probes",
-        "tcp",
-        "--interval",
-        "200ms",
-        "--tcp-hooks",
-        &mode,
-    ]);
+    let mut target = Workload::tcp().spawn();
+    let trace = Trace::of(&target)
+        .probes("tcp")
+        .interval("200ms")
+        .flag("tcp-hooks", &mode)
+        .spawn();
 
     // The hook set in use is the one asked for (auto: kprobes where the kernel has them).
-    let hooks: Vec<(&str, &str)> = trace.attached["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["family"] == "tcp")
-        .map(|h| (h["program"].as_str().unwrap(), h["via"].as_str().unwrap()))
-        .collect();
+    let hooks = trace.hooks(Some("tcp"));
     let kprobes = match mode.as_str() {
         "kprobe" => true,
         "tracepoint" => false,
@@ -201,11 +190,7 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
     // The sockets' own retransmit counts (tcpi_total_retrans), where the workload gives one.
     let mut retransmits: BTreeMap<String, u64> = BTreeMap::new();
     let mut other = None;
-    loop {
-        let line = target.lines.next().expect("workload ended early");
-        if line == "done" {
-            break;
-        }
+    for line in target.lines_until_done() {
         let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
         let pair = (
             v["local"].as_str().unwrap().to_string(),

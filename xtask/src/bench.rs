@@ -6,12 +6,13 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use lavtrace_common::start;
 
 use crate::workspace_root;
 
@@ -27,7 +28,14 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     crate::setup::debian_packages(PACKAGES)?;
-    crate::cargo(&["build", "--release", "--package", "lavtrace"])?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "lavtrace",
+        "--package",
+        "lavtrace-workload",
+    ])?;
     let lavtrace = workspace_root().join("target/release/lavtrace");
     let mut md = String::new();
     header(&mut md, opts)?;
@@ -84,62 +92,46 @@ fn git_head() -> String {
         .unwrap_or_default()
 }
 
-/// A process of the workload, stopped at its `ready` line.
+/// A process of `lavtrace-workload`, stopped at its `ready` line.
 struct Workload {
-    child: Child,
+    started: start::Started,
     pid: u32,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
 }
 
 impl Workload {
-    fn spawn(lavtrace: &Path, args: &[&str]) -> Result<Workload> {
-        let mut child = Command::new(lavtrace)
-            .arg("workload")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the workload")?;
-        let lines = line_channel(child.stdout.take().context("stdout")?);
-        let ready = lines
-            .recv_timeout(Duration::from_secs(30))
-            .context("workload silent")?;
-        let pid = ready
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("workload said {ready:?}"))?;
+    fn spawn(args: &[&str]) -> Result<Workload> {
+        let started = start::spawn(
+            Command::new(workload_binary()).args(args),
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("starting lavtrace-workload {}", args.join(" ")))?;
         Ok(Workload {
-            stdin: child.stdin.take(),
-            child,
-            pid,
-            lines,
+            pid: started.pid(),
+            started,
         })
     }
 
     /// Sends go, returns the JSON of the line starting with `prefix`.
     fn go(&mut self, prefix: &str, timeout: Duration) -> Result<serde_json::Value> {
-        use std::io::Write as _;
-        let stdin = self.stdin.as_mut().context("go twice")?;
-        stdin.write_all(b"go\n")?;
-        stdin.flush()?;
+        self.started.go()?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).context("workload result")?;
+            let line = self
+                .started
+                .next_line(left)
+                .map_err(|e| anyhow::anyhow!("workload result: {e:?}"))?;
             if let Some(json) = line.strip_prefix(prefix) {
-                let _ = self.child.wait();
+                let _ = self.started.child().wait();
                 return Ok(serde_json::from_str(json)?);
             }
         }
     }
 }
 
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Built next to lavtrace by `run`.
+fn workload_binary() -> PathBuf {
+    workspace_root().join("target/release/lavtrace-workload")
 }
 
 fn line_channel(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -385,9 +377,9 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
                 opts.runs,
                 tracer.label()
             );
-            let mut wl = Workload::spawn(lavtrace, &["spin", "--calls", &calls])?;
+            let mut wl = Workload::spawn(&["spin", "--calls", &calls])?;
             // The bystander the "other process" row traces: idle, never given go.
-            let decoy = Workload::spawn(lavtrace, &["spin", "--calls", "0"])?;
+            let decoy = Workload::spawn(&["spin", "--calls", "0"])?;
             let traced_pid = if matches!(tracer, Tracer::LavtraceOther(_)) {
                 decoy.pid
             } else {
@@ -408,7 +400,7 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
     writeln!(md, "## 1. Syscall-bound loop\n")?;
     writeln!(
         md,
-        "`lavtrace workload spin --calls {calls}`: getppid and 1-byte writes to /dev/null, alternating, as fast \
+        "`lavtrace-workload spin --calls {calls}`: getppid and 1-byte writes to /dev/null, alternating, as fast \
          as one thread can. ns per syscall of the loop (wall time / calls); *added* is the median minus the \
          untraced median. `floor` is lavtrace with empty programs on the raw tracepoints `sys_enter`/`sys_exit` \
          that the syscalls family uses: the cost of being attached at all; `floor-tracepoint` the same on the \
@@ -474,10 +466,7 @@ fn pipeline(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
                 opts.runs
             );
             let rate_arg = rate.to_string();
-            let mut wl = Workload::spawn(
-                lavtrace,
-                &["pace", "--rate", &rate_arg, "--seconds", SECONDS],
-            )?;
+            let mut wl = Workload::spawn(&["pace", "--rate", &rate_arg, "--seconds", SECONDS])?;
             let running = Tracer::Lavtrace("fsync")
                 .attach(lavtrace, wl.pid)?
                 .context("lavtrace did not start")?;
@@ -513,7 +502,7 @@ fn pipeline(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
     writeln!(md, "## 3. Event pipeline\n")?;
     writeln!(
         md,
-        "`lavtrace workload pace --rate R --seconds {SECONDS}`: msync(MS_ASYNC) on one shared page at R calls/s \
+        "`lavtrace-workload pace --rate R --seconds {SECONDS}`: msync(MS_ASYNC) on one shared page at R calls/s \
          (one thread, paced per millisecond), traced by `lavtrace trace --pid PID --probes fsync --format json`: \
          one ring-buffer event per call. *received* is the summary's msync count, *lost* its \
          `lost_events.fsync`; received + lost = produced when nothing is dropped silently. \
@@ -592,20 +581,17 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<Vec<(f64, 
                     opts.runs,
                     tracer.label()
                 );
-                let mut wl = Workload::spawn(
-                    lavtrace,
-                    &[
-                        "amqp",
-                        "--url",
-                        &url,
-                        "--connections",
-                        "2",
-                        "--messages",
-                        &messages,
-                        "--size",
-                        "1024",
-                    ],
-                )?;
+                let mut wl = Workload::spawn(&[
+                    "amqp",
+                    "--url",
+                    &url,
+                    "--connections",
+                    "2",
+                    "--messages",
+                    &messages,
+                    "--size",
+                    "1024",
+                ])?;
                 let running = tracer.attach(lavtrace, broker_pid)?;
                 let cpu0 = cpu_time(broker_pid);
                 let stats = wl.go("stats ", Duration::from_secs(900))?;
@@ -631,7 +617,7 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<Vec<(f64, 
     writeln!(md, "## 2. Broker under load\n")?;
     writeln!(
         md,
-        "RabbitMQ (Debian's package, `scripts/rabbitmq-local`) on 127.0.0.1; `lavtrace workload amqp --connections 2 \
+        "RabbitMQ (Debian's package, `scripts/rabbitmq-local`) on 127.0.0.1; `lavtrace-workload amqp --connections 2 \
          --messages {messages} --size 1024 --confirm-window 100`: persistent messages published with up to 100 \
          confirms outstanding, then consumed with acks. Confirmed messages per second of the exchange, and the broker's CPU (all threads) \
          during it.\n"

@@ -22,18 +22,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 /// AMQP class and method ids (AMQP 0-9-1) of the records that name queues.
-const QUEUE_CLASS: u16 = 50;
-const QUEUE_DECLARE: u16 = 10;
-const QUEUE_DELETE: u16 = 40;
-/// AMQP's frame-end octet.
-const FRAME_END: u8 = 0xCE;
-/// type u8 + channel u16 + size u32.
-const FRAME_HEADER: usize = 7;
-
-/// sha1 of `name` as LavinMQ names its directories: 40 lowercase hex digits.
-pub fn dir_hash(name: &str) -> String {
-    sha1_smol::Sha1::from(name).digest().to_string()
-}
+pub use lavtrace_common::definitions::dir_hash;
+use lavtrace_common::definitions::{
+    FRAME_END, FRAME_HEADER, QUEUE_CLASS, QUEUE_DECLARE, QUEUE_DELETE,
+};
 
 fn is_sha1(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -354,60 +346,12 @@ fn queue_record(payload: &[u8]) -> Option<(QueueOp, String)> {
     Some((op, String::from_utf8(name.to_vec()).ok()?))
 }
 
-/// One definitions.amqp record as LavinMQ writes it (machine byte order), for the workload
-/// and the tests: `payload` is the arguments after class and method.
-pub fn frame(class: u16, method: u16, args: &[u8]) -> Vec<u8> {
-    let size = (4 + args.len()) as u32;
-    let mut f = Vec::with_capacity(FRAME_HEADER + 4 + args.len() + 1);
-    f.push(1); // a method frame
-    f.extend_from_slice(&0u16.to_ne_bytes()); // channel 0
-    f.extend_from_slice(&size.to_ne_bytes());
-    f.extend_from_slice(&class.to_ne_bytes());
-    f.extend_from_slice(&method.to_ne_bytes());
-    f.extend_from_slice(args);
-    f.push(FRAME_END);
-    f
-}
-
-fn shortstr(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(255)];
-    out.push(b.len() as u8);
-    out.extend_from_slice(b);
-}
-
-/// exchange.declare (40,10): reserved u16, exchange, type, bits, empty table.
-pub fn exchange_declare(name: &str, kind: &str) -> Vec<u8> {
-    let mut args = 0u16.to_ne_bytes().to_vec();
-    shortstr(&mut args, name);
-    shortstr(&mut args, kind);
-    args.push(0b10); // durable
-    args.extend_from_slice(&0u32.to_ne_bytes());
-    frame(40, 10, &args)
-}
-
-/// queue.declare (50,10): reserved u16, queue, bits, empty table.
-pub fn queue_declare(name: &str) -> Vec<u8> {
-    let mut args = 0u16.to_ne_bytes().to_vec();
-    shortstr(&mut args, name);
-    args.push(0b10); // durable
-    args.extend_from_slice(&0u32.to_ne_bytes());
-    frame(QUEUE_CLASS, QUEUE_DECLARE, &args)
-}
-
-/// queue.delete (50,40): reserved u16, queue, bits.
-pub fn queue_delete(name: &str) -> Vec<u8> {
-    let mut args = 0u16.to_ne_bytes().to_vec();
-    shortstr(&mut args, name);
-    args.push(0);
-    frame(QUEUE_CLASS, QUEUE_DELETE, &args)
-}
-
-/// The schema version definitions.amqp starts with.
-pub const DEFINITIONS_VERSION: u32 = 1;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lavtrace_common::definitions::{
+        DEFINITIONS_VERSION, exchange_declare, queue_declare, queue_delete,
+    };
 
     const ROOT_VHOST: &str = "42099b4af021e53fd8fd4e056c2568d7c2e3ffa8";
     const PERF_TEST: &str = "96e488d035f3c5aec50b494f6a7973ff287b6bdd";

@@ -1,16 +1,25 @@
-//! Shared by the integration tests: the workload and lavtrace as child processes, with
-//! deadlines on every wait so a broken build fails instead of hanging.
+//! The integration tests' fixture: a workload preset, started, traced with some flags, read
+//! back as JSON records, with deadlines on every wait so a broken build fails instead of
+//! hanging:
+//!
+//! ```ignore
+//! let mut w = Workload::storage().segments(3).spawn();
+//! let records = Trace::of(&w).probes("fsync,mmap").run(&mut [&mut w]);
+//! ```
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod rabbitmq;
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Command, Stdio},
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::{Duration, Instant},
 };
 
+use lavtrace_common::start;
 use serde_json::Value;
 
 pub const LAVTRACE: &str = env!("CARGO_BIN_EXE_lavtrace");
@@ -60,82 +69,193 @@ impl Lines {
     }
 }
 
-/// `lavtrace workload MODE ...`, stopped at its `ready` line until `go()`.
-pub struct Workload {
-    pub child: Child,
-    pub pid: u32,
-    stdin: Option<ChildStdin>,
-    pub lines: Lines,
+/// The tests' and benchmarks' workloads: the `lavtrace-workload` binary, which cargo builds next
+/// to lavtrace (`CARGO_BIN_EXE_*` only names the tested package's own binaries).
+pub fn workload_binary() -> PathBuf {
+    let path = Path::new(LAVTRACE).with_file_name("lavtrace-workload");
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build -p lavtrace-workload` first (`cargo xtask test` and \
+         `cargo test --workspace` build it)",
+        path.display()
+    );
+    path
 }
 
-impl Workload {
-    pub fn spawn(args: &[&str]) -> Workload {
-        let mut child = Command::new(LAVTRACE)
-            .arg("workload")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning the workload");
-        let lines = Lines::new(child.stdout.take().unwrap());
-        let ready = lines.next().expect("workload said nothing");
-        let pid = ready
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected workload greeting {ready:?}"));
-        Workload {
-            stdin: child.stdin.take(),
-            child,
-            pid,
-            lines,
+/// The workload's main thread name: the kernel keeps 15 bytes of `lavtrace-workload`.
+pub const WORKLOAD_COMM: &str = "lavtrace-worklo";
+
+/// The flags the tests use most, as methods: `.segments(3)` for `.flag("segments", 3)`.
+macro_rules! preset_flags {
+    ($($method:ident($ty:ty) = $flag:literal),* $(,)?) => {
+        $(
+            pub fn $method(self, value: $ty) -> Preset {
+                self.flag($flag, value)
+            }
+        )*
+    };
+}
+
+/// A workload mode and its flags, started with [`Preset::spawn`].
+pub struct Preset {
+    name: Option<String>,
+    mode: &'static str,
+    args: Vec<String>,
+}
+
+impl Preset {
+    fn mode(mode: &'static str) -> Preset {
+        Preset {
+            name: None,
+            mode,
+            args: Vec::new(),
         }
     }
 
+    /// `--NAME VALUE`, for any flag of the mode (`lavtrace-workload MODE --help`).
+    pub fn flag(mut self, name: &str, value: impl ToString) -> Preset {
+        self.args.push(format!("--{name}"));
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// `--NAME` alone, for a boolean flag of the mode.
+    pub fn switch(mut self, name: &str) -> Preset {
+        self.args.push(format!("--{name}"));
+        self
+    }
+
+    /// The process name (as `--comm` sees it).
+    pub fn named(mut self, name: &str) -> Preset {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    preset_flags! {
+        // storage
+        segments(u64) = "segments",
+        syncfs(u64) = "syncfs",
+        fsyncs(u64) = "fsyncs",
+        premapped(u64) = "premapped",
+        linger(&str) = "linger",
+        // syscalls
+        getppid(u64) = "getppid",
+        bad_close(u64) = "bad-close",
+        sleep(&str) = "sleep",
+    }
+
+    pub fn spawn(self) -> Workload {
+        let mut cmd = Command::new(workload_binary());
+        if let Some(name) = &self.name {
+            cmd.args(["--name", name]);
+        }
+        cmd.arg(self.mode).args(&self.args);
+        let started = start::spawn(&mut cmd, WAIT)
+            .unwrap_or_else(|e| panic!("starting lavtrace-workload {}: {e}", self.mode));
+        Workload {
+            pid: started.pid(),
+            started,
+        }
+    }
+}
+
+/// A `lavtrace-workload` process, stopped at its `ready` line until `go()`; killed on drop.
+pub struct Workload {
+    pub pid: u32,
+    started: start::Started,
+}
+
+impl Workload {
+    /// Exact durability and mapping calls in a LavinMQ-shaped data dir.
+    pub fn storage() -> Preset {
+        Preset::mode("storage")
+    }
+    /// Exact syscall counts: getppid, failing close(-1), a sleep, named threads.
+    pub fn syscalls() -> Preset {
+        Preset::mode("syscalls")
+    }
+    /// TCP connections with known histories; after `done`, waits for stdin to close.
+    pub fn tcp() -> Preset {
+        Preset::mode("tcp")
+    }
+    /// LavinMQ 2.9.1's patterns: its data dir and names, a syncfs thread, GC bursts, SIGUSR1.
+    pub fn lavinmq() -> Preset {
+        Preset::mode("lavinmq")
+    }
+    /// A real AMQP client against the broker at `url`.
+    pub fn amqp(url: &str) -> Preset {
+        Preset::mode("amqp").flag("url", url)
+    }
+
     pub fn go(&mut self) {
-        let stdin = self.stdin.as_mut().expect("go once");
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
+        self.started.go().expect("sending go to the workload");
+    }
+
+    /// The workload's next stdout line, or None at EOF. Panics after the deadline.
+    pub fn next_line(&self) -> Option<String> {
+        match self.started.next_line(WAIT) {
+            Ok(line) => Some(line),
+            Err(start::NoLine::Eof) => None,
+            Err(start::NoLine::Timeout) => panic!("no workload output for {WAIT:?}"),
+        }
     }
 
     /// Waits for `done` (one-shot modes).
     pub fn wait_done(&mut self) {
-        assert_eq!(self.lines.next().as_deref(), Some("done"));
+        self.started.wait_done(WAIT).unwrap();
+    }
+
+    /// The lines before `done` (modes that print what they did), consuming `done`.
+    pub fn lines_until_done(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| Some(self.next_line().expect("workload ended early")))
+            .take_while(|l| l != "done")
+            .collect()
     }
 
     /// Closes stdin (ends the looping modes) and reaps the process.
     pub fn finish(mut self) {
-        drop(self.stdin.take());
+        self.started.close_stdin();
         let deadline = Instant::now() + WAIT;
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
+        while self.started.child().try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "workload did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `lavtrace trace` with these flags: [`TraceArgs::spawn`] (JSON), [`TraceArgs::run`] (a
+/// whole run) or [`TraceArgs::run_text`].
+pub struct TraceArgs {
+    args: Vec<String>,
+}
+
+impl TraceArgs {
+    /// `--NAME VALUE`.
+    pub fn flag(mut self, name: &str, value: impl ToString) -> TraceArgs {
+        self.args.push(format!("--{name}"));
+        self.args.push(value.to_string());
+        self
     }
-}
 
-/// `lavtrace trace --format json ...`, returned once its `attached` line is out.
-pub struct Trace {
-    pub child: Child,
-    pub lines: Lines,
-    pub attached: Value,
-}
+    /// `--NAME` alone (`--per-thread`, `--follow`).
+    pub fn switch(mut self, name: &str) -> TraceArgs {
+        self.args.push(format!("--{name}"));
+        self
+    }
 
-impl Trace {
-    pub fn spawn(args: &[&str]) -> Trace {
+    pub fn probes(self, probes: &str) -> TraceArgs {
+        self.flag("probes", probes)
+    }
+    pub fn interval(self, d: &str) -> TraceArgs {
+        self.flag("interval", d)
+    }
+
+    /// `--format json`, returned once its `attached` line is out.
+    pub fn spawn(self) -> Trace {
         let mut child = Command::new(LAVTRACE)
             .arg("trace")
             .args(["--format", "json"])
-            .args(args)
+            .args(&self.args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawning lavtrace");
@@ -151,6 +271,81 @@ impl Trace {
             lines,
             attached,
         }
+    }
+
+    /// A JSON trace of a whole run: every workload gets go, in order, then each is waited
+    /// for (the target, then bystanders); returns every record, the summary last.
+    pub fn run(self, workloads: &mut [&mut Workload]) -> Vec<Value> {
+        self.spawn().run(workloads)
+    }
+
+    /// The text report of a run of `workload` (go, done), after lavtrace exited 0.
+    pub fn run_text(self, workload: &mut Workload) -> String {
+        let mut child = Command::new(LAVTRACE)
+            .arg("trace")
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning lavtrace");
+        let lines = Lines::new(child.stdout.take().unwrap());
+        let first = lines.next().unwrap();
+        assert!(first.starts_with("lavtrace: tracing pid"), "{first}");
+        workload.go();
+        workload.wait_done();
+        let text = lines.rest().join("\n");
+        assert!(child.wait().unwrap().success());
+        text
+    }
+}
+
+/// `lavtrace trace --format json ...`, returned once its `attached` line is out.
+pub struct Trace {
+    pub child: Child,
+    pub lines: Lines,
+    pub attached: Value,
+}
+
+impl Trace {
+    /// Tracing `workload` by pid.
+    pub fn of(workload: &Workload) -> TraceArgs {
+        Trace::pid(workload.pid)
+    }
+
+    /// Tracing another process (a broker) by pid.
+    pub fn pid(pid: u32) -> TraceArgs {
+        TraceArgs { args: Vec::new() }.flag("pid", pid)
+    }
+
+    /// Tracing whatever process has this name (`--comm`).
+    pub fn comm(name: &str) -> TraceArgs {
+        TraceArgs { args: Vec::new() }.flag("comm", name)
+    }
+
+    /// See [`TraceArgs::run`], for a trace already spawned (to look at `attached` first).
+    pub fn run(self, workloads: &mut [&mut Workload]) -> Vec<Value> {
+        for w in workloads.iter_mut() {
+            w.go();
+        }
+        for w in workloads.iter_mut() {
+            w.wait_done();
+        }
+        self.records()
+    }
+
+    /// (program, via) of every hook of `family` (every family: None) in the `attached` line.
+    pub fn hooks(&self, family: Option<&str>) -> Vec<(&str, &str)> {
+        self.attached["hooks"]
+            .as_array()
+            .expect("a hooks list")
+            .iter()
+            .filter(|h| family.is_none_or(|f| h["family"] == f))
+            .map(|h| (h["program"].as_str().unwrap(), h["via"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// What every hook in the `attached` line is attached through.
+    pub fn vias(&self) -> Vec<&str> {
+        self.hooks(None).into_iter().map(|(_, via)| via).collect()
     }
 
     /// Every record after `attached` until lavtrace exits, checking it exited 0.
@@ -221,4 +416,10 @@ pub fn syscall<'a>(section: &'a Value, name: &str) -> Option<&'a Value> {
 
 pub fn count(section: &Value, name: &str) -> u64 {
     syscall(section, name).map_or(0, |r| r["count"].as_u64().unwrap())
+}
+
+/// A port nobody listens on now (the kernel's pick, released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }

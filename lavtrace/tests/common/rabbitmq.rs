@@ -2,7 +2,7 @@
 //! free ports, its data under a temp dir, stopped when dropped (also when a test fails).
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -18,13 +18,6 @@ pub struct RabbitMq {
     launcher: Child,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 impl RabbitMq {
     pub fn start() -> RabbitMq {
         assert!(
@@ -32,7 +25,7 @@ impl RabbitMq {
             "rabbitmq-server is not installed: run `cargo xtask setup` (it installs Debian's package)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let (port, dist_port) = (free_port(), free_port());
+        let (port, dist_port) = (super::free_port(), super::free_port());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-local");
         let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
         let launcher = Command::new(script)

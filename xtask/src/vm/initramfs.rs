@@ -1,6 +1,7 @@
 //! The guest's whole root file system: busybox, an `/init` that mounts what eBPF needs and
 //! runs the tests, and the host-built binaries at the same absolute paths as on the host (the
-//! test binaries have `CARGO_BIN_EXE_lavtrace` compiled in), with the libraries `ldd` lists.
+//! test binaries have `CARGO_BIN_EXE_lavtrace` compiled in and find `lavtrace-workload` next to
+//! it), with the libraries `ldd` lists.
 
 use std::{
     fmt::Write as _,

@@ -71,7 +71,7 @@ pub fn run(opts: Opts) -> Result<()> {
     let kernels = kernels::get(&specs, opts.refresh)?;
 
     let runs = guest_runs(&build, opts.test_timeout);
-    let mut binaries = vec![build.lavtrace.clone()];
+    let mut binaries = vec![build.lavtrace.clone(), build.workload.clone()];
     binaries.extend(build.tests.iter().map(|(_, p)| p.clone()));
     let dir = workspace_root().join("target/vm");
     let initrd = initramfs::build(&dir, &binaries, &runs)?;
@@ -115,6 +115,8 @@ pub fn run(opts: Opts) -> Result<()> {
 /// What the guest gets from the host's build.
 struct Build {
     lavtrace: PathBuf,
+    /// `lavtrace-workload`: the tests find it next to `lavtrace`, so it goes to the same path.
+    workload: PathBuf,
     /// Integration test binaries that load eBPF: (target name, executable).
     tests: Vec<(String, PathBuf)>,
 }
@@ -140,20 +142,29 @@ fn build_tests() -> Result<Build> {
         .spawn()
         .context("running cargo test --no-run")?;
     let manifest = workspace_root().join("lavtrace/Cargo.toml");
+    let workload_manifest = workspace_root().join("lavtrace-workload/Cargo.toml");
     let mut lavtrace = None;
+    let mut workload = None;
     let mut tests = Vec::new();
     let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
     for message in Message::parse_stream(stdout) {
         let Message::CompilerArtifact(a) = message.context("reading cargo's messages")? else {
             continue;
         };
-        let (Some(exe), true) = (a.executable, a.manifest_path.as_std_path() == manifest) else {
-            continue;
-        };
-        if a.target.kind.contains(&TargetKind::Bin)
-            && !a.profile.test
-            && a.target.name == "lavtrace"
+        let Some(exe) = a.executable else { continue };
+        let is_bin = a.target.kind.contains(&TargetKind::Bin) && !a.profile.test;
+        // Built (not as a test) because lavtrace-workload has an integration test of its own.
+        if a.manifest_path.as_std_path() == workload_manifest
+            && is_bin
+            && a.target.name == "lavtrace-workload"
         {
+            workload = Some(exe.into_std_path_buf());
+            continue;
+        }
+        if a.manifest_path.as_std_path() != manifest {
+            continue;
+        }
+        if is_bin && a.target.name == "lavtrace" {
             lavtrace = Some(exe.into_std_path_buf());
         } else if a.target.kind.contains(&TargetKind::Test)
             && !SKIPPED_TESTS.contains(&a.target.name.as_str())
@@ -168,6 +179,7 @@ fn build_tests() -> Result<Build> {
     tests.sort();
     Ok(Build {
         lavtrace: lavtrace.context("cargo built no lavtrace binary")?,
+        workload: workload.context("cargo built no lavtrace-workload binary")?,
         tests,
     })
 }
@@ -264,6 +276,7 @@ mod tests {
     fn tcp_runs_twice_the_second_time_with_kprobes_forced() {
         let build = Build {
             lavtrace: "/w/target/debug/lavtrace".into(),
+            workload: "/w/target/debug/lavtrace-workload".into(),
             tests: vec![
                 ("syscalls".into(), "/w/target/debug/deps/syscalls-1".into()),
                 ("tcp".into(), "/w/target/debug/deps/tcp-2".into()),

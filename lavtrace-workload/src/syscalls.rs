@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> std::io::Result<()> {
         })?;
         threads.push((go, handle));
     }
-    super::ready_then(|| {
+    lavtrace_common::start::ready_then(|| {
         for (go, handle) in threads {
             let _ = go.send(());
             handle

@@ -1,12 +1,11 @@
-//! The project's own workload: a process with known behaviour for the tests and for
-//! `lavtrace demo`. It runs as `lavtrace workload MODE`, so the single lavtrace binary carries it.
+//! `lavtrace-workload MODE`: processes with known behaviour for lavtrace's integration tests
+//! and benchmarks (and the AMQP load of `lavtrace demo --amqp`). Kept out of the lavtrace
+//! binary, so the product carries none of it.
 //!
-//! Protocol (stdin/stdout, line-based): it prints `ready <pid>`, waits for one line on stdin
-//! (the go signal, sent once the tracer is attached), does its work, prints `done` and exits.
-//! The `demo` mode instead loops until stdin reaches EOF, so it never outlives its tracer.
+//! Every mode follows the start protocol of `lavtrace_common::start`: `ready <pid>`, wait for
+//! go, work, `done` (`tcp` then waits for stdin to close).
 
 mod amqp;
-mod demo;
 mod lavinmq;
 mod pace;
 mod spin;
@@ -14,16 +13,16 @@ mod storage;
 mod syscalls;
 mod tcp;
 
-pub use storage::demo_dir;
+use std::process::ExitCode;
 
-use std::{
-    io::{BufRead as _, Write as _},
-    process::ExitCode,
-};
+use clap::{Parser, Subcommand};
+use lavtrace_common::start::ready_then;
 
-use clap::{Args, Subcommand};
-
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    version,
+    about = "Workloads with known behaviour for lavtrace's tests and benchmarks"
+)]
 pub struct WorkloadArgs {
     /// Process name to take (as `ps` and `--comm` see it), e.g. to play a broker restart.
     #[arg(long)]
@@ -36,15 +35,13 @@ pub struct WorkloadArgs {
 pub enum Mode {
     /// Exact syscall counts: getppid, failing close(-1), one sleep.
     Syscalls(syscalls::Args),
-    /// A broker-shaped mix, until stdin closes.
-    Demo,
     /// As many cheap syscalls as possible, timed (benchmarks).
     Spin(spin::Args),
     /// msync(MS_ASYNC) at a chosen rate: ring-buffer events for the pipeline benchmark.
     Pace(pace::Args),
     /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
     Amqp(amqp::Args),
-    /// TCP connections with known histories on 127.0.0.1 (see workload/tcp.rs); after
+    /// TCP connections with known histories on 127.0.0.1 (see tcp.rs); after
     /// `done`, waits for stdin to close.
     Tcp,
     /// The other ends of `tcp`'s connections (started by `tcp`).
@@ -52,12 +49,13 @@ pub enum Mode {
     /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
     Storage(storage::Args),
     /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
-    /// SIGUSR1 dump (see workload/lavinmq.rs); its name is `lavinmq` unless --name says.
+    /// SIGUSR1 dump (see lavinmq.rs); its name is `lavinmq` unless --name says.
     Lavinmq(lavinmq::Args),
 }
 
-pub fn run(args: &WorkloadArgs) -> ExitCode {
-    // Never outlive the process that started us (a test or `lavtrace demo`).
+fn main() -> ExitCode {
+    let args = WorkloadArgs::parse();
+    // Never outlive the process that started us (a test, a benchmark or `lavtrace demo`).
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let default_name = matches!(args.mode, Mode::Lavinmq(_)).then_some(lavinmq::COMM);
@@ -71,7 +69,6 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
     }
     let result = match &args.mode {
         Mode::Syscalls(a) => syscalls::run(a),
-        Mode::Demo => ready_then(demo::run),
         Mode::Amqp(a) => ready_then(|| amqp::run(a)),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
@@ -92,19 +89,7 @@ pub fn run(args: &WorkloadArgs) -> ExitCode {
 }
 
 /// Holds on until whoever started us closes our stdin.
-fn wait_for_eof() -> std::io::Result<()> {
+pub(crate) fn wait_for_eof() -> std::io::Result<()> {
     let mut sink = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink).map(drop)
-}
-
-/// Announces the pid, waits for the go line, runs `work`, announces the end.
-fn ready_then(work: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "ready {}", std::process::id())?;
-    stdout.flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    work()?;
-    writeln!(stdout, "done")?;
-    stdout.flush()
 }

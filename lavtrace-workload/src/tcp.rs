@@ -228,7 +228,7 @@ struct Peer {
 impl Peer {
     fn start(port: u16) -> Result<Peer> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["workload", "tcp-peer", "--port", &port.to_string()])
+            .args(["tcp-peer", "--port", &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;

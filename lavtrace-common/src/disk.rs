@@ -1,24 +1,15 @@
-//! Mode `storage`: what a LavinMQ broker does to its disk, with counts from flags. A data dir
-//! with LavinMQ's names (`<data>/<sha1 vhost>/<sha1 queue>/msgs.N`, `acks.N`,
-//! `definitions.amqp`); segments are created with ftruncate, mapped MAP_SHARED, their fd
-//! closed at once, madvised, written through the mapping, msynced (MS_ASYNC then MS_SYNC),
-//! and finally unmapped and unlinked; ack files are mapped and mremapped; definitions.amqp is
-//! fsynced; a "Publish confirm loop" thread calls syncfs on the data dir.
-//!
-//! Everything that would add calls of its own (the thread, its stack, the buffers) is set up
-//! before `ready`, and the thread never exits (its exit would madvise its stack), so the
-//! traced run holds exactly the calls below.
+//! A LavinMQ-shaped data dir and what a broker does in it, shared by the storage workload
+//! (exact counts for the tests) and `lavtrace demo` (the same calls at a modest rate): the
+//! names (`<data>/<sha1 vhost>/<sha1 queue>/msgs.N`, `acks.N`, `definitions.amqp`), segments
+//! created with ftruncate, mapped MAP_SHARED with their fd closed at once, madvised, written
+//! through the mapping, msynced (MS_ASYNC then MS_SYNC), unmapped and unlinked; ack files
+//! mapped and mremapped; definitions.amqp fsynced.
 
 use std::{
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Barrier,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
 };
 
 /// sha1("/"), the default vhost's directory name.
@@ -33,35 +24,7 @@ pub const WRITE_BYTES: usize = 64 << 10;
 /// Name of the syncfs thread (the kernel keeps 15 bytes: "Publish confirm").
 pub const CONFIRM_THREAD: &str = "Publish confirm loop";
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// Segments (and ack files) to create, map, write, sync, unmap and delete.
-    #[arg(long, default_value_t = 4)]
-    pub segments: u64,
-    /// syncfs calls on the data dir from the "Publish confirm loop" thread.
-    #[arg(long, default_value_t = 200)]
-    pub syncfs: u64,
-    /// fsync calls on definitions.amqp (plus one fdatasync through a dup of its fd and one
-    /// sync_file_range, when > 0).
-    #[arg(long, default_value_t = 3)]
-    pub fsyncs: u64,
-    /// sync(2) calls (every filesystem of the host).
-    #[arg(long, default_value_t = 0)]
-    pub sync: u64,
-    /// Segments mapped before `ready` (msgs.0000000001, ...; fd closed at once), consumed
-    /// during the run: the tracer knows them only from /proc/PID/maps.
-    #[arg(long, default_value_t = 0)]
-    pub premapped: u64,
-    /// A burst of this many msync(MS_ASYNC) and madvise(MADV_NORMAL) on a page mapped before
-    /// `ready`: cheap calls, as fast as the CPU goes, and nothing else in the rings.
-    #[arg(long, default_value_t = 0)]
-    pub burst: u64,
-    /// Stay this long after `done` before exiting, so a tracer's intervals cover the run.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub linger: std::time::Duration,
-}
-
-fn check(rc: libc::c_long, what: &str) -> io::Result<libc::c_long> {
+pub fn check(rc: libc::c_long, what: &str) -> io::Result<libc::c_long> {
     if rc < 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
@@ -127,7 +90,7 @@ impl DataDir {
     }
 
     /// Removes the tree (segments are removed as they are consumed).
-    fn remove(&self) {
+    pub fn remove(&self) {
         for f in &self.files {
             // SAFETY: valid NUL-terminated paths; a missing file is fine.
             unsafe { libc::unlink(f.as_ptr()) };
@@ -288,142 +251,4 @@ pub fn save_definitions(dir: &DataDir, fsyncs: u64) -> io::Result<()> {
         libc::close(fd);
     }
     Ok(())
-}
-
-/// The "Publish confirm loop" thread: started (and named) now, it waits at `barrier`, then
-/// calls syncfs `n` times on `fd`, meets `barrier` again and sleeps until the process exits.
-pub fn spawn_confirm_loop(fd: i32, n: u64, barrier: Arc<Barrier>) -> io::Result<()> {
-    let started = barrier.clone();
-    std::thread::Builder::new()
-        .name(CONFIRM_THREAD.into())
-        .spawn(move || {
-            barrier.wait(); // started
-            barrier.wait(); // go
-            for _ in 0..n {
-                // SAFETY: syncfs on a descriptor the process keeps open.
-                unsafe { libc::syncfs(fd) };
-            }
-            barrier.wait(); // done
-            loop {
-                std::thread::park();
-            }
-        })?;
-    started.wait();
-    Ok(())
-}
-
-pub fn run(args: &Args) -> io::Result<()> {
-    let dir = DataDir::create()?;
-    let barrier = Arc::new(Barrier::new(2));
-    spawn_confirm_loop(dir.fd, args.syncfs, barrier.clone())?;
-    let mut segments = Vec::with_capacity((args.premapped + args.segments) as usize);
-    // Names of every segment, made now rather than during the run (allocations).
-    // Numbered from 1 as LavinMQ does; the premapped ones first.
-    let names: Vec<(CString, CString)> = (1..=args.premapped + args.segments)
-        .map(|i| Ok((dir.segment(i)?, dir.acks(i)?)))
-        .collect::<io::Result<_>>()?;
-    let (early, late) = names.split_at(args.premapped as usize);
-    for (seg, acks) in early {
-        segments.push(Segment::publish(seg, acks)?);
-    }
-    let page = if args.burst > 0 {
-        // SAFETY: a fresh anonymous page.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        p
-    } else {
-        std::ptr::null_mut()
-    };
-    let result = super::ready_then(|| {
-        barrier.wait(); // go
-        save_definitions(&dir, args.fsyncs)?;
-        for _ in 0..args.sync {
-            // SAFETY: no arguments.
-            unsafe { libc::sync() };
-        }
-        for _ in 0..args.burst {
-            // SAFETY: our own page.
-            unsafe {
-                libc::msync(page, 4096, libc::MS_ASYNC);
-                libc::madvise(page, 4096, libc::MADV_NORMAL);
-            }
-        }
-        for (seg, acks) in late {
-            segments.push(Segment::publish(seg, acks)?);
-        }
-        for (seg, (seg_name, acks_name)) in segments.drain(..).zip(&names) {
-            seg.consume(seg_name, acks_name)?;
-        }
-        barrier.wait(); // done
-        Ok(())
-    });
-    if result.is_ok() {
-        std::thread::sleep(args.linger);
-        // After the linger: a tracer still catching up finds the data dir as it was.
-        dir.remove();
-        // Leave without closing the data dir's fd (a record in the rings) and without the
-        // runtime's cleanup, which unmaps the main thread's signal stack: the run holds
-        // exactly the calls above. The tree is already removed.
-        // SAFETY: stdout was flushed by ready_then; nothing else is pending.
-        unsafe { libc::_exit(0) };
-    }
-    drop(dir);
-    result
-}
-
-/// Where the demo workload with pid `pid` keeps its data dir: `lavtrace demo` removes it
-/// after the run, as the workload may be killed before it can.
-pub fn demo_dir(pid: u32) -> PathBuf {
-    std::env::temp_dir().join(format!("lavtrace-demo-{pid}"))
-}
-
-/// The storage side of `lavtrace demo`, at a modest rate until `stop`: a confirm thread doing
-/// syncfs every 10 ms, and on each `tick` a segment published and consumed (definitions.amqp
-/// saved every 8th tick).
-pub struct Demo {
-    dir: DataDir,
-    names: (CString, CString),
-    ticks: u64,
-}
-
-impl Demo {
-    pub fn start(stop: Arc<AtomicBool>) -> io::Result<Demo> {
-        let dir = DataDir::create_at(demo_dir(std::process::id()))?;
-        let fd = dir.fd;
-        std::thread::Builder::new()
-            .name(CONFIRM_THREAD.into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: syncfs on a descriptor the Demo keeps open until the thread ends
-                    // (checked by `stop`, set before the Demo is dropped).
-                    unsafe { libc::syncfs(fd) };
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })?;
-        Ok(Demo {
-            names: (dir.segment(1)?, dir.acks(1)?),
-            dir,
-            ticks: 0,
-        })
-    }
-
-    pub fn tick(&mut self) -> io::Result<()> {
-        if self.ticks.is_multiple_of(8) {
-            save_definitions(&self.dir, 1)?;
-        }
-        self.ticks += 1;
-        let (seg, acks) = &self.names;
-        Segment::publish(seg, acks)?.consume(seg, acks)
-    }
 }
