@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use setup::Job;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "lavtrace developer tasks")]
@@ -21,7 +22,12 @@ struct Cli {
 enum Task {
     /// Install what building and running lavtrace needs (idempotent, seconds when done):
     /// nightly rust-src, bpf-linker built against the nightly toolchain's LLVM, tracefs.
-    Setup,
+    /// With --test, also the servers the tests need (rabbitmq-server, prometheus).
+    Setup {
+        /// Also install the test servers (what `cargo xtask test` does first).
+        #[arg(long)]
+        test: bool,
+    },
     /// Set up, build in release mode and run lavtrace. Without arguments: trace a running
     /// `lavinmq` if there is one, else `lavtrace demo`.
     Run {
@@ -71,9 +77,9 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup::run(),
+        Task::Setup { test } => setup::run(if test { Job::Test } else { Job::Run }),
         Task::Run { args } => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             cargo(&["build", "--release", "--package", "lavtrace"])?;
             let args = if args.is_empty() {
                 default_run_args()
@@ -91,12 +97,12 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Test => {
-            setup::run()?;
+            setup::run(Job::Test)?;
             lint()?;
             cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])
         }
         Task::Lint => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             lint()
         }
         Task::Broker { port } => broker::run(port),
@@ -106,7 +112,7 @@ fn run(task: Task) -> Result<()> {
             broker_messages,
             output,
         } => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             bench::run(&bench::Options {
                 runs,
                 spin_calls,

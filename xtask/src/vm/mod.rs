@@ -123,7 +123,7 @@ struct Build {
 /// the lavtrace binary and every integration test of the lavtrace package: new families'
 /// test files are found without a change here.
 fn build_tests() -> Result<Build> {
-    crate::setup::run()?;
+    crate::setup::run(crate::setup::Job::Run)?;
     let args = [
         "test",
         "--workspace",
