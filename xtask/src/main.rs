@@ -2,6 +2,7 @@
 
 mod bench;
 mod broker;
+mod dist;
 mod setup;
 mod vm;
 
@@ -35,9 +36,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then check formatting, run clippy (userspace and eBPF) and every test.
-    /// The eBPF integration tests need root.
+    /// Set up (with the test servers), then check formatting, run clippy (userspace and eBPF),
+    /// every test, and the package test. The eBPF integration tests need root.
     Test,
+    /// Build a release binary (kernel object embedded) and a Debian package of it, with the
+    /// man page, shell completions, systemd unit and Grafana dashboard: target/dist/*.deb.
+    Dist,
+    /// Build the package, install it here, run the installed `lavtrace check` and a short
+    /// demo, then purge it and check nothing is left. Needs root; part of `test`.
+    PackageTest,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
     /// Measure what tracing costs next to strace, perf trace and bpftrace; writes BENCHMARKS.md.
@@ -99,7 +106,16 @@ fn run(task: Task) -> Result<()> {
         Task::Test => {
             setup::run(Job::Test)?;
             lint()?;
-            cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])
+            cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])?;
+            dist::package_test()
+        }
+        Task::Dist => {
+            setup::run(Job::Run)?;
+            dist::run().map(drop)
+        }
+        Task::PackageTest => {
+            setup::run(Job::Run)?;
+            dist::package_test()
         }
         Task::Lint => {
             setup::run(Job::Run)?;
