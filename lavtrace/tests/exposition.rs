@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 
 const LAVTRACE: &str = env!("CARGO_BIN_EXE_lavtrace");
+const GET_METRICS: &str = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../packaging/grafana/lavtrace.json"
@@ -81,9 +82,8 @@ fn demo() -> (Killed, u16) {
         .spawn()
         .expect("starting lavtrace demo");
     let child = Killed(child);
-    let get = format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
     wait_for(Duration::from_secs(30), "every family on /metrics", || {
-        let body = http(port, &get)?;
+        let body = http(port, GET_METRICS)?;
         [
             "lavtrace_syscall_latency_seconds_bucket",
             "lavtrace_durability_call_latency_seconds_bucket",
