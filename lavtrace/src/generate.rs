@@ -25,7 +25,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 }
 
 fn generate(shell: clap_complete::Shell, cmd: &mut clap::Command, out: &mut Vec<u8>) {
-    clap_complete::generate(shell, cmd, "lavtrace", out);
+    clap_complete::generate(shell, &mut visible(cmd), "lavtrace", out);
+}
+
+/// The command without its hidden subcommands: clap_complete's generators offer every
+/// subcommand, hidden or not, and `workload`/`generate` are not for operators to type.
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let subcommands: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("lavtrace")
+        .args(cmd.get_arguments().cloned())
+        .subcommands(subcommands)
 }
 
 #[cfg(test)]
@@ -55,10 +68,14 @@ mod tests {
                 assert!(text.contains(flag), "{shell:?} lacks {flag}");
             }
             // Hidden subcommands stay out of what operators are offered.
-            assert!(
-                !text.contains("workload"),
-                "{shell:?} offers the hidden workload"
-            );
+            for hidden in [
+                "(workload)",
+                "\"workload\"",
+                "workload_commands",
+                "generate",
+            ] {
+                assert!(!text.contains(hidden), "{shell:?} offers {hidden}");
+            }
         }
     }
 }
