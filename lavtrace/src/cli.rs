@@ -42,6 +42,24 @@ pub enum Command {
     /// The demo's workload (started by `demo`; the tests' are `lavtrace-workload`).
     #[command(hide = true)]
     Workload(crate::demo::workload::WorkloadArgs),
+    /// Print the man page or a shell's completions (what the package installs).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[arg(value_enum)]
+    pub what: Generated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    /// lavtrace(1), roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, Args)]

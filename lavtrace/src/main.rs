@@ -8,6 +8,7 @@ mod family;
 mod floor;
 mod follow;
 mod fsync;
+mod generate;
 mod kernel;
 mod lavinmq;
 mod metrics;
@@ -38,6 +39,15 @@ fn main() -> ExitCode {
     if let Command::Workload(args) = &cli.command {
         return demo::workload::run(args);
     }
+    if let Command::Generate(args) = &cli.command {
+        return match generate::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lavtrace: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,7 +73,9 @@ async fn run(command: Command) -> Result<()> {
         Command::Trace(args) => follow::trace(&args).await,
         Command::Demo(args) => demo::run(&args).await,
         Command::Check(args) => check::run(&args),
-        Command::Workload(_) => unreachable!("handled before the runtime starts"),
+        Command::Workload(_) | Command::Generate(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

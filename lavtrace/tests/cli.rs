@@ -40,10 +40,12 @@ fn unknown_comm_exits_3() {
 
 #[test]
 fn ambiguous_comm_lists_the_candidates() {
-    // Two processes with one unusual name: copies of sleep(1).
+    // Two processes with one unusual name: sleep(1) through a symlink (comm is the name
+    // exec'd). A copy would be written while other tests fork, and exec it fails with
+    // ETXTBSY when a forked child still holds the copy's write descriptor.
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("lvt-ambig");
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    std::os::unix::fs::symlink("/bin/sleep", &exe).unwrap();
     let mut a = Command::new(&exe).arg("30").spawn().unwrap();
     let mut b = Command::new(&exe).arg("30").spawn().unwrap();
     let (code, stderr) = run(&["trace", "--comm", "lvt-ambig"]);

@@ -138,7 +138,7 @@ fn syscall_counters_and_histograms_match_the_workload() {
         .as_str()
         .unwrap()
         .to_string();
-    let of = |syscall: &'static str| [("pid", pid.as_str()), ("comm", &comm), ("syscall", syscall)];
+    let of = |syscall: &'static str| [("comm", comm.as_str()), ("syscall", syscall)];
 
     assert_eq!(get(&body, "lavtrace_syscalls_total", &of("getppid")), 5000);
     assert_eq!(
@@ -155,7 +155,7 @@ fn syscall_counters_and_histograms_match_the_workload() {
     assert_eq!(get(&body, &format!("{hist}_count"), &of("getppid")), 5000);
     let inf = [
         ("le", "+Inf"),
-        ("pid", pid.as_str()),
+        ("comm", comm.as_str()),
         ("syscall", "getppid"),
     ];
     assert_eq!(get(&body, &format!("{hist}_bucket"), &inf), 5000);
@@ -175,13 +175,15 @@ fn syscall_counters_and_histograms_match_the_workload() {
         "{sum} s vs {ns} ns"
     );
 
-    let labels = [("pid", pid.as_str())];
+    let labels = [("comm", comm.as_str())];
     assert!(get(&body, "lavtrace_intervals_total", &labels) >= sums["intervals"]);
-    let lost = [("pid", pid.as_str()), ("family", "syscalls")];
+    let info = [("comm", comm.as_str()), ("pid", pid.as_str())];
+    assert_eq!(get(&body, "lavtrace_target_info", &info), 1);
+    let lost = [("comm", comm.as_str()), ("family", "syscalls")];
     assert_eq!(get(&body, "lavtrace_lost_events_total", &lost), 0);
     assert!(sample(&body, "lavtrace_rss_bytes", &labels).unwrap() > 0.0);
     assert!(sample(&body, "lavtrace_cpu_seconds_total", &labels).is_some());
-    let enter = [("pid", pid.as_str()), ("program", "syscalls_enter_raw")];
+    let enter = [("comm", comm.as_str()), ("program", "syscalls_enter_raw")];
     assert!(get(&body, "lavtrace_bpf_program_runs_total", &enter) >= 5037);
 
     // The classic text format for clients that do not ask for OpenMetrics: same figures.
@@ -238,21 +240,26 @@ fn durability_and_mapping_series_match_the_workload() {
 
     // A bare port: served on 127.0.0.1.
     let (_, body) = scrape(port, Some("application/openmetrics-text"));
-    let p = pid.as_str();
+    let comm = trace.attached["target"]["comm"].as_str().unwrap();
+    let p = comm;
+    assert_eq!(
+        get(&body, "lavtrace_target_info", &[("comm", p), ("pid", &pid)]),
+        1
+    );
     let hist = "lavtrace_durability_call_latency_seconds_count";
-    let dur = |syscall, class| [("pid", p), ("syscall", syscall), ("file_class", class)];
+    let dur = |syscall, class| [("comm", p), ("syscall", syscall), ("file_class", class)];
     assert_eq!(get(&body, hist, &dur("syncfs", "data_dir")), 50);
     assert_eq!(get(&body, hist, &dur("fsync", "definitions")), 3);
     assert_eq!(get(&body, hist, &dur("fdatasync", "definitions")), 1);
     let sfr = [
-        ("pid", p),
+        ("comm", p),
         ("syscall", "sync_file_range"),
         ("flags", "WRITE"),
     ];
     assert_eq!(get(&body, hist, &sfr), 1);
     for flags in ["MS_ASYNC", "MS_SYNC"] {
         let msync = [
-            ("pid", p),
+            ("comm", p),
             ("syscall", "msync"),
             ("file_class", "segment"),
             ("flags", flags),
@@ -261,7 +268,7 @@ fn durability_and_mapping_series_match_the_workload() {
     }
     let inf = [
         ("le", "+Inf"),
-        ("pid", p),
+        ("comm", p),
         ("syscall", "syncfs"),
         ("file_class", "data_dir"),
     ];
@@ -278,7 +285,7 @@ fn durability_and_mapping_series_match_the_workload() {
 
     // Mapping calls: N segments and their ack files mapped, grown, advised and unmapped.
     let acks_grown = 2 * ACKS;
-    let call = |s| [("pid", p), ("syscall", s)];
+    let call = |s| [("comm", p), ("syscall", s)];
     let mmap = |s| {
         (
             get(&body, "lavtrace_mmap_calls_total", &call(s)),
@@ -303,11 +310,11 @@ fn durability_and_mapping_series_match_the_workload() {
         .trim()
         .parse()
         .unwrap();
-    let labels = [("pid", p)];
-    assert_eq!(get(&body, "lavtrace_vm_max_map_count", &labels), max);
+    let labels = [("comm", p)];
+    assert_eq!(get(&body, "lavtrace_vm_max_map_limit", &labels), max);
     assert!(get(&body, "lavtrace_live_mappings", &labels) > 0);
     for family in ["fsync", "mmap"] {
-        let lost = [("pid", p), ("family", family)];
+        let lost = [("comm", p), ("family", family)];
         assert_eq!(get(&body, "lavtrace_lost_events_total", &lost), 0);
     }
     // Only the families asked for.
@@ -351,8 +358,13 @@ fn tcp_gauges_and_counters_match_the_workload() {
     );
 
     let (_, body) = scrape(port, Some("application/openmetrics-text"));
-    let p = pid.as_str();
-    let state = |s| [("pid", p), ("state", s)];
+    let comm = trace.attached["target"]["comm"].as_str().unwrap();
+    let p = comm;
+    assert_eq!(
+        get(&body, "lavtrace_target_info", &[("comm", p), ("pid", &pid)]),
+        1
+    );
+    let state = |s| [("comm", p), ("state", s)];
     assert_eq!(
         get(&body, "lavtrace_tcp_connections", &state("ESTABLISHED")),
         1,
@@ -373,7 +385,7 @@ fn tcp_gauges_and_counters_match_the_workload() {
     ] {
         assert_eq!(get(&body, "lavtrace_tcp_connections", &state(s)), 0, "{s}");
     }
-    let labels = [("pid", p)];
+    let labels = [("comm", p)];
     assert_eq!(
         get(&body, "lavtrace_tcp_connections_opened_total", &labels),
         6
@@ -388,7 +400,7 @@ fn tcp_gauges_and_counters_match_the_workload() {
         get(&body, "lavtrace_tcp_received_bytes_total", &labels),
         3734
     );
-    let resets = |d| [("pid", p), ("direction", d)];
+    let resets = |d| [("comm", p), ("direction", d)];
     assert_eq!(
         get(&body, "lavtrace_tcp_resets_total", &resets("sent")),
         1,
@@ -406,7 +418,7 @@ fn tcp_gauges_and_counters_match_the_workload() {
     let mut exposed = 0;
     for (pair, &n) in sums.iter().filter(|(k, _)| k.contains("->")) {
         let (from, to) = pair.split_once("->").unwrap();
-        let t = [("pid", p), ("from", from), ("to", to)];
+        let t = [("comm", p), ("from", from), ("to", to)];
         assert_eq!(
             get(&body, "lavtrace_tcp_transitions_total", &t),
             n,
@@ -420,13 +432,13 @@ fn tcp_gauges_and_counters_match_the_workload() {
             .count(),
         exposed
     );
-    let accepted = [("pid", p), ("from", "SYN_RECV"), ("to", "ESTABLISHED")];
+    let accepted = [("comm", p), ("from", "SYN_RECV"), ("to", "ESTABLISHED")];
     assert_eq!(
         get(&body, "lavtrace_tcp_transitions_total", &accepted),
         4,
         "C D E F"
     );
-    let connected = [("pid", p), ("from", "CLOSE"), ("to", "SYN_SENT")];
+    let connected = [("comm", p), ("from", "CLOSE"), ("to", "SYN_SENT")];
     assert_eq!(
         get(&body, "lavtrace_tcp_transitions_total", &connected),
         2,
@@ -458,7 +470,7 @@ fn getppid_until(trace: &Trace, n: u64) {
 }
 
 #[test]
-fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
+fn follow_keeps_the_series_across_a_restart_with_the_new_pid_in_the_info() {
     require_root();
     let name = format!("lvt-met{}", std::process::id() % 100_000);
     let spawn = |getppid: u64| {
@@ -468,12 +480,19 @@ fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
             .sleep("1s")
             .spawn()
     };
+    // The same series before and after the restart; only the info metric's pid changes.
     let calls = |body: &str, pid: u32| {
         let pid = pid.to_string();
+        let info = sample(
+            body,
+            "lavtrace_target_info",
+            &[("comm", &name), ("pid", &pid)],
+        );
+        assert_eq!(info, Some(1.0), "{body}");
         sample(
             body,
             "lavtrace_syscalls_total",
-            &[("pid", &pid), ("syscall", "getppid")],
+            &[("comm", &name), ("syscall", "getppid")],
         )
     };
     let mut first = spawn(100);
@@ -501,10 +520,11 @@ fn follow_keeps_serving_across_a_restart_with_the_new_pid() {
     getppid_until(&trace, 200);
     let (_, body) = scrape(port, None);
     assert_eq!(calls(&body, second.pid), Some(200.0), "counted from 0");
+    let old = first_pid.to_string();
     assert_eq!(
-        calls(&body, first_pid),
+        sample(&body, "lavtrace_target_info", &[("pid", &old)]),
         None,
-        "the old instance's series are gone"
+        "the old pid is gone"
     );
     second.wait_done();
     drop(trace);

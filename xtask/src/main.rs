@@ -2,6 +2,7 @@
 
 mod bench;
 mod broker;
+mod dist;
 mod setup;
 mod vm;
 
@@ -9,6 +10,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use setup::Job;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "lavtrace developer tasks")]
@@ -21,7 +23,12 @@ struct Cli {
 enum Task {
     /// Install what building and running lavtrace needs (idempotent, seconds when done):
     /// nightly rust-src, bpf-linker built against the nightly toolchain's LLVM, tracefs.
-    Setup,
+    /// With --test, also the servers the tests need (rabbitmq-server, prometheus).
+    Setup {
+        /// Also install the test servers (what `cargo xtask test` does first).
+        #[arg(long)]
+        test: bool,
+    },
     /// Set up, build in release mode and run lavtrace. Without arguments: trace a running
     /// `lavinmq` if there is one, else `lavtrace demo`.
     Run {
@@ -29,9 +36,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then check formatting, run clippy (userspace and eBPF) and every test.
-    /// The eBPF integration tests need root.
+    /// Set up (with the test servers), then check formatting, run clippy (userspace and eBPF),
+    /// every test, and the package test. The eBPF integration tests need root.
     Test,
+    /// Build a release binary (kernel object embedded) and a Debian package of it, with the
+    /// man page, shell completions, systemd unit and Grafana dashboard: target/dist/*.deb.
+    Dist,
+    /// Build the package, install it here, run the installed `lavtrace check` and a short
+    /// demo, then purge it and check nothing is left. Needs root; part of `test`.
+    PackageTest,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
     /// Measure what tracing costs next to strace, perf trace and bpftrace; writes BENCHMARKS.md.
@@ -71,9 +84,9 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup::run(),
+        Task::Setup { test } => setup::run(if test { Job::Test } else { Job::Run }),
         Task::Run { args } => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             cargo(&["build", "--release", "--package", "lavtrace"])?;
             let args = if args.is_empty() {
                 default_run_args()
@@ -91,12 +104,21 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Test => {
-            setup::run()?;
+            setup::run(Job::Test)?;
             lint()?;
-            cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])
+            cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])?;
+            dist::package_test()
+        }
+        Task::Dist => {
+            setup::run(Job::Run)?;
+            dist::run().map(drop)
+        }
+        Task::PackageTest => {
+            setup::run(Job::Run)?;
+            dist::package_test()
         }
         Task::Lint => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             lint()
         }
         Task::Broker { port } => broker::run(port),
@@ -106,7 +128,7 @@ fn run(task: Task) -> Result<()> {
             broker_messages,
             output,
         } => {
-            setup::run()?;
+            setup::run(Job::Run)?;
             bench::run(&bench::Options {
                 runs,
                 spin_calls,

@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: everything a fresh machine needs before lavtrace builds and runs.
+//! `cargo xtask setup`: what a fresh machine needs for a job, and nothing more: building and
+//! running lavtrace needs no broker, so only the test job installs the test servers.
 //! Each step checks first and does nothing when already done.
 
 use std::{
@@ -11,14 +12,36 @@ use anyhow::{Context as _, Result, bail};
 /// The bpf-linker release line that works with aya 0.14's object format.
 const BPF_LINKER_VERSION: &str = "0.13";
 
-/// Debian packages the tests need: a real AMQP broker for the end-to-end test.
-const DEBIAN_PACKAGES: &[&str] = &["rabbitmq-server"];
+/// Debian packages the tests need: a real AMQP broker for the end-to-end test, Prometheus
+/// (and its promtool) for the exposition and dashboard tests.
+const TEST_PACKAGES: &[&str] = &["rabbitmq-server", "prometheus"];
 
-pub fn run() -> Result<()> {
+/// What the machine is being set up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Build and run lavtrace (also `dist`, `lint`, `bench`, which install their own extras).
+    Run,
+    /// Everything `Run` needs, plus the servers the tests talk to.
+    Test,
+}
+
+/// The steps of a job, in order, as `cargo xtask setup` prints them.
+pub fn steps(job: Job) -> Vec<&'static str> {
+    let mut steps = vec!["nightly rust-src", "bpf-linker", "tracefs"];
+    if job == Job::Test {
+        steps.push("test servers (Debian: rabbitmq-server prometheus)");
+    }
+    steps
+}
+
+pub fn run(job: Job) -> Result<()> {
+    eprintln!("xtask setup ({job:?}): {}", steps(job).join(", "));
     nightly_rust_src()?;
     bpf_linker()?;
     tracefs()?;
-    debian_packages(DEBIAN_PACKAGES)?;
+    if job == Job::Test {
+        debian_packages(TEST_PACKAGES)?;
+    }
     Ok(())
 }
 
@@ -183,6 +206,14 @@ fn tracefs() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_installs_no_broker() {
+        let run = steps(Job::Run).join(" ");
+        assert!(!run.contains("rabbitmq"), "{run}");
+        assert!(steps(Job::Test).join(" ").contains("rabbitmq-server"));
+        assert!(steps(Job::Test).starts_with(&steps(Job::Run)));
+    }
 
     #[test]
     fn reads_the_llvm_major() {

@@ -1,6 +1,11 @@
 //! The exposition: every `lavtrace_*` family written from the current `Instance` at scrape
 //! time, through prometheus-client's `Collector` (the kernel's log2 buckets are already
 //! counted, so histograms are written as they are rather than re-observed).
+//!
+//! Series are labelled with the target's `comm` only: a broker restart (new pid) continues
+//! the same series (a counter reset, which `rate()` handles) instead of starting new ones.
+//! The pid is in `lavtrace_target_info`. Which host is Prometheus's own `instance` target
+//! label, set in its scrape config; an exposed `instance` label would clash with it.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +26,8 @@ enum Value<'a> {
     Seconds(f64),
     Gauge(u64),
     Histogram(&'a Log2Histogram),
+    /// An OpenMetrics info sample: its labels are the data, the value is always 1.
+    Info,
 }
 
 /// The collector registered once; the session swaps in each interval's figures.
@@ -57,7 +64,7 @@ pub fn upper_bounds() -> [f64; LATENCY_BUCKETS] {
 
 struct Writer<'e, 'a> {
     enc: &'e mut DescriptorEncoder<'a>,
-    /// `pid` and `comm`, on every series.
+    /// `comm`, on every series.
     base: Labels,
 }
 
@@ -74,6 +81,7 @@ impl Writer<'_, '_> {
             Some(Value::Counter(_) | Value::Seconds(_)) => MetricType::Counter,
             Some(Value::Gauge(_)) => MetricType::Gauge,
             Some(Value::Histogram(_)) => MetricType::Histogram,
+            Some(Value::Info) => MetricType::Info,
             None => return Ok(()),
         };
         let mut m = self
@@ -82,15 +90,19 @@ impl Writer<'_, '_> {
         for (labels, value) in series {
             let mut all = self.base.clone();
             all.extend(labels);
-            let mut f = m.encode_family(&all)?;
             match value {
-                Value::Counter(n) => f.encode_counter::<NoLabelSet, _, u64>(&n, None)?,
-                Value::Seconds(s) => f.encode_counter::<NoLabelSet, _, f64>(&s, None)?,
-                Value::Gauge(n) => f.encode_gauge(&(n as i64))?,
+                Value::Info => m.encode_info(&all)?,
+                Value::Counter(n) => m
+                    .encode_family(&all)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?,
+                Value::Seconds(s) => m
+                    .encode_family(&all)?
+                    .encode_counter::<NoLabelSet, _, f64>(&s, None)?,
+                Value::Gauge(n) => m.encode_family(&all)?.encode_gauge(&(n as i64))?,
                 Value::Histogram(h) => {
                     let buckets: Vec<(f64, u64)> =
                         upper_bounds().into_iter().zip(h.buckets).collect();
-                    f.encode_histogram::<NoLabelSet>(
+                    m.encode_family(&all)?.encode_histogram::<NoLabelSet>(
                         h.sum_ns as f64 / 1e9,
                         h.count,
                         &buckets,
@@ -110,8 +122,14 @@ fn one(v: Value<'_>) -> Option<(Labels, Value<'_>)> {
 fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Error> {
     let mut w = Writer {
         enc,
-        base: vec![("pid", i.pid.to_string()), ("comm", i.comm.clone())],
+        base: vec![("comm", i.comm.clone())],
     };
+    w.family(
+        "lavtrace_target",
+        "The process traced now: its pid changes when the broker restarts, its series do not.",
+        None,
+        Some((vec![("pid", i.pid.to_string())], Value::Info)),
+    )?;
     w.family(
         "lavtrace_intervals",
         "Intervals reported since attach (the figures below are as of the last one).",
@@ -200,8 +218,9 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
             m.live_mappings.and_then(|n| one(Value::Gauge(n))),
         )?;
         w.family(
-            "lavtrace_vm_max_map_count",
-            "The kernel's vm.max_map_count.",
+            // Not `_count`: that suffix belongs to histograms and summaries (promtool says so).
+            "lavtrace_vm_max_map_limit",
+            "The kernel's vm.max_map_count: the limit of lavtrace_live_mappings.",
             None,
             m.max_map_count.and_then(|n| one(Value::Gauge(n))),
         )?;

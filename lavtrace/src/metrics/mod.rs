@@ -1,8 +1,9 @@
 //! `--metrics ADDR`: an OpenMetrics / Prometheus text endpoint at `GET /metrics`, so one
 //! lavtrace per broker node is scraped by the Prometheus the operators already run. Figures
 //! are cumulative since attach, folded in from each interval's sections (see `model`), and
-//! carry the target's `pid` and `comm`. With `--follow`, a restarted target replaces the
-//! previous instance's series (new `pid`), as a restarted exporter would.
+//! carry the target's `comm`. With `--follow`, a restarted target continues the same series
+//! from 0 (a counter reset, as a restarted exporter's), and `lavtrace_target_info` shows its
+//! new `pid`.
 //!
 //! The address is bound before anything is attached: a taken port is one error line and
 //! exit 6, not a tracer that runs without the endpoint it was asked for.
@@ -181,7 +182,7 @@ mod tests {
         e.observe(&target(42), &interval(&[300, 300, 1500], 1));
         e.observe(&target(42), &interval(&[700], 2));
         let text = scrape(&e, true);
-        let l = r#"pid="42",comm="lavinmq",syscall="getppid""#;
+        let l = r#"comm="lavinmq",syscall="getppid""#;
         assert_eq!(
             lines_of(&text, "lavtrace_syscalls_total"),
             [format!("lavtrace_syscalls_total{{{l}}} 4")]
@@ -216,7 +217,7 @@ mod tests {
         assert!(text.contains("# TYPE lavtrace_syscall_latency_seconds histogram\n"));
         assert!(text.contains("# UNIT lavtrace_syscall_latency_seconds seconds\n"));
 
-        let base = r#"pid="42",comm="lavinmq""#;
+        let base = r#"comm="lavinmq""#;
         for (name, value) in [
             ("lavtrace_intervals_total", "2".to_string()),
             ("lavtrace_cpu_seconds_total", "0.003".into()),
@@ -242,6 +243,11 @@ mod tests {
                 "lavtrace_bpf_program_run_seconds_total{{{base},program=\"syscalls_exit\"}} 6e-7"
             )]
         );
+        assert_eq!(
+            lines_of(&text, "lavtrace_target_info"),
+            [r#"lavtrace_target_info{comm="lavinmq",pid="42"} 1"#]
+        );
+        assert!(text.contains("# TYPE lavtrace_target info\n"));
         assert!(text.ends_with("# EOF\n"));
 
         // The classic format carries the same samples, without the OpenMetrics EOF.
@@ -254,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_target_replaces_the_previous_instance() {
+    fn a_restarted_target_continues_the_series_from_zero() {
         let e = Exporter {
             current: Current::default(),
         };
@@ -262,12 +268,9 @@ mod tests {
         e.observe(&target(43), &interval(&[300, 300], 0));
         let text = scrape(&e, true);
         assert!(!text.contains(r#"pid="42""#), "{text}");
-        assert!(
-            text.contains(
-                r#"lavtrace_syscalls_total{pid="43",comm="lavinmq",syscall="getppid"} 2"#
-            )
-        );
-        assert!(text.contains(r#"lavtrace_intervals_total{pid="43",comm="lavinmq"} 1"#));
+        assert!(text.contains(r#"lavtrace_target_info{comm="lavinmq",pid="43"} 1"#));
+        assert!(text.contains(r#"lavtrace_syscalls_total{comm="lavinmq",syscall="getppid"} 2"#));
+        assert!(text.contains(r#"lavtrace_intervals_total{comm="lavinmq"} 1"#));
     }
 
     #[test]
@@ -314,7 +317,7 @@ mod tests {
             current: Current(std::sync::Arc::new(std::sync::Mutex::new(Some(i)))),
         };
         let text = scrape(&e, true);
-        let b = r#"pid="7",comm="lavinmq""#;
+        let b = r#"comm="lavinmq""#;
         for line in [
             format!(
                 "lavtrace_durability_call_latency_seconds_count{{{b},syscall=\"msync\",file_class=\"segment\",flags=\"MS_SYNC\"}} 3"
@@ -328,7 +331,7 @@ mod tests {
             format!("lavtrace_mmap_calls_total{{{b},syscall=\"mmap\"}} 6"),
             format!("lavtrace_mmap_bytes_total{{{b},syscall=\"mmap\"}} 1048576"),
             format!("lavtrace_live_mappings{{{b}}} 41"),
-            format!("lavtrace_vm_max_map_count{{{b}}} 65530"),
+            format!("lavtrace_vm_max_map_limit{{{b}}} 65530"),
             format!("lavtrace_tcp_connections{{{b},state=\"ESTABLISHED\"}} 3"),
             format!("lavtrace_tcp_transitions_total{{{b},from=\"SYN_RECV\",to=\"ESTABLISHED\"}} 4"),
             format!("lavtrace_tcp_resets_total{{{b},direction=\"received\"}} 1"),
