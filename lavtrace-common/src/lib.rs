@@ -2,6 +2,7 @@
 //! fixed-width fields laid out without padding, so both sides agree byte for byte.
 #![no_std]
 
+pub mod dump;
 pub mod filter;
 pub mod fsync;
 pub mod mmap;

@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod dump;
 mod filter;
 mod floor;
 mod fsync;
