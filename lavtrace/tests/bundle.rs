@@ -388,3 +388,46 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
         assert!(!text.contains(PASSWORD), "a password in {name}");
     }
 }
+
+#[test]
+fn a_target_whose_stdout_is_a_tcp_socket_is_neither_signalled_nor_captured() {
+    require_root();
+    const BODY: &str = "BODY-ON-STDOUT-5e1d";
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = tmp.path().join("relay.py");
+    // Its stdout is a client connection: a SIGUSR1 would make it write a body there.
+    fs::write(
+        &script,
+        format!(
+            "import os, signal, socket, time\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             signal.signal(signal.SIGUSR1, lambda n, f: os.write(1, b'{BODY}\\n'))\n\
+             os.dup2(s.fileno(), 1)\n\
+             os.write(1, b'ready\\n')\n\
+             while True:\n    time.sleep(0.01)\n"
+        ),
+    )
+    .unwrap();
+    let mut target = Command::new("python3").arg(&script).spawn().unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let lines = common::Lines::new(conn);
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let pid = target.id();
+    let (files, stderr) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "1s"]);
+    assert!(stderr.contains("fd 1 of process"), "{stderr}");
+    assert!(stderr.contains("is a TCP socket"), "{stderr}");
+    assert!(
+        files["report.md"].contains("SIGUSR1 not sent"),
+        "{}",
+        files["report.md"]
+    );
+    target.kill().unwrap();
+    target.wait().unwrap();
+    // Nothing reached the socket after `ready`: the signal was never sent.
+    assert_eq!(lines.next(), None);
+    for (name, text) in &files {
+        assert!(!text.contains(BODY), "a body in {name}");
+    }
+}

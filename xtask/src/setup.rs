@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result, bail};
 /// The bpf-linker release line that works with aya 0.14's object format.
 const BPF_LINKER_VERSION: &str = "0.13";
 
-/// Debian packages the tests need: a real AMQP broker for the end-to-end test.
-const DEBIAN_PACKAGES: &[&str] = &["rabbitmq-server"];
+/// Debian packages the tests need: a real AMQP broker for the end-to-end test, and a real
+/// browser to render the bundle's report.html (tests/bundle.rs).
+const DEBIAN_PACKAGES: &[&str] = &["rabbitmq-server", "chromium"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

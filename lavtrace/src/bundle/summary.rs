@@ -86,7 +86,7 @@ impl TraceSummary {
                 max_ns: u(&row["max_ns"]),
             })
             .collect();
-        self.syscalls.sort_by(|a, b| b.count.cmp(&a.count));
+        self.syscalls.sort_by_key(|s| std::cmp::Reverse(s.count));
         self.durability = rows(&r["fsync"])
             .iter()
             .map(|row| Durability {

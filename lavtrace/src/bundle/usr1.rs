@@ -100,7 +100,33 @@ pub fn capture(pid: u32) -> Capture {
     cap
 }
 
+/// fd 1 or 2 of `pid` that is a TCP socket: what is written there may be a client's data.
+fn tcp_stdio(pid: u32) -> Option<u32> {
+    let tcp: std::collections::HashSet<u64> = crate::tcp::procfs::target_sockets(pid)
+        .into_iter()
+        .map(|s| s.inode)
+        .collect();
+    [1, 2].into_iter().find(|fd| {
+        fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| tcp.contains(&inode))
+    })
+}
+
 fn window(pid: u32, cap: &mut Capture) -> Result<()> {
+    if let Some(fd) = tcp_stdio(pid) {
+        anyhow::bail!(
+            "fd {fd} of process {pid} is a TCP socket, so what it writes there may be a client's \
+             data: not captured, SIGUSR1 not sent"
+        );
+    }
     ebpf::preflight()?;
     let mut bpf = ebpf::load(pid, None, false)?;
     for (program, name) in [
