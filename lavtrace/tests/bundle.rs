@@ -85,13 +85,30 @@ fn alive(pid: u32) -> bool {
 /// The page in headless Chromium: it renders its charts and logs nothing to the console.
 /// Skips (saying so) only when no Chromium is installed.
 fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
-    let Some(browser) = ["chromium", "chromium-browser"].into_iter().find(|b| {
-        Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        eprintln!("SKIPPED: report.html in a browser: no chromium (cargo xtask setup installs it)");
+    let find = || {
+        ["chromium", "chromium-browser"].into_iter().find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    };
+    let browser = find().or_else(|| {
+        // `cargo xtask setup` installs it; a bare `cargo test` tries once before giving up.
+        let _ = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "chromium",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        find()
+    });
+    let Some(browser) = browser else {
+        eprintln!("SKIPPED: report.html in a browser: chromium cannot be installed here");
         return;
     };
     let page = dir.join("report.html");
@@ -349,7 +366,8 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
         &script,
         format!(
             "import os, signal, socket, sys, time\n\
-             signal.signal(signal.SIGUSR1, lambda s, f: print('dump: fine', flush=True))\n\
+             def dump(n, f):\n    print('dump: fine', flush=True)\n    os.writev(1, [b'part one ', b'part two\\n'])\n    os.write(2, b'\\x00\\x01 not text\\n')\n\
+             signal.signal(signal.SIGUSR1, dump)\n\
              s = socket.create_connection(('127.0.0.1', {port}))\n\
              print('ready', flush=True)\n\
              while True:\n    s.sendall(b'{BODY} ' * 64)\n    os.write(1, b'')\n    time.sleep(0.005)\n"
@@ -361,6 +379,7 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
         .arg("-c")
         .arg(&ini)
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lines = common::Lines::new(target.stdout.take().unwrap());
@@ -430,4 +449,33 @@ fn a_target_whose_stdout_is_a_tcp_socket_is_neither_signalled_nor_captured() {
     for (name, text) in &files {
         assert!(!text.contains(BODY), "a body in {name}");
     }
+}
+
+#[test]
+fn bad_input_is_one_line_and_its_own_exit_code() {
+    let run = |args: &[&str]| {
+        Command::new(LAVTRACE)
+            .arg("bundle")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--pid", "4294967294", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "lavtrace: error: no process with pid 4294967294\n"
+    );
+    let out = run(&["--duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let me = std::process::id().to_string();
+    let out = run(&["--pid", &me, "-o", "/nonexistent-dir/b.tar.gz"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("lavtrace: error: cannot write /nonexistent-dir/b.tar.gz"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -48,8 +48,6 @@ pub struct Bundle {
 
 pub fn run(args: &BundleArgs) -> Result<()> {
     let target = Target::resolve(&args.target)?;
-    // Before anything starts: not root is one clear line, exit 4.
-    ebpf::preflight()?;
     let pid = target.pid;
     let taken_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -60,6 +58,15 @@ pub fn run(args: &BundleArgs) -> Result<()> {
             target.comm
         ))
     });
+    // Before anything starts: an unwritable -o or a missing privilege is one clear line now,
+    // not after the whole --duration.
+    let partial = out.with_extension("partial");
+    let file = std::fs::File::create(&partial)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    if let Err(e) = ebpf::preflight() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     let json = TraceChild::spawn(pid, args.duration, &["--format", "json"])?;
     let text = TraceChild::spawn(pid, args.duration, &["--format", "text", "--no-tui"])?;
     let resources = resources::Resources::of(pid);
@@ -88,7 +95,10 @@ pub fn run(args: &BundleArgs) -> Result<()> {
         trace: summary::TraceSummary::parse(&json_out),
         trace_error,
     };
-    write(&bundle, &out, &json_out, &text_out)?;
+    if let Err(e) = write(&bundle, file, &partial, &out, &json_out, &text_out) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     for n in &bundle.usr1.notes {
         eprintln!("lavtrace: {n}");
     }
@@ -99,7 +109,14 @@ pub fn run(args: &BundleArgs) -> Result<()> {
     Ok(())
 }
 
-fn write(b: &Bundle, out: &Path, trace_json: &str, trace_txt: &str) -> Result<()> {
+fn write(
+    b: &Bundle,
+    file: std::fs::File,
+    partial: &Path,
+    out: &Path,
+    trace_json: &str,
+    trace_txt: &str,
+) -> Result<()> {
     let title = format!("{} (pid {})", b.comm, b.pid);
     let html = html::render(&title, &b.env.version_line(), &b.trace)?;
     let mut usr1 = b.usr1.text.clone();
@@ -138,9 +155,6 @@ fn write(b: &Bundle, out: &Path, trace_json: &str, trace_txt: &str) -> Result<()
         .and_then(|n| n.strip_suffix(".tar.gz"))
         .unwrap_or("lavtrace-bundle")
         .to_string();
-    let partial = out.with_extension("partial");
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
         file,
         flate2::Compression::default(),
@@ -154,7 +168,7 @@ fn write(b: &Bundle, out: &Path, trace_json: &str, trace_txt: &str) -> Result<()
             .with_context(|| format!("writing {name} into {}", partial.display()))?;
     }
     tar.into_inner()?.finish()?.flush()?;
-    std::fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::rename(partial, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
