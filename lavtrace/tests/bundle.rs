@@ -479,3 +479,40 @@ fn bad_input_is_one_line_and_its_own_exit_code() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn the_dump_is_caught_when_stdout_is_a_file() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("stdout.log");
+    let script = tmp.path().join("broker.py");
+    fs::write(
+        &script,
+        "import os, signal, time\n\
+         def dump(n, f):\n    os.write(1, b'GC\\n  garbage collection cycle number: 7\\n')\n    \
+         os.write(1, b'Fibers:\\n#<Fiber:0x7f03ed046e40: main>\\n')\n\
+         signal.signal(signal.SIGUSR1, dump)\n\
+         os.write(1, b'started\\n')\n\
+         while True:\n    time.sleep(0.01)\n",
+    )
+    .unwrap();
+    let mut target = Command::new("python3")
+        .arg(&script)
+        .stdout(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    while fs::read_to_string(&log).unwrap() != "started\n" {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (files, _) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "1s"]);
+    target.kill().unwrap();
+    target.wait().unwrap();
+    let written = fs::read_to_string(&log).unwrap();
+    let usr1 = files["usr1.txt"]
+        .split("\n----- journalctl")
+        .next()
+        .unwrap();
+    assert_eq!(Some(usr1), written.strip_prefix("started\n"));
+    assert!(usr1.starts_with("GC\n"), "{usr1}");
+}
