@@ -39,6 +39,10 @@ pub enum Command {
     /// Say which hooks this kernel supports for each probe family, and why not; with
     /// --pid/--comm, also describe that process (threads, ports, connections, mappings).
     Check(CheckArgs),
+    /// Collect a bug report in one .tar.gz: report.md (the issue template), the SIGUSR1
+    /// server-state dump, logs, redacted config, resource checks, a trace of every probe
+    /// family and report.html.
+    Bundle(BundleArgs),
     /// The demo's workload (started by `demo`; the tests' are `lavtrace-workload`).
     #[command(hide = true)]
     Workload(crate::demo::workload::WorkloadArgs),
@@ -82,6 +86,20 @@ pub struct CheckArgs {
     /// Exact process name to describe (as in /proc/PID/comm).
     #[arg(short, long)]
     pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// How long to trace (every probe family).
+    #[arg(short, long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+
+    /// The archive to write; default: lavtrace-bundle-COMM-PID-TIME.tar.gz here.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,5 +1,6 @@
 //! lavtrace: live eBPF tracer for a running LavinMQ broker.
 
+mod bundle;
 mod check;
 mod cli;
 mod demo;
@@ -73,6 +74,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Trace(args) => follow::trace(&args).await,
         Command::Demo(args) => demo::run(&args).await,
         Command::Check(args) => check::run(&args),
+        Command::Bundle(args) => bundle::run(&args),
         Command::Workload(_) | Command::Generate(_) => {
             unreachable!("handled before the runtime starts")
         }

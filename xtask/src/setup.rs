@@ -13,8 +13,9 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages the tests need: a real AMQP broker for the end-to-end test, Prometheus
-/// (and its promtool) for the exposition and dashboard tests.
-const TEST_PACKAGES: &[&str] = &["rabbitmq-server", "prometheus"];
+/// (and its promtool) for the exposition and dashboard tests, and a real browser to render the
+/// bundle's report.html (tests/bundle.rs).
+const TEST_PACKAGES: &[&str] = &["rabbitmq-server", "prometheus", "chromium"];
 
 /// What the machine is being set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,14 +26,8 @@ pub enum Source {
 /// while /var/lib/lavinmq may belong to another broker on the same host.
 pub fn find(pid: u32) -> Option<(String, Source)> {
     let proc = format!("/proc/{pid}");
-    let cmdline = fs::read(format!("{proc}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let cwd = fs::read_link(format!("{proc}/cwd")).ok();
-    let cwd = cwd.as_deref().and_then(Path::to_str).unwrap_or("/");
+    let (args, cwd) = cmdline_and_cwd(pid)?;
+    let cwd = cwd.as_str();
     match from_args(&args) {
         Some(Given::DataDir(d)) => return Some((absolute(cwd, &d), Source::CommandLine)),
         Some(Given::Config(c)) => {
@@ -63,22 +57,48 @@ enum Given {
 /// `--data-dir DIR`, `--data-dir=DIR`, `-c FILE`, `--config FILE`, `--config=FILE`; the data
 /// dir wins over a config file, as an explicit flag overrides the file.
 fn from_args(args: &[String]) -> Option<Given> {
-    let value = |names: &[&str]| {
-        args.iter().enumerate().find_map(|(i, a)| {
-            names.iter().find_map(|n| {
-                if a == n {
-                    args.get(i + 1).cloned()
-                } else {
-                    a.strip_prefix(n)
-                        .and_then(|r| r.strip_prefix('='))
-                        .map(str::to_string)
-                }
-            })
-        })
-    };
-    value(&["--data-dir"])
+    flag(args, &["--data-dir"])
         .map(Given::DataDir)
-        .or_else(|| value(&["-c", "--config"]).map(Given::Config))
+        .or_else(|| flag(args, CONFIG_FLAGS).map(Given::Config))
+}
+
+const CONFIG_FLAGS: &[&str] = &["-c", "--config"];
+
+/// The value of the first of `names` in `args`, as `NAME VALUE` or `NAME=VALUE`.
+fn flag(args: &[String], names: &[&str]) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        names.iter().find_map(|n| {
+            if a == n {
+                args.get(i + 1).cloned()
+            } else {
+                a.strip_prefix(n)
+                    .and_then(|r| r.strip_prefix('='))
+                    .map(str::to_string)
+            }
+        })
+    })
+}
+
+/// The config file named on `pid`'s command line (`-c FILE`), absolute as the process sees it.
+pub fn config_path(pid: u32) -> Option<String> {
+    let (args, cwd) = cmdline_and_cwd(pid)?;
+    flag(&args, CONFIG_FLAGS).map(|c| absolute(&cwd, &c))
+}
+
+fn cmdline_and_cwd(pid: u32) -> Option<(Vec<String>, String)> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let cwd = cwd
+        .as_deref()
+        .and_then(Path::to_str)
+        .unwrap_or("/")
+        .to_string();
+    Some((args, cwd))
 }
 
 /// `[main] data_dir = ...`

@@ -1,0 +1,515 @@
+//! `lavtrace bundle` against real processes: the LavinMQ-shaped workload (answers SIGUSR1
+//! with a dump in the real format), targets that ignore SIGUSR1 or would die of it, and a
+//! target that writes a message body to a socket while its config holds a password.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use common::{LAVTRACE, Workload, require_root};
+
+/// Runs `lavtrace bundle ARGS -o DIR/b.tar.gz`, checks it exited 0, and returns the archive's
+/// files (path below the top directory → content) and lavtrace's stderr.
+fn bundle(dir: &Path, args: &[&str]) -> (BTreeMap<String, String>, String) {
+    let out = dir.join("b.tar.gz");
+    let run = Command::new(LAVTRACE)
+        .arg("bundle")
+        .args(args)
+        .arg("-o")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running lavtrace bundle");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "bundle failed: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        out.to_str().unwrap()
+    );
+    let mut files = BTreeMap::new();
+    let gz = flate2::read::GzDecoder::new(fs::File::open(&out).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let (top, name) = path.split_once('/').unwrap();
+        assert_eq!(top, "b", "{path}");
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        files.insert(name.to_string(), text);
+    }
+    (files, stderr)
+}
+
+const EVERY_FILE: [&str; 7] = [
+    "report.md",
+    "report.html",
+    "usr1.txt",
+    "logs.txt",
+    "resources.txt",
+    "trace.json",
+    "trace.txt",
+];
+
+/// `name: value` from resources.txt.
+fn figure(resources: &str, name: &str) -> String {
+    resources
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {resources}"))
+        .to_string()
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn alive(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+/// The page in headless Chromium: it renders its charts and logs nothing to the console.
+/// Skips (saying so) only when no Chromium is installed.
+fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
+    let find = || {
+        ["chromium", "chromium-browser"].into_iter().find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    };
+    let browser = find().or_else(|| {
+        // `cargo xtask setup` installs it; a bare `cargo test` tries once before giving up.
+        let _ = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "chromium",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        find()
+    });
+    let Some(browser) = browser else {
+        eprintln!("SKIPPED: report.html in a browser: chromium cannot be installed here");
+        return;
+    };
+    let page = dir.join("report.html");
+    fs::write(&page, html).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Four series in the timeline; four bars (avg, p50, p99, max) per syscall plotted, plus
+    // one frame per series.
+    assert_eq!(dom.matches("<polyline").count(), 4, "{dom}");
+    assert!(
+        dom.matches("<rect").count() >= 4 * syscall_rows.min(20) + 4,
+        "{dom}"
+    );
+}
+
+#[test]
+fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
+    require_root();
+    let mut w = Workload::lavinmq()
+        .flag("queues", 3)
+        .segments(2)
+        .flag("delete", 1)
+        .syncfs(5)
+        .flag("gc-bursts", 4)
+        .switch("wait")
+        .spawn();
+    w.go();
+    let data_dir = w
+        .next_line()
+        .unwrap()
+        .strip_prefix("data-dir ")
+        .unwrap()
+        .to_string();
+    w.wait_done();
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, stderr) = bundle(
+        tmp.path(),
+        &["--pid", &w.pid.to_string(), "--duration", "2s"],
+    );
+    for f in EVERY_FILE {
+        assert!(files.contains_key(f), "{f} missing: {:?}", files.keys());
+    }
+    assert!(files.contains_key("config/NONE.txt"), "{:?}", files.keys());
+
+    // usr1.txt is exactly what the workload wrote to its stdout in the window: one dump.
+    let usr1 = files["usr1.txt"]
+        .split("\n----- journalctl")
+        .next()
+        .unwrap();
+    let mut written = String::new();
+    for _ in 0..6 {
+        written.push_str(&w.next_line().unwrap());
+        written.push('\n');
+    }
+    assert_eq!(usr1, written, "stderr: {stderr}");
+    assert!(
+        usr1.starts_with("GC\n  garbage collection cycle number: 4\n"),
+        "{usr1}"
+    );
+
+    // Resources equal /proc now (the workload is idle, waiting on stdin).
+    let r = &files["resources.txt"];
+    let pid = w.pid;
+    assert_eq!(figure(r, "data dir"), data_dir);
+    assert_eq!(
+        figure(r, "fds open"),
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+            .to_string()
+    );
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert_eq!(figure(r, "mappings"), maps.lines().count().to_string());
+    let shared = maps
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.ends_with('s'))
+        })
+        .count();
+    // 2 kept queues × 2 segments × (msgs + acks) mapped shared.
+    assert_eq!(shared, 8);
+    assert!(figure(r, "mappings file shared").starts_with("8 "), "{r}");
+    assert_eq!(
+        figure(r, "max_map_count"),
+        fs::read_to_string("/proc/sys/vm/max_map_count")
+            .unwrap()
+            .trim()
+    );
+    assert_eq!(figure(r, "VmSize kB"), status_field(pid, "VmSize:"));
+    assert_eq!(figure(r, "VmRSS kB"), status_field(pid, "VmRSS:"));
+    // The largest queues carry their names, not their hashes.
+    for q in ["perf-test-2", "perf-test-3"] {
+        assert!(r.contains(&format!("queue {q}")), "{r}");
+        assert!(r.contains(&format!("queue {q} · msgs.0000000001")), "{r}");
+    }
+    assert!(!r.contains("perf-test-1"), "deleted queue listed: {r}");
+
+    // The version: the workload's binary is lavtrace-workload, which the report says is not
+    // LavinMQ.
+    let version = Command::new(common::workload_binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let report = &files["report.md"];
+    assert!(
+        report.contains(&format!("--version` printed `{version}`")),
+        "{report}"
+    );
+    assert!(report.contains("- Version: not LavinMQ"), "{report}");
+    for heading in [
+        "## Summary",
+        "## Environment",
+        "## Reproduction Steps",
+        "## Expected Behavior",
+        "## Actual Behavior",
+        "## Logs and Diagnostics",
+        "## Stack Trace",
+    ] {
+        assert!(report.contains(heading), "{heading}");
+    }
+
+    // The trace is trace's own JSON: attached, intervals, a summary of this pid with no loss.
+    let records: Vec<serde_json::Value> = files["trace.json"]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records[0]["type"], "attached");
+    assert_eq!(
+        records[0]["probes"],
+        serde_json::json!(["syscalls", "fsync", "mmap", "tcp"])
+    );
+    let summary = records.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["pid"], pid);
+    assert_eq!(
+        summary["mmap"]["live_mappings"],
+        maps.lines().count() as u64
+    );
+    assert!(
+        files["trace.txt"].contains("SYSCALL"),
+        "{}",
+        files["trace.txt"]
+    );
+    let rows = summary["syscalls"].as_array().unwrap().len();
+
+    check_in_chromium(&files["report.html"], tmp.path(), rows);
+    w.finish();
+}
+
+#[test]
+fn a_target_that_ignores_or_would_die_of_sigusr1_is_not_signalled_and_the_bundle_completes() {
+    require_root();
+    let version = Command::new("sleep").arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    for (script, says) in [
+        // Ignored SIGUSR1 survives exec.
+        ("trap '' USR1; exec sleep 60", "ignores SIGUSR1"),
+        ("exec sleep 60", "does not handle SIGUSR1"),
+    ] {
+        let mut child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+        let pid = child.id();
+        // Wait for the exec.
+        while fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "sleep\n" {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (files, stderr) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "1s"]);
+        assert!(
+            alive(pid) && child.try_wait().unwrap().is_none(),
+            "{script}: target died"
+        );
+        for f in EVERY_FILE {
+            assert!(files.contains_key(f), "{f} missing");
+        }
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(files["report.md"].contains(says), "{}", files["report.md"]);
+        assert!(
+            files["report.md"].contains(&format!("--version` printed `{version}`")),
+            "{}",
+            files["report.md"]
+        );
+        let usr1 = files["usr1.txt"]
+            .split("\n----- journalctl")
+            .next()
+            .unwrap();
+        assert_eq!(usr1, "");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn no_message_body_password_or_credential_reaches_the_bundle() {
+    require_root();
+    const BODY: &str = "BODY-MARKER-7f3a";
+    const PASSWORD: &str = "PASSWORD-MARKER-91c2";
+    let tmp = tempfile::tempdir().unwrap();
+    let ini = tmp.path().join("lavinmq.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[main]\ndefault_password_hash = {PASSWORD}\ntls_key = /etc/ssl/{PASSWORD}.key\n\
+             [clustering]\netcd_endpoints = http://root:{PASSWORD}@127.0.0.1:2379\n[amqp]\nport = 5672\n"
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 65536];
+        let mut total = 0usize;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let script = tmp.path().join("broker.py");
+    // A broker-like target: catches SIGUSR1 (prints a dump line), sends message bodies on a
+    // socket the whole time, and names its config with -c.
+    fs::write(
+        &script,
+        format!(
+            "import os, signal, socket, sys, time\n\
+             def dump(n, f):\n    print('dump: fine', flush=True)\n    os.writev(1, [b'part one ', b'part two\\n'])\n    os.write(2, b'\\x00\\x01 not text\\n')\n\
+             signal.signal(signal.SIGUSR1, dump)\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             print('ready', flush=True)\n\
+             while True:\n    s.sendall(b'{BODY} ' * 64)\n    os.write(1, b'')\n    time.sleep(0.005)\n"
+        ),
+    )
+    .unwrap();
+    let mut target = Command::new("python3")
+        .arg(&script)
+        .arg("-c")
+        .arg(&ini)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::new(target.stdout.take().unwrap());
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let pid = target.id();
+    let (files, _) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "2s"]);
+    assert_eq!(lines.next().as_deref(), Some("dump: fine"));
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert!(sink.join().unwrap() > 0, "the target sent bodies");
+    let config = &files["config/lavinmq.ini"];
+    assert!(config.contains("port = 5672"), "{config}");
+    assert_eq!(
+        config.matches("[redacted by lavtrace]").count(),
+        3,
+        "{config}"
+    );
+    assert!(
+        files["usr1.txt"].starts_with("dump: fine\n"),
+        "{}",
+        files["usr1.txt"]
+    );
+    for (name, text) in &files {
+        assert!(!text.contains(BODY), "a message body in {name}");
+        assert!(!text.contains(PASSWORD), "a password in {name}");
+    }
+}
+
+#[test]
+fn a_target_whose_stdout_is_a_tcp_socket_is_neither_signalled_nor_captured() {
+    require_root();
+    const BODY: &str = "BODY-ON-STDOUT-5e1d";
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = tmp.path().join("relay.py");
+    // Its stdout is a client connection: a SIGUSR1 would make it write a body there.
+    fs::write(
+        &script,
+        format!(
+            "import os, signal, socket, time\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             signal.signal(signal.SIGUSR1, lambda n, f: os.write(1, b'{BODY}\\n'))\n\
+             os.dup2(s.fileno(), 1)\n\
+             os.write(1, b'ready\\n')\n\
+             while True:\n    time.sleep(0.01)\n"
+        ),
+    )
+    .unwrap();
+    let mut target = Command::new("python3").arg(&script).spawn().unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let lines = common::Lines::new(conn);
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let pid = target.id();
+    let (files, stderr) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "1s"]);
+    assert!(stderr.contains("fd 1 of process"), "{stderr}");
+    assert!(stderr.contains("is a TCP socket"), "{stderr}");
+    assert!(
+        files["report.md"].contains("SIGUSR1 not sent"),
+        "{}",
+        files["report.md"]
+    );
+    target.kill().unwrap();
+    target.wait().unwrap();
+    // Nothing reached the socket after `ready`: the signal was never sent.
+    assert_eq!(lines.next(), None);
+    for (name, text) in &files {
+        assert!(!text.contains(BODY), "a body in {name}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_its_own_exit_code() {
+    let run = |args: &[&str]| {
+        Command::new(LAVTRACE)
+            .arg("bundle")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--pid", "4294967294", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "lavtrace: error: no process with pid 4294967294\n"
+    );
+    let out = run(&["--duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let me = std::process::id().to_string();
+    let out = run(&["--pid", &me, "-o", "/nonexistent-dir/b.tar.gz"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("lavtrace: error: cannot write /nonexistent-dir/b.tar.gz"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn the_dump_is_caught_when_stdout_is_a_file() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("stdout.log");
+    let script = tmp.path().join("broker.py");
+    fs::write(
+        &script,
+        "import os, signal, time\n\
+         def dump(n, f):\n    os.write(1, b'GC\\n  garbage collection cycle number: 7\\n')\n    \
+         os.write(1, b'Fibers:\\n#<Fiber:0x7f03ed046e40: main>\\n')\n\
+         signal.signal(signal.SIGUSR1, dump)\n\
+         os.write(1, b'started\\n')\n\
+         while True:\n    time.sleep(0.01)\n",
+    )
+    .unwrap();
+    let mut target = Command::new("python3")
+        .arg(&script)
+        .stdout(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    while fs::read_to_string(&log).unwrap() != "started\n" {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (files, _) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "1s"]);
+    target.kill().unwrap();
+    target.wait().unwrap();
+    let written = fs::read_to_string(&log).unwrap();
+    let usr1 = files["usr1.txt"]
+        .split("\n----- journalctl")
+        .next()
+        .unwrap();
+    assert_eq!(Some(usr1), written.strip_prefix("started\n"));
+    assert!(usr1.starts_with("GC\n"), "{usr1}");
+}
