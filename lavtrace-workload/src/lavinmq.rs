@@ -188,10 +188,8 @@ impl Broker {
             self.save(&self.queues[i].declare)?;
             let q = &mut self.queues[i];
             // SAFETY: valid NUL-terminated path.
-            check(
-                unsafe { libc::mkdir(q.dir.as_ptr(), 0o755) }.into(),
-                "mkdir",
-            )?;
+            let rc = unsafe { libc::mkdir(q.dir.as_ptr(), 0o755) };
+            check(rc.into(), "mkdir")?;
             write_file(&q.queue_file, q.name.as_bytes())?;
             for [msgs, acks, meta] in &q.segments {
                 let m = map_file(

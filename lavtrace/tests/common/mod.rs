@@ -6,7 +6,7 @@
 //! let mut w = Workload::storage().segments(3).spawn();
 //! let records = Trace::of(&w).probes("fsync,mmap").run(&mut [&mut w]);
 //! ```
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod rabbitmq;
 
