@@ -231,6 +231,30 @@ fn text_shows_slow_calls_histograms_and_the_map_count() {
     }
 }
 
+/// The demo's workload must outlive tokio's idle blocking threads (10 s): its
+/// PR_SET_PDEATHSIG follows the thread that spawned it, and a pool thread once killed it.
+#[test]
+fn demo_runs_for_its_whole_duration() {
+    require_root();
+    let out = Command::new(LAVTRACE)
+        .args([
+            "demo",
+            "--duration",
+            "12s",
+            "--interval",
+            "4s",
+            "--format",
+            "json",
+        ])
+        .args(["--probes", "fsync"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["end"]["reason"], "duration", "{summary}");
+}
+
 #[test]
 fn demo_shows_both_storage_families() {
     require_root();

@@ -2,7 +2,14 @@
 
 pub mod workload;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use lavtrace_common::start;
@@ -26,14 +33,14 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         return broker(url, &report, metrics.as_ref()).await;
     }
     let exe = std::env::current_exe().context("locating the lavtrace binary")?;
-    // The ready line comes within milliseconds, but the wait blocks: off the runtime thread.
-    let mut child = tokio::task::spawn_blocking(move || {
-        start::spawn(
-            std::process::Command::new(exe).args(["workload", "demo"]),
-            READY_WAIT,
-        )
-    })
-    .await?
+    // Spawned from this (the runtime's only) thread, never from a blocking-pool thread: the
+    // workload's PR_SET_PDEATHSIG fires when the *thread* that forked it exits, and tokio ends
+    // idle pool threads after 10 s, which killed the demo mid-run. Nothing else runs yet, so
+    // the short wait for `ready` may block.
+    let mut child = start::spawn(
+        std::process::Command::new(exe).args(["workload", "demo"]),
+        READY_WAIT,
+    )
     .context("starting the demo workload")?;
     let pid = child.pid();
     let target = Target::from_pid(pid)?;
@@ -105,38 +112,46 @@ async fn broker(url: &str, report: &ReportArgs, metrics: Option<&Exporter>) -> R
     let target = Target::from_pid(pid)?;
     let exit = ExitWatch::pidfd(pid)?;
     let session = Session::attach_with(target, report)?.export_to(metrics);
-    let url = url.to_string();
-    let load = tokio::spawn(async move {
-        loop {
-            let mut cmd = std::process::Command::new(&workload);
-            cmd.args(["amqp", "--url", &url, "--messages", "2000"])
-                .args(["--confirm-window", "50", "--queue", "lavtrace-demo"]);
-            let started = tokio::task::spawn_blocking(move || start::spawn(&mut cmd, READY_WAIT));
-            // Aborting this task drops `child`, which kills and reaps the client.
-            let mut child = match started.await {
-                Ok(Ok(child)) => child,
-                Ok(Err(e)) => return tracing::warn!("the demo's AMQP client: {e}; no load"),
-                Err(_) => return,
-            };
-            if child.go().is_err() || !exited_ok(&mut child).await {
-                return tracing::warn!("the demo's AMQP client failed; load stopped");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (url.to_string(), stop.clone());
+        // Its own thread for the whole run, never a pool thread: each client's
+        // PR_SET_PDEATHSIG fires when the *thread* that forked it exits.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut cmd = std::process::Command::new(&workload);
+                cmd.args(["amqp", "--url", &url, "--messages", "2000"])
+                    .args(["--confirm-window", "50", "--queue", "lavtrace-demo"]);
+                // Dropping `child` (on stop, or on failure) kills and reaps the client.
+                let mut child = match start::spawn(&mut cmd, READY_WAIT) {
+                    Ok(child) => child,
+                    Err(e) => return tracing::warn!("the demo's AMQP client: {e}; no load"),
+                };
+                if child.go().is_err() || !exited_ok(&mut child, &stop) {
+                    if !stop.load(Ordering::Relaxed) {
+                        tracing::warn!("the demo's AMQP client failed; load stopped");
+                    }
+                    return;
+                }
             }
-        }
-    });
+        })
+    };
     let end = session.run(report, exit).await;
-    load.abort();
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
     end.map(|_| ())
 }
 
-/// Whether the client exited 0 (polled: its `Child` is a std one, shared with the tests).
-async fn exited_ok(child: &mut start::Started) -> bool {
-    loop {
+/// Whether the client exited 0; false as soon as `stop` is set.
+fn exited_ok(child: &mut start::Started, stop: &AtomicBool) -> bool {
+    while !stop.load(Ordering::Relaxed) {
         match child.child().try_wait() {
             Ok(Some(status)) => return status.success(),
-            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(_) => return false,
         }
     }
+    false
 }
 
 #[cfg(test)]
