@@ -43,18 +43,6 @@ fn thread_names(pid: u32) -> Vec<String> {
     names
 }
 
-fn mmap_counts(row: &Value) -> [u64; 6] {
-    [
-        "mmaps",
-        "munmaps",
-        "mremaps",
-        "madvises",
-        "bytes",
-        "bytes_unmapped",
-    ]
-    .map(|k| row[k].as_u64().unwrap())
-}
-
 #[test]
 fn exact_durability_and_mapping_calls_of_a_lavinmq_shaped_broker() {
     require_root();
@@ -129,7 +117,7 @@ fn exact_durability_and_mapping_calls_of_a_lavinmq_shaped_broker() {
             .filter(|f| f["path"] == path.as_str())
             .collect();
         assert_eq!(found.len(), 1, "{path}: {files:#?}");
-        mmap_counts(found[0])
+        common::mmap_file_counts(found[0])
     };
     for q in 1..=QUEUES {
         let queue = format!("perf-test-{q}");

@@ -37,18 +37,6 @@ fn file<'a>(summary: &'a Value, name: &str) -> &'a Value {
     found[0]
 }
 
-fn counts(row: &Value) -> [u64; 6] {
-    [
-        "mmaps",
-        "munmaps",
-        "mremaps",
-        "madvises",
-        "bytes",
-        "bytes_unmapped",
-    ]
-    .map(|k| row[k].as_u64().unwrap())
-}
-
 #[test]
 fn exact_mapping_calls_per_syscall_and_file_for_the_target_only() {
     require_root();
@@ -94,18 +82,24 @@ fn exact_mapping_calls_per_syscall_and_file_for_the_target_only() {
     for i in 2..=N + 1 {
         let seg = file(summary, &format!("msgs.{i:010}"));
         assert_eq!(seg["kind"], "segment");
-        assert_eq!(counts(seg), [1, 1, 0, 2, SEGMENT, SEGMENT]);
+        assert_eq!(
+            common::mmap_file_counts(seg),
+            [1, 1, 0, 2, SEGMENT, SEGMENT]
+        );
         let acks = file(summary, &format!("acks.{i:010}"));
         assert_eq!(acks["kind"], "ack_file");
-        assert_eq!(counts(acks), [1, 1, 1, 0, acks_grown, acks_unmapped]);
+        assert_eq!(
+            common::mmap_file_counts(acks),
+            [1, 1, 1, 0, acks_grown, acks_unmapped]
+        );
     }
     // Mapped before attach: known from /proc/PID/maps (mapped 2 × ACKS after its mremap).
     assert_eq!(
-        counts(file(summary, "msgs.0000000001")),
+        common::mmap_file_counts(file(summary, "msgs.0000000001")),
         [0, 1, 0, 1, 0, SEGMENT]
     );
     assert_eq!(
-        counts(file(summary, "acks.0000000001")),
+        common::mmap_file_counts(file(summary, "acks.0000000001")),
         [0, 1, 0, 0, 0, acks_unmapped]
     );
     let files = summary["mmap"]["files"].as_array().unwrap();

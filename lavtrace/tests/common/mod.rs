@@ -85,6 +85,23 @@ pub fn workload_binary() -> PathBuf {
 /// The workload's main thread name: the kernel keeps 15 bytes of `lavtrace-workload`.
 pub const WORKLOAD_COMM: &str = "lavtrace-worklo";
 
+/// `flag` (`--NAME VALUE`) and `switch` (`--NAME` alone) for a builder with an `args` list:
+/// the workload presets (any flag of the mode, `lavtrace-workload MODE --help`) and the trace.
+macro_rules! flag_methods {
+    ($ty:ty) => {
+        pub fn flag(mut self, name: &str, value: impl ToString) -> $ty {
+            self.args.push(format!("--{name}"));
+            self.args.push(value.to_string());
+            self
+        }
+
+        pub fn switch(mut self, name: &str) -> $ty {
+            self.args.push(format!("--{name}"));
+            self
+        }
+    };
+}
+
 /// The flags the tests use most, as methods: `.segments(3)` for `.flag("segments", 3)`.
 macro_rules! preset_flags {
     ($($method:ident($ty:ty) = $flag:literal),* $(,)?) => {
@@ -112,18 +129,7 @@ impl Preset {
         }
     }
 
-    /// `--NAME VALUE`, for any flag of the mode (`lavtrace-workload MODE --help`).
-    pub fn flag(mut self, name: &str, value: impl ToString) -> Preset {
-        self.args.push(format!("--{name}"));
-        self.args.push(value.to_string());
-        self
-    }
-
-    /// `--NAME` alone, for a boolean flag of the mode.
-    pub fn switch(mut self, name: &str) -> Preset {
-        self.args.push(format!("--{name}"));
-        self
-    }
+    flag_methods!(Preset);
 
     /// The process name (as `--comm` sees it).
     pub fn named(mut self, name: &str) -> Preset {
@@ -230,18 +236,7 @@ pub struct TraceArgs {
 }
 
 impl TraceArgs {
-    /// `--NAME VALUE`.
-    pub fn flag(mut self, name: &str, value: impl ToString) -> TraceArgs {
-        self.args.push(format!("--{name}"));
-        self.args.push(value.to_string());
-        self
-    }
-
-    /// `--NAME` alone (`--per-thread`, `--follow`).
-    pub fn switch(mut self, name: &str) -> TraceArgs {
-        self.args.push(format!("--{name}"));
-        self
-    }
+    flag_methods!(TraceArgs);
 
     pub fn probes(self, probes: &str) -> TraceArgs {
         self.flag("probes", probes)
@@ -422,4 +417,17 @@ pub fn count(section: &Value, name: &str) -> u64 {
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// A `mmap.files[]` row's figures: mmaps, munmaps, mremaps, madvises, bytes, bytes_unmapped.
+pub fn mmap_file_counts(row: &Value) -> [u64; 6] {
+    [
+        "mmaps",
+        "munmaps",
+        "mremaps",
+        "madvises",
+        "bytes",
+        "bytes_unmapped",
+    ]
+    .map(|k| row[k].as_u64().unwrap())
 }
