@@ -60,6 +60,9 @@ impl Threads {
                 sum.total_ns += s.total_ns;
                 sum.max_ns = sum.max_ns.max(s.max_ns);
             }
+            if !super::returns_error_codes(key.nr) {
+                sum.errors = 0;
+            }
             out.insert(key, sum);
         }
         Ok(out)
