@@ -1,6 +1,7 @@
 //! `--per-thread` for the syscalls family: the kernel's (tid, syscall) table, differenced per
 //! window and grouped by thread, with thread names.
 
+use crate::printable::printable;
 use std::{cmp::Reverse, collections::HashMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result};
@@ -144,7 +145,7 @@ pub fn write_text(out: &mut String, rows: &[ThreadRow], sort: SortKey, top: usiz
         let _ = writeln!(
             out,
             "{:<16} {:>8} {:>9} {:>7} {:>8}  {}",
-            r.name.as_deref().unwrap_or("?"),
+            printable(r.name.as_deref().unwrap_or("?")),
             r.tid,
             r.count,
             r.errors,
