@@ -177,10 +177,8 @@ fn hostile_file(path: &CString) -> io::Result<()> {
     };
     check(fd.into(), "open hostile file")?;
     // SAFETY: one byte from a static buffer to our own fd.
-    check(
-        unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) } as libc::c_long,
-        "write",
-    )?;
+    let written = unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    check(written as libc::c_long, "write")?;
     // SAFETY: our own fd.
     check(unsafe { libc::fsync(fd) }.into(), "fsync hostile file")?;
     // SAFETY: our own fd, closed once; the path as above.

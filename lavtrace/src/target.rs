@@ -42,6 +42,7 @@ impl Target {
             ))
             .into());
         }
+        unsuitable(pid, &status)?;
         Ok(Target {
             pid,
             comm: read_comm(pid).unwrap_or_default(),
@@ -72,6 +73,41 @@ impl Target {
             .into()),
         }
     }
+}
+
+/// Processes that exist but cannot be traced: lavtrace itself (its own syscalls, ring drains
+/// included, would feed back into what it reports), a kernel thread (no syscalls, files or
+/// sockets of its own: every table would stay empty) and a zombie (it has exited). pid 1 and
+/// other daemons are traced like any process.
+fn unsuitable(pid: u32, status: &str) -> Result<(), Fatal> {
+    let comm = read_comm(pid).unwrap_or_default();
+    if pid == std::process::id() {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} is this lavtrace: it cannot trace itself"
+        )));
+    }
+    // `Kthread:` is 6.x; before it, a kernel thread is a child of 0 or kthreadd with no
+    // command line.
+    let kthread = match status_field(status, "Kthread:") {
+        Some(v) => v == "1",
+        None => {
+            matches!(status_field(status, "PPid:"), Some("0" | "2"))
+                && fs::read(proc_path(pid, "cmdline")).is_ok_and(|c| c.is_empty())
+        }
+    };
+    if kthread {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} ({}) is a kernel thread: it has no syscalls, files or sockets to trace",
+            crate::printable::printable(&comm)
+        )));
+    }
+    if let Some(state @ ("Z" | "X")) = status_field(status, "State:").and_then(|s| s.get(..1)) {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} ({}) is a zombie (state {state}): it has exited, its parent has not reaped it",
+            crate::printable::printable(&comm)
+        )));
+    }
+    Ok(())
 }
 
 fn proc_path(pid: u32, file: &str) -> PathBuf {
