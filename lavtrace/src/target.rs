@@ -201,10 +201,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_itself_by_pid() {
-        let t = Target::from_pid(std::process::id()).unwrap();
-        assert_eq!(t.pid, std::process::id());
+    fn finds_a_child_by_pid_but_refuses_itself() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let t = Target::from_pid(child.id());
+        let _ = (child.kill(), child.wait());
+        let t = t.unwrap();
+        assert_eq!(t.pid, child.id());
         assert!(t.threads >= 1);
+        let err = Target::from_pid(std::process::id()).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<Fatal>(),
+            Some(Fatal::Unsuitable(_))
+        ));
     }
 
     #[test]
