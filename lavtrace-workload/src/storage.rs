@@ -39,15 +39,30 @@ pub struct Args {
     /// Stay this long after `done` before exiting, so a tracer's intervals cover the run.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub linger: std::time::Duration,
+    /// A name chosen by someone hostile (escapes, newlines): the confirm thread takes it
+    /// (PR_SET_NAME, the kernel keeps 15 bytes), and the run writes, fsyncs and removes a
+    /// file of that name in the queue dir.
+    #[arg(long)]
+    pub hostile_name: Option<String>,
 }
 
 /// The "Publish confirm loop" thread: started (and named) now, it waits at `barrier`, then
 /// calls syncfs `n` times on `fd`, meets `barrier` again and sleeps until the process exits.
-pub fn spawn_confirm_loop(fd: i32, n: u64, barrier: Arc<Barrier>) -> io::Result<()> {
+/// `rename`: a name for the thread other than CONFIRM_THREAD, set by the thread itself.
+pub fn spawn_confirm_loop(
+    fd: i32,
+    n: u64,
+    barrier: Arc<Barrier>,
+    rename: Option<CString>,
+) -> io::Result<()> {
     let started = barrier.clone();
     std::thread::Builder::new()
         .name(CONFIRM_THREAD.into())
         .spawn(move || {
+            if let Some(name) = rename {
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string (at most 16 bytes used).
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            }
             barrier.wait(); // started
             barrier.wait(); // go
             for _ in 0..n {
@@ -66,7 +81,20 @@ pub fn spawn_confirm_loop(fd: i32, n: u64, barrier: Arc<Barrier>) -> io::Result<
 pub fn run(args: &Args) -> io::Result<()> {
     let dir = DataDir::create()?;
     let barrier = Arc::new(Barrier::new(2));
-    spawn_confirm_loop(dir.fd, args.syncfs, barrier.clone())?;
+    let hostile = args
+        .hostile_name
+        .as_deref()
+        .map(|n| {
+            let file = CString::new(dir.queue.join(n).into_os_string().into_encoded_bytes());
+            Ok::<_, io::Error>((CString::new(n)?, file?))
+        })
+        .transpose()?;
+    spawn_confirm_loop(
+        dir.fd,
+        args.syncfs,
+        barrier.clone(),
+        hostile.as_ref().map(|(n, _)| n.clone()),
+    )?;
     let mut segments = Vec::with_capacity((args.premapped + args.segments) as usize);
     // Names of every segment, made now rather than during the run (allocations).
     // Numbered from 1 as LavinMQ does; the premapped ones first.
@@ -99,6 +127,9 @@ pub fn run(args: &Args) -> io::Result<()> {
     let result = lavtrace_common::start::ready_then(|| {
         barrier.wait(); // go
         save_definitions(&dir, args.fsyncs)?;
+        if let Some((_, file)) = &hostile {
+            hostile_file(file)?;
+        }
         for _ in 0..args.sync {
             // SAFETY: no arguments.
             unsafe { libc::sync() };
@@ -131,4 +162,29 @@ pub fn run(args: &Args) -> io::Result<()> {
     }
     drop(dir);
     result
+}
+
+/// Creates `path`, writes a byte, fsyncs it once, closes and removes it.
+fn hostile_file(path: &CString) -> io::Result<()> {
+    use lavtrace_common::disk::check;
+    // SAFETY: a NUL-terminated path; the fd is closed below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    check(fd.into(), "open hostile file")?;
+    // SAFETY: one byte from a static buffer to our own fd.
+    let written = unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    check(written as libc::c_long, "write")?;
+    // SAFETY: our own fd.
+    check(unsafe { libc::fsync(fd) }.into(), "fsync hostile file")?;
+    // SAFETY: our own fd, closed once; the path as above.
+    unsafe {
+        libc::close(fd);
+        libc::unlink(path.as_ptr());
+    }
+    Ok(())
 }

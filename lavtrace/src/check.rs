@@ -72,7 +72,7 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     }
 
     // Trial attach, filtered to ourselves so nothing else is touched.
-    let me = Target::from_pid(std::process::id())?;
+    let me = Target::myself();
     let mut failed = Vec::new();
     println!();
     for entry in family::visible() {

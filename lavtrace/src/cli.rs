@@ -19,7 +19,9 @@ use crate::{
                   show, aggregated in the kernel at a cost the broker does not notice.\n\n\
                   Needs root (or CAP_BPF + CAP_PERFMON) and tracefs.",
     after_help = "Exit codes: 0 ok, 1 runtime error, 2 bad usage, 3 target not found, \
-                  4 not permitted, 5 kernel lacks a needed feature, 6 --metrics address unusable."
+                  4 not permitted, 5 kernel lacks a needed feature, 6 --metrics address unusable, \
+                  7 a helper binary missing, 8 target cannot be traced (lavtrace itself, a \
+                  kernel thread, a zombie)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.

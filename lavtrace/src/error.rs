@@ -8,6 +8,10 @@ pub enum Fatal {
     /// No such pid, no or several processes with that name, target gone before attach.
     #[error("{0}")]
     Target(String),
+    /// The process exists but is no traceable target: lavtrace itself, a kernel thread, a
+    /// zombie.
+    #[error("{0}")]
+    Unsuitable(String),
     /// Not root and missing CAP_BPF/CAP_PERFMON (or CAP_SYS_ADMIN).
     #[error("{0}")]
     Permission(String),
@@ -31,6 +35,7 @@ impl Fatal {
             Fatal::Unsupported(_) => 5,
             Fatal::Metrics(_) => 6,
             Fatal::Missing(_) => 7,
+            Fatal::Unsuitable(_) => 8,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The three kinds of record lavtrace writes, as NDJSON or as text. JSON schema: README.md.
 
+use crate::printable::printable;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -164,7 +165,7 @@ impl Output {
                 let mut s = format!(
                     "lavtrace: tracing pid {} ({}, {} threads) with {}; interval {}",
                     target.pid,
-                    target.comm,
+                    printable(&target.comm),
                     target.threads,
                     probes.join(","),
                     humantime::format_duration(self.args.interval)
@@ -214,7 +215,7 @@ impl Output {
             }),
             Format::Text => self.text(&format!(
                 "\n▶ {} pid {} exited; restarted as pid {} after {:.1}s (totals start again)\n",
-                next.comm,
+                printable(&next.comm),
                 previous.pid,
                 next.pid,
                 gap.as_secs_f64()

@@ -21,18 +21,24 @@ pub struct ProgramCost {
     pub ns_per_run: u64,
 }
 
+/// Windows shorter than this get no CPU shares: CPU time is accounted in scheduler ticks
+/// (4 ms at HZ=250), so over a few milliseconds (the last, partial interval when the duration
+/// ends on a tick) one tick of flushing read as "99.93 % CPU".
+pub const MIN_RATE_WINDOW: Duration = Duration::from_millis(100);
+
 /// Costs over one window.
 #[derive(Debug, Clone, Serialize)]
 pub struct Overhead {
-    /// lavtrace's own CPU time (user + system) and share of one CPU.
+    /// lavtrace's own CPU time (user + system) and share of one CPU (None, JSON null: the
+    /// window is shorter than `MIN_RATE_WINDOW`).
     pub lavtrace_cpu_ns: u64,
-    pub lavtrace_cpu_pct: f64,
+    pub lavtrace_cpu_pct: Option<f64>,
     pub lavtrace_rss_bytes: u64,
     /// Whether the kernel counted program run time (false: kernel too old or refused).
     pub kernel_stats: bool,
-    /// Run time of all lavtrace programs in the kernel, and share of one CPU.
+    /// Run time of all lavtrace programs in the kernel, and share of one CPU (None as above).
     pub kernel_ns: u64,
-    pub kernel_cpu_pct: f64,
+    pub kernel_cpu_pct: Option<f64>,
     pub programs: Vec<ProgramCost>,
 }
 
@@ -80,7 +86,11 @@ impl Meter {
     }
 
     fn between(&self, a: &Sample, b: &Sample) -> Overhead {
-        let wall = (b.at - a.at).as_nanos().max(1) as f64;
+        let window = b.at - a.at;
+        let share = |ns: u64| {
+            (window >= MIN_RATE_WINDOW)
+                .then(|| round2(ns as f64 / window.as_nanos() as f64 * 100.0))
+        };
         let cpu = b.cpu.saturating_sub(a.cpu).as_nanos() as u64;
         let programs: Vec<ProgramCost> = b
             .programs
@@ -99,11 +109,11 @@ impl Meter {
         let kernel_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
         Overhead {
             lavtrace_cpu_ns: cpu,
-            lavtrace_cpu_pct: round2(cpu as f64 / wall * 100.0),
+            lavtrace_cpu_pct: share(cpu),
             lavtrace_rss_bytes: rss_bytes(),
             kernel_stats: self._stats.is_some(),
             kernel_ns,
-            kernel_cpu_pct: round2(kernel_ns as f64 / wall * 100.0),
+            kernel_cpu_pct: share(kernel_ns),
             programs,
         }
     }
@@ -151,8 +161,9 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// One line for text output.
+/// One line for text output; shares are left out of a window too short for them.
 pub fn text(o: &Overhead) -> String {
+    let pct = |p: Option<f64>| p.map(|p| format!(" {p:.2}% CPU")).unwrap_or_default();
     let kernel = if o.kernel_stats {
         let per: Vec<String> = o
             .programs
@@ -161,8 +172,8 @@ pub fn text(o: &Overhead) -> String {
             .map(|p| format!("{} {}ns×{}", p.name, p.ns_per_run, p.runs))
             .collect();
         format!(
-            "kernel {:.2}% CPU ({})",
-            o.kernel_cpu_pct,
+            "kernel{} ({})",
+            pct(o.kernel_cpu_pct),
             if per.is_empty() {
                 "no runs".into()
             } else {
@@ -172,9 +183,76 @@ pub fn text(o: &Overhead) -> String {
     } else {
         "kernel run time not available".into()
     };
+    let own = match o.lavtrace_cpu_pct {
+        Some(_) => format!("{},", pct(o.lavtrace_cpu_pct)),
+        None => String::new(),
+    };
     format!(
-        "COST: lavtrace {:.2}% CPU, {} RSS; {kernel}",
-        o.lavtrace_cpu_pct,
+        "COST: lavtrace{own} {} RSS; {kernel}",
         crate::units::bytes(o.lavtrace_rss_bytes)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter() -> Meter {
+        let s = Sample {
+            at: Instant::now(),
+            cpu: Duration::ZERO,
+            programs: BTreeMap::from([("p".to_string(), (0, 0))]),
+        };
+        Meter {
+            _stats: None,
+            first: s.clone(),
+            last: s,
+        }
+    }
+
+    fn after(m: &Meter, wall: Duration, cpu: Duration, kernel_ns: u64) -> Sample {
+        Sample {
+            at: m.first.at + wall,
+            cpu,
+            programs: BTreeMap::from([("p".to_string(), (10, kernel_ns))]),
+        }
+    }
+
+    #[test]
+    fn a_vanishing_window_has_no_shares() {
+        let m = meter();
+        let o = m.between(
+            &m.first,
+            &after(&m, Duration::from_millis(3), Duration::from_millis(4), 0),
+        );
+        assert_eq!((o.lavtrace_cpu_pct, o.kernel_cpu_pct), (None, None));
+        assert_eq!(o.lavtrace_cpu_ns, 4_000_000);
+        let line = text(&o);
+        assert!(!line.contains('%'), "{line}");
+        assert!(line.starts_with("COST: lavtrace "), "{line}");
+        let json = serde_json::to_value(&o).unwrap();
+        assert!(json["lavtrace_cpu_pct"].is_null() && json["kernel_cpu_pct"].is_null());
+    }
+
+    #[test]
+    fn a_full_window_has_exact_shares() {
+        let m = meter();
+        let b = after(
+            &m,
+            Duration::from_secs(2),
+            Duration::from_millis(50),
+            20_000_000,
+        );
+        let o = m.between(&m.first, &b);
+        assert_eq!(o.lavtrace_cpu_pct, Some(2.5));
+        assert_eq!(o.kernel_cpu_pct, Some(1.0));
+        assert_eq!(
+            text(&Overhead {
+                kernel_stats: true,
+                lavtrace_rss_bytes: 0,
+                ..o
+            }),
+            "COST: lavtrace 2.50% CPU, 0B RSS; kernel 1.00% CPU (p 2000000ns×10)"
+        );
+    }
 }

@@ -150,15 +150,20 @@ impl Session {
         };
 
         let started = Instant::now();
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+        // One origin for ticks and deadline: `--duration` a multiple of `--interval` ends on
+        // a tick, and the deadline (first in the biased select) takes it. Otherwise the tick
+        // printed the interval and the deadline a second, empty one.
+        let origin = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval_at(origin + args.interval, args.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let deadline = args.duration.map(|d| origin + d);
 
         let mut seq = 0u64;
         let mut last_report = started;
         let end = loop {
             tokio::select! {
+                biased;
+                _ = sleep_until(deadline) => break End::Duration,
                 _ = ticker.tick() => {
                     seq += 1;
                     let now = Instant::now();
@@ -179,7 +184,6 @@ impl Session {
                     (Action::View(key), Some(t)) => t.key(key)?,
                     _ => {}
                 },
-                _ = sleep_until(deadline) => break End::Duration,
                 _ = sigint.recv() => break End::Signal { signal: "SIGINT" },
                 _ = sigterm.recv() => break End::Signal { signal: "SIGTERM" },
                 _ = sighup.recv() => break End::Signal { signal: "SIGHUP" },
@@ -190,7 +194,8 @@ impl Session {
         self.flush().await;
         // Back to the normal screen, where the summary stays readable after exit.
         let live = tui.take().is_some();
-        // The last, partial interval, however short: the intervals add up to the summary.
+        // The last, partial interval, however short: the intervals add up to the summary (a
+        // short one has no CPU shares, `overhead::MIN_RATE_WINDOW`).
         let now = Instant::now();
         if !live {
             seq += 1;

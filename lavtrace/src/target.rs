@@ -42,11 +42,23 @@ impl Target {
             ))
             .into());
         }
+        unsuitable(pid, &status)?;
         Ok(Target {
             pid,
             comm: read_comm(pid).unwrap_or_default(),
             threads: thread_count(pid),
         })
+    }
+
+    /// lavtrace itself, which `from_pid` refuses: `check`'s trial attaches filter to it so
+    /// that nothing else is touched, and never report.
+    pub fn myself() -> Target {
+        let pid = std::process::id();
+        Target {
+            pid,
+            comm: read_comm(pid).unwrap_or_default(),
+            threads: thread_count(pid),
+        }
     }
 
     pub fn from_comm(comm: &str) -> Result<Target> {
@@ -72,6 +84,41 @@ impl Target {
             .into()),
         }
     }
+}
+
+/// Processes that exist but cannot be traced: lavtrace itself (its own syscalls, ring drains
+/// included, would feed back into what it reports), a kernel thread (no syscalls, files or
+/// sockets of its own: every table would stay empty) and a zombie (it has exited). pid 1 and
+/// other daemons are traced like any process.
+fn unsuitable(pid: u32, status: &str) -> Result<(), Fatal> {
+    let comm = read_comm(pid).unwrap_or_default();
+    if pid == std::process::id() {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} is this lavtrace: it cannot trace itself"
+        )));
+    }
+    // `Kthread:` is 6.x; before it, a kernel thread is a child of 0 or kthreadd with no
+    // command line.
+    let kthread = match status_field(status, "Kthread:") {
+        Some(v) => v == "1",
+        None => {
+            matches!(status_field(status, "PPid:"), Some("0" | "2"))
+                && fs::read(proc_path(pid, "cmdline")).is_ok_and(|c| c.is_empty())
+        }
+    };
+    if kthread {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} ({}) is a kernel thread: it has no syscalls, files or sockets to trace",
+            crate::printable::printable(&comm)
+        )));
+    }
+    if let Some(state @ ("Z" | "X")) = status_field(status, "State:").and_then(|s| s.get(..1)) {
+        return Err(Fatal::Unsuitable(format!(
+            "pid {pid} ({}) is a zombie (state {state}): it has exited, its parent has not reaped it",
+            crate::printable::printable(&comm)
+        )));
+    }
+    Ok(())
 }
 
 fn proc_path(pid: u32, file: &str) -> PathBuf {
@@ -165,10 +212,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_itself_by_pid() {
-        let t = Target::from_pid(std::process::id()).unwrap();
-        assert_eq!(t.pid, std::process::id());
+    fn finds_a_child_by_pid_but_refuses_itself() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let t = Target::from_pid(child.id());
+        let _ = (child.kill(), child.wait());
+        let t = t.unwrap();
+        assert_eq!(t.pid, child.id());
         assert!(t.threads >= 1);
+        let err = Target::from_pid(std::process::id()).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<Fatal>(),
+            Some(Fatal::Unsuitable(_))
+        ));
     }
 
     #[test]

@@ -137,3 +137,80 @@ fn demo_amqp_without_the_workload_binary_next_to_lavtrace_exits_7() {
         "{line}"
     );
 }
+
+#[test]
+fn lavtrace_on_itself_exits_8() {
+    // The shell execs lavtrace: `$$` is lavtrace's own pid.
+    let (code, stderr) = run_cmd(Command::new("sh").args([
+        "-c",
+        &format!("exec {LAVTRACE} trace --pid $$ --probes syscalls"),
+    ]));
+    assert_eq!(code, 8, "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains("it cannot trace itself"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_kernel_thread_exits_8() {
+    let (code, stderr) = run(&["trace", "--pid", "2", "--probes", "syscalls"]);
+    assert_eq!(code, 8, "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains("pid 2 (kthreadd) is a kernel thread"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_zombie_exits_8() {
+    // Not waited for until lavtrace has looked at it: a zombie of this test.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let status = format!("/proc/{pid}/status");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&status)
+        .unwrap()
+        .contains("State:\tZ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} never became a zombie"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (code, stderr) = run(&["trace", "--pid", &pid.to_string(), "--probes", "syscalls"]);
+    let _ = child.wait();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains(&format!("pid {pid} (true) is a zombie")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pid_1_is_traced() {
+    common::require_root();
+    let out = Command::new(LAVTRACE)
+        .args([
+            "trace",
+            "--pid",
+            "1",
+            "--probes",
+            "syscalls",
+            "--duration",
+            "300ms",
+        ])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["pid"], 1);
+}

@@ -327,3 +327,62 @@ fn per_thread_rows_name_the_confirm_thread() {
         assert_eq!(per_thread, s["count"].as_u64().unwrap(), "{s}");
     }
 }
+
+/// Names chosen by others reach the terminal escaped: a file and a thread named with an ANSI
+/// clear-screen, a newline and a bell show as `\x1b[2J\nevil\x07` in the tables and the slow
+/// log, no control character but the lines' own newlines is printed, and JSON (which escapes
+/// by itself) keeps the raw names.
+#[test]
+fn hostile_names_are_escaped_in_text_and_raw_in_json() {
+    require_root();
+    const NAME: &str = "q\x1b[2J\nevil\x07";
+    const SHOWN: &str = r"q\x1b[2J\nevil\x07";
+    let storage = || {
+        Workload::storage()
+            .segments(1)
+            .syncfs(5)
+            .fsyncs(1)
+            .flag("hostile-name", NAME)
+            .linger("300ms")
+    };
+    let mut target = storage().spawn();
+    let text = Trace::of(&target)
+        .probes("syscalls,fsync,mmap")
+        .switch("per-thread")
+        .flag("slow", "1ns")
+        .interval("10s")
+        .run_text(&mut target);
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{text}");
+    assert!(!text.lines().any(|l| l.starts_with("evil")), "{text}");
+    let file = format!("queue:8c6e326c/{SHOWN}");
+    let slow_file = text
+        .lines()
+        .filter(|l| l.contains(" fsync ") && l.contains(&file))
+        .count();
+    assert_eq!(slow_file, 1, "{text}");
+    let slow_thread = text
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(SHOWN))
+        .filter(|l| l.contains(" syncfs "))
+        .count();
+    assert_eq!(slow_thread, 5, "{text}");
+    // The durability table's row for the file (summary and interval), and the per-thread
+    // tables naming the thread.
+    assert!(text.matches(&file).count() >= 3, "{text}");
+
+    let mut target = storage().spawn();
+    let records = Trace::of(&target)
+        .probes("fsync")
+        .switch("per-thread")
+        .interval("10s")
+        .run(&mut [&mut target]);
+    let summary = records.last().unwrap();
+    let fsync = find(summary, "fsync", NAME, None);
+    assert_eq!(fsync["count"], 1);
+    let syncfs = find(summary, "syncfs", "", None);
+    assert_eq!(syncfs["thread"], NAME);
+}

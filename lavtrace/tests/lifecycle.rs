@@ -108,3 +108,71 @@ fn follow_reattaches_when_the_target_restarts() {
     let rest = trace.records_after_summary();
     assert!(rest.is_empty(), "nothing after the last summary: {rest:?}");
 }
+
+/// `--duration` a multiple of `--interval` ends on the last tick: no empty final interval, and
+/// every interval has CPU shares (a vanishing window once printed "lavtrace 99.93 % CPU").
+#[test]
+fn a_duration_on_a_tick_ends_with_that_interval() {
+    require_root();
+    let _serial = serial();
+    let mut target = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let records = Trace::pid(target.id())
+        .probes("syscalls")
+        .interval("1s")
+        .flag("duration", "2s")
+        .spawn()
+        .records();
+    let _ = (target.kill(), target.wait());
+    let intervals: Vec<_> = records.iter().filter(|r| r["type"] == "interval").collect();
+    let windows: Vec<u64> = intervals
+        .iter()
+        .map(|r| r["window_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(intervals.len(), 2, "windows {windows:?}");
+    assert!(
+        windows.iter().all(|&w| (900..=1300).contains(&w)),
+        "{windows:?}"
+    );
+    let seqs: Vec<u64> = intervals
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["intervals"], 2);
+    for r in intervals.iter().copied().chain([summary]) {
+        let o = &r["overhead"];
+        assert!(o["lavtrace_cpu_pct"].is_f64(), "{o}");
+        assert!(o["kernel_cpu_pct"].is_f64(), "{o}");
+    }
+}
+
+/// A final interval too short for rates is still reported (the intervals add up to the
+/// summary), with its CPU shares null.
+#[test]
+fn a_short_final_interval_has_no_shares() {
+    require_root();
+    let _serial = serial();
+    let mut target = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let records = Trace::pid(target.id())
+        .probes("syscalls")
+        .interval("1s")
+        .flag("duration", "1030ms")
+        .spawn()
+        .records();
+    let _ = (target.kill(), target.wait());
+    let intervals: Vec<_> = records.iter().filter(|r| r["type"] == "interval").collect();
+    assert_eq!(intervals.len(), 2);
+    let last = intervals[1];
+    assert!(last["window_ms"].as_u64().unwrap() < 100, "{last}");
+    assert!(last["overhead"]["lavtrace_cpu_pct"].is_null(), "{last}");
+    assert!(last["overhead"]["kernel_cpu_pct"].is_null(), "{last}");
+    assert!(intervals[0]["overhead"]["lavtrace_cpu_pct"].is_f64());
+    assert!(records.last().unwrap()["overhead"]["lavtrace_cpu_pct"].is_f64());
+}

@@ -1,6 +1,7 @@
 //! The `fsync` rows as JSON objects and as text: a table, then a log2 histogram per row like
 //! bcc's `*dist` tools.
 
+use crate::printable::printable;
 use std::fmt::Write as _;
 
 use lavtrace_common::syscalls::LATENCY_BUCKETS;
@@ -159,7 +160,7 @@ fn file(r: &FsyncRow) -> String {
         let _ = write!(
             s,
             " · thread {} ({tid})",
-            r.thread.as_deref().unwrap_or("?")
+            printable(r.thread.as_deref().unwrap_or("?"))
         );
     }
     s

@@ -116,7 +116,7 @@ impl SlowLog {
             s.push_str(&format!(
                 "{:<15} {:<15} {:>8} {:<22} {:>8}  {}{err}\n",
                 clock(time_unix_ns),
-                thread,
+                crate::printable::printable(&thread),
                 call.tid,
                 name,
                 units::ns(call.duration_ns),

@@ -141,11 +141,11 @@ mod tests {
         });
         s.overhead = Some(Overhead {
             lavtrace_cpu_ns: 1_500_000,
-            lavtrace_cpu_pct: 0.15,
+            lavtrace_cpu_pct: Some(0.15),
             lavtrace_rss_bytes: 4096,
             kernel_stats: true,
             kernel_ns: 300,
-            kernel_cpu_pct: 0.0,
+            kernel_cpu_pct: Some(0.0),
             programs: vec![ProgramCost {
                 name: "syscalls_exit".into(),
                 runs: 3,

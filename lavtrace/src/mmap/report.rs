@@ -1,6 +1,7 @@
 //! The `mmap` section as JSON and as text: calls and bytes per syscall with rates, per-kind
 //! and per-file breakdowns, and the live mapping count against `vm.max_map_count`.
 
+use crate::printable::printable;
 use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use serde::Serialize;
@@ -329,7 +330,7 @@ pub fn write_text(out: &mut String, s: &MmapSection, top: usize) {
             let _ = writeln!(
                 out,
                 "{:<16} {:>8} {:<8} {:>7} {:>6} {:>10}",
-                t.thread.as_deref().unwrap_or("?"),
+                printable(t.thread.as_deref().unwrap_or("?")),
                 t.tid,
                 t.syscall,
                 t.count,

@@ -102,8 +102,13 @@ fn is_data_dir(dir: &Path) -> bool {
 }
 
 /// A short name for text output: sha1 directories shortened and labelled, e.g.
-/// `vhost:42099b4a/queue:8c6e326c/msgs.0000000001`; other paths unchanged.
+/// `vhost:42099b4a/queue:8c6e326c/msgs.0000000001`; other paths unchanged but for control
+/// characters, escaped (`printable`): text output and the live view print this name.
 pub fn display(path: &str) -> String {
+    crate::printable::printable(&shortened(path)).into_owned()
+}
+
+fn shortened(path: &str) -> String {
     if !path.starts_with('/') {
         return path.to_string();
     }

@@ -166,7 +166,9 @@ impl Tracer {
         let mut errnos = HashMap::new();
         for entry in self.errnos.iter() {
             let (key, counts) = entry.context("reading syscall errno counts")?;
-            errnos.insert(key, counts.iter().sum());
+            if returns_error_codes(key.nr) {
+                errnos.insert(key, counts.iter().sum());
+            }
         }
         let mut per_nr = Vec::with_capacity(MAX_SYSCALLS as usize);
         for nr in 0..MAX_SYSCALLS {
@@ -174,7 +176,11 @@ impl Tracer {
                 .stats
                 .get(&nr, 0)
                 .with_context(|| format!("reading syscall stats for {nr}"))?;
-            per_nr.push(stats::merge_cpus(slots.iter()));
+            let mut merged = stats::merge_cpus(slots.iter());
+            if !returns_error_codes(nr) {
+                merged.errors = 0;
+            }
+            per_nr.push(merged);
         }
         // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
         let untimed = [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
@@ -213,6 +219,18 @@ impl Tracer {
         let untimed = cur.untimed;
         Ok((rows(&cur, &zero), untimed))
     }
+}
+
+/// Whether a return in -4095..-1 from syscall `nr` is an error. The kernel counts every such
+/// return as one (it cannot tell), so readers drop the counts of the exceptions: the
+/// sigreturns return the interrupted syscall's value (often -EINTR or -ERESTARTSYS when a
+/// handler interrupted a wait). Numbers of the host's syscall table, which is the target's.
+pub(crate) fn returns_error_codes(nr: u32) -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+    if i64::from(nr) == libc::SYS_sigreturn {
+        return false;
+    }
+    i64::from(nr) != libc::SYS_rt_sigreturn
 }
 
 fn rows(cur: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {

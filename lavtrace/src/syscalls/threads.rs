@@ -1,6 +1,7 @@
 //! `--per-thread` for the syscalls family: the kernel's (tid, syscall) table, differenced per
 //! window and grouped by thread, with thread names.
 
+use crate::printable::printable;
 use std::{cmp::Reverse, collections::HashMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result};
@@ -59,6 +60,9 @@ impl Threads {
                 sum.errors += s.errors;
                 sum.total_ns += s.total_ns;
                 sum.max_ns = sum.max_ns.max(s.max_ns);
+            }
+            if !super::returns_error_codes(key.nr) {
+                sum.errors = 0;
             }
             out.insert(key, sum);
         }
@@ -141,7 +145,7 @@ pub fn write_text(out: &mut String, rows: &[ThreadRow], sort: SortKey, top: usiz
         let _ = writeln!(
             out,
             "{:<16} {:>8} {:>9} {:>7} {:>8}  {}",
-            r.name.as_deref().unwrap_or("?"),
+            printable(r.name.as_deref().unwrap_or("?")),
             r.tid,
             r.count,
             r.errors,

@@ -137,7 +137,7 @@ impl ViewState {
             paused: false,
             started: Instant::now(),
             pid: target.pid,
-            comm: target.comm.clone(),
+            comm: crate::printable::printable(&target.comm).into_owned(),
             threads: target.threads,
             hooks: format!("{} hooks ({})", hooks.len(), families.join(", ")),
             last: None,

@@ -2,6 +2,7 @@
 //! rows. Everything here is pure (data in, widgets or strings out) so it is tested with
 //! ratatui's TestBackend.
 
+use crate::printable::printable;
 use std::{cmp::Reverse, collections::HashMap, time::Duration};
 
 use ratatui::{
@@ -158,7 +159,7 @@ pub fn syscalls(f: &mut Frame, area: Rect, block: Block, rows: &[SyscallRow], so
 
 pub fn thread_cells(t: &ThreadRow) -> Vec<String> {
     vec![
-        t.name.clone().unwrap_or_else(|| "?".into()),
+        printable(t.name.as_deref().unwrap_or("?")).into_owned(),
         t.tid.to_string(),
         t.count.to_string(),
         t.errors.to_string(),
@@ -219,7 +220,7 @@ pub fn durability_cells(r: &FsyncRow) -> Vec<String> {
     if let Some(tid) = r.tid {
         file.push_str(&format!(
             " · {} ({tid})",
-            r.thread.as_deref().unwrap_or("?")
+            printable(r.thread.as_deref().unwrap_or("?"))
         ));
     }
     vec![

@@ -360,3 +360,16 @@ fn map_count_gauge_turns_red_above_the_threshold() {
     assert!(fine.contains(&Some(Color::Green)), "{fine:?}");
     assert!(!fine.contains(&Some(Color::Red)));
 }
+
+#[test]
+fn a_hostile_thread_name_is_escaped_in_its_pane() {
+    let row = crate::syscalls::threads::ThreadRow {
+        tid: 7,
+        name: Some("evil\x1b[2J\n".into()),
+        count: 1,
+        errors: 0,
+        total_ns: 0,
+        syscalls: Vec::new(),
+    };
+    assert_eq!(panes::thread_cells(&row)[0], r"evil\x1b[2J\n");
+}
