@@ -17,6 +17,7 @@ mod mmap;
 mod names;
 mod output;
 mod overhead;
+mod recorder;
 mod ringbuf;
 mod session;
 mod storage;
