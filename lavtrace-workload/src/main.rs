@@ -8,6 +8,7 @@
 mod amqp;
 mod lavinmq;
 mod pace;
+mod slowsync;
 mod spin;
 mod storage;
 mod syscalls;
@@ -51,6 +52,9 @@ pub enum Mode {
     /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
     /// SIGUSR1 dump (see lavinmq.rs); its name is `lavinmq` unless --name says.
     Lavinmq(lavinmq::Args),
+    /// Fast fsyncs of a clean file at a steady pace and one slow one (after writing many MiB
+    /// into it); prints each call's own timing before `done`.
+    Slowsync(slowsync::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Mode::TcpPeer(a) => tcp::peer(a),
         Mode::Storage(a) => storage::run(a),
         Mode::Lavinmq(a) => lavinmq::run(a),
+        Mode::Slowsync(a) => slowsync::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -196,6 +196,52 @@ pub struct TraceArgs {
     pub follow: bool,
     #[command(flatten)]
     pub report: ReportArgs,
+    #[command(flatten)]
+    pub recorder: RecorderArgs,
+}
+
+/// The flight recorder: keep the last records in memory, dump them when something happens.
+#[derive(Debug, Clone, Args)]
+pub struct RecorderArgs {
+    /// Keep this much of the latest interval records (their JSON) in memory, e.g. 10m; with
+    /// --dump-on, or SIGUSR2 (or `d` in the live view), they are written as a .tar.gz.
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub keep: Option<Duration>,
+    /// At most this many bytes kept (oldest records dropped first), e.g. 64M.
+    #[arg(long, default_value = "64M", value_parser = crate::recorder::parse_bytes, requires = "keep")]
+    pub keep_bytes: u64,
+    /// Dump when an interval shows this (repeatable): `syncfs>200ms` (also fsync, msync or any
+    /// syscall: its max in the interval over the limit), `lost` (lost events), `resets>N`
+    /// (more than N connection resets in the tcp section).
+    #[arg(long, value_name = "SPEC", value_parser = crate::recorder::trigger::parse, requires = "keep")]
+    pub dump_on: Vec<crate::recorder::Trigger>,
+    /// Time after a trigger that the dump also holds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "keep")]
+    pub dump_after: Duration,
+    /// Minimum time between two dumps; triggers in between are counted in the next one.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "keep")]
+    pub dump_every: Duration,
+    /// Dumps kept in --dump-dir (the oldest removed).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), requires = "keep")]
+    pub dump_keep: u64,
+    /// Where dumps are written (lavtrace-dump-COMM-PID-MILLIS.tar.gz).
+    #[arg(long, value_name = "DIR", default_value = ".", requires = "keep")]
+    pub dump_dir: std::path::PathBuf,
+}
+
+impl RecorderArgs {
+    /// The recorder's settings, if `--keep` asks for one.
+    pub fn config(&self) -> Option<crate::recorder::Config> {
+        Some(crate::recorder::Config {
+            keep: self.keep?,
+            max_bytes: self.keep_bytes,
+            triggers: self.dump_on.clone(),
+            after: self.dump_after,
+            every: self.dump_every,
+            files: usize::try_from(self.dump_keep).unwrap_or(usize::MAX),
+            dir: self.dump_dir.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,7 @@ use crate::{
     error::Fatal,
     metrics::Exporter,
     output::{End, Output},
+    recorder::Recorder,
     session::Session,
     target::{ExitWatch, Target},
 };
@@ -26,8 +27,13 @@ pub async fn trace(args: &TraceArgs) -> Result<()> {
     let mut target = Target::resolve(&args.target)?;
     loop {
         let exit = ExitWatch::pidfd(target.pid)?;
-        let session =
-            Session::attach_with(target.clone(), &args.report)?.export_to(metrics.as_ref());
+        let recorder = args
+            .recorder
+            .config()
+            .map(|c| Recorder::new(c, target.pid, &target.comm));
+        let session = Session::attach_with(target.clone(), &args.report)?
+            .export_to(metrics.as_ref())
+            .record_to(recorder);
         let end = session.run(&args.report, exit).await?;
         let End::TargetExited(exit) = end else {
             return Ok(());

@@ -18,6 +18,7 @@ mod names;
 mod output;
 mod overhead;
 mod printable;
+mod recorder;
 mod ringbuf;
 mod session;
 mod storage;

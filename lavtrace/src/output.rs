@@ -138,6 +138,23 @@ enum Record<'a> {
 pub struct Output {
     format: Format,
     args: ReportArgs,
+    /// Appended to the text header (the flight recorder's "keeping 10m, ...").
+    pub note: Option<String>,
+}
+
+/// An interval record's JSON line, exactly as `--format json` prints it (the flight recorder).
+pub fn interval_json(
+    seq: u64,
+    elapsed: Duration,
+    window: Duration,
+    sections: &Sections,
+) -> serde_json::Result<String> {
+    serde_json::to_string(&Record::Interval {
+        seq,
+        elapsed_ms: elapsed.as_millis(),
+        window_ms: window.as_millis(),
+        sections,
+    })
 }
 
 impl Output {
@@ -145,6 +162,7 @@ impl Output {
         Output {
             format: args.format,
             args: args.clone(),
+            note: None,
         }
     }
 
@@ -173,6 +191,9 @@ impl Output {
                 if let Some(d) = self.args.duration {
                     let _ = write!(s, ", for {}", humantime::format_duration(d));
                 }
+                if let Some(n) = &self.note {
+                    let _ = write!(s, "; {n}");
+                }
                 s.push_str(". Ctrl-C for the summary.\n");
                 self.text(&s)
             }
@@ -195,9 +216,13 @@ impl Output {
             }),
             Format::Text => {
                 let mut s = format!(
-                    "\n── interval {seq} · t+{:.1}s · {:.2}s ──\n",
+                    "\n── interval {seq} · t+{:.1}s · {:.2}s{} ──\n",
                     elapsed.as_secs_f64(),
-                    window.as_secs_f64()
+                    window.as_secs_f64(),
+                    self.note
+                        .as_deref()
+                        .map(|n| format!(" · {n}"))
+                        .unwrap_or_default()
                 );
                 sections.write_text(&mut s, &self.args, false);
                 self.text(&s)

@@ -1,7 +1,7 @@
 //! One tracing run: load and attach the asked-for families, report every interval, and finish
 //! with a summary when the duration ends, a signal arrives or the target exits.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -13,8 +13,9 @@ use crate::{
     family::{self, Entry, Loaded, Options, Window},
     kernel::{self, Hook, Overrides},
     metrics,
-    output::{End, Output, Sections},
+    output::{self, End, Output, Sections},
     overhead::Meter,
+    recorder::Recorder,
     ringbuf::LostCounters,
     target::{ExitWatch, Target},
     tui::{Action, Tui},
@@ -32,6 +33,8 @@ pub struct Session {
     families: Vec<Loaded>,
     /// `--metrics`: fed every interval.
     metrics: Option<metrics::Exporter>,
+    /// `--keep`: fed every interval's record.
+    recorder: Option<Recorder>,
 }
 
 impl Session {
@@ -80,6 +83,7 @@ impl Session {
             lost,
             families,
             metrics: None,
+            recorder: None,
         })
     }
 
@@ -87,6 +91,22 @@ impl Session {
     pub fn export_to(mut self, metrics: Option<&metrics::Exporter>) -> Session {
         self.metrics = metrics.cloned();
         self
+    }
+
+    /// Keeps every interval's record in `recorder` (the flight recorder).
+    pub fn record_to(mut self, recorder: Option<Recorder>) -> Session {
+        self.recorder = recorder;
+        self
+    }
+
+    fn record(&mut self, seq: u64, elapsed: Duration, window: Duration, sections: &Sections) {
+        let Some(r) = self.recorder.as_mut() else {
+            return;
+        };
+        match output::interval_json(seq, elapsed, window, sections) {
+            Ok(line) => r.observe(Instant::now(), seq, line, sections),
+            Err(e) => eprintln!("lavtrace: flight recorder: interval {seq}: {e}"),
+        }
     }
 
     fn export(&self, sections: &Sections) {
@@ -133,7 +153,13 @@ impl Session {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sighup = signal(SignalKind::hangup())?;
-        let out = Output::new(args);
+        // Only with a recorder: otherwise SIGUSR2 keeps its default action.
+        let mut sigusr2 = match self.recorder {
+            Some(_) => Some(signal(SignalKind::user_defined2())?),
+            None => None,
+        };
+        let mut out = Output::new(args);
+        out.note = self.recorder.as_ref().map(Recorder::describe);
         let mut tui = if args.format == Format::Text
             && !args.no_tui
             && std::io::IsTerminal::is_terminal(&std::io::stdout())
@@ -170,6 +196,8 @@ impl Session {
                     let sections = self.sections(Window::Interval)?;
                     // Before the interval is out: whoever saw it can scrape its figures.
                     self.export(&sections);
+                    self.record(seq, now - started, now - last_report, &sections);
+                    out.note = self.recorder.as_ref().map(Recorder::describe);
                     match tui.as_mut() {
                         Some(t) => t.update(seq, now - last_report, sections)?,
                         None => out
@@ -181,9 +209,13 @@ impl Session {
                 action = next_action(&mut tui) => match (action, tui.as_mut()) {
                     (Action::Quit, _) => break End::Quit,
                     (Action::Redraw, Some(t)) => t.draw()?,
+                    (Action::View('d'), Some(_)) if self.recorder.is_some() => {
+                        self.dump_now("key d");
+                    }
                     (Action::View(key), Some(t)) => t.key(key)?,
                     _ => {}
                 },
+                _ = recv(&mut sigusr2) => self.dump_now("SIGUSR2"),
                 _ = sigint.recv() => break End::Signal { signal: "SIGINT" },
                 _ = sigterm.recv() => break End::Signal { signal: "SIGTERM" },
                 _ = sighup.recv() => break End::Signal { signal: "SIGHUP" },
@@ -201,13 +233,34 @@ impl Session {
             seq += 1;
             let sections = self.sections(Window::Interval)?;
             self.export(&sections);
+            self.record(seq, now - started, now - last_report, &sections);
             out.interval(seq, now - started, now - last_report, &sections)
                 .context("writing to stdout")?;
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            r.finish();
         }
         let sections = self.sections(Window::Whole)?;
         out.summary(self.target.pid, started.elapsed(), seq, &end, &sections)
             .context("writing to stdout")?;
         Ok(end)
+    }
+}
+
+impl Session {
+    fn dump_now(&mut self, what: &str) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.request(Instant::now(), what.to_string(), format!("{what} received"));
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

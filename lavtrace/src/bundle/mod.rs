@@ -7,12 +7,12 @@
 
 mod config;
 mod environment;
-mod html;
+pub(crate) mod html;
 mod logs;
 mod report;
-mod resources;
+pub(crate) mod resources;
 mod run;
-mod summary;
+pub(crate) mod summary;
 mod usr1;
 
 use std::{

@@ -188,6 +188,10 @@ impl Workload {
     pub fn lavinmq() -> Preset {
         Preset::mode("lavinmq")
     }
+    /// Fast fsyncs at a pace and one slow one; prints each call's own timing before `done`.
+    pub fn slowsync() -> Preset {
+        Preset::mode("slowsync")
+    }
     /// A real AMQP client against the broker at `url`.
     pub fn amqp(url: &str) -> Preset {
         Preset::mode("amqp").flag("url", url)

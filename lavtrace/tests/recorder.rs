@@ -1,0 +1,186 @@
+//! The flight recorder (`trace --keep --dump-on`) against workloads whose slow calls and
+//! signals are known: which dumps appear, what their window holds, rate limiting, rotation.
+
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::{Trace, TraceArgs, Workload, require_root};
+use serde_json::Value;
+
+const SLOW: Duration = Duration::from_millis(10);
+
+fn dumps(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".tar.gz")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// (trace.json records, trigger.json) of a dump, unpacked with tar(1).
+fn unpack(archive: &Path) -> (Vec<Value>, Value) {
+    let out = tempfile::tempdir().unwrap();
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let top = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for f in ["trace.json", "trigger.json", "resources.txt", "report.html"] {
+        assert!(
+            top.join(f).is_file(),
+            "{f} missing in {}",
+            archive.display()
+        );
+    }
+    let trace = std::fs::read_to_string(top.join("trace.json")).unwrap();
+    let records = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let trigger =
+        serde_json::from_str(&std::fs::read_to_string(top.join("trigger.json")).unwrap()).unwrap();
+    (records, trigger)
+}
+
+fn recorder(w: &Workload, dir: &Path) -> TraceArgs {
+    Trace::of(w)
+        .probes("fsync")
+        .interval("200ms")
+        .flag("keep", "2s")
+        .flag("dump-dir", dir.display())
+}
+
+fn max_fsync_ns(record: &Value) -> u64 {
+    record["fsync"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["syscall"] == "fsync")
+        .map(|r| r["max_ns"].as_u64().unwrap())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_slow_fsync_gives_one_dump_with_the_time_before_and_after_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Workload::slowsync()
+        .flag("before", 20)
+        .flag("after", 6)
+        .flag("pace", "150ms")
+        .flag("dirty-mib", 128)
+        .spawn();
+    let trace = recorder(&w, dir.path())
+        .flag("dump-on", "fsync>10ms")
+        .flag("dump-after", "400ms")
+        .flag("dump-every", "1h")
+        .spawn();
+    w.go();
+    let took: Vec<u128> = w
+        .lines_until_done()
+        .iter()
+        .map(|l| l.strip_prefix("fsync ").unwrap().parse().unwrap())
+        .collect();
+    // The premise, from the process itself: the 21st call is the one slow one.
+    let slow: Vec<usize> = (0..took.len())
+        .filter(|&i| took[i] > SLOW.as_nanos())
+        .collect();
+    assert_eq!(slow, [20], "workload timings: {took:?}");
+    drop(w);
+    trace.records();
+    let files = dumps(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (records, trigger) = unpack(&files[0]);
+    assert_eq!(trigger["trigger"], "fsync>10ms");
+    assert_eq!(trigger["suppressed_before"], 0);
+    let hot: Vec<&Value> = records
+        .iter()
+        .filter(|r| max_fsync_ns(r) > 10_000_000)
+        .collect();
+    assert_eq!(hot.len(), 1, "exactly one interval holds the slow call");
+    assert_eq!(hot[0]["seq"], trigger["seq"]);
+    let t = hot[0]["elapsed_ms"].as_u64().unwrap();
+    let first = records[0]["elapsed_ms"].as_u64().unwrap();
+    let last = records.last().unwrap()["elapsed_ms"].as_u64().unwrap();
+    // --keep 2s before the trigger (to one interval), --dump-after 400ms after it.
+    assert!(
+        first + 2000 <= t + 200 && first + 2000 + 400 >= t,
+        "first {first}, trigger {t}"
+    );
+    assert!(last >= t + 400, "last {last}, trigger {t}");
+    assert!(records.iter().all(|r| r["type"] == "interval"));
+}
+
+/// A trace of an idle-ish workload (fast fsyncs only) with SIGUSR2 sent at `at` (ms after go);
+/// returns the dumps' trigger.json, oldest first.
+fn signalled(at_ms: &[u64], every: &str, keep_files: u64) -> (Vec<Value>, usize) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Workload::slowsync()
+        .flag("before", 20)
+        .flag("after", 0)
+        .flag("pace", "150ms")
+        .flag("dirty-mib", 0)
+        .spawn();
+    let trace = recorder(&w, dir.path())
+        .flag("dump-after", "0s")
+        .flag("dump-every", every)
+        .flag("dump-keep", keep_files)
+        .spawn();
+    w.go();
+    let start = std::time::Instant::now();
+    for &ms in at_ms {
+        let due = start + Duration::from_millis(ms);
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        trace.signal(libc::SIGUSR2);
+    }
+    // Its timings, then done.
+    w.lines_until_done();
+    drop(w);
+    trace.records();
+    let files = dumps(dir.path());
+    let n = files.len();
+    let mut triggers: Vec<Value> = files.iter().map(|f| unpack(f).1).collect();
+    triggers.sort_by_key(|t| t["dump"].as_u64());
+    (triggers, n)
+}
+
+#[test]
+fn sigusr2_gives_a_dump() {
+    let (triggers, n) = signalled(&[1000], "1h", 5);
+    assert_eq!(n, 1);
+    assert_eq!(triggers[0]["trigger"], "SIGUSR2");
+}
+
+#[test]
+fn triggers_inside_dump_every_are_counted_in_the_next_dump() {
+    let (triggers, n) = signalled(&[300, 600, 1900], "1s", 5);
+    assert_eq!(n, 2);
+    assert_eq!(triggers[0]["suppressed_before"], 0);
+    assert_eq!(triggers[1]["suppressed_before"], 1);
+}
+
+#[test]
+fn old_dumps_are_removed_beyond_dump_keep() {
+    let (triggers, n) = signalled(&[300, 900, 1500], "0s", 2);
+    assert_eq!(n, 2);
+    let kept: Vec<u64> = triggers
+        .iter()
+        .map(|t| t["dump"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [2, 3], "the newest two stay");
+}
