@@ -63,6 +63,11 @@ pub struct Namer {
     cache: HashMap<Arc<str>, Arc<Naming>>,
 }
 
+fn same_mount_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    ns("self").is_some_and(|mine| ns(&pid.to_string()) == Some(mine))
+}
+
 fn unnamed(r: &Resolved) -> bool {
     r.vhost.fell_back() || r.queue.as_ref().is_some_and(|q| q.fell_back())
 }
@@ -70,7 +75,16 @@ fn unnamed(r: &Resolved) -> bool {
 impl Namer {
     pub fn seed(pid: u32) -> Namer {
         Namer {
-            names: data_dir::find(pid).map(|(dir, _)| Names::load_for_pid(pid, &dir)),
+            names: data_dir::find(pid).map(|(dir, _)| {
+                // Through /proc/PID/root only when the target is in another mount namespace:
+                // that link dies with the target, and a ring drained after its exit must
+                // still name what it did.
+                if same_mount_namespace(pid) {
+                    Names::load(std::path::Path::new(&dir))
+                } else {
+                    Names::load_for_pid(pid, &dir)
+                }
+            }),
             cache: HashMap::new(),
         }
     }
