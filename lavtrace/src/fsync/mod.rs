@@ -48,6 +48,8 @@ struct Key {
 pub struct PathInfo {
     pub kind: lavinmq::Kind,
     pub display: String,
+    /// The LavinMQ queue the file belongs to (JSON `queue`).
+    pub queue: Option<storage::naming::QueueRef>,
     pub mount: Option<report::MountRef>,
 }
 
@@ -95,7 +97,13 @@ impl State {
         let error = is_error(call.ret);
         // Worked out now, while the file still exists (the data dir is recognised by its
         // contents; a segment may be deleted before the next report).
-        let info = info_of(&mut self.infos, &self.mounts, self.pid, &path);
+        let info = info_of(
+            &mut self.infos,
+            &self.mounts,
+            &mut self.model.names,
+            self.pid,
+            &path,
+        );
         let tid = self.threads.as_mut().map(|names| {
             // Named now, while the thread still exists.
             names.name(call.tid);
@@ -136,7 +144,13 @@ impl State {
         let mut rows: Vec<FsyncRow> = which
             .iter()
             .map(|(k, l)| {
-                let info = info_of(&mut self.infos, &self.mounts, self.pid, &k.path);
+                let info = info_of(
+                    &mut self.infos,
+                    &self.mounts,
+                    &mut self.model.names,
+                    self.pid,
+                    &k.path,
+                );
                 let mut row = FsyncRow::new(k.nr, &k.path, k.flags, &info, l);
                 if let (Some(tid), Some(names)) = (k.tid, self.threads.as_mut()) {
                     row.tid = Some(tid);
@@ -160,6 +174,7 @@ impl State {
 fn info_of(
     infos: &mut HashMap<Arc<str>, Arc<PathInfo>>,
     mounts: &Mounts,
+    names: &mut storage::naming::Namer,
     pid: u32,
     path: &Arc<str>,
 ) -> Arc<PathInfo> {
@@ -182,9 +197,11 @@ fn info_of(
                     fstype: m.fstype.clone(),
                     source: m.source.clone(),
                 });
+            let naming = names.name(path);
             Arc::new(PathInfo {
                 kind,
-                display: lavinmq::display(path),
+                display: naming.display.clone(),
+                queue: naming.queue.clone(),
                 mount,
             })
         })

@@ -57,6 +57,8 @@ pub struct FsyncRow {
     pub tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread: Option<String>,
+    /// The LavinMQ queue of the file; null outside a queue dir.
+    pub queue: Option<crate::storage::naming::QueueRef>,
     #[serde(skip)]
     pub display: String,
 }
@@ -95,6 +97,7 @@ impl FsyncRow {
             histogram,
             tid: None,
             thread: None,
+            queue: info.queue.clone(),
             display: info.display.clone(),
         }
     }
@@ -259,6 +262,7 @@ mod tests {
         let info = PathInfo {
             kind: Kind::DataDir,
             display: "/var/lib/lavinmq".into(),
+            queue: None,
             mount: Some(MountRef {
                 point: "/".into(),
                 fstype: "ext4".into(),

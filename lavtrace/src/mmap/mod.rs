@@ -147,6 +147,10 @@ impl State {
         if let Some(names) = self.names.as_mut() {
             names.name(call.tid);
         }
+        // Named now, while the file (and its queue's `.queue`) still exists.
+        for (file, _) in &per_file {
+            self.model.names.name(file);
+        }
         let per_thread = self.names.is_some();
         for c in [&mut self.interval, &mut self.total] {
             if per_thread {
@@ -283,9 +287,9 @@ impl Tracer {
             self.live = Some(n);
         }
         let now = Instant::now();
+        let mut st = storage::lock(&self.state);
+        let st = &mut *st;
         let (counters, secs, lost, threads) = {
-            let mut st = storage::lock(&self.state);
-            let st = &mut *st;
             if whole {
                 let threads = report::thread_rows(&st.total, st.names.as_mut());
                 (
@@ -308,6 +312,7 @@ impl Tracer {
             self.live,
             self.max_map_count,
             &mut self.kinds,
+            &mut st.model.names,
         );
         section.threads = threads;
         (section, lost)

@@ -42,6 +42,8 @@ pub struct FileRow {
     /// Bytes mapped (mmap lengths, mremap growth).
     pub bytes: u64,
     pub bytes_unmapped: u64,
+    /// The LavinMQ queue of the file; null outside a queue dir.
+    pub queue: Option<crate::storage::naming::QueueRef>,
     #[serde(skip)]
     pub display: String,
 }
@@ -181,6 +183,7 @@ pub(super) fn section(
     live: Option<u64>,
     max_map_count: Option<u64>,
     kinds: &mut KindCache,
+    names: &mut crate::storage::naming::Namer,
 ) -> MmapSection {
     let syscalls = c
         .syscalls
@@ -203,16 +206,20 @@ pub(super) fn section(
     let mut files: Vec<FileRow> = c
         .files
         .iter()
-        .map(|(path, f)| FileRow {
-            path: path.to_string(),
-            kind: kinds.kind(path),
-            mmaps: f.mmaps,
-            munmaps: f.munmaps,
-            mremaps: f.mremaps,
-            madvises: f.madvises,
-            bytes: f.bytes,
-            bytes_unmapped: f.bytes_unmapped,
-            display: lavinmq::display(path),
+        .map(|(path, f)| {
+            let naming = names.name(path);
+            FileRow {
+                path: path.to_string(),
+                kind: kinds.kind(path),
+                mmaps: f.mmaps,
+                munmaps: f.munmaps,
+                mremaps: f.mremaps,
+                madvises: f.madvises,
+                bytes: f.bytes,
+                bytes_unmapped: f.bytes_unmapped,
+                queue: naming.queue.clone(),
+                display: naming.display.clone(),
+            }
         })
         .collect();
     files.sort_by(|a, b| {
@@ -409,6 +416,7 @@ mod tests {
             Some(100),
             Some(65530),
             &mut KindCache::new(std::process::id()),
+            &mut crate::storage::naming::Namer::with(None),
         );
         assert_eq!(s.syscalls[0].calls_per_s, 1.0);
         assert_eq!(s.syscalls[0].bytes_per_s, (8 << 20) as f64);
@@ -428,6 +436,7 @@ mod tests {
             Some(60_000),
             Some(65_530),
             &mut KindCache::new(std::process::id()),
+            &mut crate::storage::naming::Namer::with(None),
         );
         assert!(s.map_count_warning);
         let mut out = String::new();
@@ -450,6 +459,7 @@ mod tests {
             Some(100),
             Some(65_530),
             &mut KindCache::new(std::process::id()),
+            &mut crate::storage::naming::Namer::with(None),
         );
         let mut out = String::new();
         write_text(&mut out, &quiet, 10);

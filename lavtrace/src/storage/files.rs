@@ -76,6 +76,11 @@ impl FdTable {
         }
     }
 
+    /// The path the table holds for `fd`, without asking /proc.
+    pub fn known(&self, fd: i32) -> Option<Arc<str>> {
+        self.fds.get(&fd).cloned()
+    }
+
     /// The path behind `fd`: from the table, else (an fd we never saw opened) from /proc.
     pub fn path(&mut self, fd: i32) -> Arc<str> {
         if let Some(p) = self.fds.get(&fd) {

@@ -5,6 +5,7 @@
 pub mod files;
 pub mod lavinmq;
 pub mod maps;
+pub mod naming;
 
 use std::{
     sync::{Arc, Mutex},
@@ -23,6 +24,7 @@ use crate::{
 };
 use files::FdTable;
 use maps::{ANONYMOUS, Mappings, Piece};
+use naming::Namer;
 
 /// Syscall numbers of this architecture, as the kernel reports them in each record.
 pub mod nr {
@@ -77,6 +79,7 @@ pub enum MapChange {
 pub struct Model {
     pub fds: FdTable,
     pub maps: Mappings,
+    pub names: Namer,
 }
 
 impl Model {
@@ -86,6 +89,7 @@ impl Model {
         Model {
             fds: FdTable::seed(pid),
             maps: Mappings::seed(pid),
+            names: Namer::seed(pid),
         }
     }
 
@@ -97,6 +101,9 @@ impl Model {
                 let len = o.path.iter().position(|&b| b == 0).unwrap_or(o.path.len());
                 self.fds
                     .open(o.fd, o.dfd, &String::from_utf8_lossy(&o.path[..len]));
+                if let Some(path) = self.fds.known(o.fd) {
+                    self.names.opened(&path);
+                }
                 None
             }
             Record::Close(c) => {

@@ -89,6 +89,7 @@ fn syncfs_row() -> FsyncRow {
         ],
         tid: Some(4242),
         thread: Some("Publish confirm".into()),
+        queue: None,
         display: "/var/lib/lavinmq (data dir)".into(),
     }
 }

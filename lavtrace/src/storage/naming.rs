@@ -1,0 +1,184 @@
+//! The names an operator knows a storage path by (`vhost / · queue perf-test · msgs.N`),
+//! shared by the storage families so that fsync and mmap name files alike.
+//!
+//! Each path is resolved once and the answer kept: a deleted queue keeps the name it had
+//! while its files existed. The data dir is read again only when a path under a queue dir
+//! not named yet is opened (`opened`, fed by the openat bookkeeping), never polled.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Serialize;
+
+use crate::lavinmq::{
+    data_dir,
+    names::{Names, Resolved},
+};
+
+use super::lavinmq;
+
+/// The `queue` object of a JSON row: names (null when the data dir did not give one, the
+/// text then shows the hash marked with `#`) and hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueRef {
+    pub vhost: Option<String>,
+    pub vhost_hash: String,
+    pub name: Option<String>,
+    pub hash: String,
+}
+
+/// What a path is called, worked out once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    /// Text form: the resolved name, else the shortened hash path (`lavinmq::display`).
+    pub display: String,
+    /// None outside a queue dir.
+    pub queue: Option<QueueRef>,
+}
+
+impl Naming {
+    fn of(path: &str, resolved: Option<&Resolved>) -> Naming {
+        match resolved {
+            Some(r) => Naming {
+                display: r.to_string(),
+                queue: r.queue.as_ref().map(|q| QueueRef {
+                    vhost: r.vhost.name.clone(),
+                    vhost_hash: r.vhost.hash.clone(),
+                    name: q.name.clone(),
+                    hash: q.hash.clone(),
+                }),
+            },
+            None => Naming {
+                display: lavinmq::display(path),
+                queue: None,
+            },
+        }
+    }
+}
+
+/// The target's data dir names, and every path named so far.
+pub struct Namer {
+    /// None when the target has no LavinMQ data dir we could find: paths keep their
+    /// shortened form.
+    names: Option<Names>,
+    cache: HashMap<Arc<str>, Arc<Naming>>,
+}
+
+fn same_mount_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    ns("self").is_some_and(|mine| ns(&pid.to_string()) == Some(mine))
+}
+
+fn unnamed(r: &Resolved) -> bool {
+    r.vhost.fell_back() || r.queue.as_ref().is_some_and(|q| q.fell_back())
+}
+
+impl Namer {
+    pub fn seed(pid: u32) -> Namer {
+        Namer {
+            names: data_dir::find(pid).map(|(dir, _)| {
+                // Through /proc/PID/root only when the target is in another mount namespace:
+                // that link dies with the target, and a ring drained after its exit must
+                // still name what it did.
+                if same_mount_namespace(pid) {
+                    Names::load(std::path::Path::new(&dir))
+                } else {
+                    Names::load_for_pid(pid, &dir)
+                }
+            }),
+            cache: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with(names: Option<Names>) -> Namer {
+        Namer {
+            names,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The target opened `path`: named now, reading the data dir again if the path is under
+    /// a vhost or queue not named yet (a queue just declared), while its files exist.
+    pub fn opened(&mut self, path: &Arc<str>) {
+        let Some(names) = self.names.as_mut() else {
+            return;
+        };
+        if self.cache.get(path).is_some_and(|n| {
+            n.queue
+                .as_ref()
+                .is_none_or(|q| q.name.is_some() && q.vhost.is_some())
+        }) {
+            return;
+        }
+        let resolved = match names.resolve(path) {
+            Some(r) if unnamed(&r) => names.resolve_fresh(path),
+            r => r,
+        };
+        self.cache
+            .insert(path.clone(), Arc::new(Naming::of(path, resolved.as_ref())));
+    }
+
+    /// How `path` is shown; resolved (with one re-read if it is not named yet) on first use.
+    pub fn name(&mut self, path: &Arc<str>) -> Arc<Naming> {
+        if let Some(n) = self.cache.get(path) {
+            return n.clone();
+        }
+        let resolved = self
+            .names
+            .as_mut()
+            .and_then(|names| match names.resolve(path) {
+                Some(r) if unnamed(&r) => names.resolve_fresh(path),
+                r => r,
+            });
+        let naming = Arc::new(Naming::of(path, resolved.as_ref()));
+        self.cache.insert(path.clone(), naming.clone());
+        naming
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lavtrace_common::definitions::dir_hash;
+
+    #[test]
+    fn a_queue_keeps_the_name_it_had_when_its_files_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (v, q) = (dir_hash("/"), dir_hash("perf-test-2"));
+        std::fs::write(
+            root.join("vhosts.json"),
+            format!(r#"[{{"name":"/","dir":"{v}"}}]"#),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join(&v).join(&q)).unwrap();
+        let mut namer = Namer::with(Some(Names::load(root)));
+        // Declared after the load: named on its open.
+        std::fs::write(root.join(&v).join(&q).join(".queue"), "perf-test-2").unwrap();
+        let seg: Arc<str> = Arc::from(format!("{}/{v}/{q}/msgs.0000000001", root.display()));
+        namer.opened(&seg);
+        std::fs::remove_dir_all(root.join(&v).join(&q)).unwrap();
+        let n = namer.name(&seg);
+        assert_eq!(n.display, "vhost / · queue perf-test-2 · msgs.0000000001");
+        assert_eq!(
+            n.queue,
+            Some(QueueRef {
+                vhost: Some("/".into()),
+                vhost_hash: v.clone(),
+                name: Some("perf-test-2".into()),
+                hash: q.clone(),
+            })
+        );
+        // Never named: the hash, marked.
+        let other = dir_hash("gone");
+        let path: Arc<str> = Arc::from(format!("{}/{v}/{other}/acks.0000000001", root.display()));
+        let n = namer.name(&path);
+        assert_eq!(
+            n.display,
+            format!("vhost / · queue #{} · acks.0000000001", &other[..8])
+        );
+        assert_eq!(n.queue.as_ref().unwrap().name, None);
+        // Outside the data dir: unchanged.
+        assert_eq!(namer.name(&Arc::from("/etc/hosts")).display, "/etc/hosts");
+    }
+}
