@@ -191,26 +191,16 @@ fn a_zombie_exits_8() {
 #[test]
 fn pid_1_is_traced() {
     common::require_root();
-    let out = Command::new(LAVTRACE)
-        .args([
-            "trace",
-            "--pid",
-            "1",
-            "--probes",
-            "syscalls",
-            "--duration",
-            "300ms",
-        ])
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let records = common::lavtrace_json(&[
+        "trace",
+        "--pid",
+        "1",
+        "--probes",
+        "syscalls",
+        "--duration",
+        "300ms",
+    ]);
+    let last = records.last().unwrap();
     assert_eq!(last["type"], "summary");
     assert_eq!(last["pid"], 1);
 }

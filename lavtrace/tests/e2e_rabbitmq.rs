@@ -116,28 +116,7 @@ fn traces_a_real_broker_under_a_real_client() {
 fn demo_traces_the_broker_behind_an_amqp_url() {
     require_root();
     let broker = RabbitMq::start();
-    let out = std::process::Command::new(common::LAVTRACE)
-        .args([
-            "demo",
-            "--amqp",
-            &broker.url(),
-            "--duration",
-            "4s",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let records: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = common::lavtrace_json(&["demo", "--amqp", &broker.url(), "--duration", "4s"]);
     assert_eq!(records[0]["target"]["pid"], broker.pid);
     let summary = records.last().unwrap();
     assert_eq!(summary["end"]["reason"], "duration");

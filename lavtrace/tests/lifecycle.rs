@@ -109,11 +109,8 @@ fn follow_reattaches_when_the_target_restarts() {
     assert!(rest.is_empty(), "nothing after the last summary: {rest:?}");
 }
 
-/// `--duration` a multiple of `--interval` ends on the last tick: no empty final interval, and
-/// every interval has CPU shares (a vanishing window once printed "lavtrace 99.93 % CPU").
-#[test]
-fn a_duration_on_a_tick_ends_with_that_interval() {
-    require_root();
+/// The records of `--probes syscalls --interval 1s --duration DURATION` on a sleeping process.
+fn trace_a_sleeper(duration: &str) -> Vec<serde_json::Value> {
     let _serial = serial();
     let mut target = std::process::Command::new("sleep")
         .arg("30")
@@ -122,10 +119,19 @@ fn a_duration_on_a_tick_ends_with_that_interval() {
     let records = Trace::pid(target.id())
         .probes("syscalls")
         .interval("1s")
-        .flag("duration", "2s")
+        .flag("duration", duration)
         .spawn()
         .records();
     let _ = (target.kill(), target.wait());
+    records
+}
+
+/// `--duration` a multiple of `--interval` ends on the last tick: no empty final interval, and
+/// every interval has CPU shares (a vanishing window once printed "lavtrace 99.93 % CPU").
+#[test]
+fn a_duration_on_a_tick_ends_with_that_interval() {
+    require_root();
+    let records = trace_a_sleeper("2s");
     let intervals: Vec<_> = records.iter().filter(|r| r["type"] == "interval").collect();
     let windows: Vec<u64> = intervals
         .iter()
@@ -155,18 +161,7 @@ fn a_duration_on_a_tick_ends_with_that_interval() {
 #[test]
 fn a_short_final_interval_has_no_shares() {
     require_root();
-    let _serial = serial();
-    let mut target = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    let records = Trace::pid(target.id())
-        .probes("syscalls")
-        .interval("1s")
-        .flag("duration", "1030ms")
-        .spawn()
-        .records();
-    let _ = (target.kill(), target.wait());
+    let records = trace_a_sleeper("1030ms");
     let intervals: Vec<_> = records.iter().filter(|r| r["type"] == "interval").collect();
     assert_eq!(intervals.len(), 2);
     let last = intervals[1];

@@ -435,3 +435,21 @@ pub fn mmap_file_counts(row: &Value) -> [u64; 6] {
     ]
     .map(|k| row[k].as_u64().unwrap())
 }
+
+/// `lavtrace ARGS --format json` to its end: every record, after checking it exited 0.
+pub fn lavtrace_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(LAVTRACE)
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
