@@ -27,7 +27,7 @@ use std::{
     },
 };
 
-use lavtrace_common::definitions as names;
+use lavtrace_common::{definitions as names, disk::check};
 
 /// The broker's comm, and its syncfs thread's (fact: both are plain `lavinmq`).
 pub const COMM: &str = "lavinmq";
@@ -73,14 +73,6 @@ static GC_CYCLES: AtomicU64 = AtomicU64::new(0);
 /// Threads stopped / resumed in the current burst.
 static STOPPED: AtomicU64 = AtomicU64::new(0);
 static RESUMED: AtomicU64 = AtomicU64::new(0);
-
-fn check(rc: libc::c_long, what: &str) -> io::Result<libc::c_long> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(rc)
-}
 
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
