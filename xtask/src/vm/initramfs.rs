@@ -171,6 +171,8 @@ mount -t sysfs sysfs /sys
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
+# POSIX shared memory, as on any host (the slowsync workload's fast fsyncs go to /dev/shm).
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 # No tmpfs over /tmp: the root is already in RAM and writable, and the host's build may live
 # under /tmp (a CI clone), where a mount would hide it.
 chmod 1777 /tmp
