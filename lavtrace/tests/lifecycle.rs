@@ -165,9 +165,19 @@ fn a_short_final_interval_has_no_shares() {
     let intervals: Vec<_> = records.iter().filter(|r| r["type"] == "interval").collect();
     assert_eq!(intervals.len(), 2);
     let last = intervals[1];
-    assert!(last["window_ms"].as_u64().unwrap() < 100, "{last}");
-    assert!(last["overhead"]["lavtrace_cpu_pct"].is_null(), "{last}");
-    assert!(last["overhead"]["kernel_cpu_pct"].is_null(), "{last}");
+    // Nominally 30 ms; a slow guest can end it later. The rule holds either way: no shares
+    // below 100 ms, shares from there on.
+    let short = last["window_ms"].as_u64().unwrap() < 100;
+    assert_eq!(
+        last["overhead"]["lavtrace_cpu_pct"].is_null(),
+        short,
+        "{last}"
+    );
+    assert_eq!(
+        last["overhead"]["kernel_cpu_pct"].is_null(),
+        short,
+        "{last}"
+    );
     assert!(intervals[0]["overhead"]["lavtrace_cpu_pct"].is_f64());
     assert!(records.last().unwrap()["overhead"]["lavtrace_cpu_pct"].is_f64());
 }

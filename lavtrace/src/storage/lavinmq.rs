@@ -89,8 +89,20 @@ pub fn classify(path: &str) -> Kind {
 /// target's root (`path` is as the target sees it, maybe in a container).
 pub fn classify_on_disk(path: &str, pid: u32) -> Kind {
     match classify(path) {
-        Kind::File if is_data_dir(Path::new(&format!("/proc/{pid}/root{path}"))) => Kind::DataDir,
+        Kind::File if is_data_dir(&seen_by(pid, path)) => Kind::DataDir,
         kind => kind,
+    }
+}
+
+/// `path` as the target sees it: through its root while it lives; once it has exited (a ring
+/// drained after its end), as lavtrace sees it, which is the same file unless the target had
+/// a mount namespace of its own.
+fn seen_by(pid: u32, path: &str) -> std::path::PathBuf {
+    let root = format!("/proc/{pid}/root");
+    if Path::new(&root).exists() {
+        Path::new(&format!("{root}{path}")).to_path_buf()
+    } else {
+        Path::new(path).to_path_buf()
     }
 }
 
