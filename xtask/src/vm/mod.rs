@@ -29,6 +29,9 @@ const BUSYBOX: &str = "/bin/busybox";
 /// Debian packages the matrix needs on the host, with a file each provides.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
 
+/// The recorder test that needs a disk whose fsync takes time (the host's).
+const GUEST_SKIPS_SLOW_FSYNC: &str = "one_slow_fsync_gives_one_dump";
+
 /// Test binaries the guests do not run: `cli` exercises the CLI with host tools (a real
 /// /bin/sleep, unprivileged runs) and loads no eBPF; `e2e_rabbitmq` needs a RabbitMQ
 /// installation (Erlang and all), which the minimal guest does not carry; `metrics` tests the
@@ -205,7 +208,14 @@ fn guest_runs(build: &Build, timeout: u64) -> Vec<initramfs::Run> {
         timeout,
     };
     for (name, program) in &build.tests {
-        runs.push(test(name.clone(), vec![], program));
+        let mut run = test(name.clone(), vec![], program);
+        // The guest's root is in RAM: no fsync there is slow, so the test built on one slow
+        // fsync among fast ones has nothing to find. The recorder's other tests run.
+        if name == "recorder" {
+            run.args
+                .extend(["--skip".into(), GUEST_SKIPS_SLOW_FSYNC.into()]);
+        }
+        runs.push(run);
         if name == "tcp" {
             runs.push(test(
                 "tcp(kprobe)".into(),
