@@ -66,6 +66,9 @@ impl Target {
         let mut matches: Vec<u32> = all_pids()?
             .into_iter()
             .filter(|&pid| pid != me && read_comm(pid).as_deref() == Some(comm))
+            // A process that has exited but is not yet reaped keeps its name: `--follow`
+            // would otherwise find the broker it just lost and refuse it as a zombie.
+            .filter(|&pid| !is_zombie(pid))
             .collect();
         matches.sort_unstable();
         match matches.as_slice() {
@@ -119,6 +122,15 @@ fn unsuitable(pid: u32, status: &str) -> Result<(), Fatal> {
         )));
     }
     Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(proc_path(pid, "status")).is_ok_and(|status| {
+        matches!(
+            status_field(&status, "State:").and_then(|s| s.get(..1)),
+            Some("Z" | "X")
+        )
+    })
 }
 
 fn proc_path(pid: u32, file: &str) -> PathBuf {
@@ -236,6 +248,34 @@ mod tests {
             err.downcast_ref::<Fatal>(),
             Some(Fatal::Target(_))
         ));
+    }
+
+    #[test]
+    fn an_unreaped_process_is_not_found_by_name_and_refused_by_pid() {
+        let dir = std::env::temp_dir().join(format!("lvt-zombie-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let name = format!("lvtz{}", std::process::id() % 1_000_000);
+        let exe = dir.join(&name);
+        fs::copy("/bin/true", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe).spawn().unwrap();
+        let pid = child.id();
+        while !is_zombie(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let by_name = Target::from_comm(&name);
+        let by_pid = Target::from_pid(pid);
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(&dir);
+        let err = by_name.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Fatal>(), Some(Fatal::Target(_))),
+            "{err}"
+        );
+        let err = by_pid.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Fatal>(), Some(Fatal::Unsuitable(_))),
+            "{err}"
+        );
     }
 
     #[test]
