@@ -3,6 +3,7 @@
 mod bench;
 mod broker;
 mod dist;
+mod readme_run;
 mod setup;
 mod vm;
 
@@ -37,7 +38,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up (with the test servers), then check formatting, run clippy (userspace and eBPF),
-    /// every test, and the package test. The eBPF integration tests need root.
+    /// every test, the package test, and README's `cargo xtask run` against a LavinMQ-shaped
+    /// workload named `lavinmq`. The eBPF integration tests need root.
     Test,
     /// Build a release binary (kernel object embedded) and a Debian package of it, with the
     /// man page, shell completions, systemd unit and Grafana dashboard: target/dist/*.deb.
@@ -45,6 +47,9 @@ enum Task {
     /// Build the package, install it here, run the installed `lavtrace check` and a short
     /// demo, then purge it and check nothing is left. Needs root; part of `test`.
     PackageTest,
+    /// README's `cargo xtask run` against a LavinMQ-shaped workload named `lavinmq`: its
+    /// output must name the queues. Needs root and the test build; part of `test`.
+    ReadmeRun,
     /// Format check and clippy only (userspace crates and the eBPF crate).
     Lint,
     /// Measure what tracing costs next to strace, perf trace and bpftrace; writes BENCHMARKS.md.
@@ -107,12 +112,15 @@ fn run(task: Task) -> Result<()> {
             setup::run(Job::Test)?;
             lint()?;
             cargo(&["test", "--workspace", "--exclude", "lavtrace-ebpf"])?;
-            dist::package_test()
+            dist::package_test()?;
+            // After the package: its release build is the one `run` then reuses.
+            readme_run::check()
         }
         Task::Dist => {
             setup::run(Job::Run)?;
             dist::run().map(drop)
         }
+        Task::ReadmeRun => readme_run::check(),
         Task::PackageTest => {
             setup::run(Job::Run)?;
             dist::package_test()

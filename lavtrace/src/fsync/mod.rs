@@ -54,7 +54,6 @@ pub struct PathInfo {
 }
 
 struct State {
-    pid: u32,
     model: Model,
     mounts: Mounts,
     infos: HashMap<Arc<str>, Arc<PathInfo>>,
@@ -97,13 +96,7 @@ impl State {
         let error = is_error(call.ret);
         // Worked out now, while the file still exists (the data dir is recognised by its
         // contents; a segment may be deleted before the next report).
-        let info = info_of(
-            &mut self.infos,
-            &self.mounts,
-            &mut self.model.names,
-            self.pid,
-            &path,
-        );
+        let info = info_of(&mut self.infos, &self.mounts, &mut self.model.names, &path);
         let tid = self.threads.as_mut().map(|names| {
             // Named now, while the thread still exists.
             names.name(call.tid);
@@ -148,7 +141,6 @@ impl State {
                     &mut self.infos,
                     &self.mounts,
                     &mut self.model.names,
-                    self.pid,
                     &k.path,
                 );
                 let mut row = FsyncRow::new(k.nr, &k.path, k.flags, &info, l);
@@ -175,7 +167,6 @@ fn info_of(
     infos: &mut HashMap<Arc<str>, Arc<PathInfo>>,
     mounts: &Mounts,
     names: &mut storage::naming::Namer,
-    pid: u32,
     path: &Arc<str>,
 ) -> Arc<PathInfo> {
     infos
@@ -186,7 +177,7 @@ fn info_of(
             } else if &**path == maps::ANONYMOUS {
                 lavinmq::Kind::Anonymous
             } else {
-                lavinmq::classify_on_disk(path, pid)
+                names.kind(path)
             };
             let mount = path
                 .starts_with('/')
@@ -314,7 +305,6 @@ impl Tracer {
         }
         hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::FSYNC)?);
         let state = Arc::new(Mutex::new(State {
-            pid,
             model: Model::seed(pid),
             mounts: Mounts::read(pid),
             infos: HashMap::new(),

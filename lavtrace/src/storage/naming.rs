@@ -5,7 +5,10 @@
 //! while its files existed. The data dir is read again only when a path under a queue dir
 //! not named yet is opened (`opened`, fed by the openat bookkeeping), never polled.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
@@ -55,12 +58,39 @@ impl Naming {
     }
 }
 
+/// The kind of `path`, by its name, else by what it holds now or held when it was opened.
+impl Namer {
+    pub fn kind(&self, path: &Arc<str>) -> lavinmq::Kind {
+        match lavinmq::classify_on_disk(path, self.pid) {
+            lavinmq::Kind::File if self.data_dirs.contains(path) => lavinmq::Kind::DataDir,
+            kind => kind,
+        }
+    }
+}
+
+/// The target's open directories that are data dirs, as it sees them.
+fn open_data_dirs(pid: u32) -> HashSet<Arc<str>> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|p| p.to_str().map(Arc::<str>::from))
+        .filter(|p| lavinmq::classify_on_disk(p, pid) == lavinmq::Kind::DataDir)
+        .collect()
+}
+
 /// The target's data dir names, and every path named so far.
 pub struct Namer {
     /// None when the target has no LavinMQ data dir we could find: paths keep their
     /// shortened form.
     names: Option<Names>,
     cache: HashMap<Arc<str>, Arc<Naming>>,
+    /// Directories recognised as a data dir while they existed (the target's open fds at
+    /// attach, then every directory it opens): a ring drained after the broker removed its
+    /// data dir (a test workload, a deleted vhost) still calls its syncfs a data dir's.
+    data_dirs: HashSet<Arc<str>>,
+    pid: u32,
 }
 
 fn same_mount_namespace(pid: u32) -> bool {
@@ -86,6 +116,8 @@ impl Namer {
                 }
             }),
             cache: HashMap::new(),
+            data_dirs: open_data_dirs(pid),
+            pid,
         }
     }
 
@@ -94,12 +126,17 @@ impl Namer {
         Namer {
             names,
             cache: HashMap::new(),
+            data_dirs: HashSet::new(),
+            pid: std::process::id(),
         }
     }
 
     /// The target opened `path`: named now, reading the data dir again if the path is under
     /// a vhost or queue not named yet (a queue just declared), while its files exist.
     pub fn opened(&mut self, path: &Arc<str>) {
+        if lavinmq::classify_on_disk(path, self.pid) == lavinmq::Kind::DataDir {
+            self.data_dirs.insert(path.clone());
+        }
         let Some(names) = self.names.as_mut() else {
             return;
         };
@@ -140,6 +177,21 @@ impl Namer {
 mod tests {
     use super::*;
     use lavtrace_common::definitions::dir_hash;
+
+    #[test]
+    fn a_data_dir_stays_one_after_it_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join(".lock"), "").unwrap();
+        let path: Arc<str> = Arc::from(root.to_str().unwrap());
+        let mut namer = Namer::with(None);
+        namer.opened(&path);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(namer.kind(&path), lavinmq::Kind::DataDir);
+        // Never seen while it held a data dir's files: a plain file.
+        assert_eq!(Namer::with(None).kind(&path), lavinmq::Kind::File);
+    }
 
     #[test]
     fn a_queue_keeps_the_name_it_had_when_its_files_existed() {
