@@ -82,9 +82,61 @@ fn alive(pid: u32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
 }
 
-/// The page in headless Chromium: it renders its charts and logs nothing to the console.
-/// Skips (saying so) only when no Chromium is installed.
-fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
+/// `name="value"` of one tag's text (`<rect a="1" ...`), HTML's entity for `"` undone.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(
+        tag[start..start + len]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// What the page plotted, from the DOM Chromium rendered: (chart, series) → [(row, value)]
+/// for bars and columns, and timeline series → the values of their polyline.
+type Plotted = BTreeMap<(String, String), Vec<(String, String)>>;
+
+fn plotted(dom: &str) -> (Plotted, BTreeMap<String, Vec<f64>>) {
+    let mut bars = Plotted::new();
+    let mut lines = BTreeMap::new();
+    for tag in dom
+        .split('<')
+        .filter_map(|t| t.split_once('>').map(|(t, _)| t))
+    {
+        let Some(chart) = attr(tag, "data-chart") else {
+            continue;
+        };
+        let series = attr(tag, "data-series").unwrap();
+        let value = attr(tag, "data-value").unwrap();
+        if tag.starts_with("polyline ") {
+            let values = value.split(' ').map(|v| v.parse().unwrap()).collect();
+            assert!(lines.insert(series, values).is_none(), "{tag}");
+        } else {
+            assert!(tag.starts_with("rect "), "{tag}");
+            bars.entry((chart, series))
+                .or_insert_with(Vec::new)
+                .push((attr(tag, "data-row").unwrap(), value));
+        }
+    }
+    (bars, lines)
+}
+
+/// A row's `histogram` as the page labels it: (lo_ns, count) as strings.
+fn histogram_of(row: &serde_json::Value) -> Vec<(String, String)> {
+    row["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["lo_ns"].to_string(), b["count"].to_string()))
+        .collect()
+}
+
+/// The page in headless Chromium: it renders with nothing in the console, and what it
+/// plotted equals the trace's figures (latency and histogram per syscall, histogram per
+/// durability call, the four timeline series per interval). Skips (saying so) only when no
+/// Chromium is installed.
+fn check_in_chromium(html: &str, dir: &Path, records: &[serde_json::Value]) {
     let find = || {
         ["chromium", "chromium-browser"].into_iter().find(|b| {
             Command::new(b)
@@ -135,12 +187,121 @@ fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}");
     let dom = String::from_utf8_lossy(&out.stdout);
-    // Four series in the timeline; four bars (avg, p50, p99, max) per syscall plotted, plus
-    // one frame per series.
-    assert_eq!(dom.matches("<polyline").count(), 4, "{dom}");
+    let (bars, lines) = plotted(&dom);
+    let summary = records.last().unwrap();
+
+    // Per syscall: its four latency figures and its histogram, for the 20 most called.
+    let rows = summary["syscalls"].as_array().unwrap();
+    let by_name: BTreeMap<&str, &serde_json::Value> = rows
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r))
+        .collect();
+    let drawn: Vec<String> = bars
+        .keys()
+        .filter_map(|(chart, _)| chart.strip_prefix("syscall ").map(str::to_string))
+        .collect();
+    assert_eq!(drawn.len(), rows.len().min(20), "{drawn:?}");
+    let least_drawn = drawn
+        .iter()
+        .map(|n| by_name[n.as_str()]["count"].as_u64().unwrap())
+        .min();
+    for name in &drawn {
+        let row = by_name[name.as_str()];
+        assert!(
+            !histogram_of(row).is_empty(),
+            "{name}: a syscall seen has buckets"
+        );
+        assert_eq!(
+            bars[&(format!("syscall {name}"), "calls".to_string())],
+            histogram_of(row),
+            "{name}"
+        );
+        for series in ["avg", "p50", "p99", "max"] {
+            let bar = &bars[&("latency".to_string(), series.to_string())];
+            let v = bar.iter().find(|(r, _)| r == name).map(|(_, v)| v.clone());
+            assert_eq!(
+                v,
+                Some(row[format!("{series}_ns")].to_string()),
+                "{name} {series}"
+            );
+        }
+    }
+    // The most called: none left out was called more than one drawn.
+    for r in rows {
+        if !drawn.iter().any(|n| r["name"] == n.as_str()) {
+            assert!(r["count"].as_u64() <= least_drawn, "{r} left out");
+        }
+    }
+
+    // Per durability row, in the trace's order: its histogram.
+    let fsync = summary["fsync"].as_array().unwrap();
+    assert!(!fsync.is_empty(), "the workload made durability calls");
+    for (i, row) in fsync.iter().enumerate() {
+        assert_eq!(
+            bars[&(format!("durability {i}"), "calls".to_string())],
+            histogram_of(row),
+            "{row}"
+        );
+    }
+
+    // The timeline: one point per interval record, each series computed here from the record.
+    let intervals: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["type"] == "interval").collect();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let expect: [(&str, Vec<f64>); 4] = [
+        (
+            "syscalls/s",
+            intervals
+                .iter()
+                .map(|r| {
+                    let calls: u64 = r["syscalls"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| u(&s["count"]))
+                        .sum();
+                    calls as f64 * 1000.0 / u(&r["window_ms"]).max(1) as f64
+                })
+                .collect(),
+        ),
+        (
+            "syncfs p99",
+            intervals
+                .iter()
+                .map(|r| {
+                    r["fsync"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|f| f["syscall"] == "syncfs")
+                        .map(|f| u(&f["p99_ns"]))
+                        .max()
+                        .unwrap_or(0) as f64
+                })
+                .collect(),
+        ),
+        (
+            "connections",
+            intervals
+                .iter()
+                .map(|r| r["tcp"]["connections"].as_array().unwrap().len() as f64)
+                .collect(),
+        ),
+        (
+            "mappings",
+            intervals
+                .iter()
+                .map(|r| u(&r["mmap"]["live_mappings"]) as f64)
+                .collect(),
+        ),
+    ];
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (series, values) in expect {
+        assert_eq!(lines[series], values, "{series}");
+    }
     assert!(
-        dom.matches("<rect").count() >= 4 * syscall_rows.min(20) + 4,
-        "{dom}"
+        lines["syncfs p99"].iter().any(|&v| v > 0.0),
+        "the workload's syncfs thread shows"
     );
 }
 
@@ -275,9 +436,7 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
         "{}",
         files["trace.txt"]
     );
-    let rows = summary["syscalls"].as_array().unwrap().len();
-
-    check_in_chromium(&files["report.html"], tmp.path(), rows);
+    check_in_chromium(&files["report.html"], tmp.path(), &records);
     w.finish();
 }
 

@@ -44,6 +44,7 @@ mod tests {
             p50_ns: 1,
             p99_ns: 1,
             max_ns: 1,
+            buckets: vec![(1, 1)],
         });
         let page = render("pid 1 <x>", "v", &s).unwrap();
         assert!(!page.contains("</script><b>"));

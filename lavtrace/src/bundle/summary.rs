@@ -27,6 +27,8 @@ pub struct Latency {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// (lower bound ns, count) of the run's log2 buckets, lowest to highest non-empty.
+    pub buckets: Vec<(u64, u64)>,
 }
 
 /// One durability row with its log2 histogram.
@@ -84,6 +86,7 @@ impl TraceSummary {
                 p50_ns: u(&row["p50_ns"]),
                 p99_ns: u(&row["p99_ns"]),
                 max_ns: u(&row["max_ns"]),
+                buckets: buckets(&row["histogram"]),
             })
             .collect();
         self.syscalls.sort_by_key(|s| std::cmp::Reverse(s.count));
@@ -98,10 +101,7 @@ impl TraceSummary {
                 count: u(&row["count"]),
                 p99_ns: u(&row["p99_ns"]),
                 max_ns: u(&row["max_ns"]),
-                buckets: rows(&row["histogram"])
-                    .iter()
-                    .map(|b| (u(&b["lo_ns"]), u(&b["count"])))
-                    .collect(),
+                buckets: buckets(&row["histogram"]),
             })
             .collect();
         self.lost_events = r["lost_events"]
@@ -110,6 +110,15 @@ impl TraceSummary {
         self.live_mappings = r["mmap"]["live_mappings"].as_u64();
         self.connections = r["tcp"]["connections"].as_array().map_or(0, Vec::len);
     }
+}
+
+/// A row's `histogram` as (lo_ns, count) pairs.
+fn buckets(h: &Value) -> Vec<(u64, u64)> {
+    h.as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| (u(&b["lo_ns"]), u(&b["count"])))
+        .collect()
 }
 
 fn point(r: &Value) -> Point {
@@ -142,7 +151,7 @@ mod tests {
         let nd = r#"{"type":"attached"}
 {"type":"interval","elapsed_ms":1000,"window_ms":500,"syscalls":[{"name":"read","count":10},{"name":"write","count":5}],"fsync":[{"syscall":"syncfs","p99_ns":900},{"syscall":"fsync","p99_ns":5000}],"tcp":{"connections":[{},{}]},"mmap":{"live_mappings":40}}
 not json
-{"type":"summary","duration_ms":2000,"syscalls":[{"name":"read","count":10,"p99_ns":7},{"name":"futex","count":20}],"fsync":[{"syscall":"syncfs","path":"/d","count":3,"histogram":[{"lo_ns":512,"hi_ns":1023,"count":3}]}],"lost_events":{"fsync":1,"tcp":2},"mmap":{"live_mappings":41},"tcp":{"connections":[]}}
+{"type":"summary","duration_ms":2000,"syscalls":[{"name":"read","count":10,"p99_ns":7,"histogram":[{"lo_ns":4,"hi_ns":7,"count":10}]},{"name":"futex","count":20}],"fsync":[{"syscall":"syncfs","path":"/d","count":3,"histogram":[{"lo_ns":512,"hi_ns":1023,"count":3}]}],"lost_events":{"fsync":1,"tcp":2},"mmap":{"live_mappings":41},"tcp":{"connections":[]}}
 "#;
         let s = TraceSummary::parse(nd);
         assert_eq!(s.malformed_lines, 1);
@@ -151,6 +160,8 @@ not json
         assert_eq!(s.timeline[0].syncfs_p99_ns, 900);
         assert_eq!(s.timeline[0].connections, 2);
         assert_eq!(s.syscalls[0].name, "futex");
+        assert_eq!(s.syscalls[1].buckets, vec![(4, 10)]);
+        assert!(s.syscalls[0].buckets.is_empty());
         assert_eq!(s.durability[0].buckets, vec![(512, 3)]);
         assert_eq!(s.lost_events, 3);
         assert_eq!(s.live_mappings, Some(41));
