@@ -17,15 +17,52 @@ use common::{LAVTRACE, Workload, require_root};
 /// Runs `lavtrace bundle ARGS -o DIR/b.tar.gz`, checks it exited 0, and returns the archive's
 /// files (path below the top directory → content) and lavtrace's stderr.
 fn bundle(dir: &Path, args: &[&str]) -> (BTreeMap<String, String>, String) {
-    let out = dir.join("b.tar.gz");
-    let run = Command::new(LAVTRACE)
+    finish_bundle(dir, start_bundle(dir, args))
+}
+
+fn start_bundle(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(LAVTRACE)
         .arg("bundle")
         .args(args)
         .arg("-o")
-        .arg(&out)
+        .arg(dir.join("b.tar.gz"))
         .stdin(Stdio::null())
-        .output()
-        .expect("running lavtrace bundle");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running lavtrace bundle")
+}
+
+/// Waits until both `trace` children of a bundle hold their programs, and the attach that
+/// follows loading has had time to finish.
+fn wait_for_traces(bundle: &std::process::Child) {
+    let pid = bundle.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let children: Vec<u32> = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if children.len() == 2
+            && children
+                .iter()
+                .all(|&c| !common::programs_held_by(c).is_empty())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the traces never loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+}
+
+fn finish_bundle(dir: &Path, child: std::process::Child) -> (BTreeMap<String, String>, String) {
+    let out = dir.join("b.tar.gz");
+    let run = child.wait_with_output().expect("running lavtrace bundle");
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "bundle failed: {stderr}");
     assert_eq!(
@@ -436,6 +473,33 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
         "{}",
         files["trace.txt"]
     );
+    w.finish();
+}
+
+#[test]
+fn report_html_plots_what_the_trace_measured() {
+    require_root();
+    // Busy while traced this time: its durability calls, syncfs and mappings are on the page.
+    let mut w = Workload::lavinmq()
+        .flag("queues", 3)
+        .segments(2)
+        .syncfs(50)
+        .switch("wait")
+        .spawn();
+    let tmp = tempfile::tempdir().unwrap();
+    let child = start_bundle(
+        tmp.path(),
+        &["--pid", &w.pid.to_string(), "--duration", "4s"],
+    );
+    wait_for_traces(&child);
+    w.go();
+    // Its data dir line and the SIGUSR1 dump come before or among the work's output.
+    w.lines_until_done();
+    let (files, _) = finish_bundle(tmp.path(), child);
+    let records: Vec<serde_json::Value> = files["trace.json"]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     check_in_chromium(&files["report.html"], tmp.path(), &records);
     w.finish();
 }
