@@ -55,6 +55,23 @@ fn unpack(archive: &Path) -> (Vec<Value>, Value) {
     (records, trigger)
 }
 
+/// The figures report.html of a dump plots (the JSON inlined in its data script).
+fn page_data(archive: &Path) -> Value {
+    let out = std::process::Command::new("tar")
+        .arg("xzOf")
+        .arg(archive)
+        .arg("--wildcards")
+        .arg("*/report.html")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    let (_, rest) = page
+        .split_once(r#"<script id="data" type="application/json">"#)
+        .unwrap();
+    serde_json::from_str(rest.split_once("</script>").unwrap().0).unwrap()
+}
+
 fn recorder(w: &Workload, dir: &Path) -> TraceArgs {
     Trace::of(w)
         .probes("fsync")
@@ -123,6 +140,39 @@ fn one_slow_fsync_gives_one_dump_with_the_time_before_and_after_it() {
     );
     assert!(last >= t + 400, "last {last}, trigger {t}");
     assert!(records.iter().all(|r| r["type"] == "interval"));
+
+    // Its page has no summary record to read: it plots the kept intervals merged, the slow
+    // call in the fsync row's histogram.
+    let page = page_data(&files[0]);
+    assert_eq!(page["merged"], true);
+    let rows: Vec<&Value> = page["durability"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["label"].as_str().unwrap().starts_with("fsync "))
+        .collect();
+    // A row per file (the workload's fast file and its slow one).
+    assert!(!rows.is_empty(), "{page}");
+    let calls: u64 = records
+        .iter()
+        .flat_map(|r| r["fsync"].as_array().unwrap())
+        .filter(|f| f["syscall"] == "fsync")
+        .map(|f| f["count"].as_u64().unwrap())
+        .sum();
+    let sum = |f: &dyn Fn(&Value) -> u64| rows.iter().map(|r| f(r)).sum::<u64>();
+    assert_eq!(sum(&|r| r["count"].as_u64().unwrap()), calls, "{page}");
+    let in_buckets = sum(&|r| {
+        r["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum()
+    });
+    assert_eq!(in_buckets, calls, "{page}");
+    let max = rows.iter().map(|r| r["max_ns"].as_u64().unwrap()).max();
+    assert_eq!(max, Some(max_fsync_ns(hot[0])), "{page}");
+    assert_eq!(page["timeline"].as_array().unwrap().len(), records.len());
 }
 
 /// A trace of an idle-ish workload (fast fsyncs only) with SIGUSR2 sent at `at` (ms after go);

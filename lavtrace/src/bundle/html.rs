@@ -21,6 +21,8 @@ pub fn render(title: &str, version: &str, s: &TraceSummary) -> Result<String> {
         version,
         duration => units::ns(s.duration_ms.saturating_mul(1_000_000)),
         lost => s.lost_events,
+        merged => s.merged,
+        intervals => s.timeline.len(),
         top => TOP,
         data,
     };
