@@ -152,7 +152,7 @@ fn plotted(dom: &str) -> (Plotted, BTreeMap<String, Vec<f64>>) {
         } else {
             assert!(tag.starts_with("rect "), "{tag}");
             bars.entry((chart, series))
-                .or_insert_with(Vec::new)
+                .or_default()
                 .push((attr(tag, "data-row").unwrap(), value));
         }
     }
