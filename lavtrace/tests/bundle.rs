@@ -419,6 +419,36 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
     );
     assert_eq!(figure(r, "VmSize kB"), status_field(pid, "VmSize:"));
     assert_eq!(figure(r, "VmRSS kB"), status_field(pid, "VmRSS:"));
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_eq!(figure(r, "open files limit"), soft);
+    // The data dir's filesystem and its allocated bytes, from coreutils (stat -f: total
+    // blocks and the fundamental block size; du: allocated bytes).
+    let stat = Command::new("stat")
+        .args(["-f", "-c", "%b %S", &data_dir])
+        .output()
+        .unwrap();
+    let stat = String::from_utf8(stat.stdout).unwrap();
+    let (blocks, size) = stat.trim().split_once(' ').unwrap();
+    let total = blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap();
+    assert_eq!(figure(r, "disk size bytes"), total.to_string());
+    let du = Command::new("du")
+        .args(["-s", "-B1", &data_dir])
+        .output()
+        .unwrap();
+    let du = String::from_utf8(du.stdout).unwrap();
+    assert_eq!(
+        figure(r, "data dir bytes"),
+        du.split_whitespace().next().unwrap()
+    );
+    assert!(
+        !r.contains("listening: ") && !r.contains("connections "),
+        "no sockets: {r}"
+    );
     // The largest queues carry their names, not their hashes.
     for q in ["perf-test-2", "perf-test-3"] {
         assert!(r.contains(&format!("queue {q}")), "{r}");
@@ -589,7 +619,10 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
              def dump(n, f):\n    print('dump: fine', flush=True)\n    os.writev(1, [b'part one ', b'part two\\n'])\n    os.write(2, b'\\x00\\x01 not text\\n')\n\
              signal.signal(signal.SIGUSR1, dump)\n\
              s = socket.create_connection(('127.0.0.1', {port}))\n\
-             print('ready', flush=True)\n\
+             l = socket.socket()\n\
+             l.bind(('127.0.0.1', 0))\n\
+             l.listen()\n\
+             print('ready', l.getsockname()[1], flush=True)\n\
              while True:\n    s.sendall(b'{BODY} ' * 64)\n    os.write(1, b'')\n    time.sleep(0.005)\n"
         ),
     )
@@ -603,9 +636,24 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
         .spawn()
         .unwrap();
     let lines = common::Lines::new(target.stdout.take().unwrap());
-    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let ready = lines.next().unwrap();
+    let listening = ready.strip_prefix("ready ").unwrap();
     let pid = target.id();
     let (files, _) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "2s"]);
+    // Its sockets, as it made them: one listener, one connection.
+    let r = &files["resources.txt"];
+    let tcp: Vec<&str> = r
+        .lines()
+        .filter(|l| l.starts_with("listening: ") || l.starts_with("connections "))
+        .collect();
+    assert_eq!(
+        tcp,
+        [
+            format!("listening: 127.0.0.1:{listening}"),
+            "connections ESTABLISHED: 1".to_string()
+        ],
+        "{r}"
+    );
     assert_eq!(lines.next().as_deref(), Some("dump: fine"));
     target.kill().unwrap();
     target.wait().unwrap();
