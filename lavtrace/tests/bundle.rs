@@ -566,6 +566,11 @@ fn a_target_that_ignores_or_would_die_of_sigusr1_is_not_signalled_and_the_bundle
         assert!(stderr.contains(says), "{stderr}");
         assert!(files["report.md"].contains(says), "{}", files["report.md"]);
         assert!(
+            files["report.md"].contains("- Version: not LavinMQ"),
+            "{}",
+            files["report.md"]
+        );
+        assert!(
             files["report.md"].contains(&format!("--version` printed `{version}`")),
             "{}",
             files["report.md"]
