@@ -12,6 +12,7 @@ use crate::{
     cli::{Format, ReportArgs},
     family::{self, Entry, Loaded, Options, Window},
     kernel::{self, Hook, Overrides},
+    lavinmq::limits,
     metrics,
     output::{self, End, Output, Sections},
     overhead::Meter,
@@ -35,6 +36,8 @@ pub struct Session {
     metrics: Option<metrics::Exporter>,
     /// `--keep`: fed every interval's record.
     recorder: Option<Recorder>,
+    /// The target's fds, mappings and disk against their limits, read every window.
+    limits: limits::Watch,
 }
 
 impl Session {
@@ -78,12 +81,13 @@ impl Session {
         Ok(Session {
             meter: Meter::start(&ebpf),
             ebpf,
-            target,
             hooks,
             lost,
             families,
             metrics: None,
             recorder: None,
+            limits: limits::Watch::new(target.pid),
+            target,
         })
     }
 
@@ -132,6 +136,7 @@ impl Session {
             Window::Interval => self.meter.interval(&self.ebpf),
             Window::Whole => self.meter.whole(&self.ebpf),
         });
+        s.limits = Some(self.limits.read());
         let lost = &self.lost;
         for f in &mut self.families {
             if let Some((section, lost)) = f.section(window, |slot| lost.get(slot))? {

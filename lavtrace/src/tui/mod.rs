@@ -203,7 +203,7 @@ impl ViewState {
 
     fn render(&self, f: &mut Frame) {
         let [header, body] =
-            Layout::vertical([Constraint::Length(4), Constraint::Min(3)]).areas(f.area());
+            Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(f.area());
         self.header(f, header);
         let Some((_, _, s)) = &self.last else {
             f.render_widget(
@@ -305,6 +305,32 @@ impl ViewState {
             .get(self.sorts[self.focus.index()])
             .copied()
             .unwrap_or("-");
+        let limits = match self.last.as_ref().and_then(|(_, _, s)| s.limits.as_ref()) {
+            Some(l) => {
+                let connections = self
+                    .last
+                    .as_ref()
+                    .and_then(|(_, _, s)| s.get::<TcpSection>())
+                    .map(|t| t.connections.iter().filter(|c| c.open).count());
+                let text = l.text(connections);
+                let mut lines = text.lines();
+                let mut line = lines.next().unwrap_or_default().to_string();
+                // The warnings' own text does not fit the header: their count and what they
+                // are about do, in red, and the text output and JSON carry the rest.
+                if !l.warnings.is_empty() {
+                    let what: Vec<String> = l
+                        .warnings
+                        .iter()
+                        .map(|w| format!("{w:?}").to_lowercase())
+                        .collect();
+                    line.push_str(&format!(" · WARNING: {} near the limit", what.join(", ")));
+                    Line::from(line).style(Style::new().red().bold())
+                } else {
+                    Line::from(line)
+                }
+            }
+            None => Line::from("LIMITS  …"),
+        };
         let mut keys = format!(
             "[q]uit  [tab] focus: {}  [s]ort: {sort}  [p]ause",
             self.focus.name()
@@ -312,8 +338,9 @@ impl ViewState {
         let mut lines = vec![
             Line::from(first).bold(),
             Line::from(format!("lost events: {lost} · {cost}")),
+            limits,
         ];
-        // Its own line (the header has room for four): the bound must not be cut off.
+        // Its own line (the header has room for five): the bound must not be cut off.
         if let Some(r) = &self.recorder {
             lines.push(Line::from(r.clone()));
             keys.push_str("  [d]ump now");
