@@ -45,7 +45,10 @@ pub enum Mode {
     /// TCP connections with known histories on 127.0.0.1 (see tcp.rs); after
     /// `done`, waits for stdin to close.
     Tcp,
-    /// The other ends of `tcp`'s connections (started by `tcp`).
+    /// A reset storm: N connections accepted and reset (SO_LINGER 0) one after the other, the
+    /// other ends in `tcp-peer`; after `done`, waits for stdin to close.
+    Resets(tcp::ResetsArgs),
+    /// The other ends of `tcp`'s and `resets`' connections (started by them).
     TcpPeer(tcp::PeerArgs),
     /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
     Storage(storage::Args),
@@ -77,6 +80,9 @@ fn main() -> ExitCode {
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()
+            .and_then(ready_then)
+            .and_then(|()| wait_for_eof()),
+        Mode::Resets(a) => tcp::prepare_resets(a)
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),

@@ -423,6 +423,34 @@ pub fn prepare() -> Result<impl FnOnce() -> Result<()>> {
     })
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResetsArgs {
+    /// Connections accepted and reset, one after the other.
+    #[arg(long, default_value_t = 30)]
+    pub count: u32,
+}
+
+/// Mode `resets`: a reset storm. After `go`, `count` connections from the peer (another
+/// process, never traced) are accepted and reset by us (SO_LINGER 0, then close), each reset
+/// seen by the peer before the next connects; nothing else on any connection. Then `done`,
+/// and it waits for stdin to close.
+pub fn prepare_resets(args: &ResetsArgs) -> Result<impl FnOnce() -> Result<()>> {
+    let listener = TcpListener::bind((LOOPBACK, 0))?;
+    let mut peer = Peer::start(listener.local_addr()?.port())?;
+    let count = args.count;
+    Ok(move || {
+        for i in 0..count {
+            peer.cmd(&format!("connect X{i}"))?;
+            let (s, _) = listener.accept()?;
+            linger_zero(&s)?;
+            drop(s);
+            peer.cmd(&format!("expect-reset X{i}"))?;
+        }
+        std::mem::forget(peer);
+        Ok(())
+    })
+}
+
 /// The peer: answers commands on stdin, one `ok ...` line each.
 pub fn peer(args: &PeerArgs) -> Result<()> {
     let listener = TcpListener::bind((LOOPBACK, 0))?;
@@ -498,6 +526,14 @@ pub fn peer(args: &PeerArgs) -> Result<()> {
             ["close", name] => {
                 drop(sock(&mut socks, name)?);
                 String::new()
+            }
+            ["expect-reset", name] => {
+                let mut s = sock(&mut socks, name)?;
+                let mut buf = [0u8; 16];
+                match s.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+                    r => return Err(other(format!("{name}: expected a reset, got {r:?}"))),
+                }
             }
             ["reset", name] => {
                 let s = sock(&mut socks, name)?;

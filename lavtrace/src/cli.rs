@@ -204,7 +204,8 @@ pub struct TraceArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RecorderArgs {
     /// Keep this much of the latest interval records (their JSON) in memory, e.g. 10m; with
-    /// --dump-on, or SIGUSR2 (or `d` in the live view), they are written as a .tar.gz.
+    /// --dump-on, or SIGUSR2 (or `d` in the live view), they are written as a .tar.gz. The
+    /// headers show what is kept against both bounds.
     #[arg(long, value_parser = parse_positive_duration)]
     pub keep: Option<Duration>,
     /// At most this many bytes kept (oldest records dropped first), e.g. 64M.

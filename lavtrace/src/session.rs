@@ -108,7 +108,7 @@ impl Session {
             return;
         };
         match output::interval_json(seq, elapsed, window, sections) {
-            Ok(line) => r.observe(Instant::now(), seq, line, sections),
+            Ok(line) => r.observe(Instant::now(), window, seq, line, sections),
             Err(e) => eprintln!("lavtrace: flight recorder: interval {seq}: {e}"),
         }
     }
@@ -204,7 +204,10 @@ impl Session {
                     self.record(seq, now - started, now - last_report, &sections);
                     out.note = self.recorder.as_ref().map(Recorder::describe);
                     match tui.as_mut() {
-                        Some(t) => t.update(seq, now - last_report, sections)?,
+                        Some(t) => {
+                            t.set_recorder(out.note.clone());
+                            t.update(seq, now - last_report, sections)?
+                        }
                         None => out
                             .interval(seq, now - started, now - last_report, &sections)
                             .context("writing to stdout")?,

@@ -17,15 +17,52 @@ use common::{LAVTRACE, Workload, require_root};
 /// Runs `lavtrace bundle ARGS -o DIR/b.tar.gz`, checks it exited 0, and returns the archive's
 /// files (path below the top directory → content) and lavtrace's stderr.
 fn bundle(dir: &Path, args: &[&str]) -> (BTreeMap<String, String>, String) {
-    let out = dir.join("b.tar.gz");
-    let run = Command::new(LAVTRACE)
+    finish_bundle(dir, start_bundle(dir, args))
+}
+
+fn start_bundle(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(LAVTRACE)
         .arg("bundle")
         .args(args)
         .arg("-o")
-        .arg(&out)
+        .arg(dir.join("b.tar.gz"))
         .stdin(Stdio::null())
-        .output()
-        .expect("running lavtrace bundle");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running lavtrace bundle")
+}
+
+/// Waits until both `trace` children of a bundle hold their programs, and the attach that
+/// follows loading has had time to finish.
+fn wait_for_traces(bundle: &std::process::Child) {
+    let pid = bundle.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let children: Vec<u32> = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if children.len() == 2
+            && children
+                .iter()
+                .all(|&c| !common::programs_held_by(c).is_empty())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the traces never loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+}
+
+fn finish_bundle(dir: &Path, child: std::process::Child) -> (BTreeMap<String, String>, String) {
+    let out = dir.join("b.tar.gz");
+    let run = child.wait_with_output().expect("running lavtrace bundle");
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "bundle failed: {stderr}");
     assert_eq!(
@@ -82,9 +119,61 @@ fn alive(pid: u32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
 }
 
-/// The page in headless Chromium: it renders its charts and logs nothing to the console.
-/// Skips (saying so) only when no Chromium is installed.
-fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
+/// `name="value"` of one tag's text (`<rect a="1" ...`), HTML's entity for `"` undone.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(
+        tag[start..start + len]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// What the page plotted, from the DOM Chromium rendered: (chart, series) → [(row, value)]
+/// for bars and columns, and timeline series → the values of their polyline.
+type Plotted = BTreeMap<(String, String), Vec<(String, String)>>;
+
+fn plotted(dom: &str) -> (Plotted, BTreeMap<String, Vec<f64>>) {
+    let mut bars = Plotted::new();
+    let mut lines = BTreeMap::new();
+    for tag in dom
+        .split('<')
+        .filter_map(|t| t.split_once('>').map(|(t, _)| t))
+    {
+        let Some(chart) = attr(tag, "data-chart") else {
+            continue;
+        };
+        let series = attr(tag, "data-series").unwrap();
+        let value = attr(tag, "data-value").unwrap();
+        if tag.starts_with("polyline ") {
+            let values = value.split(' ').map(|v| v.parse().unwrap()).collect();
+            assert!(lines.insert(series, values).is_none(), "{tag}");
+        } else {
+            assert!(tag.starts_with("rect "), "{tag}");
+            bars.entry((chart, series))
+                .or_default()
+                .push((attr(tag, "data-row").unwrap(), value));
+        }
+    }
+    (bars, lines)
+}
+
+/// A row's `histogram` as the page labels it: (lo_ns, count) as strings.
+fn histogram_of(row: &serde_json::Value) -> Vec<(String, String)> {
+    row["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["lo_ns"].to_string(), b["count"].to_string()))
+        .collect()
+}
+
+/// The page in headless Chromium: it renders with nothing in the console, and what it
+/// plotted equals the trace's figures (latency and histogram per syscall, histogram per
+/// durability call, the four timeline series per interval). Skips (saying so) only when no
+/// Chromium is installed.
+fn check_in_chromium(html: &str, dir: &Path, records: &[serde_json::Value]) {
     let find = || {
         ["chromium", "chromium-browser"].into_iter().find(|b| {
             Command::new(b)
@@ -135,12 +224,121 @@ fn check_in_chromium(html: &str, dir: &Path, syscall_rows: usize) {
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}");
     let dom = String::from_utf8_lossy(&out.stdout);
-    // Four series in the timeline; four bars (avg, p50, p99, max) per syscall plotted, plus
-    // one frame per series.
-    assert_eq!(dom.matches("<polyline").count(), 4, "{dom}");
+    let (bars, lines) = plotted(&dom);
+    let summary = records.last().unwrap();
+
+    // Per syscall: its four latency figures and its histogram, for the 20 most called.
+    let rows = summary["syscalls"].as_array().unwrap();
+    let by_name: BTreeMap<&str, &serde_json::Value> = rows
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r))
+        .collect();
+    let drawn: Vec<String> = bars
+        .keys()
+        .filter_map(|(chart, _)| chart.strip_prefix("syscall ").map(str::to_string))
+        .collect();
+    assert_eq!(drawn.len(), rows.len().min(20), "{drawn:?}");
+    let least_drawn = drawn
+        .iter()
+        .map(|n| by_name[n.as_str()]["count"].as_u64().unwrap())
+        .min();
+    for name in &drawn {
+        let row = by_name[name.as_str()];
+        assert!(
+            !histogram_of(row).is_empty(),
+            "{name}: a syscall seen has buckets"
+        );
+        assert_eq!(
+            bars[&(format!("syscall {name}"), "calls".to_string())],
+            histogram_of(row),
+            "{name}"
+        );
+        for series in ["avg", "p50", "p99", "max"] {
+            let bar = &bars[&("latency".to_string(), series.to_string())];
+            let v = bar.iter().find(|(r, _)| r == name).map(|(_, v)| v.clone());
+            assert_eq!(
+                v,
+                Some(row[format!("{series}_ns")].to_string()),
+                "{name} {series}"
+            );
+        }
+    }
+    // The most called: none left out was called more than one drawn.
+    for r in rows {
+        if !drawn.iter().any(|n| r["name"] == n.as_str()) {
+            assert!(r["count"].as_u64() <= least_drawn, "{r} left out");
+        }
+    }
+
+    // Per durability row, in the trace's order: its histogram.
+    let fsync = summary["fsync"].as_array().unwrap();
+    assert!(!fsync.is_empty(), "the workload made durability calls");
+    for (i, row) in fsync.iter().enumerate() {
+        assert_eq!(
+            bars[&(format!("durability {i}"), "calls".to_string())],
+            histogram_of(row),
+            "{row}"
+        );
+    }
+
+    // The timeline: one point per interval record, each series computed here from the record.
+    let intervals: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["type"] == "interval").collect();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let expect: [(&str, Vec<f64>); 4] = [
+        (
+            "syscalls/s",
+            intervals
+                .iter()
+                .map(|r| {
+                    let calls: u64 = r["syscalls"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| u(&s["count"]))
+                        .sum();
+                    calls as f64 * 1000.0 / u(&r["window_ms"]).max(1) as f64
+                })
+                .collect(),
+        ),
+        (
+            "syncfs p99",
+            intervals
+                .iter()
+                .map(|r| {
+                    r["fsync"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|f| f["syscall"] == "syncfs")
+                        .map(|f| u(&f["p99_ns"]))
+                        .max()
+                        .unwrap_or(0) as f64
+                })
+                .collect(),
+        ),
+        (
+            "connections",
+            intervals
+                .iter()
+                .map(|r| r["tcp"]["connections"].as_array().unwrap().len() as f64)
+                .collect(),
+        ),
+        (
+            "mappings",
+            intervals
+                .iter()
+                .map(|r| u(&r["mmap"]["live_mappings"]) as f64)
+                .collect(),
+        ),
+    ];
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (series, values) in expect {
+        assert_eq!(lines[series], values, "{series}");
+    }
     assert!(
-        dom.matches("<rect").count() >= 4 * syscall_rows.min(20) + 4,
-        "{dom}"
+        lines["syncfs p99"].iter().any(|&v| v > 0.0),
+        "the workload's syncfs thread shows"
     );
 }
 
@@ -221,6 +419,36 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
     );
     assert_eq!(figure(r, "VmSize kB"), status_field(pid, "VmSize:"));
     assert_eq!(figure(r, "VmRSS kB"), status_field(pid, "VmRSS:"));
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_eq!(figure(r, "open files limit"), soft);
+    // The data dir's filesystem and its allocated bytes, from coreutils (stat -f: total
+    // blocks and the fundamental block size; du: allocated bytes).
+    let stat = Command::new("stat")
+        .args(["-f", "-c", "%b %S", &data_dir])
+        .output()
+        .unwrap();
+    let stat = String::from_utf8(stat.stdout).unwrap();
+    let (blocks, size) = stat.trim().split_once(' ').unwrap();
+    let total = blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap();
+    assert_eq!(figure(r, "disk size bytes"), total.to_string());
+    let du = Command::new("du")
+        .args(["-s", "-B1", &data_dir])
+        .output()
+        .unwrap();
+    let du = String::from_utf8(du.stdout).unwrap();
+    assert_eq!(
+        figure(r, "data dir bytes"),
+        du.split_whitespace().next().unwrap()
+    );
+    assert!(
+        !r.contains("listening: ") && !r.contains("connections "),
+        "no sockets: {r}"
+    );
     // The largest queues carry their names, not their hashes.
     for q in ["perf-test-2", "perf-test-3"] {
         assert!(r.contains(&format!("queue {q}")), "{r}");
@@ -275,9 +503,34 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
         "{}",
         files["trace.txt"]
     );
-    let rows = summary["syscalls"].as_array().unwrap().len();
+    w.finish();
+}
 
-    check_in_chromium(&files["report.html"], tmp.path(), rows);
+#[test]
+fn report_html_plots_what_the_trace_measured() {
+    require_root();
+    // Busy while traced this time: its durability calls, syncfs and mappings are on the page.
+    let mut w = Workload::lavinmq()
+        .flag("queues", 3)
+        .segments(2)
+        .syncfs(50)
+        .switch("wait")
+        .spawn();
+    let tmp = tempfile::tempdir().unwrap();
+    let child = start_bundle(
+        tmp.path(),
+        &["--pid", &w.pid.to_string(), "--duration", "4s"],
+    );
+    wait_for_traces(&child);
+    w.go();
+    // Its data dir line and the SIGUSR1 dump come before or among the work's output.
+    w.lines_until_done();
+    let (files, _) = finish_bundle(tmp.path(), child);
+    let records: Vec<serde_json::Value> = files["trace.json"]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_in_chromium(&files["report.html"], tmp.path(), &records);
     w.finish();
 }
 
@@ -312,6 +565,11 @@ fn a_target_that_ignores_or_would_die_of_sigusr1_is_not_signalled_and_the_bundle
         }
         assert!(stderr.contains(says), "{stderr}");
         assert!(files["report.md"].contains(says), "{}", files["report.md"]);
+        assert!(
+            files["report.md"].contains("- Version: not LavinMQ"),
+            "{}",
+            files["report.md"]
+        );
         assert!(
             files["report.md"].contains(&format!("--version` printed `{version}`")),
             "{}",
@@ -366,7 +624,10 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
              def dump(n, f):\n    print('dump: fine', flush=True)\n    os.writev(1, [b'part one ', b'part two\\n'])\n    os.write(2, b'\\x00\\x01 not text\\n')\n\
              signal.signal(signal.SIGUSR1, dump)\n\
              s = socket.create_connection(('127.0.0.1', {port}))\n\
-             print('ready', flush=True)\n\
+             l = socket.socket()\n\
+             l.bind(('127.0.0.1', 0))\n\
+             l.listen()\n\
+             print('ready', l.getsockname()[1], flush=True)\n\
              while True:\n    s.sendall(b'{BODY} ' * 64)\n    os.write(1, b'')\n    time.sleep(0.005)\n"
         ),
     )
@@ -380,9 +641,24 @@ fn no_message_body_password_or_credential_reaches_the_bundle() {
         .spawn()
         .unwrap();
     let lines = common::Lines::new(target.stdout.take().unwrap());
-    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let ready = lines.next().unwrap();
+    let listening = ready.strip_prefix("ready ").unwrap();
     let pid = target.id();
     let (files, _) = bundle(tmp.path(), &["--pid", &pid.to_string(), "--duration", "2s"]);
+    // Its sockets, as it made them: one listener, one connection.
+    let r = &files["resources.txt"];
+    let tcp: Vec<&str> = r
+        .lines()
+        .filter(|l| l.starts_with("listening: ") || l.starts_with("connections "))
+        .collect();
+    assert_eq!(
+        tcp,
+        [
+            format!("listening: 127.0.0.1:{listening}"),
+            "connections ESTABLISHED: 1".to_string()
+        ],
+        "{r}"
+    );
     assert_eq!(lines.next().as_deref(), Some("dump: fine"));
     target.kill().unwrap();
     target.wait().unwrap();

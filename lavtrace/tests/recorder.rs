@@ -55,6 +55,23 @@ fn unpack(archive: &Path) -> (Vec<Value>, Value) {
     (records, trigger)
 }
 
+/// The figures report.html of a dump plots (the JSON inlined in its data script).
+fn page_data(archive: &Path) -> Value {
+    let out = std::process::Command::new("tar")
+        .arg("xzOf")
+        .arg(archive)
+        .arg("--wildcards")
+        .arg("*/report.html")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    let (_, rest) = page
+        .split_once(r#"<script id="data" type="application/json">"#)
+        .unwrap();
+    serde_json::from_str(rest.split_once("</script>").unwrap().0).unwrap()
+}
+
 fn recorder(w: &Workload, dir: &Path) -> TraceArgs {
     Trace::of(w)
         .probes("fsync")
@@ -123,6 +140,39 @@ fn one_slow_fsync_gives_one_dump_with_the_time_before_and_after_it() {
     );
     assert!(last >= t + 400, "last {last}, trigger {t}");
     assert!(records.iter().all(|r| r["type"] == "interval"));
+
+    // Its page has no summary record to read: it plots the kept intervals merged, the slow
+    // call in the fsync row's histogram.
+    let page = page_data(&files[0]);
+    assert_eq!(page["merged"], true);
+    let rows: Vec<&Value> = page["durability"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["label"].as_str().unwrap().starts_with("fsync "))
+        .collect();
+    // A row per file (the workload's fast file and its slow one).
+    assert!(!rows.is_empty(), "{page}");
+    let calls: u64 = records
+        .iter()
+        .flat_map(|r| r["fsync"].as_array().unwrap())
+        .filter(|f| f["syscall"] == "fsync")
+        .map(|f| f["count"].as_u64().unwrap())
+        .sum();
+    let sum = |f: &dyn Fn(&Value) -> u64| rows.iter().map(|r| f(r)).sum::<u64>();
+    assert_eq!(sum(&|r| r["count"].as_u64().unwrap()), calls, "{page}");
+    let in_buckets = sum(&|r| {
+        r["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum()
+    });
+    assert_eq!(in_buckets, calls, "{page}");
+    let max = rows.iter().map(|r| r["max_ns"].as_u64().unwrap()).max();
+    assert_eq!(max, Some(max_fsync_ns(hot[0])), "{page}");
+    assert_eq!(page["timeline"].as_array().unwrap().len(), records.len());
 }
 
 /// A trace of an idle-ish workload (fast fsyncs only) with SIGUSR2 sent at `at` (ms after go);
@@ -183,4 +233,162 @@ fn old_dumps_are_removed_beyond_dump_keep() {
         .map(|t| t["dump"].as_u64().unwrap())
         .collect();
     assert_eq!(kept, [2, 3], "the newest two stay");
+}
+
+/// Resets (sent + received) in one record's tcp section, as `resets>N` counts them.
+fn resets(record: &Value) -> u64 {
+    record["tcp"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["resets_sent"].as_u64().unwrap() + c["resets_received"].as_u64().unwrap())
+        .sum()
+}
+
+/// The record of the interval whose sequence number is the trigger's.
+fn triggering<'a>(records: &'a [Value], trigger: &Value) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["seq"] == trigger["seq"])
+        .unwrap_or_else(|| panic!("no record with the trigger's seq: {trigger}"))
+}
+
+#[test]
+fn a_syscall_over_its_limit_dumps_and_one_under_it_does_not() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // One clock_nanosleep of 100ms among 5000 getppid.
+    let mut w = Workload::syscalls().flag("sleep", "100ms").spawn();
+    let trace = Trace::of(&w)
+        .probes("syscalls")
+        .interval("200ms")
+        .flag("keep", "2s")
+        .flag("dump-dir", dir.path().display())
+        // Listed first: had it fired, the one dump would be its own.
+        .flag("dump-on", "clock_nanosleep>300ms")
+        .flag("dump-on", "getppid>1s")
+        .flag("dump-on", "clock_nanosleep>50ms")
+        .flag("dump-after", "0s")
+        .flag("dump-every", "1h");
+    let trace = trace.spawn();
+    let records = trace.run(&mut [&mut w]);
+    let files = dumps(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (kept, trigger) = unpack(&files[0]);
+    assert_eq!(trigger["trigger"], "clock_nanosleep>50ms");
+    assert_eq!(trigger["suppressed_before"], 0, "nothing else fired");
+    assert!(
+        trigger["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("clock_nanosleep took "),
+        "{trigger}"
+    );
+    let slow = |r: &Value| {
+        common::syscall(r, "clock_nanosleep").map_or(0, |s| s["max_ns"].as_u64().unwrap())
+    };
+    // The interval that fired holds the sleep, in the dump as in the trace's own output.
+    let hot = triggering(&kept, &trigger);
+    assert!(slow(hot) >= 100_000_000, "{hot}");
+    assert_eq!(
+        Some(hot),
+        records.iter().find(|r| r["seq"] == trigger["seq"])
+    );
+    let summary = records.last().unwrap();
+    assert_eq!(common::count(summary, "clock_nanosleep"), 1);
+    assert_eq!(common::count(summary, "getppid"), 5000);
+}
+
+#[test]
+fn a_connection_reset_storm_dumps_with_every_reset_in_its_window() {
+    require_root();
+    const STORM: u64 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Workload::resets().flag("count", STORM).spawn();
+    let trace = Trace::of(&w)
+        .probes("tcp")
+        .interval("500ms")
+        .flag("keep", "5s")
+        .flag("dump-dir", dir.path().display())
+        .flag("dump-on", format!("resets>{STORM}"))
+        // 30 resets in at most 2 intervals: one of them holds more than 10.
+        .flag("dump-on", "resets>10")
+        .flag("dump-after", "1s")
+        .flag("dump-every", "1h")
+        .spawn();
+    w.go();
+    w.wait_done();
+    // The dump after --dump-after, then the end.
+    std::thread::sleep(Duration::from_millis(1800));
+    w.finish();
+    let records = trace.records();
+    let files = dumps(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (kept, trigger) = unpack(&files[0]);
+    assert_eq!(trigger["trigger"], "resets>10");
+    assert_eq!(trigger["suppressed_before"], 0);
+    let hot = triggering(&kept, &trigger);
+    let n = resets(hot);
+    assert!(n > 10, "{hot}");
+    assert_eq!(
+        trigger["reason"],
+        format!("{n} connection resets (over 10)")
+    );
+    // Ground truth: the workload reset exactly STORM connections and received none; the whole
+    // storm is in the dump's window, and no earlier interval had fired.
+    assert_eq!(kept.iter().map(resets).sum::<u64>(), STORM);
+    let summary = records.last().unwrap();
+    let sent: u64 = summary["tcp"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["resets_sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!((sent, resets(summary)), (STORM, STORM));
+    let before = records
+        .iter()
+        .filter(|r| r["type"] == "interval" && r["seq"].as_u64() < hot["seq"].as_u64());
+    assert!(before.map(resets).all(|n| n <= 10));
+}
+
+#[test]
+fn lost_events_dump_at_the_first_interval_that_lost_some() {
+    require_root();
+    const BURST: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 KiB ring cannot hold a burst of 20000 msync events (tests/fsync.rs measures how many).
+    let mut w = Workload::storage()
+        .segments(0)
+        .syncfs(0)
+        .fsyncs(0)
+        .flag("burst", BURST)
+        .linger("300ms")
+        .spawn();
+    let records = Trace::of(&w)
+        .probes("fsync")
+        .flag("ring-bytes", 4096)
+        .interval("100ms")
+        .flag("keep", "5s")
+        .flag("dump-dir", dir.path().display())
+        .flag("dump-on", "lost")
+        .flag("dump-after", "0s")
+        .flag("dump-every", "1h")
+        .run(&mut [&mut w]);
+    let lost = |r: &Value| r["lost_events"]["fsync"].as_u64().unwrap();
+    let summary = records.last().unwrap();
+    assert!(lost(summary) > 0, "the premise: the ring overflowed");
+    let first = records
+        .iter()
+        .find(|r| r["type"] == "interval" && lost(r) > 0)
+        .unwrap();
+    let files = dumps(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (kept, trigger) = unpack(&files[0]);
+    assert_eq!(trigger["trigger"], "lost");
+    assert_eq!(
+        trigger["seq"], first["seq"],
+        "the first interval with losses fired"
+    );
+    assert_eq!(trigger["reason"], format!("{} events lost", lost(first)));
+    assert_eq!(triggering(&kept, &trigger), first);
 }

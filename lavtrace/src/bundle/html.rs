@@ -21,6 +21,8 @@ pub fn render(title: &str, version: &str, s: &TraceSummary) -> Result<String> {
         version,
         duration => units::ns(s.duration_ms.saturating_mul(1_000_000)),
         lost => s.lost_events,
+        merged => s.merged,
+        intervals => s.timeline.len(),
         top => TOP,
         data,
     };
@@ -44,6 +46,7 @@ mod tests {
             p50_ns: 1,
             p99_ns: 1,
             max_ns: 1,
+            buckets: vec![(1, 1)],
         });
         let page = render("pid 1 <x>", "v", &s).unwrap();
         assert!(!page.contains("</script><b>"));

@@ -33,6 +33,9 @@ pub struct Config {
 
 struct Kept {
     at: Instant,
+    /// How long before `at` its interval began: the kept records cover from the first one's
+    /// start, not its end.
+    window: Duration,
     line: String,
 }
 
@@ -78,21 +81,51 @@ impl Recorder {
         }
     }
 
-    /// For the header: "keeping 10m, 3.2MiB of 64.0MiB".
+    /// For the headers: what is kept against both bounds, "flight recorder: 12 intervals,
+    /// 2.4s of 10m, 3.2KiB of 64.0MiB kept; 1 dump".
     pub fn describe(&self) -> String {
+        let span = match (self.kept.front(), self.kept.back()) {
+            (Some(first), Some(last)) => last
+                .at
+                .duration_since(first.at)
+                .saturating_add(first.window),
+            _ => Duration::ZERO,
+        };
+        // Whole tenths: humantime would print every nanosecond.
+        let span = Duration::from_millis(span.as_millis() as u64 / 100 * 100);
+        let dumps = match self.written {
+            0 => String::new(),
+            1 => "; 1 dump".into(),
+            n => format!("; {n} dumps"),
+        };
         format!(
-            "keeping {}, {} of {}",
+            "flight recorder: {} interval{}, {} of {}, {} of {} kept{dumps}",
+            self.kept.len(),
+            if self.kept.len() == 1 { "" } else { "s" },
+            humantime::format_duration(span),
             humantime::format_duration(self.config.keep),
             units::bytes(self.bytes),
             units::bytes(self.config.max_bytes)
         )
     }
 
-    /// One interval: keep its record, check the triggers, write a dump that is due.
-    pub fn observe(&mut self, now: Instant, seq: u64, line: String, sections: &Sections) {
+    /// One interval (`window` long, ending `now`): keep its record, check the triggers, write
+    /// a dump that is due.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        seq: u64,
+        line: String,
+        sections: &Sections,
+    ) {
         self.last_seq = seq;
         self.bytes += line.len() as u64 + 1;
-        self.kept.push_back(Kept { at: now, line });
+        self.kept.push_back(Kept {
+            at: now,
+            window,
+            line,
+        });
         self.evict(now);
         let fired: Vec<(String, String)> = self
             .config
@@ -301,6 +334,7 @@ mod tests {
         for i in 0..10u64 {
             r.kept.push_back(Kept {
                 at: t0 + Duration::from_millis(i * 200),
+                window: Duration::from_millis(200),
                 line: "0123456789".into(),
             });
             r.bytes += 11;
@@ -309,9 +343,19 @@ mod tests {
         // t = 1800ms: the records at 800..=1800 ms are within 1 s.
         assert_eq!(r.kept.len(), 6);
         assert_eq!(r.bytes, 66);
+        // Records at 800..=1800 ms, each the 200 ms before it: 600 ms to 1.8 s.
+        assert_eq!(
+            r.describe(),
+            "flight recorder: 6 intervals, 1s 200ms of 1s, 66B of 1.0MiB kept"
+        );
         r.config.max_bytes = 30;
         r.evict(t0 + Duration::from_millis(1800));
         assert_eq!(r.kept.len(), 2);
+        r.written = 1;
+        assert_eq!(
+            r.describe(),
+            "flight recorder: 2 intervals, 400ms of 1s, 22B of 30B kept; 1 dump"
+        );
     }
 
     #[test]

@@ -42,9 +42,36 @@ pub struct SyscallRow {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
-    /// The window's log2 latency buckets (for the metrics endpoint's histograms).
-    #[serde(skip)]
+    /// The window's log2 latency buckets (the metrics endpoint's histograms); in JSON as
+    /// `histogram`, the non-empty range as the fsync rows have it (report.html plots it).
+    #[serde(rename = "histogram", serialize_with = "histogram")]
     pub buckets: [u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
+}
+
+#[derive(Serialize)]
+struct Bucket {
+    lo_ns: u64,
+    hi_ns: u64,
+    count: u64,
+}
+
+/// The buckets from the lowest to the highest non-empty one (none when all are empty).
+fn histogram<S: serde::Serializer>(
+    buckets: &[u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let range = match (
+        buckets.iter().position(|&n| n > 0),
+        buckets.iter().rposition(|&n| n > 0),
+    ) {
+        (Some(first), Some(last)) => first..=last,
+        _ => return s.collect_seq(std::iter::empty::<Bucket>()),
+    };
+    s.collect_seq(range.map(|i| Bucket {
+        lo_ns: stats::bucket_lower(i),
+        hi_ns: stats::bucket_upper(i),
+        count: buckets[i],
+    }))
 }
 
 impl SyscallRow {
@@ -120,4 +147,35 @@ pub fn write_text(out: &mut String, rows: &[SyscallRow], sort: SortKey, top: usi
         errors,
         rows.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_row_carries_its_non_empty_bucket_range() {
+        let mut w = SyscallStats {
+            count: 4,
+            total_ns: 4000,
+            max_ns: 3000,
+            ..SyscallStats::default()
+        };
+        w.buckets[9] = 1;
+        w.buckets[11] = 3;
+        let v = serde_json::to_value(SyscallRow::new(0, &w, None)).unwrap();
+        assert_eq!(
+            v["histogram"],
+            serde_json::json!([
+                {"lo_ns": 512, "hi_ns": 1023, "count": 1},
+                {"lo_ns": 1024, "hi_ns": 2047, "count": 0},
+                {"lo_ns": 2048, "hi_ns": 4095, "count": 3},
+            ])
+        );
+        let idle = SyscallRow::new(0, &SyscallStats::default(), None);
+        assert_eq!(
+            serde_json::to_value(idle).unwrap()["histogram"],
+            serde_json::json!([])
+        );
+    }
 }

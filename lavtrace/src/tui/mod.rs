@@ -31,8 +31,24 @@ use panes::{LastTransitions, Pane};
 pub enum Action {
     Quit,
     Redraw,
-    /// A view key: s, p or Tab.
+    /// A view key: s, p, Tab, or d (the flight recorder's dump).
     View(char),
+}
+
+/// The action of a terminal event. `d` (dump now) is passed on whether or not a flight
+/// recorder runs: the session knows, and ignores it without one.
+fn action(ev: &Event) -> Option<Action> {
+    match ev {
+        Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
+            KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Some(Action::Quit),
+            KeyCode::Char(c @ ('s' | 'p' | 'd')) => Some(Action::View(c)),
+            KeyCode::Tab => Some(Action::View('\t')),
+            _ => None,
+        },
+        Event::Resize(..) => Some(Action::Redraw),
+        _ => None,
+    }
 }
 
 /// What the view shows and how; everything but the terminal, so it renders on any backend.
@@ -50,6 +66,8 @@ struct ViewState {
     hooks: String,
     last: Option<(u64, Duration, Sections)>,
     transitions: LastTransitions,
+    /// The flight recorder's kept window (`Recorder::describe`); None without `--keep`.
+    recorder: Option<String>,
 }
 
 pub struct Tui {
@@ -65,20 +83,7 @@ impl Tui {
         // Blocking key reads on their own thread; they end with the process.
         std::thread::spawn(move || {
             while let Ok(ev) = event::read() {
-                let action = match ev {
-                    Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
-                        KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
-                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                            Some(Action::Quit)
-                        }
-                        KeyCode::Char(c @ ('s' | 'p')) => Some(Action::View(c)),
-                        KeyCode::Tab => Some(Action::View('\t')),
-                        _ => None,
-                    },
-                    Event::Resize(..) => Some(Action::Redraw),
-                    _ => None,
-                };
-                if let Some(a) = action
+                if let Some(a) = action(&ev)
                     && tx.send(a).is_err()
                 {
                     return;
@@ -109,6 +114,12 @@ impl Tui {
     pub fn update(&mut self, seq: u64, window: Duration, sections: Sections) -> io::Result<()> {
         self.state.update(seq, window, sections);
         self.draw()
+    }
+
+    /// The flight recorder's line in the header (shown even while paused: it is lavtrace's
+    /// own state, not the target's).
+    pub fn set_recorder(&mut self, describe: Option<String>) {
+        self.state.recorder = describe;
     }
 
     pub fn draw(&mut self) -> io::Result<()> {
@@ -142,6 +153,7 @@ impl ViewState {
             hooks: format!("{} hooks ({})", hooks.len(), families.join(", ")),
             last: None,
             transitions: LastTransitions::new(),
+            recorder: None,
         }
     }
 
@@ -319,16 +331,21 @@ impl ViewState {
             }
             None => Line::from("LIMITS  …"),
         };
-        let lines = vec![
+        let mut keys = format!(
+            "[q]uit  [tab] focus: {}  [s]ort: {sort}  [p]ause",
+            self.focus.name()
+        );
+        let mut lines = vec![
             Line::from(first).bold(),
             Line::from(format!("lost events: {lost} · {cost}")),
             limits,
-            Line::from(format!(
-                "[q]uit  [tab] focus: {}  [s]ort: {sort}  [p]ause",
-                self.focus.name()
-            ))
-            .style(Style::new().add_modifier(Modifier::DIM)),
         ];
+        // Its own line (the header has room for five): the bound must not be cut off.
+        if let Some(r) = &self.recorder {
+            lines.push(Line::from(r.clone()));
+            keys.push_str("  [d]ump now");
+        }
+        lines.push(Line::from(keys).style(Style::new().add_modifier(Modifier::DIM)));
         f.render_widget(Paragraph::new(lines), area);
     }
 }

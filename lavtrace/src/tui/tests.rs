@@ -417,3 +417,28 @@ fn the_header_shows_the_limits_in_red_from_eighty_percent() {
     assert!(line.ends_with("· WARNING: fds near the limit"), "{line}");
     assert!(colours.contains(&Some(Color::Red)));
 }
+
+#[test]
+fn the_flight_recorder_shows_its_window_and_d_dumps() {
+    use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
+    let key = |c| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    assert!(matches!(
+        super::action(&key('d')),
+        Some(super::Action::View('d'))
+    ));
+    assert!(super::action(&key('x')).is_none());
+
+    let mut state = ViewState::new(&target(), &hooks(&["syscalls"]), SortKey::Count);
+    state.update(1, Duration::from_secs(1), all_sections(false));
+    let (text, _) = draw(&state, 140, 30);
+    assert!(!text.contains("[d]ump"), "no recorder, no key:\n{text}");
+    let kept = "flight recorder: 6 intervals, 6s of 10m, 12.0KiB of 64.0MiB kept";
+    state.recorder = Some(kept.into());
+    let (text, _) = draw(&state, 140, 30);
+    assert!(text.contains(kept), "{text}");
+    assert!(text.contains("[p]ause  [d]ump now"), "{text}");
+    // The panes still start below the header, whose last line is the keys.
+    assert!(text.contains(" syscalls · this interval "), "{text}");
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap();
+    assert!(at("LIMITS") < at(kept) && at(kept) < at("[d]ump now") && at("[d]ump now") < 5);
+}

@@ -184,6 +184,11 @@ impl Workload {
     pub fn tcp() -> Preset {
         Preset::mode("tcp")
     }
+    /// A reset storm: `--count` connections accepted and reset one after the other; after
+    /// `done`, waits for stdin to close.
+    pub fn resets() -> Preset {
+        Preset::mode("resets")
+    }
     /// LavinMQ 2.9.1's patterns: its data dir and names, a syncfs thread, GC bursts, SIGUSR1.
     pub fn lavinmq() -> Preset {
         Preset::mode("lavinmq")
