@@ -211,6 +211,33 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
             Some(Unit::Bytes),
             by(|s| s.bytes),
         )?;
+        let per_queue = |f: fn(&super::model::QueueSeries) -> u64| {
+            m.queues.iter().map(move |((vhost, queue), s)| {
+                (
+                    vec![("vhost", vhost.clone()), ("queue", queue.clone())],
+                    Value::Counter(f(s)),
+                )
+            })
+        };
+        w.family(
+            "lavtrace_queue_mmaps",
+            "mmap calls on a queue's segment and ack files (at most 100 queues, then \
+             vhost=queue=\"(other)\").",
+            None,
+            per_queue(|s| s.mmaps),
+        )?;
+        w.family(
+            "lavtrace_queue_munmaps",
+            "munmap calls on a queue's files.",
+            None,
+            per_queue(|s| s.munmaps),
+        )?;
+        w.family(
+            "lavtrace_queue_mapped",
+            "Bytes mapped from a queue's files (mmap lengths, mremap growth).",
+            Some(Unit::Bytes),
+            per_queue(|s| s.bytes_mapped),
+        )?;
         w.family(
             "lavtrace_live_mappings",
             "Mappings of the target (lines of /proc/PID/maps), what vm.max_map_count limits.",

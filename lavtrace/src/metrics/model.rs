@@ -72,9 +72,33 @@ pub struct Tcp {
     pub resets_received: u64,
 }
 
+/// Mapping work on one queue's files (segments and ack files together).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSeries {
+    pub mmaps: u64,
+    pub munmaps: u64,
+    pub bytes_mapped: u64,
+}
+
+/// Queues with series of their own; the rest add up in one `(other)` series, so that a broker
+/// with thousands of queues cannot blow up the scrape or Prometheus.
+pub const MAX_QUEUE_SERIES: usize = 100;
+pub const OTHER_QUEUES: &str = "(other)";
+
+/// (vhost, queue) labels of a file's queue: names, else the hash marked `#` as in text.
+fn queue_labels(q: &crate::storage::naming::QueueRef) -> (String, String) {
+    let short = |h: &str| format!("#{}", h.get(..8).unwrap_or(h));
+    (
+        q.vhost.clone().unwrap_or_else(|| short(&q.vhost_hash)),
+        q.name.clone().unwrap_or_else(|| short(&q.hash)),
+    )
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Mmap {
     pub syscalls: BTreeMap<&'static str, MapSeries>,
+    /// Per (vhost, queue), at most MAX_QUEUE_SERIES of them plus `(other)`.
+    pub queues: BTreeMap<(String, String), QueueSeries>,
     pub live_mappings: Option<u64>,
     pub max_map_count: Option<u64>,
 }
@@ -149,6 +173,18 @@ impl Instance {
                 e.calls += r.count;
                 e.errors += r.errors;
                 e.bytes += r.bytes;
+            }
+            for f in &section.files {
+                let Some(q) = &f.queue else { continue };
+                let mut key = queue_labels(q);
+                let named = m.queues.keys().filter(|k| k.1 != OTHER_QUEUES).count();
+                if !m.queues.contains_key(&key) && named >= MAX_QUEUE_SERIES {
+                    key = (OTHER_QUEUES.to_string(), OTHER_QUEUES.to_string());
+                }
+                let e = m.queues.entry(key).or_default();
+                e.mmaps += f.mmaps;
+                e.munmaps += f.munmaps;
+                e.bytes_mapped += f.bytes;
             }
             m.live_mappings = section.live_mappings.or(m.live_mappings);
             m.max_map_count = section.max_map_count.or(m.max_map_count);
@@ -232,6 +268,48 @@ pub fn class(kind: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_series_are_bounded() {
+        let file = |i: usize| crate::mmap::FileRow {
+            path: format!("/d/v/q{i}/msgs.0000000001"),
+            kind: Kind::Segment,
+            mmaps: 1,
+            munmaps: 0,
+            mremaps: 0,
+            madvises: 0,
+            bytes: 4096,
+            bytes_unmapped: 0,
+            queue: Some(crate::storage::naming::QueueRef {
+                vhost: Some("/".into()),
+                vhost_hash: "42099b4af021e53fd8fd4e056c2568d7c2e3ffa8".into(),
+                name: (i % 2 == 0).then(|| format!("q{i}")),
+                hash: format!("{i:08}{:032}", 0),
+            }),
+            display: String::new(),
+        };
+        let section = MmapSection {
+            syscalls: Vec::new(),
+            kinds: Vec::new(),
+            files: (0..MAX_QUEUE_SERIES + 5).map(file).collect(),
+            live_mappings: None,
+            max_map_count: None,
+            map_count_warning: false,
+            threads: None,
+        };
+        let mut i = Instance::new(1, "lavinmq");
+        i.add(&Sections::default().with(section.clone()));
+        i.add(&Sections::default().with(section));
+        let q = &i.mmap.unwrap().queues;
+        assert_eq!(q.len(), MAX_QUEUE_SERIES + 1);
+        assert_eq!(q[&("/".into(), "q0".into())].mmaps, 2);
+        assert_eq!(
+            q[&("/".into(), format!("#{:08}", 1))].bytes_mapped,
+            2 * 4096
+        );
+        let other = &q[&(OTHER_QUEUES.into(), OTHER_QUEUES.into())];
+        assert_eq!(other.mmaps, 2 * 5);
+    }
 
     #[test]
     fn class_names_are_the_json_kind_names() {

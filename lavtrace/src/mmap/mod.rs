@@ -19,7 +19,7 @@ use lavtrace_common::{
     storage::sink,
 };
 
-pub use report::{MmapSection, write_text};
+pub use report::{FileRow, MmapSection, write_text};
 
 use crate::{
     family::{self, Family, Flush, Options, Part, TextOptions, Window},
