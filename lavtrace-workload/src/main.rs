@@ -6,6 +6,7 @@
 //! go, work, `done` (`tcp` then waits for stdin to close).
 
 mod amqp;
+mod churn;
 mod lavinmq;
 mod pace;
 mod slowsync;
@@ -47,6 +48,9 @@ pub enum Mode {
     Tcp,
     /// The other ends of `tcp`'s connections (started by `tcp`).
     TcpPeer(tcp::PeerArgs),
+    /// N short connections to its own listener, half closed gracefully, half reset (see
+    /// churn.rs): both ends are the target's.
+    TcpChurn(churn::Args),
     /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
     Storage(storage::Args),
     /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),
+        Mode::TcpChurn(a) => churn::prepare(a).and_then(ready_then),
         Mode::Storage(a) => storage::run(a),
         Mode::Lavinmq(a) => lavinmq::run(a),
         Mode::Slowsync(a) => slowsync::run(a),
