@@ -491,17 +491,23 @@ fn churn_counts_every_opening_closing_and_transition_exactly_once() {
 
     let mut opened = 0;
     let mut closed = 0;
+    let mut evicted = 0;
     let mut transitions: BTreeMap<String, u64> = BTreeMap::new();
     for r in records.iter().filter(|r| r["type"] == "interval") {
         let tcp = &r["tcp"];
         opened += u(&tcp["opened"]);
         closed += u(&tcp["closed"]);
+        evicted += u(&tcp["evicted"]);
         for (k, v) in counts(&tcp["transitions"]) {
             *transitions.entry(k).or_default() += v;
         }
     }
     // Each connection is two sockets of the target: its connect and its accept.
-    assert_eq!((opened, closed), (2 * n, 2 * n), "summed over the intervals");
+    assert_eq!(
+        (opened, closed),
+        (2 * n, 2 * n),
+        "summed over the intervals"
+    );
     assert_eq!(transitions, want, "summed over the intervals");
     // The openings are the connect and accept transitions, in every interval.
     assert_eq!(
@@ -513,4 +519,18 @@ fn churn_counts_every_opening_closing_and_transition_exactly_once() {
     assert_eq!((u(&tcp["opened"]), u(&tcp["closed"])), (2 * n, 2 * n));
     assert_eq!(counts(&tcp["transitions"]), want, "summary");
     assert_eq!(u(&tcp["lifetimes"]["count"]), 2 * n);
+
+    // The table stays bounded: the closed connections beyond the newest ones kept are
+    // folded into the counts, and the summary says how many.
+    let listed = tcp["connections"].as_array().unwrap().len() as u64;
+    assert!(listed <= KEPT_CLOSED, "{listed} connections listed");
+    assert_eq!(u(&tcp["evicted"]), 2 * n - listed, "summary");
+    assert_eq!(
+        evicted,
+        u(&tcp["evicted"]),
+        "the intervals' evictions add up"
+    );
 }
+
+/// `CLOSED_KEPT` in lavtrace/src/tcp/table.rs.
+const KEPT_CLOSED: u64 = 256;

@@ -65,6 +65,8 @@ pub struct Tcp {
     pub transitions: BTreeMap<(String, String), u64>,
     pub opened: u64,
     pub closed: u64,
+    /// Closed connections folded out of the connection table.
+    pub evicted: u64,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub retransmits: u64,
@@ -175,6 +177,7 @@ impl Instance {
             }
             t.opened += section.opened;
             t.closed += section.closed;
+            t.evicted += section.evicted;
         }
         for (family, n) in &s.lost_events {
             *self.lost.entry(family).or_default() += n;
