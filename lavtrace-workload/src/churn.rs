@@ -23,6 +23,9 @@ pub struct Args {
     /// Connections to open and close after `go`.
     #[arg(long, default_value_t = 2000)]
     pub connections: u64,
+    /// After `done`, wait for stdin to close (a tracer can be read before the target exits).
+    #[arg(long)]
+    pub hold: bool,
 }
 
 pub fn prepare(args: &Args) -> Result<impl FnOnce() -> Result<()>> {

@@ -3,7 +3,7 @@
 //! binary, so the product carries none of it.
 //!
 //! Every mode follows the start protocol of `lavtrace_common::start`: `ready <pid>`, wait for
-//! go, work, `done` (`tcp` then waits for stdin to close).
+//! go, work, `done` (`tcp`, and `tcp-churn --hold`, then wait for stdin to close).
 
 mod amqp;
 mod churn;
@@ -84,7 +84,9 @@ fn main() -> ExitCode {
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),
-        Mode::TcpChurn(a) => churn::prepare(a).and_then(ready_then),
+        Mode::TcpChurn(a) => churn::prepare(a)
+            .and_then(ready_then)
+            .and_then(|()| if a.hold { wait_for_eof() } else { Ok(()) }),
         Mode::Storage(a) => storage::run(a),
         Mode::Lavinmq(a) => lavinmq::run(a),
         Mode::Slowsync(a) => slowsync::run(a),

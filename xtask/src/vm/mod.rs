@@ -140,7 +140,10 @@ impl Build {
             }
             if !self.tests.iter().any(|(n, _)| n == name) {
                 let known: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
-                bail!("--test {name}: no such test binary (have: {})", known.join(", "));
+                bail!(
+                    "--test {name}: no such test binary (have: {})",
+                    known.join(", ")
+                );
             }
         }
         self.tests.retain(|(n, _)| names.contains(n));
