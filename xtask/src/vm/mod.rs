@@ -330,4 +330,25 @@ mod tests {
         );
         assert_eq!(runs[3].program, runs[2].program);
     }
+
+    #[test]
+    fn test_filter_keeps_the_named_binaries_and_refuses_unknown_or_skipped_ones() {
+        let build = || Build {
+            lavtrace: "/w/lavtrace".into(),
+            workload: "/w/lavtrace-workload".into(),
+            tests: ["metrics", "syscalls", "tcp"]
+                .iter()
+                .map(|n| (n.to_string(), format!("/w/{n}").into()))
+                .collect(),
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let kept = build().only(&names(&["tcp", "metrics"])).unwrap();
+        let kept: Vec<&str> = kept.tests.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kept, ["metrics", "tcp"]);
+        assert_eq!(build().only(&[]).unwrap().tests.len(), 3);
+        let err = build().only(&names(&["tpc"])).err().unwrap().to_string();
+        assert!(err.contains("no such test binary"), "{err}");
+        let err = build().only(&names(&["cli"])).err().unwrap().to_string();
+        assert!(err.contains("do not run it"), "{err}");
+    }
 }
