@@ -15,6 +15,12 @@ pub const MAX_SEEDS: u32 = 65_536;
 /// Threads inside tcp_v{4,6}_connect / tcp_sendmsg at once (kprobe set: entry → return).
 pub const MAX_INFLIGHT: u32 = 16_384;
 
+/// The event ring, and its size: churn sends about five records per socket (136 bytes each
+/// with the ring's header), so 4 MiB hold ~30,000 of them, seconds of a thousand connections
+/// a second while lavtrace waits for a CPU (the ring is drained on one thread).
+pub const RING: &str = "TCP_EVENTS";
+pub const RING_BYTES: u32 = 4 << 20;
+
 /// Address families (linux/socket.h).
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

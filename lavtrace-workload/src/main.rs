@@ -3,9 +3,10 @@
 //! binary, so the product carries none of it.
 //!
 //! Every mode follows the start protocol of `lavtrace_common::start`: `ready <pid>`, wait for
-//! go, work, `done` (`tcp` then waits for stdin to close).
+//! go, work, `done` (`tcp`, and `tcp-churn --hold`, then wait for stdin to close).
 
 mod amqp;
+mod churn;
 mod lavinmq;
 mod pace;
 mod slowsync;
@@ -50,6 +51,9 @@ pub enum Mode {
     Resets(tcp::ResetsArgs),
     /// The other ends of `tcp`'s and `resets`' connections (started by them).
     TcpPeer(tcp::PeerArgs),
+    /// N short connections to its own listener, half closed gracefully, half reset (see
+    /// churn.rs): both ends are the target's.
+    TcpChurn(churn::Args),
     /// A broker's disk: segments mapped, msynced and unmapped, fsync, syncfs from a thread.
     Storage(storage::Args),
     /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
@@ -86,6 +90,9 @@ fn main() -> ExitCode {
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::TcpPeer(a) => tcp::peer(a),
+        Mode::TcpChurn(a) => churn::prepare(a)
+            .and_then(ready_then)
+            .and_then(|()| if a.hold { wait_for_eof() } else { Ok(()) }),
         Mode::Storage(a) => storage::run(a),
         Mode::Lavinmq(a) => lavinmq::run(a),
         Mode::Slowsync(a) => slowsync::run(a),

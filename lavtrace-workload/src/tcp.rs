@@ -52,7 +52,7 @@ fn other(msg: impl Into<String>) -> Error {
 const LOOPBACK: &str = "127.0.0.1";
 
 /// Sets SO_LINGER {on, 0}: close() then resets the connection.
-fn linger_zero(s: &TcpStream) -> Result<()> {
+pub(crate) fn linger_zero(s: &TcpStream) -> Result<()> {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -201,7 +201,7 @@ fn wait_fin_wait2(s: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-fn read_eof(s: &mut TcpStream) -> Result<()> {
+pub(crate) fn read_eof(s: &mut TcpStream) -> Result<()> {
     let mut buf = [0u8; 64];
     match s.read(&mut buf)? {
         0 => Ok(()),

@@ -433,3 +433,104 @@ fn the_default_set_on_this_kernel_is_reported_by_check() {
         line(program);
     }
 }
+
+/// Churn size: `LAVTRACE_CHURN` (the benchmark's full size), else the CI size.
+fn churn_size() -> u64 {
+    std::env::var("LAVTRACE_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// The transitions of `tcp-churn`'s `n` connections (see lavtrace-workload/src/churn.rs):
+/// both ends are the target's; the even ones close gracefully, the odd ones reset.
+fn churn_transitions(n: u64) -> BTreeMap<String, u64> {
+    let (graceful, reset) = (n.div_ceil(2), n / 2);
+    [
+        ("CLOSE->SYN_SENT", n),
+        ("SYN_SENT->ESTABLISHED", n),
+        ("SYN_RECV->ESTABLISHED", n),
+        ("ESTABLISHED->FIN_WAIT1", graceful),
+        ("FIN_WAIT1->FIN_WAIT2", graceful),
+        ("FIN_WAIT2->CLOSE", graceful),
+        ("ESTABLISHED->CLOSE_WAIT", graceful),
+        ("CLOSE_WAIT->LAST_ACK", graceful),
+        ("LAST_ACK->CLOSE", graceful),
+        ("ESTABLISHED->CLOSE", 2 * reset),
+    ]
+    .into_iter()
+    .filter(|&(_, v)| v > 0)
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn counts(v: &Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), u(n)))
+        .collect()
+}
+
+/// Short intervals, so that many connections open and close near an interval's end: every
+/// opening, closing and transition is counted in exactly one interval, and the intervals add
+/// up to the summary and to what the workload did.
+#[test]
+fn churn_counts_every_opening_closing_and_transition_exactly_once() {
+    require_root();
+    let n = churn_size();
+    let mut target = Workload::tcp_churn(n).spawn();
+    let records = Trace::of(&target)
+        .probes("tcp")
+        .interval("20ms")
+        .flag("tcp-hooks", hooks_mode())
+        .run(&mut [&mut target]);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["lost_events"]["tcp"], 0);
+    let want = churn_transitions(n);
+
+    let mut opened = 0;
+    let mut closed = 0;
+    let mut evicted = 0;
+    let mut transitions: BTreeMap<String, u64> = BTreeMap::new();
+    for r in records.iter().filter(|r| r["type"] == "interval") {
+        let tcp = &r["tcp"];
+        opened += u(&tcp["opened"]);
+        closed += u(&tcp["closed"]);
+        evicted += u(&tcp["evicted"]);
+        for (k, v) in counts(&tcp["transitions"]) {
+            *transitions.entry(k).or_default() += v;
+        }
+    }
+    // Each connection is two sockets of the target: its connect and its accept.
+    assert_eq!(
+        (opened, closed),
+        (2 * n, 2 * n),
+        "summed over the intervals"
+    );
+    assert_eq!(transitions, want, "summed over the intervals");
+    // The openings are the connect and accept transitions, in every interval.
+    assert_eq!(
+        opened,
+        transitions["CLOSE->SYN_SENT"] + transitions["SYN_RECV->ESTABLISHED"]
+    );
+
+    let tcp = &summary["tcp"];
+    assert_eq!((u(&tcp["opened"]), u(&tcp["closed"])), (2 * n, 2 * n));
+    assert_eq!(counts(&tcp["transitions"]), want, "summary");
+    assert_eq!(u(&tcp["lifetimes"]["count"]), 2 * n);
+
+    // The table stays bounded: the closed connections beyond the newest ones kept are
+    // folded into the counts, and the summary says how many.
+    let listed = tcp["connections"].as_array().unwrap().len() as u64;
+    assert!(listed <= KEPT_CLOSED, "{listed} connections listed");
+    assert_eq!(u(&tcp["evicted"]), 2 * n - listed, "summary");
+    assert_eq!(
+        evicted,
+        u(&tcp["evicted"]),
+        "the intervals' evictions add up"
+    );
+}
+
+/// `CLOSED_KEPT` in lavtrace/src/tcp/table.rs.
+const KEPT_CLOSED: u64 = 256;

@@ -287,6 +287,11 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
                 t.closed,
             ),
             (
+                "lavtrace_tcp_connections_evicted",
+                "Closed TCP connections dropped from lavtrace's table (still counted).",
+                t.evicted,
+            ),
+            (
                 "lavtrace_tcp_retransmits",
                 "TCP retransmits on the target's connections.",
                 t.retransmits,

@@ -65,6 +65,8 @@ pub struct Tcp {
     pub transitions: BTreeMap<(String, String), u64>,
     pub opened: u64,
     pub closed: u64,
+    /// Closed connections folded out of the connection table.
+    pub evicted: u64,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub retransmits: u64,
@@ -213,6 +215,7 @@ impl Instance {
             }
             t.opened += section.opened;
             t.closed += section.closed;
+            t.evicted += section.evicted;
         }
         if let Some(l) = &s.limits {
             self.limits = Some(l.clone());

@@ -19,7 +19,9 @@ use lavtrace_common::{
     storage::sink,
 };
 
-pub use report::{FileRow, MmapSection, write_text};
+#[cfg(test)]
+pub use report::FileRow;
+pub use report::{MmapSection, write_text};
 
 use crate::{
     family::{self, Family, Flush, Options, Part, TextOptions, Window},

@@ -17,7 +17,7 @@ use aya::{
 };
 use lavtrace_common::{
     ring::lost,
-    tcp::{FlowKey, SockInfo, TcpEvent, state},
+    tcp::{self, FlowKey, SockInfo, TcpEvent, state},
 };
 use tracing::{debug, info};
 
@@ -27,7 +27,7 @@ pub use report::{ConnRow, TcpSection, write_text};
 
 use crate::{
     family::{self, Family, Flush, Options, Part, TextOptions, Window},
-    kernel::Hook,
+    kernel::{self, Hook},
     ringbuf::{Drain, spawn_drain},
 };
 
@@ -102,6 +102,10 @@ impl Family for Tracer {
     const LOST_SLOT: Option<u32> = Some(lost::TCP);
 
     const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::tcp::FIELDS;
+
+    fn overrides(options: &Options, overrides: &mut kernel::Overrides) {
+        overrides.ring(tcp::RING, options.ring_bytes.unwrap_or(tcp::RING_BYTES));
+    }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
         Tracer::start(ebpf, pid, options.tcp_hooks)
@@ -182,7 +186,7 @@ impl Tracer {
         );
         let shared = Arc::new(Mutex::new(shared));
         let sink = shared.clone();
-        let drain = spawn_drain::<TcpEvent, _>(ebpf, "TCP_EVENTS", move |e| {
+        let drain = spawn_drain::<TcpEvent, _>(ebpf, tcp::RING, move |e| {
             if let Ok(mut s) = sink.lock() {
                 s.on_event(&e);
             }
@@ -237,63 +241,29 @@ impl Tracer {
             whole,
         };
         let table = &mut shared.table;
-        let in_window = |c: &table::Conn| !c.duplicate && (whole || !c.reported_closed);
         let rows: Vec<_> = table
             .conns
             .iter()
-            .filter(|c| in_window(c))
+            .filter(|c| table::Table::in_window(c, whole))
             .map(|c| report::conn_row(c, &w))
             .collect();
-        let transitions = table::transition_counts(
-            table
-                .conns
-                .iter()
-                .filter(|c| in_window(c))
-                .flat_map(|c| &c.transitions[if whole { 0 } else { c.reported_transitions }..])
-                .filter(|t| t.at >= w.start || !whole),
-        );
-        let started = |c: &table::Conn| {
-            c.transitions.first().is_some_and(|t| {
-                matches!(t.to, state::SYN_SENT | state::ESTABLISHED)
-                    && c.opened.is_some_and(|o| o >= w.start)
-            })
-        };
-        let opened = table
-            .conns
-            .iter()
-            .filter(|c| in_window(c) && started(c))
-            .count() as u64;
-        let closed_in = |c: &table::Conn| c.closed.is_some_and(|d| d >= w.start);
-        let closed = table
-            .conns
-            .iter()
-            .filter(|c| in_window(c) && closed_in(c))
-            .count() as u64;
-        let lifetimes = report::lifetimes(
-            table
-                .conns
-                .iter()
-                .filter(|c| in_window(c) && closed_in(c))
-                .filter_map(|c| Some(c.closed?.saturating_sub(c.opened?))),
-        );
-        let section = TcpSection {
+        let figures = table.figures(whole);
+        let mut section = TcpSection {
             hooks: self.kind,
             listening: table.listeners.iter().map(report::listen_row).collect(),
             connections: rows,
-            transitions,
-            opened,
-            closed,
-            lifetimes,
+            transitions: figures.transitions,
+            opened: figures.opened,
+            closed: figures.closed,
+            lifetimes: report::Lifetimes::of(&figures.lifetimes),
+            evicted: table.evicted.connections,
         };
         if !whole {
-            for c in table.conns.iter_mut() {
-                c.reported = c.counters;
-                c.reported_transitions = c.transitions.len();
-                if c.closed.is_some() {
-                    c.reported_closed = true;
-                }
-            }
+            table.mark_reported();
             self.last_end = end;
+            // Closed connections now listed once: beyond the newest kept, only their counts
+            // stay (this interval's record says how many went).
+            section.evicted = table.evict(table::CLOSED_KEPT);
         }
         Ok((section, lost_total))
     }

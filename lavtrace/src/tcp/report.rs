@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::table::{Conn, Origin, Side, service, state_name};
+use super::table::{Conn, LifetimeStats, Origin, Side, service, state_name};
 use crate::units;
 use crate::units::bytes;
 
@@ -79,6 +79,11 @@ pub struct TcpSection {
     pub closed: u64,
     /// Of the connections closed in the window whose opening was seen.
     pub lifetimes: Option<Lifetimes>,
+    /// Closed connections dropped from the table (after an interval listed them) and kept
+    /// only in the counts: in an interval, those dropped after it listed them; in the
+    /// summary, all of the run (its `connections` lack them; `opened`, `closed`,
+    /// `transitions` and `lifetimes` include them).
+    pub evicted: u64,
 }
 
 /// The window a row describes: `[start, end]` in CLOCK_MONOTONIC ns; `t0` is the attach time.
@@ -163,15 +168,15 @@ pub fn listen_row(addr: &SocketAddr) -> ListenRow {
     }
 }
 
-pub fn lifetimes(values: impl Iterator<Item = u64>) -> Option<Lifetimes> {
-    let v: Vec<u64> = values.collect();
-    let count = v.len() as u64;
-    (count > 0).then(|| Lifetimes {
-        count,
-        min_ns: *v.iter().min().unwrap_or(&0),
-        avg_ns: v.iter().sum::<u64>() / count,
-        max_ns: *v.iter().max().unwrap_or(&0),
-    })
+impl Lifetimes {
+    pub fn of(s: &LifetimeStats) -> Option<Lifetimes> {
+        (s.count > 0).then(|| Lifetimes {
+            count: s.count,
+            min_ns: s.min_ns,
+            avg_ns: s.sum_ns / s.count,
+            max_ns: s.max_ns,
+        })
+    }
 }
 
 /// `addr`, with the LavinMQ name of its port if it has one.
@@ -194,7 +199,7 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
     let listening: Vec<String> = s.listening.iter().map(|l| endpoint(&l.local)).collect();
     let _ = writeln!(
         out,
-        "TCP ({} hooks) · listening: {} · opened {} · closed {}",
+        "TCP ({} hooks) · listening: {} · opened {} · closed {}{}",
         s.hooks,
         if listening.is_empty() {
             "-".to_string()
@@ -202,7 +207,12 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
             listening.join(", ")
         },
         s.opened,
-        s.closed
+        s.closed,
+        if s.evicted > 0 {
+            format!(" · evicted {} (closed, counted, not listed)", s.evicted)
+        } else {
+            String::new()
+        }
     );
     if !summary {
         let mut lines: Vec<(u64, String)> = Vec::new();
@@ -327,8 +337,14 @@ mod tests {
 
     #[test]
     fn lifetimes_summarise() {
-        let l = lifetimes([10, 30, 20].into_iter()).unwrap();
+        let s = LifetimeStats {
+            count: 3,
+            min_ns: 10,
+            max_ns: 30,
+            sum_ns: 60,
+        };
+        let l = Lifetimes::of(&s).unwrap();
         assert_eq!((l.count, l.min_ns, l.avg_ns, l.max_ns), (3, 10, 20, 30));
-        assert!(lifetimes(std::iter::empty()).is_none());
+        assert!(Lifetimes::of(&LifetimeStats::default()).is_none());
     }
 }

@@ -60,6 +60,8 @@ pub struct Conn {
     pub reported_transitions: usize,
     /// Whether it was listed in an earlier interval after it closed (then it is not again).
     pub reported_closed: bool,
+    /// Whether an earlier interval counted its opening.
+    pub reported_opened: bool,
     /// A /proc entry at start that turned out to be a connection opened while attaching (its
     /// opening was seen): not listed.
     pub duplicate: bool,
@@ -82,8 +84,18 @@ impl Conn {
             reported: SockInfo::default(),
             reported_transitions: 0,
             reported_closed: false,
+            reported_opened: false,
             duplicate: false,
         }
+    }
+
+    /// Opened while traced: its connect or accept transition was seen.
+    pub fn started(&self) -> bool {
+        self.opened.is_some()
+            && self
+                .transitions
+                .first()
+                .is_some_and(|t| matches!(t.to, state::SYN_SENT | state::ESTABLISHED))
     }
 
     /// Who closed first: FIN_WAIT1 on our side means the target did, CLOSE_WAIT that the peer
@@ -129,9 +141,69 @@ enum Slot {
     Listener(SocketAddr),
 }
 
+/// Closed connections kept in full after an interval reported them; older ones are folded
+/// into [`Evicted`], so a churning target keeps the table bounded.
+pub const CLOSED_KEPT: usize = 256;
+
+/// Lifetimes (opened → destroyed) of closed connections whose opening was seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LifetimeStats {
+    pub count: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    pub sum_ns: u64,
+}
+
+impl LifetimeStats {
+    fn add(&mut self, ns: u64) {
+        self.min_ns = if self.count == 0 {
+            ns
+        } else {
+            self.min_ns.min(ns)
+        };
+        self.max_ns = self.max_ns.max(ns);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.count += 1;
+    }
+
+    fn merge(&mut self, o: &LifetimeStats) {
+        if o.count == 0 {
+            return;
+        }
+        self.min_ns = if self.count == 0 {
+            o.min_ns
+        } else {
+            self.min_ns.min(o.min_ns)
+        };
+        self.max_ns = self.max_ns.max(o.max_ns);
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+        self.count += o.count;
+    }
+}
+
+/// What the connections dropped from the table contributed to the whole run's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Evicted {
+    pub connections: u64,
+    pub opened: u64,
+    pub transitions: BTreeMap<String, u64>,
+    pub lifetimes: LifetimeStats,
+}
+
+/// The counts of one report: the whole run, or what no earlier interval counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub opened: u64,
+    pub closed: u64,
+    pub transitions: BTreeMap<String, u64>,
+    pub lifetimes: LifetimeStats,
+}
+
 #[derive(Debug, Default)]
 pub struct Table {
     pub conns: Vec<Conn>,
+    /// Connections folded away by [`Table::evict`] (closed, reported, not among the newest).
+    pub evicted: Evicted,
     by_sk: HashMap<u64, Slot>,
     /// Pre-existing connections not yet tied to a kernel socket, by 4-tuple.
     seeds: HashMap<FlowKey, usize>,
@@ -276,6 +348,113 @@ impl Table {
         }
     }
 
+    /// Whether a report lists `c`: not a stale /proc duplicate, and (intervals) not closed in
+    /// an interval already reported.
+    pub fn in_window(c: &Conn, whole: bool) -> bool {
+        !c.duplicate && (whole || !c.reported_closed)
+    }
+
+    /// The counts for the whole run (`whole`), or for the next interval. An interval counts
+    /// what no earlier interval counted, whatever its kernel timestamp: an event can reach the
+    /// table after the interval in which it happened was reported (the ring is drained on the
+    /// same thread), and it must then be counted in the next one, not in none.
+    pub fn figures(&self, whole: bool) -> Figures {
+        let mut f = Figures::default();
+        for c in self.conns.iter().filter(|c| Table::in_window(c, whole)) {
+            if c.started() && (whole || !c.reported_opened) {
+                f.opened += 1;
+            }
+            let first = if whole { 0 } else { c.reported_transitions };
+            for t in &c.transitions[first.min(c.transitions.len())..] {
+                *f.transitions.entry(transition_key(t)).or_insert(0) += 1;
+            }
+            if let Some(closed) = c.closed {
+                f.closed += 1;
+                if let Some(opened) = c.opened {
+                    f.lifetimes.add(closed.saturating_sub(opened));
+                }
+            }
+        }
+        if whole {
+            let e = &self.evicted;
+            f.opened += e.opened;
+            f.closed += e.connections;
+            for (k, n) in &e.transitions {
+                *f.transitions.entry(k.clone()).or_insert(0) += n;
+            }
+            f.lifetimes.merge(&e.lifetimes);
+        }
+        f
+    }
+
+    /// After an interval's report: what it counted is not counted again.
+    pub fn mark_reported(&mut self) {
+        for c in self.conns.iter_mut() {
+            c.reported = c.counters;
+            c.reported_transitions = c.transitions.len();
+            c.reported_opened |= c.started();
+            c.reported_closed |= c.closed.is_some();
+        }
+    }
+
+    /// Folds the closed connections an interval already reported into `evicted`, keeping the
+    /// newest `keep` of them (and every open one) in full. Returns how many were evicted.
+    pub fn evict(&mut self, keep: usize) -> u64 {
+        let done = |c: &Conn| c.reported_closed || c.duplicate;
+        let reported = self.conns.iter().filter(|c| done(c)).count();
+        if reported <= keep {
+            return 0;
+        }
+        let mut excess = reported - keep;
+        let mut evicted = 0;
+        let mut remap = vec![usize::MAX; self.conns.len()];
+        let mut kept = Vec::with_capacity(self.conns.len() - excess);
+        for (i, c) in std::mem::take(&mut self.conns).into_iter().enumerate() {
+            // The oldest first: `conns` is in the order they were first seen.
+            if excess > 0 && done(&c) {
+                excess -= 1;
+                if c.duplicate {
+                    continue; // never listed nor counted
+                }
+                evicted += 1;
+                let e = &mut self.evicted;
+                e.connections += 1;
+                e.opened += u64::from(c.started());
+                for t in &c.transitions {
+                    *e.transitions.entry(transition_key(t)).or_insert(0) += 1;
+                }
+                if let (Some(o), Some(d)) = (c.opened, c.closed) {
+                    e.lifetimes.add(d.saturating_sub(o));
+                }
+                continue;
+            }
+            remap[i] = kept.len();
+            kept.push(c);
+        }
+        self.conns = kept;
+        // Reported closed connections are in neither map (DESTROY and CONNECT_ERROR remove
+        // them, a matched seed left `seeds`); duplicates are in neither either. Still, re-point
+        // every index, and drop any that pointed at an evicted one.
+        self.by_sk.retain(|_, slot| match slot {
+            Slot::Conn(i) => match remap.get(*i) {
+                Some(&n) if n != usize::MAX => {
+                    *i = n;
+                    true
+                }
+                _ => false,
+            },
+            Slot::Listener(_) => true,
+        });
+        self.seeds.retain(|_, i| match remap.get(*i) {
+            Some(&n) if n != usize::MAX => {
+                *i = n;
+                true
+            }
+            _ => false,
+        });
+        evicted
+    }
+
     /// A connection opened while attaching can also be in /proc at start: keep the one whose
     /// opening was seen.
     fn drop_seed(&mut self, key: FlowKey) {
@@ -332,16 +511,9 @@ impl Table {
     }
 }
 
-/// Transition counts, `FROM->TO`, over `conns` and transitions in `[from, ..)`.
-pub fn transition_counts<'a>(
-    transitions: impl Iterator<Item = &'a Transition>,
-) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for t in transitions {
-        *out.entry(format!("{}->{}", state_name(t.from), state_name(t.to)))
-            .or_insert(0) += 1;
-    }
-    out
+/// A transition's name in the counts, `FROM->TO`.
+fn transition_key(t: &Transition) -> String {
+    format!("{}->{}", state_name(t.from), state_name(t.to))
 }
 
 pub fn state_name(s: u32) -> String {
@@ -574,6 +746,110 @@ mod tests {
         assert_eq!(t.conns.len(), 2);
         assert!(t.conns[0].duplicate && !t.conns[1].duplicate);
         assert_eq!(t.stale_seeds.len(), 1);
+    }
+
+    fn accepted(t: &mut Table, sk: u64, rport: u16, opened: u64, closed: Option<u64>) {
+        let mut e = ev(
+            kind::STATE,
+            sk,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            opened,
+        );
+        e.rport = rport;
+        t.apply(&e);
+        if let Some(at) = closed {
+            e.old_state = state::ESTABLISHED;
+            e.new_state = state::CLOSE;
+            e.ts_ns = at;
+            t.apply(&e);
+            e.kind = kind::DESTROY;
+            e.ts_ns = at + 1;
+            t.apply(&e);
+        }
+    }
+
+    /// The drain and the reports share one thread: an event can reach the table after the
+    /// interval in which it happened was reported. It counts in the next interval, once.
+    #[test]
+    fn an_event_applied_after_its_interval_was_reported_counts_in_the_next() {
+        let mut t = Table::default();
+        accepted(&mut t, 1, 40001, 100, None);
+        let first = t.figures(false);
+        assert_eq!((first.opened, first.closed), (1, 0));
+        t.mark_reported();
+        // Interval 1 ended at 200: these happened before that, and arrive now.
+        accepted(&mut t, 2, 40002, 150, Some(160));
+        let second = t.figures(false);
+        assert_eq!((second.opened, second.closed), (1, 1));
+        assert_eq!(second.transitions["SYN_RECV->ESTABLISHED"], 1);
+        assert_eq!(second.transitions["ESTABLISHED->CLOSE"], 1);
+        assert_eq!(second.lifetimes.count, 1);
+        t.mark_reported();
+        let third = t.figures(false);
+        assert_eq!(third, Figures::default(), "nothing counted twice");
+        let whole = t.figures(true);
+        assert_eq!((whole.opened, whole.closed), (2, 1));
+    }
+
+    #[test]
+    fn reported_closed_connections_are_folded_into_the_counts_beyond_the_kept_ones() {
+        let mut t = Table::default();
+        t.seed(&[ProcSock {
+            family: AF_INET,
+            local: "127.0.0.1:5672".parse().unwrap(),
+            remote: "127.0.0.1:39999".parse().unwrap(),
+            state: state::ESTABLISHED,
+            inode: 1,
+        }]);
+        for i in 0..10 {
+            accepted(&mut t, 10 + i, 41000 + i as u16, 100 + i, Some(200 + 2 * i));
+        }
+        // One still open, opened last.
+        accepted(&mut t, 99, 42000, 300, None);
+        let before = t.figures(true);
+        assert_eq!(t.evict(3), 0, "nothing reported yet");
+        t.mark_reported();
+        assert_eq!(t.evict(3), 7);
+        assert_eq!(t.conns.len(), 1 + 3 + 1, "the seed, 3 closed, the open one");
+        assert_eq!(t.evicted.connections, 7);
+        assert_eq!(
+            t.figures(true),
+            before,
+            "the whole run's counts are unchanged"
+        );
+        assert_eq!(t.live().count(), 1);
+        // The open one and the seed still get their events through the remapped indices.
+        let mut close = ev(
+            kind::STATE,
+            99,
+            state::ESTABLISHED,
+            state::CLOSE,
+            origin::ACCEPT,
+            400,
+        );
+        close.rport = 42000;
+        t.apply(&close);
+        let mut seed = ev(
+            kind::STATE,
+            5,
+            state::ESTABLISHED,
+            state::CLOSE_WAIT,
+            origin::SEED,
+            401,
+        );
+        seed.rport = 39999;
+        t.apply(&seed);
+        let open = t.conns.iter().find(|c| c.remote.port() == 42000).unwrap();
+        assert_eq!(open.state, state::CLOSE);
+        assert_eq!(t.conns[0].state, state::CLOSE_WAIT);
+        assert_eq!(t.conns.len(), 5);
+        assert_eq!(
+            t.evict(3),
+            0,
+            "the kept ones are not reported closed again yet"
+        );
     }
 
     #[test]

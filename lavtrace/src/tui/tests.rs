@@ -153,6 +153,7 @@ fn tcp() -> TcpSection {
         opened: 1,
         closed: 0,
         lifetimes: None,
+        evicted: 0,
     }
 }
 

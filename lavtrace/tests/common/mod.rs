@@ -189,6 +189,10 @@ impl Workload {
     pub fn resets() -> Preset {
         Preset::mode("resets")
     }
+    /// `n` short connections to its own listener (both ends the target's), half reset.
+    pub fn tcp_churn(n: u64) -> Preset {
+        Preset::mode("tcp-churn").flag("connections", n)
+    }
     /// LavinMQ 2.9.1's patterns: its data dir and names, a syncfs thread, GC bursts, SIGUSR1.
     pub fn lavinmq() -> Preset {
         Preset::mode("lavinmq")

@@ -34,13 +34,10 @@ const GUEST_SKIPS_SLOW_FSYNC: &str = "one_slow_fsync_gives_one_dump";
 
 /// Test binaries the guests do not run: `cli` exercises the CLI with host tools (a real
 /// /bin/sleep, unprivileged runs) and loads no eBPF; `e2e_rabbitmq` needs a RabbitMQ
-/// installation (Erlang and all), which the minimal guest does not carry; `metrics` tests the
-/// exporter, whose figures come from the families tested here already, and its TCP test once
-/// waited forever on 6.1 with the kprobe set for figures that did not come (see the closing
-/// note of this change; it now fails after 30 s instead) — kept out until that is understood.
-/// `exposition` runs the host's promtool and prometheus, and `bundle` the host's Chromium
-/// and python3 targets, which the guest does not carry.
-const SKIPPED_TESTS: &[&str] = &["cli", "e2e_rabbitmq", "metrics", "exposition", "bundle"];
+/// installation (Erlang and all), which the minimal guest does not carry. `exposition` runs
+/// the host's promtool and prometheus, and `bundle` the host's Chromium and python3 targets,
+/// which the guest does not carry either.
+const SKIPPED_TESTS: &[&str] = &["cli", "e2e_rabbitmq", "exposition", "bundle"];
 
 #[derive(clap::Args)]
 pub struct Opts {
@@ -59,6 +56,10 @@ pub struct Opts {
     /// Seconds one test binary may run inside the guest.
     #[arg(long, default_value_t = 900)]
     test_timeout: u64,
+    /// Run only this test binary of lavtrace/tests (e.g. `metrics`), after `check`.
+    /// Repeatable; default: every one the guests can run.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
 }
 
 pub fn run(opts: Opts) -> Result<()> {
@@ -72,7 +73,7 @@ pub fn run(opts: Opts) -> Result<()> {
             .collect::<Result<Vec<_>>>()?
     };
     host_packages()?;
-    let build = build_tests()?;
+    let build = build_tests()?.only(&opts.tests)?;
     let kernels = kernels::get(&specs, opts.refresh)?;
 
     let runs = guest_runs(&build, opts.test_timeout);
@@ -124,6 +125,30 @@ struct Build {
     workload: PathBuf,
     /// Integration test binaries that load eBPF: (target name, executable).
     tests: Vec<(String, PathBuf)>,
+}
+
+impl Build {
+    /// Keeps the test binaries named in `names` (all when empty); a name that is not one of
+    /// them is an error, not a run that tests nothing.
+    fn only(mut self, names: &[String]) -> Result<Build> {
+        if names.is_empty() {
+            return Ok(self);
+        }
+        for name in names {
+            if SKIPPED_TESTS.contains(&name.as_str()) {
+                bail!("--test {name}: the guests do not run it (SKIPPED_TESTS)");
+            }
+            if !self.tests.iter().any(|(n, _)| n == name) {
+                let known: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
+                bail!(
+                    "--test {name}: no such test binary (have: {})",
+                    known.join(", ")
+                );
+            }
+        }
+        self.tests.retain(|(n, _)| names.contains(n));
+        Ok(self)
+    }
 }
 
 /// Builds exactly what `cargo xtask test` builds (so nothing is rebuilt twice) and picks out
@@ -304,5 +329,26 @@ mod tests {
             [("LAVTRACE_TCP_HOOKS".to_string(), "kprobe".to_string())]
         );
         assert_eq!(runs[3].program, runs[2].program);
+    }
+
+    #[test]
+    fn test_filter_keeps_the_named_binaries_and_refuses_unknown_or_skipped_ones() {
+        let build = || Build {
+            lavtrace: "/w/lavtrace".into(),
+            workload: "/w/lavtrace-workload".into(),
+            tests: ["metrics", "syscalls", "tcp"]
+                .iter()
+                .map(|n| (n.to_string(), format!("/w/{n}").into()))
+                .collect(),
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let kept = build().only(&names(&["tcp", "metrics"])).unwrap();
+        let kept: Vec<&str> = kept.tests.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kept, ["metrics", "tcp"]);
+        assert_eq!(build().only(&[]).unwrap().tests.len(), 3);
+        let err = build().only(&names(&["tpc"])).err().unwrap().to_string();
+        assert!(err.contains("no such test binary"), "{err}");
+        let err = build().only(&names(&["cli"])).err().unwrap().to_string();
+        assert!(err.contains("do not run it"), "{err}");
     }
 }
