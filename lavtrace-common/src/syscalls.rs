@@ -4,6 +4,15 @@ use crate::field::FieldSpec;
 
 /// Syscall numbers tracked; x86_64 and aarch64 numbers all sit below this.
 pub const MAX_SYSCALLS: u32 = 512;
+/// Slots of the per-syscall counters: two halves (`lavtrace_common::cut`), `half *
+/// MAX_SYSCALLS + nr`.
+pub const STATS_SLOTS: u32 = 2 * MAX_SYSCALLS;
+/// Symbol of the read-only `[u32; COUNTED_ELSEWHERE_LEN]` global listing the syscalls whose
+/// counters another family's exit program keeps (unused slots `u32::MAX`): the fsync family
+/// times the durability calls and counts them into this family's table in the same program
+/// that sends their records, so both tables place each call in the same interval.
+pub const COUNTED_ELSEWHERE: &str = "SYSCALLS_COUNTED_ELSEWHERE";
+pub const COUNTED_ELSEWHERE_LEN: usize = 8;
 /// Threads of the target that can be inside a syscall at once (entry timestamps).
 pub const MAX_THREADS: u32 = 16_384;
 /// Distinct (syscall, errno) pairs remembered.

@@ -17,11 +17,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use lavtrace_common::syscalls::{
-    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, ThreadKey,
-    ThreadStats, diag, latency_bucket,
+    COUNTED_ELSEWHERE_LEN, ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, STATS_SLOTS,
+    SyscallStats, ThreadKey, ThreadStats, diag, latency_bucket,
 };
 
-use crate::{field, filter::current_target_task};
+use crate::{cut, field, filter::current_target_task};
 
 /// A thread's syscall in progress. The number is kept from the entry because the raw
 /// `sys_exit` tracepoint passes only the return value.
@@ -36,8 +36,16 @@ struct Start {
 #[map]
 static SYSCALLS_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
 
+/// Two halves (`lavtrace_common::cut`): `half * MAX_SYSCALLS + nr`.
 #[map]
-static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// The syscalls another family's exit program counts into `SYSCALLS_STATS`
+/// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`; unused slots u32::MAX). A read-only global
+/// set at load, so it holds from the first call: set after attach, calls between this
+/// family's attach and the other's would be counted here and not there.
+#[unsafe(no_mangle)]
+static SYSCALLS_COUNTED_ELSEWHERE: [u32; COUNTED_ELSEWHERE_LEN] = [u32::MAX; COUNTED_ELSEWHERE_LEN];
 
 #[map]
 static SYSCALLS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
@@ -131,13 +139,44 @@ fn on_exit(tid: u32, ret: i64) {
     if start == 0 {
         return; // a new thread's first return (from clone), or entered before we attached
     }
-    // SAFETY: helper without preconditions.
-    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let now = cut::now();
+    let elapsed = now.saturating_sub(start);
     if id >= u64::from(MAX_SYSCALLS) {
         return; // also -1 (no syscall), seen as a huge unsigned number
     }
     let nr = id as u32;
-    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(nr) else {
+    let failed = (-MAX_ERRNO..0).contains(&ret);
+    if !counted_elsewhere(nr) {
+        account(nr, cut::half(now), elapsed, ret);
+    }
+    // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
+    if unsafe { core::ptr::read_volatile(&SYSCALLS_PER_THREAD) } != 0 {
+        count_thread(tid, nr, elapsed, failed);
+    }
+}
+
+#[inline(always)]
+fn counted_elsewhere(nr: u32) -> bool {
+    let mut i = 0;
+    while i < COUNTED_ELSEWHERE_LEN {
+        // SAFETY: a plain read of a global; volatile so the build-time values are not folded.
+        if unsafe { core::ptr::read_volatile(&SYSCALLS_COUNTED_ELSEWHERE[i]) } == nr {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Counts one call of `nr` that took `elapsed` and returned `ret` into `half` of the
+/// per-syscall table. Also called by the fsync family's exit program for the durability calls
+/// (`SYSCALLS_COUNTED_ELSEWHERE`), which places the call and its ring record with one cut.
+#[inline(always)]
+pub fn account(nr: u32, half: u32, elapsed: u64, ret: i64) {
+    if nr >= MAX_SYSCALLS || half > 1 {
+        return;
+    }
+    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(half * MAX_SYSCALLS + nr) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
@@ -150,14 +189,9 @@ fn on_exit(tid: u32, ret: i64) {
     if let Some(bucket) = stats.buckets.get_mut(latency_bucket(elapsed)) {
         *bucket += 1;
     }
-    let failed = (-MAX_ERRNO..0).contains(&ret);
-    if failed {
+    if (-MAX_ERRNO..0).contains(&ret) {
         stats.errors += 1;
         count_errno(nr, (-ret) as u32);
-    }
-    // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
-    if unsafe { core::ptr::read_volatile(&SYSCALLS_PER_THREAD) } != 0 {
-        count_thread(tid, nr, elapsed, failed);
     }
 }
 

@@ -82,6 +82,10 @@ impl Family for Tracer {
 }
 
 impl family::Tracer for Tracer {
+    fn cut(&mut self, at_ns: u64) {
+        self.closing = Some(lavtrace_common::cut::half(at_ns, at_ns));
+    }
+
     /// Its losses are the syscalls it could not time or (--per-thread) place in the thread
     /// table; it has no ring.
     fn section(&mut self, window: Window, _kernel_lost: u64) -> Result<Option<Part>> {
@@ -97,19 +101,32 @@ impl family::Tracer for Tracer {
     }
 }
 
-/// Cumulative kernel counters at one instant, merged across CPUs.
+/// Cumulative kernel counters, merged across CPUs: each half's as of its last reading, and
+/// the errno counts (one set for both halves) as of the last interval.
 #[derive(Clone, Default)]
 struct Snapshot {
     per_nr: Vec<SyscallStats>,
     errnos: HashMap<ErrnoKey, u64>,
-    untimed: u64,
+}
+
+impl Snapshot {
+    fn zero() -> Snapshot {
+        Snapshot {
+            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
+            errnos: HashMap::new(),
+        }
+    }
 }
 
 pub struct Tracer {
     stats: PerCpuArray<MapData, SyscallStats>,
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     diag: PerCpuArray<MapData, u64>,
-    last: Snapshot,
+    /// Each half of the counters (`lavtrace_common::cut`) as last read.
+    halves: [Vec<SyscallStats>; 2],
+    errnos_last: HashMap<ErrnoKey, u64>,
+    /// The half the pending cut closes (`Tracer::cut`).
+    closing: Option<u32>,
     /// `--per-thread` only.
     threads: Option<threads::Threads>,
 }
@@ -141,14 +158,14 @@ impl Tracer {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
+        let zero = vec![SyscallStats::default(); MAX_SYSCALLS as usize];
         let tracer = Tracer {
             stats: PerCpuArray::try_from(take(ebpf, "SYSCALLS_STATS")?)?,
             errnos: PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_ERRNOS")?)?,
             diag: PerCpuArray::try_from(take(ebpf, "SYSCALLS_DIAG")?)?,
-            last: Snapshot {
-                per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-                ..Snapshot::default()
-            },
+            halves: [zero.clone(), zero],
+            errnos_last: HashMap::new(),
+            closing: None,
             threads: match per_thread {
                 true => Some(threads::Threads::new(
                     PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_THREADS")?)?,
@@ -160,9 +177,7 @@ impl Tracer {
         Ok((tracer, hooks))
     }
 
-    fn read(&self) -> Result<Snapshot> {
-        // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
-        // a syscall's errno counts from running ahead of its error count.
+    fn read_errnos(&self) -> Result<HashMap<ErrnoKey, u64>> {
         let mut errnos = HashMap::new();
         for entry in self.errnos.iter() {
             let (key, counts) = entry.context("reading syscall errno counts")?;
@@ -170,11 +185,16 @@ impl Tracer {
                 errnos.insert(key, counts.iter().sum());
             }
         }
+        Ok(errnos)
+    }
+
+    /// One half of the per-syscall counters, merged across CPUs.
+    fn read_half(&self, half: u32) -> Result<Vec<SyscallStats>> {
         let mut per_nr = Vec::with_capacity(MAX_SYSCALLS as usize);
         for nr in 0..MAX_SYSCALLS {
             let slots = self
                 .stats
-                .get(&nr, 0)
+                .get(&(half * MAX_SYSCALLS + nr), 0)
                 .with_context(|| format!("reading syscall stats for {nr}"))?;
             let mut merged = stats::merge_cpus(slots.iter());
             if !returns_error_codes(nr) {
@@ -182,26 +202,44 @@ impl Tracer {
             }
             per_nr.push(merged);
         }
-        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
-        let untimed = [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
-            .iter()
-            .map(|i| self.diag.get(i, 0).map_or(0, |v| v.iter().sum::<u64>()))
-            .sum();
-        Ok(Snapshot {
-            per_nr,
-            errnos,
-            untimed,
-        })
+        Ok(per_nr)
     }
 
-    /// Rows for what happened since the previous call (or since attach), and the syscalls
-    /// left untimed since attach.
+    /// Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
+    fn untimed(&self) -> u64 {
+        [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
+            .iter()
+            .map(|i| self.diag.get(i, 0).map_or(0, |v| v.iter().sum::<u64>()))
+            .sum()
+    }
+
+    /// Rows for the interval the last cut closed (without one: everything since the previous
+    /// call), and the syscalls left untimed since attach.
     fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
-        let cur = self.read()?;
-        let rows = rows(&cur, &self.last);
-        let untimed = cur.untimed;
-        self.last = cur;
-        Ok((rows, untimed))
+        // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
+        // a syscall's errno counts from running ahead of its error count.
+        let errnos = self.read_errnos()?;
+        let halves = match self.closing.take() {
+            Some(h) => vec![h],
+            None => vec![0, 1],
+        };
+        let mut window = Snapshot::zero();
+        for h in halves {
+            let cur = self.read_half(h)?;
+            let last = &mut self.halves[h as usize];
+            for (nr, w) in window.per_nr.iter_mut().enumerate() {
+                *w = stats::merge_cpus([&*w, &stats::window(&cur[nr], &last[nr])]);
+            }
+            *last = cur;
+        }
+        window.errnos = errnos;
+        let prev = Snapshot {
+            per_nr: Vec::new(),
+            errnos: std::mem::take(&mut self.errnos_last),
+        };
+        let rows = rows(&window, &prev);
+        self.errnos_last = window.errnos;
+        Ok((rows, self.untimed()))
     }
 
     /// `--per-thread`: threads since the previous call, or (`whole`) since attach.
@@ -209,15 +247,18 @@ impl Tracer {
         self.threads.as_mut().map(|t| t.rows(whole)).transpose()
     }
 
-    /// Rows for the whole run (the maps start empty at attach).
+    /// Rows for the whole run: the sum of the intervals read (the session closes a last one
+    /// before it asks), so the summary is exactly what the intervals showed.
     fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
-        let cur = self.read()?;
-        let zero = Snapshot {
-            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-            ..Snapshot::default()
+        let whole = Snapshot {
+            per_nr: self.halves[0]
+                .iter()
+                .zip(self.halves[1].iter())
+                .map(|(a, b)| stats::merge_cpus([a, b]))
+                .collect(),
+            errnos: self.errnos_last.clone(),
         };
-        let untimed = cur.untimed;
-        Ok((rows(&cur, &zero), untimed))
+        Ok((rows(&whole, &Snapshot::default()), self.untimed()))
     }
 }
 
@@ -233,16 +274,15 @@ pub(crate) fn returns_error_codes(nr: u32) -> bool {
     i64::from(nr) != libc::SYS_rt_sigreturn
 }
 
-fn rows(cur: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {
-    let mut out: Vec<SyscallRow> = cur
+/// Rows of a window: `window.per_nr` holds the window's own counts; the errno counts are
+/// cumulative, `prev` the reading at the window's start.
+fn rows(window: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {
+    let mut out: Vec<SyscallRow> = window
         .per_nr
         .iter()
-        .zip(prev.per_nr.iter())
         .enumerate()
-        .filter_map(|(nr, (c, p))| {
-            let w = stats::window(c, p);
-            (w.count > 0).then(|| SyscallRow::new(nr as u32, &w, top_errno(nr as u32, cur, prev)))
-        })
+        .filter(|(_, w)| w.count > 0)
+        .map(|(nr, w)| SyscallRow::new(nr as u32, w, top_errno(nr as u32, window, prev)))
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
     out
@@ -287,39 +327,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_are_interval_differences_with_the_top_errno() {
+    fn rows_are_the_window_with_the_top_errno_of_the_window() {
         let close = libc::SYS_close as u32;
-        let mut prev = Snapshot {
-            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-            ..Snapshot::default()
+        let prev = Snapshot {
+            per_nr: Vec::new(),
+            errnos: [(
+                ErrnoKey {
+                    nr: close,
+                    errno: 9,
+                },
+                2,
+            )]
+            .into(),
         };
-        prev.per_nr[close as usize].count = 10;
-        prev.per_nr[close as usize].errors = 2;
-        prev.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 9,
-            },
-            2,
-        );
-        let mut cur = prev.clone();
-        cur.per_nr[close as usize].count = 15;
-        cur.per_nr[close as usize].errors = 5;
-        cur.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 9,
-            },
-            3,
-        );
-        cur.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 4,
-            },
-            2,
-        );
-        let rows = rows(&cur, &prev);
+        let mut window = Snapshot::zero();
+        window.per_nr[close as usize].count = 5;
+        window.per_nr[close as usize].errors = 3;
+        window.errnos = [
+            (
+                ErrnoKey {
+                    nr: close,
+                    errno: 9,
+                },
+                3,
+            ),
+            (
+                ErrnoKey {
+                    nr: close,
+                    errno: 4,
+                },
+                2,
+            ),
+        ]
+        .into();
+        let rows = rows(&window, &prev);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "close");
         assert_eq!(rows[0].count, 5);
