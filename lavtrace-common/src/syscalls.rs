@@ -46,6 +46,9 @@ pub const MAX_THREAD_KEYS: u32 = 16_384;
 /// Symbol of the `u8` read-only global that turns the per-thread table on (1) or off (0); with
 /// it off the verifier prunes the per-thread code from the hot path.
 pub const PER_THREAD: &str = "SYSCALLS_PER_THREAD";
+/// Symbol of the `u32` read-only global holding this architecture's `exit` syscall number: a
+/// thread's last call, which never returns, so its entry timestamp is dropped at entry.
+pub const EXIT_NR: &str = "SYSCALLS_EXIT_NR";
 
 /// The raw_syscalls record fields of the classic-tracepoint program pair (the raw tracepoint
 /// pair reads no record).
@@ -71,6 +74,9 @@ pub struct ThreadStats {
     pub total_ns: u64,
     pub max_ns: u64,
 }
+
+/// The per-thread table's value: one `ThreadStats` per half (`crate::cut`).
+pub type ThreadHalves = [ThreadStats; 2];
 
 /// Indexes of the per-cpu diagnostic counters of this family.
 pub mod diag {

@@ -206,7 +206,13 @@ pub fn exit(ctx: &TracePointContext, owner: Owner) {
             // same read of the cut as its record (userspace places the record by
             // start + duration): the two tables cannot disagree on its interval.
             let returned = event.start_ns + event.duration_ns;
-            syscalls::account(event.nr, cut::half(returned), event.duration_ns, event.ret);
+            syscalls::account(
+                event.tid,
+                event.nr,
+                cut::half(returned),
+                event.duration_ns,
+                event.ret,
+            );
         }
         send(owner, &event);
     }

@@ -12,7 +12,9 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
-use lavtrace_common::syscalls::{ErrnoKey, MAX_SYSCALLS, SyscallStats, diag};
+use lavtrace_common::syscalls::{
+    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, diag,
+};
 
 pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 
@@ -40,6 +42,60 @@ pub enum HookChoice {
 pub struct Section {
     pub rows: Vec<SyscallRow>,
     pub threads: Option<Vec<threads::ThreadRow>>,
+    /// Calls a full kernel table could not hold, in the window.
+    pub table_full: TableFull,
+}
+
+/// Calls that a full kernel table could not hold: shown (JSON `table_full`, a text line)
+/// whenever one is non-zero, so a full table never passes for calls that did not happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableFull {
+    /// Calls left untimed and uncounted: the table of calls in progress was full
+    /// (`MAX_THREADS` threads inside a syscall at once).
+    pub calls_in_progress: u64,
+    /// Calls counted in `syscalls` but missing from `threads`: the per-thread table was full
+    /// (`MAX_THREAD_KEYS` (thread, syscall) pairs).
+    pub threads: u64,
+    /// Failing calls counted whose errno is missing from `top_errno`: the errno table was full.
+    pub errnos: u64,
+}
+
+impl TableFull {
+    fn any(&self) -> bool {
+        *self != TableFull::default()
+    }
+
+    fn since(&self, prev: &TableFull) -> TableFull {
+        TableFull {
+            calls_in_progress: self.calls_in_progress.saturating_sub(prev.calls_in_progress),
+            threads: self.threads.saturating_sub(prev.threads),
+            errnos: self.errnos.saturating_sub(prev.errnos),
+        }
+    }
+
+    fn write_text(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let mut parts = Vec::new();
+        if self.calls_in_progress > 0 {
+            parts.push(format!(
+                "{} calls untimed (calls in progress, {MAX_THREADS} threads)",
+                self.calls_in_progress
+            ));
+        }
+        if self.threads > 0 {
+            parts.push(format!(
+                "{} calls missing from the thread table ({MAX_THREAD_KEYS} thread/syscall pairs)",
+                self.threads
+            ));
+        }
+        if self.errnos > 0 {
+            parts.push(format!(
+                "{} errnos not kept ({MAX_ERRNO_KEYS} syscall/errno pairs)",
+                self.errnos
+            ));
+        }
+        let _ = writeln!(out, "KERNEL TABLE FULL: {}", parts.join(", "));
+    }
 }
 
 impl family::Section for Section {
@@ -48,6 +104,9 @@ impl family::Section for Section {
         if let Some(threads) = &self.threads {
             keys.extend(family::one_key("threads", threads)?);
         }
+        if self.table_full.any() {
+            keys.extend(family::one_key("table_full", &self.table_full)?);
+        }
         Ok(keys)
     }
 
@@ -55,6 +114,9 @@ impl family::Section for Section {
         write_text(out, &self.rows, text.sort, text.top);
         if let Some(rows) = &self.threads {
             threads::write_text(out, rows, text.sort, text.top);
+        }
+        if self.table_full.any() {
+            self.table_full.write_text(out);
         }
     }
 
@@ -74,6 +136,7 @@ impl Family for Tracer {
             lavtrace_common::syscalls::PER_THREAD,
             u8::from(options.per_thread),
         );
+        overrides.global_u32(lavtrace_common::syscalls::EXIT_NR, libc::SYS_exit as u32);
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -83,19 +146,37 @@ impl Family for Tracer {
 
 impl family::Tracer for Tracer {
     fn cut(&mut self, at_ns: u64) {
-        self.closing = Some(lavtrace_common::cut::half(at_ns, at_ns));
+        let half = lavtrace_common::cut::half(at_ns, at_ns);
+        self.closing = Some(half);
+        if let Some(t) = self.threads.as_mut() {
+            t.cut(half);
+        }
     }
 
     /// Its losses are the syscalls it could not time or (--per-thread) place in the thread
     /// table; it has no ring.
     fn section(&mut self, window: Window, _kernel_lost: u64) -> Result<Option<Part>> {
-        let (rows, untimed) = match window {
-            Window::Interval => self.interval()?,
-            Window::Whole => self.summary()?,
+        let (rows, table_full) = match window {
+            Window::Interval => {
+                let halves = match self.closing.take() {
+                    Some(h) => vec![h],
+                    None => vec![0, 1],
+                };
+                (self.interval(&halves)?, self.full_window(&halves))
+            }
+            Window::Whole => (self.summary(), self.full_whole()),
         };
         let threads = self.threads(window == Window::Whole)?;
+        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread
+        // table, as of the last cut (the session turns it into the window's figure).
+        let whole = self.full_whole();
+        let untimed = whole.calls_in_progress + whole.threads;
         Ok(Some(Part {
-            section: Box::new(Section { rows, threads }),
+            section: Box::new(Section {
+                rows,
+                threads,
+                table_full,
+            }),
             lost_since_attach: untimed,
         }))
     }
@@ -127,6 +208,8 @@ pub struct Tracer {
     errnos_last: HashMap<ErrnoKey, u64>,
     /// The half the pending cut closes (`Tracer::cut`).
     closing: Option<u32>,
+    /// Each half of the kernel's table-full counters as last read.
+    full_last: [TableFull; 2],
     /// `--per-thread` only.
     threads: Option<threads::Threads>,
 }
@@ -166,6 +249,7 @@ impl Tracer {
             halves: [zero.clone(), zero],
             errnos_last: HashMap::new(),
             closing: None,
+            full_last: [TableFull::default(); 2],
             threads: match per_thread {
                 true => Some(threads::Threads::new(
                     PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_THREADS")?)?,
@@ -205,26 +289,52 @@ impl Tracer {
         Ok(per_nr)
     }
 
-    /// Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
-    fn untimed(&self) -> u64 {
-        [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
-            .iter()
-            .map(|i| self.diag.get(i, 0).map_or(0, |v| v.iter().sum::<u64>()))
-            .sum()
+    /// One half of the kernel's table-full counters.
+    fn read_full(&self, half: u32) -> TableFull {
+        let get = |i: u32| {
+            self.diag
+                .get(&(half * diag::LEN + i), 0)
+                .map_or(0, |v| v.iter().sum::<u64>())
+        };
+        TableFull {
+            calls_in_progress: get(diag::START_TABLE_FULL),
+            threads: get(diag::THREAD_TABLE_FULL),
+            errnos: get(diag::ERRNO_TABLE_FULL),
+        }
     }
 
-    /// Rows for the interval the last cut closed (without one: everything since the previous
-    /// call), and the syscalls left untimed since attach.
-    fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+    /// The table-full counts of the window closing `halves`.
+    fn full_window(&mut self, halves: &[u32]) -> TableFull {
+        let mut w = TableFull::default();
+        for &h in halves {
+            let cur = self.read_full(h);
+            let d = cur.since(&self.full_last[h as usize]);
+            w.calls_in_progress += d.calls_in_progress;
+            w.threads += d.threads;
+            w.errnos += d.errnos;
+            self.full_last[h as usize] = cur;
+        }
+        w
+    }
+
+    /// Every closed interval's table-full counts.
+    fn full_whole(&self) -> TableFull {
+        let [a, b] = &self.full_last;
+        TableFull {
+            calls_in_progress: a.calls_in_progress + b.calls_in_progress,
+            threads: a.threads + b.threads,
+            errnos: a.errnos + b.errnos,
+        }
+    }
+
+    /// Rows for the window closing `halves` (the one the last cut closed; without a cut, both:
+    /// everything since the previous call).
+    fn interval(&mut self, halves: &[u32]) -> Result<Vec<SyscallRow>> {
         // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
         // a syscall's errno counts from running ahead of its error count.
         let errnos = self.read_errnos()?;
-        let halves = match self.closing.take() {
-            Some(h) => vec![h],
-            None => vec![0, 1],
-        };
         let mut window = Snapshot::zero();
-        for h in halves {
+        for &h in halves {
             let cur = self.read_half(h)?;
             let last = &mut self.halves[h as usize];
             for (nr, w) in window.per_nr.iter_mut().enumerate() {
@@ -239,7 +349,7 @@ impl Tracer {
         };
         let rows = rows(&window, &prev);
         self.errnos_last = window.errnos;
-        Ok((rows, self.untimed()))
+        Ok(rows)
     }
 
     /// `--per-thread`: threads since the previous call, or (`whole`) since attach.
@@ -249,7 +359,7 @@ impl Tracer {
 
     /// Rows for the whole run: the sum of the intervals read (the session closes a last one
     /// before it asks), so the summary is exactly what the intervals showed.
-    fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
+    fn summary(&self) -> Vec<SyscallRow> {
         let whole = Snapshot {
             per_nr: self.halves[0]
                 .iter()
@@ -258,7 +368,7 @@ impl Tracer {
                 .collect(),
             errnos: self.errnos_last.clone(),
         };
-        Ok((rows(&whole, &Snapshot::default()), self.untimed()))
+        rows(&whole, &Snapshot::default())
     }
 }
 
