@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use lavtrace_common::syscalls::{
-    COUNTED_ELSEWHERE_LEN, ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, STATS_SLOTS,
-    SyscallStats, ThreadHalves, ThreadKey, ThreadStats, diag, latency_bucket,
+    COUNTED_ELSEWHERE_LEN, ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS,
+    STATS_SLOTS, SyscallStats, ThreadHalves, ThreadKey, ThreadStats, diag, latency_bucket,
 };
 
 use crate::{cut, field, filter::current_target_task};

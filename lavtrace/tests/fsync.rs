@@ -245,10 +245,7 @@ fn durability_rows_agree_with_the_syscall_table_in_every_interval() {
         let sum: u64 = intervals.iter().map(|r| total(r, call)).sum();
         assert_eq!(sum, total(summary, call), "{call}: intervals add up");
     }
-    let busy = intervals
-        .iter()
-        .filter(|r| total(r, "syncfs") > 0)
-        .count();
+    let busy = intervals.iter().filter(|r| total(r, "syncfs") > 0).count();
     assert!(busy >= 5, "syncfs spread over {busy} intervals only");
 }
 

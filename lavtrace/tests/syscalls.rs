@@ -252,7 +252,11 @@ fn thread_churn_keeps_every_count_and_reports_a_full_thread_table() {
         }
         let records = trace.run(&mut [&mut target]);
         let summary = records.last().unwrap();
-        assert_eq!(count(summary, "getppid"), THREADS, "per_thread {per_thread}");
+        assert_eq!(
+            count(summary, "getppid"),
+            THREADS,
+            "per_thread {per_thread}"
+        );
         let full = &summary["table_full"];
         if !per_thread {
             assert_eq!(summary["lost_events"]["syscalls"], 0, "{full}");

@@ -86,7 +86,14 @@ mod tests {
         a.merge(&b);
         assert_eq!(
             (a.count, a.errors, a.bytes, a.total_ns, a.max_ns, a.log2),
-            (both.count, both.errors, both.bytes, both.total_ns, both.max_ns, both.log2)
+            (
+                both.count,
+                both.errors,
+                both.bytes,
+                both.total_ns,
+                both.max_ns,
+                both.log2
+            )
         );
         assert_eq!(a.quantile(0.5), both.quantile(0.5));
         assert_eq!(a.quantile(0.99), both.quantile(0.99));

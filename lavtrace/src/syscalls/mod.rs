@@ -67,7 +67,9 @@ impl TableFull {
 
     fn since(&self, prev: &TableFull) -> TableFull {
         TableFull {
-            calls_in_progress: self.calls_in_progress.saturating_sub(prev.calls_in_progress),
+            calls_in_progress: self
+                .calls_in_progress
+                .saturating_sub(prev.calls_in_progress),
             threads: self.threads.saturating_sub(prev.threads),
             errnos: self.errnos.saturating_sub(prev.errnos),
         }
