@@ -14,10 +14,13 @@ use crate::{
         caps::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
         tracefs,
     },
+    lavinmq::limits,
+    printable::printable,
     session::Session,
     storage::maps,
     target::Target,
     tcp::{procfs, table},
+    units,
 };
 
 pub fn run(args: &CheckArgs) -> Result<()> {
@@ -154,8 +157,8 @@ fn describe(t: &Target) -> Vec<String> {
         (Some(live), _) => live.to_string(),
         (None, _) => "unreadable".into(),
     };
-    vec![
-        format!("target        pid {} ({})", t.pid, t.comm),
+    let mut lines = vec![
+        format!("target        pid {} ({})", t.pid, printable(&t.comm)),
         format!("threads       {}: {}", t.threads, threads.join(", ")),
         format!(
             "listening     {}{}",
@@ -175,5 +178,36 @@ fn describe(t: &Target) -> Vec<String> {
             }
         ),
         format!("mappings      {mappings}"),
-    ]
+    ];
+    let limits = limits::Watch::new(t.pid).read();
+    let l = &limits.limits;
+    lines.push(format!(
+        "open fds      {}",
+        match (l.fds_open, l.fd_limit) {
+            (Some(n), Some(max)) => format!(
+                "{n} of the open-files limit {max} ({:.1}%)",
+                n as f64 * 100.0 / max.max(1) as f64
+            ),
+            (Some(n), None) => format!("{n} (open-files limit: unlimited)"),
+            (None, _) => "unreadable".into(),
+        }
+    ));
+    lines.push(format!(
+        "data dir      {}",
+        match (&limits.data_dir, l.disk_free_bytes, l.disk_size_bytes) {
+            (Some(d), Some(free), Some(size)) => format!(
+                "{} ({} on disk): {} free of {}",
+                printable(d),
+                l.data_dir_bytes.map_or_else(|| "?".into(), units::bytes),
+                units::bytes(free),
+                units::bytes(size)
+            ),
+            (Some(d), ..) => format!("{} (disk unreadable)", printable(d)),
+            (None, ..) => "not found (no --data-dir, config file or open .lock)".into(),
+        }
+    ));
+    for w in &limits.warnings {
+        lines.push(format!("WARNING       {}", limits.warning(*w)));
+    }
+    lines
 }

@@ -26,6 +26,8 @@ pub struct Sections {
     pub lost_events: BTreeMap<&'static str, u64>,
     /// What tracing cost in this window.
     pub overhead: Option<crate::overhead::Overhead>,
+    /// The target's limits at the end of this window (fds, mappings, disk).
+    pub limits: Option<crate::lavinmq::limits::Report>,
 }
 
 impl Sections {
@@ -54,6 +56,12 @@ impl Sections {
         for part in &self.parts {
             part.write_text(out, &text);
         }
+        if let Some(l) = &self.limits {
+            let connections = self
+                .get::<crate::tcp::TcpSection>()
+                .map(|t| t.connections.iter().filter(|c| c.open).count());
+            out.push_str(&l.text(connections));
+        }
         let lost: Vec<String> = self
             .lost_events
             .iter()
@@ -77,6 +85,9 @@ impl Serialize for Sections {
             for (key, value) in part.json().map_err(serde::ser::Error::custom)? {
                 map.serialize_entry(key, &value)?;
             }
+        }
+        if let Some(l) = &self.limits {
+            map.serialize_entry("limits", l)?;
         }
         map.serialize_entry("lost_events", &self.lost_events)?;
         if let Some(o) = &self.overhead {

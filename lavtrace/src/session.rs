@@ -15,6 +15,7 @@ use crate::{
         self, Hook, Overrides,
         cut::{Cut, now_ns},
     },
+    lavinmq::limits,
     metrics,
     output::{self, End, Output, Sections},
     overhead::Meter,
@@ -40,6 +41,8 @@ pub struct Session {
     metrics: Option<metrics::Exporter>,
     /// `--keep`: fed every interval's record.
     recorder: Option<Recorder>,
+    /// The target's fds, mappings and disk against their limits, read every window.
+    limits: limits::Watch,
 }
 
 impl Session {
@@ -84,13 +87,14 @@ impl Session {
         Ok(Session {
             meter: Meter::start(&ebpf),
             ebpf,
-            target,
             hooks,
             lost,
             cut,
             families,
             metrics: None,
             recorder: None,
+            limits: limits::Watch::new(target.pid),
+            target,
         })
     }
 
@@ -158,6 +162,7 @@ impl Session {
             Window::Interval => self.meter.interval(&self.ebpf),
             Window::Whole => self.meter.whole(&self.ebpf),
         });
+        s.limits = Some(self.limits.read());
         let lost = &self.lost;
         for f in &mut self.families {
             if let Some((section, lost)) = f.section(window, |slot| lost.get(slot))? {

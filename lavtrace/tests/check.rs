@@ -40,8 +40,21 @@ fn check_pid_describes_the_target() {
         .unwrap()
         .lines()
         .count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let (code, out, err) = check(&["--pid", &pid.to_string()]);
     assert_eq!(code, 0, "check failed: {err}\n{out}");
+    assert!(
+        line(&out, "open fds")
+            .starts_with(&format!("open fds      {fds} of the open-files limit ")),
+        "{out}"
+    );
+    // Not a broker: no data dir to measure.
+    assert!(
+        line(&out, "data dir").starts_with("data dir      not found"),
+        "{out}"
+    );
     assert_eq!(
         line(&out, "target"),
         format!("target        pid {pid} (lt-check)")

@@ -458,3 +458,107 @@ fn hundreds_of_queues_each_own_their_segments() {
         }
     }
 }
+
+/// The target's limits in every record, equal to /proc and statvfs while it is quiet; at 80 %
+/// of the open-files limit a warning in JSON and text.
+#[test]
+fn limits_equal_proc_and_warn_at_eighty_percent() {
+    require_root();
+    let mut w = Workload::lavinmq()
+        .flag("queues", 3)
+        .segments(1)
+        .syncfs(2)
+        .flag("gc-bursts", 0)
+        .switch("wait")
+        .spawn();
+    w.go();
+    let dir = data_dir(&w);
+    w.wait_done();
+    // Quiet from here until stdin closes: its fds and mappings stay as they are.
+    let pid = w.pid;
+    let fds = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let maps = || {
+        fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .count() as u64
+    };
+    let (fds_open, mappings) = (fds(), maps());
+    // An open-files limit the workload's fds fill to 80 % or more.
+    let soft = fds_open * 100 / 85;
+    assert!(soft > fds_open, "{fds_open} fds");
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into `old` only.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // Only the soft limit moves: raising the hard one needs CAP_SYS_RESOURCE.
+    let set = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit on our own child; `set` is a valid rlimit (soft below the hard one).
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &set, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+
+    let records = Trace::of(&w)
+        .probes("fsync")
+        .interval("100ms")
+        .flag("duration", "300ms")
+        .spawn()
+        .records();
+    assert_eq!(
+        (fds(), maps()),
+        (fds_open, mappings),
+        "the workload stayed quiet"
+    );
+    let du = Command::new("du")
+        .args(["-sx", "--block-size=1", &dir])
+        .output()
+        .unwrap();
+    let du: u64 = String::from_utf8(du.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let max_map: u64 = fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(records.len() >= 3, "{records:?}");
+    for r in &records {
+        let l = &r["limits"];
+        assert_eq!(l["fds_open"], fds_open, "{r}");
+        assert_eq!(l["fd_limit"], soft);
+        assert_eq!(l["mappings"], mappings);
+        assert_eq!(l["max_map_count"], max_map);
+        assert_eq!(l["data_dir"], dir.as_str());
+        assert_eq!(l["data_dir_bytes"], du);
+        let free = l["disk_free_bytes"].as_u64().unwrap();
+        assert!(free > 0 && free <= l["disk_size_bytes"].as_u64().unwrap());
+        assert_eq!(l["warnings"][0], "fds", "{l}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lavtrace"))
+        .args(["trace", "--probes", "fsync", "--duration", "200ms", "--pid"])
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let pct = fds_open * 100 / soft;
+    let line = format!("LIMITS  fds {fds_open}/{soft} ({pct} %) · mappings {mappings}/{max_map}");
+    assert!(text.contains(&line), "{line} missing from:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "WARNING open fds near the target's open-files limit ({fds_open} of {soft}, {pct} %)"
+        )),
+        "{text}"
+    );
+    w.finish();
+}

@@ -10,7 +10,7 @@ use std::{collections::HashSet, ffi::CString, fs, os::unix::fs::MetadataExt as _
 
 use serde::Serialize;
 
-use crate::storage::maps;
+use crate::{printable::printable, storage::maps, units};
 
 /// Warn when a figure reaches this share of its limit (LavinMQ's guide: act before the limit).
 pub const WARN_PERCENT: u64 = 80;
@@ -25,6 +25,10 @@ pub struct Limits {
     /// Free to unprivileged users (what the broker, not root, can still write).
     pub disk_free_bytes: Option<u64>,
     pub disk_size_bytes: Option<u64>,
+    /// In use (blocks not free). With `disk_free_bytes` it gives the use share as df's `Use%`
+    /// does: blocks reserved for root, or lost to the filesystem's own structures, are in
+    /// neither.
+    pub disk_used_bytes: Option<u64>,
     /// Disk space the data dir takes (allocated blocks, as `du` counts: segments are sparse).
     pub data_dir_bytes: Option<u64>,
 }
@@ -50,26 +54,155 @@ impl Limits {
             mappings: maps::live_count(pid),
             disk_free_bytes: fs.map(|f| f.0),
             disk_size_bytes: fs.map(|f| f.1),
+            disk_used_bytes: fs.map(|f| f.2),
             data_dir_bytes: disk.as_deref().map(|d| allocated_bytes(Path::new(d))),
         }
     }
 
+    /// What the broker can fill: used plus free to unprivileged writers (df's `Use%` base).
+    pub fn disk_usable(&self) -> Option<u64> {
+        Some(self.disk_used_bytes?.saturating_add(self.disk_free_bytes?))
+    }
+
     /// The figures at or past `WARN_PERCENT` of their limit.
     pub fn warnings(&self) -> Vec<Warning> {
-        let disk_used = self
-            .disk_size_bytes
-            .zip(self.disk_free_bytes)
-            .map(|(size, free)| size.saturating_sub(free));
         [
             (Warning::Fds, self.fds_open, self.fd_limit),
             (Warning::Mappings, self.mappings, self.max_map_count),
-            (Warning::Disk, disk_used, self.disk_size_bytes),
+            (Warning::Disk, self.disk_used_bytes, self.disk_usable()),
         ]
         .into_iter()
         .filter(|&(_, used, limit)| near(used, limit))
         .map(|(w, _, _)| w)
         .collect()
     }
+}
+
+/// The limits of one target as every record shows them (`limits` in JSON, the LIMITS line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// The data dir the disk figures are of, as the target sees it (None: not found).
+    pub data_dir: Option<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Reads a target's limits each interval. Everything comes from /proc and statvfs at the
+/// moment of reading, the ground truth an operator would check by hand (ls /proc/PID/fd,
+/// /proc/PID/maps, df, du), rather than from lavtrace's own fd and mapping models, which only
+/// see what happened after attach.
+#[derive(Debug)]
+pub struct Watch {
+    pid: u32,
+    data_dir: Option<String>,
+    /// The last reading of a live target: what a summary after its exit shows.
+    last: Option<Report>,
+}
+
+impl Watch {
+    pub fn new(pid: u32) -> Watch {
+        Watch {
+            pid,
+            data_dir: super::data_dir::find(pid).map(|(d, _)| d),
+            last: None,
+        }
+    }
+
+    pub fn read(&mut self) -> Report {
+        // A broker that had not opened its data dir yet at attach may have done so since.
+        if self.data_dir.is_none() {
+            self.data_dir = super::data_dir::find(self.pid).map(|(d, _)| d);
+        }
+        let limits = Limits::of(self.pid, self.data_dir.as_deref());
+        // A live process always has mappings; an exited one (a zombie too) has none, and an
+        // empty fd dir that means nothing.
+        if limits.mappings.is_none() {
+            return self.last.clone().unwrap_or_else(|| Report {
+                limits: Limits {
+                    max_map_count: limits.max_map_count,
+                    ..Limits::default()
+                },
+                ..Report::default()
+            });
+        }
+        let report = Report {
+            warnings: limits.warnings(),
+            limits,
+            data_dir: self.data_dir.clone(),
+        };
+        self.last = Some(report.clone());
+        report
+    }
+}
+
+impl Report {
+    /// The LIMITS line, then one WARNING line per figure at or past WARN_PERCENT.
+    /// `connections`: the target's open TCP connections, when the tcp family knows them
+    /// (each one is an fd: they count against the same limit).
+    pub fn text(&self, connections: Option<usize>) -> String {
+        let l = &self.limits;
+        let of = |used: Option<u64>, limit: Option<u64>| match (used, limit) {
+            (Some(u), Some(m)) if m > 0 => format!("{u}/{m} ({} %)", percent(u, m)),
+            (Some(u), _) => format!("{u} (no limit)"),
+            (None, _) => "unknown".to_string(),
+        };
+        let mut fds = format!("fds {}", of(l.fds_open, l.fd_limit));
+        if let Some(n) = connections {
+            fds.push_str(&format!(", {n} TCP"));
+        }
+        let mut parts = vec![fds, format!("mappings {}", of(l.mappings, l.max_map_count))];
+        match (&self.data_dir, l.disk_free_bytes, l.disk_size_bytes) {
+            (Some(dir), Some(free), Some(size)) => parts.push(format!(
+                "disk {} free of {} ({} % used) · data dir {} {}",
+                units::bytes(free),
+                units::bytes(size),
+                percent(l.disk_used_bytes.unwrap_or(0), l.disk_usable().unwrap_or(0)),
+                printable(dir),
+                l.data_dir_bytes
+                    .map_or_else(|| "?".to_string(), units::bytes),
+            )),
+            (Some(dir), ..) => parts.push(format!("data dir {} (disk unreadable)", printable(dir))),
+            (None, ..) => parts.push("data dir not found".to_string()),
+        }
+        let mut out = format!("LIMITS  {}\n", parts.join(" · "));
+        for w in &self.warnings {
+            out.push_str(&format!("WARNING {}\n", self.warning(*w)));
+        }
+        out
+    }
+
+    /// One warning, with what to do about it.
+    pub fn warning(&self, w: Warning) -> String {
+        let l = &self.limits;
+        let pair = |u: Option<u64>, m: Option<u64>| {
+            let (u, m) = (u.unwrap_or(0), m.unwrap_or(0));
+            format!("{u} of {m}, {} %", percent(u, m))
+        };
+        match w {
+            Warning::Fds => format!(
+                "open fds near the target's open-files limit ({}): raise LimitNOFILE",
+                pair(l.fds_open, l.fd_limit)
+            ),
+            Warning::Mappings => format!(
+                "mappings near vm.max_map_count ({}): raise vm.max_map_count",
+                pair(l.mappings, l.max_map_count)
+            ),
+            Warning::Disk => format!(
+                "the data dir's disk is {} % full ({} free)",
+                percent(l.disk_used_bytes.unwrap_or(0), l.disk_usable().unwrap_or(0)),
+                units::bytes(l.disk_free_bytes.unwrap_or(0))
+            ),
+        }
+    }
+}
+
+/// Whole percent, rounded down (79.9 % is not yet 80 %), 0 for a zero limit.
+fn percent(used: u64, limit: u64) -> u64 {
+    if limit == 0 {
+        return 0;
+    }
+    (u128::from(used) * 100 / u128::from(limit)) as u64
 }
 
 /// `used` is at least WARN_PERCENT of a known, non-zero `limit`.
@@ -102,8 +235,8 @@ pub fn fds_open(pid: u32) -> Option<u64> {
     Some(dir.filter(|e| e.is_ok()).count() as u64)
 }
 
-/// (free to unprivileged users, size) in bytes of the filesystem holding `path`.
-fn filesystem(path: &Path) -> Option<(u64, u64)> {
+/// (free to unprivileged users, size, used) in bytes of the filesystem holding `path`.
+fn filesystem(path: &Path) -> Option<(u64, u64, u64)> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs only writes the struct, which is plain data and fully written on success.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -115,6 +248,7 @@ fn filesystem(path: &Path) -> Option<(u64, u64)> {
     Some((
         st.f_bavail.saturating_mul(unit),
         st.f_blocks.saturating_mul(unit),
+        st.f_blocks.saturating_sub(st.f_bfree).saturating_mul(unit),
     ))
 }
 
@@ -259,6 +393,19 @@ mod tests {
             .unwrap();
         assert_eq!(l.disk_size_bytes, Some(size));
         assert!(l.disk_free_bytes.unwrap() <= size);
+        // df's Use%: used / (used + available), rounded up.
+        let df = std::process::Command::new("df")
+            .args(["--block-size=1", "--output=used,avail,pcent", d])
+            .output()
+            .unwrap();
+        let df = String::from_utf8(df.stdout).unwrap();
+        let f: Vec<&str> = df.lines().nth(1).unwrap().split_whitespace().collect();
+        let (used, avail): (u64, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        if (used, avail) == (l.disk_used_bytes.unwrap(), l.disk_free_bytes.unwrap()) {
+            let pcent: u64 = f[2].trim_end_matches('%').parse().unwrap();
+            let ours = l.disk_used_bytes.unwrap() * 100 / l.disk_usable().unwrap();
+            assert!(pcent == ours || pcent == ours + 1, "df {pcent}% vs {ours}%");
+        }
     }
 
     #[test]
@@ -273,7 +420,8 @@ mod tests {
             max_map_count: Some(65530),
             mappings: Some(100),
             disk_free_bytes: Some(10),
-            disk_size_bytes: Some(100),
+            disk_size_bytes: Some(120),
+            disk_used_bytes: Some(90),
             data_dir_bytes: Some(1),
         };
         assert_eq!(l.warnings(), vec![Warning::Fds, Warning::Disk]);
@@ -285,6 +433,7 @@ mod tests {
             "mappings",
             "disk_free_bytes",
             "disk_size_bytes",
+            "disk_used_bytes",
             "data_dir_bytes",
         ] {
             assert!(json[k].is_u64(), "{k}");

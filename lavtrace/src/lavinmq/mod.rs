@@ -2,12 +2,6 @@
 //! queues behind the sha1 directories, where a broker keeps its data, and the limits it runs
 //! into. Wired into the families by the session; nothing here attaches anything.
 
-#![allow(
-    dead_code,
-    reason = "built ahead of its callers: the storage families, `check --pid` and the live view \
-              take the names and limits up as they are wired in; bundle uses part of it now"
-)]
-
 pub mod data_dir;
 pub mod limits;
 pub mod names;

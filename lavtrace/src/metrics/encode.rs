@@ -225,6 +225,9 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
             m.max_map_count.and_then(|n| one(Value::Gauge(n))),
         )?;
     }
+    if let Some(r) = &i.limits {
+        limits(&mut w, r, i.mmap.is_none())?;
+    }
     if let Some(t) = &i.tcp {
         w.family(
             "lavtrace_tcp_connections",
@@ -336,4 +339,76 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
         }
     }
     Ok(())
+}
+
+/// The target's fds, disk and (when the mmap family does not already export them) mappings,
+/// against their limits, and which are past `limits::WARN_PERCENT`.
+fn limits(
+    w: &mut Writer<'_, '_>,
+    r: &crate::lavinmq::limits::Report,
+    mappings_too: bool,
+) -> Result<(), std::fmt::Error> {
+    use crate::lavinmq::limits::Warning;
+    let l = &r.limits;
+    let gauge = |v: Option<u64>| v.and_then(|n| one(Value::Gauge(n)));
+    w.family(
+        "lavtrace_open_fds",
+        "Open fds of the target (entries of /proc/PID/fd), what the open-files limit caps.",
+        None,
+        gauge(l.fds_open),
+    )?;
+    w.family(
+        "lavtrace_open_fds_limit",
+        "The target's open-files soft limit (absent when unlimited).",
+        None,
+        gauge(l.fd_limit),
+    )?;
+    if mappings_too {
+        w.family(
+            "lavtrace_live_mappings",
+            "Mappings of the target (lines of /proc/PID/maps), what vm.max_map_count limits.",
+            None,
+            gauge(l.mappings),
+        )?;
+        w.family(
+            "lavtrace_vm_max_map_limit",
+            "The kernel's vm.max_map_count: the limit of lavtrace_live_mappings.",
+            None,
+            gauge(l.max_map_count),
+        )?;
+    }
+    w.family(
+        "lavtrace_data_dir_disk_free",
+        "Free space (for unprivileged writers) of the filesystem holding the data dir.",
+        Some(Unit::Bytes),
+        gauge(l.disk_free_bytes),
+    )?;
+    w.family(
+        "lavtrace_data_dir_disk_size",
+        "Size of the filesystem holding the data dir.",
+        Some(Unit::Bytes),
+        gauge(l.disk_size_bytes),
+    )?;
+    w.family(
+        "lavtrace_data_dir",
+        "Disk space the data dir takes (allocated blocks, as du counts them).",
+        Some(Unit::Bytes),
+        gauge(l.data_dir_bytes),
+    )?;
+    w.family(
+        "lavtrace_limit_warning",
+        "1 while a figure is at or past 80 % of its limit (fds, mappings, disk), else 0.",
+        None,
+        [
+            ("fds", Warning::Fds),
+            ("mappings", Warning::Mappings),
+            ("disk", Warning::Disk),
+        ]
+        .map(|(name, which)| {
+            (
+                vec![("limit", name.to_string())],
+                Value::Gauge(u64::from(r.warnings.contains(&which))),
+            )
+        }),
+    )
 }

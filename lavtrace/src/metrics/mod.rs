@@ -158,7 +158,7 @@ mod tests {
         s
     }
 
-    fn scrape(e: &Exporter, openmetrics: bool) -> String {
+    pub(super) fn scrape(e: &Exporter, openmetrics: bool) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(e.current.clone()));
         exposition(&registry, openmetrics).unwrap()
@@ -346,5 +346,53 @@ mod tests {
         }
         // Not traced: not exposed.
         assert!(!text.contains("lavtrace_syscalls_total"));
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+    use crate::lavinmq::limits::{Limits, Report, Warning};
+
+    #[test]
+    fn limits_are_gauges_with_their_warnings() {
+        let mut i = Instance::new(7, "lavinmq");
+        i.limits = Some(Report {
+            limits: Limits {
+                fd_limit: Some(1024),
+                fds_open: Some(900),
+                max_map_count: Some(65530),
+                mappings: Some(120),
+                disk_free_bytes: Some(10 << 30),
+                disk_size_bytes: Some(50 << 30),
+                disk_used_bytes: Some(40 << 30),
+                data_dir_bytes: Some(1 << 20),
+            },
+            data_dir: Some("/var/lib/lavinmq".into()),
+            warnings: vec![Warning::Fds, Warning::Disk],
+        });
+        let e = Exporter {
+            current: Current(std::sync::Arc::new(std::sync::Mutex::new(Some(i)))),
+        };
+        let text = tests::scrape(&e, true);
+        let b = r#"comm="lavinmq""#;
+        for line in [
+            format!("lavtrace_open_fds{{{b}}} 900"),
+            format!("lavtrace_open_fds_limit{{{b}}} 1024"),
+            // No mmap family: the mappings come from the limits.
+            format!("lavtrace_live_mappings{{{b}}} 120"),
+            format!("lavtrace_vm_max_map_limit{{{b}}} 65530"),
+            format!("lavtrace_data_dir_disk_free_bytes{{{b}}} 10737418240"),
+            format!("lavtrace_data_dir_disk_size_bytes{{{b}}} 53687091200"),
+            format!("lavtrace_data_dir_bytes{{{b}}} 1048576"),
+            format!("lavtrace_limit_warning{{{b},limit=\"fds\"}} 1"),
+            format!("lavtrace_limit_warning{{{b},limit=\"mappings\"}} 0"),
+            format!("lavtrace_limit_warning{{{b},limit=\"disk\"}} 1"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 }

@@ -100,6 +100,8 @@ pub struct Instance {
     pub tcp: Option<Tcp>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
+    /// The latest window's limits (gauges).
+    pub limits: Option<crate::lavinmq::limits::Report>,
 }
 
 impl Instance {
@@ -175,6 +177,9 @@ impl Instance {
             }
             t.opened += section.opened;
             t.closed += section.closed;
+        }
+        if let Some(l) = &s.limits {
+            self.limits = Some(l.clone());
         }
         for (family, n) in &s.lost_events {
             *self.lost.entry(family).or_default() += n;

@@ -191,7 +191,7 @@ impl ViewState {
 
     fn render(&self, f: &mut Frame) {
         let [header, body] =
-            Layout::vertical([Constraint::Length(4), Constraint::Min(3)]).areas(f.area());
+            Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(f.area());
         self.header(f, header);
         let Some((_, _, s)) = &self.last else {
             f.render_widget(
@@ -293,9 +293,36 @@ impl ViewState {
             .get(self.sorts[self.focus.index()])
             .copied()
             .unwrap_or("-");
+        let limits = match self.last.as_ref().and_then(|(_, _, s)| s.limits.as_ref()) {
+            Some(l) => {
+                let connections = self
+                    .last
+                    .as_ref()
+                    .and_then(|(_, _, s)| s.get::<TcpSection>())
+                    .map(|t| t.connections.iter().filter(|c| c.open).count());
+                let text = l.text(connections);
+                let mut lines = text.lines();
+                let mut line = lines.next().unwrap_or_default().to_string();
+                // The warnings' own text does not fit the header: their count and what they
+                // are about do, in red, and the text output and JSON carry the rest.
+                if !l.warnings.is_empty() {
+                    let what: Vec<String> = l
+                        .warnings
+                        .iter()
+                        .map(|w| format!("{w:?}").to_lowercase())
+                        .collect();
+                    line.push_str(&format!(" · WARNING: {} near the limit", what.join(", ")));
+                    Line::from(line).style(Style::new().red().bold())
+                } else {
+                    Line::from(line)
+                }
+            }
+            None => Line::from("LIMITS  …"),
+        };
         let lines = vec![
             Line::from(first).bold(),
             Line::from(format!("lost events: {lost} · {cost}")),
+            limits,
             Line::from(format!(
                 "[q]uit  [tab] focus: {}  [s]ort: {sort}  [p]ause",
                 self.focus.name()

@@ -376,3 +376,46 @@ fn a_hostile_thread_name_is_escaped_in_its_pane() {
     };
     assert_eq!(panes::thread_cells(&row)[0], r"evil\x1b[2J\n");
 }
+
+#[test]
+fn the_header_shows_the_limits_in_red_from_eighty_percent() {
+    use crate::lavinmq::limits::{Limits, Report};
+    let header = |fds_open: u64| -> (String, Vec<Option<Color>>) {
+        let mut s = all_sections(false);
+        let limits = Limits {
+            fd_limit: Some(1000),
+            fds_open: Some(fds_open),
+            max_map_count: Some(65_530),
+            mappings: Some(345),
+            ..Limits::default()
+        };
+        s.limits = Some(Report {
+            warnings: limits.warnings(),
+            limits,
+            data_dir: None,
+        });
+        let mut state = ViewState::new(&target(), &hooks(&["tcp"]), SortKey::Count);
+        state.update(1, Duration::from_secs(1), s);
+        let (text, buf) = draw(&state, 160, 30);
+        let y = text
+            .lines()
+            .position(|l| l.starts_with("LIMITS"))
+            .expect("a LIMITS line in the header");
+        assert!(y < 5, "in the header:\n{text}");
+        let line = text.lines().nth(y).unwrap().trim_end().to_string();
+        (
+            line,
+            (0..160).map(|x| buf[(x, y as u16)].style().fg).collect(),
+        )
+    };
+    // The tcp section has two open connections: fds they hold are counted with the rest.
+    let (line, colours) = header(799);
+    assert!(
+        line.starts_with("LIMITS  fds 799/1000 (79 %), 2 TCP · mappings 345/65530 (0 %)"),
+        "{line}"
+    );
+    assert!(!line.contains("WARNING") && !colours.contains(&Some(Color::Red)));
+    let (line, colours) = header(800);
+    assert!(line.ends_with("· WARNING: fds near the limit"), "{line}");
+    assert!(colours.contains(&Some(Color::Red)));
+}
