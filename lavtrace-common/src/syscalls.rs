@@ -4,6 +4,15 @@ use crate::field::FieldSpec;
 
 /// Syscall numbers tracked; x86_64 and aarch64 numbers all sit below this.
 pub const MAX_SYSCALLS: u32 = 512;
+/// Slots of the per-syscall counters: two halves (`lavtrace_common::cut`), `half *
+/// MAX_SYSCALLS + nr`.
+pub const STATS_SLOTS: u32 = 2 * MAX_SYSCALLS;
+/// Symbol of the read-only `[u32; COUNTED_ELSEWHERE_LEN]` global listing the syscalls whose
+/// counters another family's exit program keeps (unused slots `u32::MAX`): the fsync family
+/// times the durability calls and counts them into this family's table in the same program
+/// that sends their records, so both tables place each call in the same interval.
+pub const COUNTED_ELSEWHERE: &str = "SYSCALLS_COUNTED_ELSEWHERE";
+pub const COUNTED_ELSEWHERE_LEN: usize = 8;
 /// Threads of the target that can be inside a syscall at once (entry timestamps).
 pub const MAX_THREADS: u32 = 16_384;
 /// Distinct (syscall, errno) pairs remembered.
@@ -37,6 +46,9 @@ pub const MAX_THREAD_KEYS: u32 = 16_384;
 /// Symbol of the `u8` read-only global that turns the per-thread table on (1) or off (0); with
 /// it off the verifier prunes the per-thread code from the hot path.
 pub const PER_THREAD: &str = "SYSCALLS_PER_THREAD";
+/// Symbol of the `u32` read-only global holding this architecture's `exit` syscall number: a
+/// thread's last call, which never returns, so its entry timestamp is dropped at entry.
+pub const EXIT_NR: &str = "SYSCALLS_EXIT_NR";
 
 /// The raw_syscalls record fields of the classic-tracepoint program pair (the raw tracepoint
 /// pair reads no record).
@@ -62,6 +74,9 @@ pub struct ThreadStats {
     pub total_ns: u64,
     pub max_ns: u64,
 }
+
+/// The per-thread table's value: one `ThreadStats` per half (`crate::cut`).
+pub type ThreadHalves = [ThreadStats; 2];
 
 /// Indexes of the per-cpu diagnostic counters of this family.
 pub mod diag {

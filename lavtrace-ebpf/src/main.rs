@@ -9,6 +9,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod cut;
 mod dump;
 mod field;
 mod filter;

@@ -2,7 +2,8 @@
 //! in progress, the programs both families need (fd bookkeeping, mmap/munmap/mremap), both
 //! families' rings and the choice of ring(s) each record goes to. The rings are declared here
 //! because this is the code that fills them: `fsync.rs` and `mmap.rs` only call in, so imports
-//! go one way (family → storage → filter/ring).
+//! go one way (family → storage → filter/ring). The one exception: the fsync family's exit
+//! counts its call into the syscalls family's table (`syscalls::account`, and `cut`).
 //!
 //! Naming: what belongs to this layer carries the `storage_`/`STORAGE_` prefix; each ring
 //! keeps the name of the family that reads it (`FSYNC_EVENTS`, `MMAP_EVENTS`).
@@ -23,7 +24,7 @@ use lavtrace_common::{
     storage::{CallEvent, Entry, FdEvent, MAX_ARGS, MAX_THREADS, OpenEvent, kind, sink},
 };
 
-use crate::{field, filter::current_target_task, ring};
+use crate::{cut, field, filter::current_target_task, ring, syscalls};
 
 /// The fsync family's ring. Sized at load time by userspace
 /// (`lavtrace_common::fsync::RING_BYTES` or `--ring-bytes`).
@@ -200,6 +201,19 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, owner: Owner) {
     if let Some(event) = finish(ctx) {
+        if let Owner::Fsync = owner {
+            // The syscall table's count of this call, placed by the same return time and the
+            // same read of the cut as its record (userspace places the record by
+            // start + duration): the two tables cannot disagree on its interval.
+            let returned = event.start_ns + event.duration_ns;
+            syscalls::account(
+                event.tid,
+                event.nr,
+                cut::half(returned),
+                event.duration_ns,
+                event.ret,
+            );
+        }
         send(owner, &event);
     }
 }

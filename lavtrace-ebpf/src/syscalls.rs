@@ -17,11 +17,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use lavtrace_common::syscalls::{
-    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, ThreadKey,
-    ThreadStats, diag, latency_bucket,
+    COUNTED_ELSEWHERE_LEN, ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS,
+    STATS_SLOTS, SyscallStats, ThreadHalves, ThreadKey, ThreadStats, diag, latency_bucket,
 };
 
-use crate::{field, filter::current_target_task};
+use crate::{cut, field, filter::current_target_task};
 
 /// A thread's syscall in progress. The number is kept from the entry because the raw
 /// `sys_exit` tracepoint passes only the return value.
@@ -36,8 +36,16 @@ struct Start {
 #[map]
 static SYSCALLS_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
 
+/// Two halves (`lavtrace_common::cut`): `half * MAX_SYSCALLS + nr`.
 #[map]
-static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+static SYSCALLS_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// The syscalls another family's exit program counts into `SYSCALLS_STATS`
+/// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`; unused slots u32::MAX). A read-only global
+/// set at load, so it holds from the first call: set after attach, calls between this
+/// family's attach and the other's would be counted here and not there.
+#[unsafe(no_mangle)]
+static SYSCALLS_COUNTED_ELSEWHERE: [u32; COUNTED_ELSEWHERE_LEN] = [u32::MAX; COUNTED_ELSEWHERE_LEN];
 
 #[map]
 static SYSCALLS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
@@ -45,7 +53,7 @@ static SYSCALLS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> =
 
 /// (tid, syscall) → figures; only written with `--per-thread` (see `SYSCALLS_PER_THREAD`).
 #[map]
-static SYSCALLS_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
+static SYSCALLS_THREADS: PerCpuHashMap<ThreadKey, ThreadHalves> =
     PerCpuHashMap::with_max_entries(MAX_THREAD_KEYS, 0);
 
 /// Set by userspace at load (`lavtrace_common::syscalls::PER_THREAD`); a read-only global, so
@@ -53,8 +61,14 @@ static SYSCALLS_THREADS: PerCpuHashMap<ThreadKey, ThreadStats> =
 #[unsafe(no_mangle)]
 static SYSCALLS_PER_THREAD: u8 = 0;
 
+/// This architecture's `exit` (a thread's end), set at load
+/// (`lavtrace_common::syscalls::EXIT_NR`).
+#[unsafe(no_mangle)]
+static SYSCALLS_EXIT_NR: u32 = u32::MAX;
+
+/// Two halves (`lavtrace_common::cut`): `half * diag::LEN + index`.
 #[map]
-static SYSCALLS_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
+static SYSCALLS_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * diag::LEN, 0);
 
 field::offsets!(
     /// `long id` of raw_syscalls:sys_enter.
@@ -101,6 +115,14 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_enter(tid: u32, nr: i64) {
+    // SAFETY: a plain read of a global; volatile so the build-time value is not folded.
+    if nr == i64::from(unsafe { core::ptr::read_volatile(&SYSCALLS_EXIT_NR) }) {
+        // It never returns: without this its entry would stay, and a target that starts and
+        // ends threads by the ten thousand would fill the table (START_TABLE_FULL), leaving
+        // the syscalls of every later thread untimed.
+        let _ = SYSCALLS_START.remove(tid);
+        return;
+    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     match SYSCALLS_START.get_ptr_mut(tid) {
@@ -115,7 +137,8 @@ fn on_enter(tid: u32, nr: i64) {
                 nr: nr as u64,
             };
             if SYSCALLS_START.insert(tid, start, 0).is_err() {
-                bump_diag(diag::START_TABLE_FULL);
+                // An untimed call is placed by its entry.
+                bump_diag(diag::START_TABLE_FULL, cut::half(now));
             }
         }
     }
@@ -131,13 +154,39 @@ fn on_exit(tid: u32, ret: i64) {
     if start == 0 {
         return; // a new thread's first return (from clone), or entered before we attached
     }
-    // SAFETY: helper without preconditions.
-    let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let now = cut::now();
+    let elapsed = now.saturating_sub(start);
     if id >= u64::from(MAX_SYSCALLS) {
         return; // also -1 (no syscall), seen as a huge unsigned number
     }
     let nr = id as u32;
-    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(nr) else {
+    if !counted_elsewhere(nr) {
+        account(tid, nr, cut::half(now), elapsed, ret);
+    }
+}
+
+#[inline(always)]
+fn counted_elsewhere(nr: u32) -> bool {
+    let mut i = 0;
+    while i < COUNTED_ELSEWHERE_LEN {
+        // SAFETY: a plain read of a global; volatile so the build-time values are not folded.
+        if unsafe { core::ptr::read_volatile(&SYSCALLS_COUNTED_ELSEWHERE[i]) } == nr {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Counts one call of `nr` by thread `tid` that took `elapsed` and returned `ret` into `half`
+/// of the per-syscall table (and of the per-thread one, when on). Also called by the fsync family's exit program for the durability calls
+/// (`SYSCALLS_COUNTED_ELSEWHERE`), which places the call and its ring record with one cut.
+#[inline(always)]
+pub fn account(tid: u32, nr: u32, half: u32, elapsed: u64, ret: i64) {
+    if nr >= MAX_SYSCALLS || half > 1 {
+        return;
+    }
+    let Some(stats) = SYSCALLS_STATS.get_ptr_mut(half * MAX_SYSCALLS + nr) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-cpu array; no other program writes it concurrently.
@@ -153,59 +202,65 @@ fn on_exit(tid: u32, ret: i64) {
     let failed = (-MAX_ERRNO..0).contains(&ret);
     if failed {
         stats.errors += 1;
-        count_errno(nr, (-ret) as u32);
+        count_errno(nr, (-ret) as u32, half);
     }
     // SAFETY: a plain read of a global; volatile so the build-time 0 is not folded.
     if unsafe { core::ptr::read_volatile(&SYSCALLS_PER_THREAD) } != 0 {
-        count_thread(tid, nr, elapsed, failed);
+        count_thread(tid, nr, half, elapsed, failed);
     }
 }
 
 #[inline(always)]
-fn count_thread(tid: u32, nr: u32, elapsed: u64, failed: bool) {
+fn count_thread(tid: u32, nr: u32, half: u32, elapsed: u64, failed: bool) {
     let key = ThreadKey { tid, nr };
+    let half = half as usize & 1;
     match SYSCALLS_THREADS.get_ptr_mut(key) {
-        Some(t) => {
+        Some(halves) => {
             // SAFETY: this CPU's value slot.
-            let t = unsafe { &mut *t };
-            t.count += 1;
-            t.total_ns += elapsed;
-            t.errors += u64::from(failed);
-            if elapsed > t.max_ns {
-                t.max_ns = elapsed;
+            let halves = unsafe { &mut *halves };
+            if let Some(t) = halves.get_mut(half) {
+                t.count += 1;
+                t.total_ns += elapsed;
+                t.errors += u64::from(failed);
+                if elapsed > t.max_ns {
+                    t.max_ns = elapsed;
+                }
             }
         }
         None => {
-            let first = ThreadStats {
-                count: 1,
-                errors: u64::from(failed),
-                total_ns: elapsed,
-                max_ns: elapsed,
-            };
+            let mut first = ThreadHalves::default();
+            if let Some(t) = first.get_mut(half) {
+                *t = ThreadStats {
+                    count: 1,
+                    errors: u64::from(failed),
+                    total_ns: elapsed,
+                    max_ns: elapsed,
+                };
+            }
             if SYSCALLS_THREADS.insert(key, first, 0).is_err() {
-                bump_diag(diag::THREAD_TABLE_FULL);
+                bump_diag(diag::THREAD_TABLE_FULL, half as u32);
             }
         }
     }
 }
 
 #[inline(always)]
-fn count_errno(nr: u32, errno: u32) {
+fn count_errno(nr: u32, errno: u32, half: u32) {
     let key = ErrnoKey { nr, errno };
     match SYSCALLS_ERRNOS.get_ptr_mut(key) {
         // SAFETY: this CPU's value slot.
         Some(count) => unsafe { *count += 1 },
         None => {
             if SYSCALLS_ERRNOS.insert(key, 1, 0).is_err() {
-                bump_diag(diag::ERRNO_TABLE_FULL);
+                bump_diag(diag::ERRNO_TABLE_FULL, half);
             }
         }
     }
 }
 
 #[inline(always)]
-fn bump_diag(index: u32) {
-    if let Some(counter) = SYSCALLS_DIAG.get_ptr_mut(index) {
+fn bump_diag(index: u32, half: u32) {
+    if let Some(counter) = SYSCALLS_DIAG.get_ptr_mut((half & 1) * diag::LEN + index) {
         // SAFETY: this CPU's slot.
         unsafe { *counter += 1 };
     }

@@ -21,6 +21,9 @@ pub struct Args {
     /// syncfs calls on the data dir from the "Publish confirm loop" thread.
     #[arg(long, default_value_t = 200)]
     pub syncfs: u64,
+    /// A pause between two syncfs calls, to spread them over many intervals.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub syncfs_pace: std::time::Duration,
     /// fsync calls on definitions.amqp (plus one fdatasync through a dup of its fd and one
     /// sync_file_range, when > 0).
     #[arg(long, default_value_t = 3)]
@@ -47,11 +50,12 @@ pub struct Args {
 }
 
 /// The "Publish confirm loop" thread: started (and named) now, it waits at `barrier`, then
-/// calls syncfs `n` times on `fd`, meets `barrier` again and sleeps until the process exits.
+/// calls syncfs `n` times on `fd` (`pace` apart), meets `barrier` again and sleeps until the process exits.
 /// `rename`: a name for the thread other than CONFIRM_THREAD, set by the thread itself.
 pub fn spawn_confirm_loop(
     fd: i32,
     n: u64,
+    pace: std::time::Duration,
     barrier: Arc<Barrier>,
     rename: Option<CString>,
 ) -> io::Result<()> {
@@ -68,6 +72,9 @@ pub fn spawn_confirm_loop(
             for _ in 0..n {
                 // SAFETY: syncfs on a descriptor the process keeps open.
                 unsafe { libc::syncfs(fd) };
+                if !pace.is_zero() {
+                    std::thread::sleep(pace);
+                }
             }
             barrier.wait(); // done
             loop {
@@ -92,6 +99,7 @@ pub fn run(args: &Args) -> io::Result<()> {
     spawn_confirm_loop(
         dir.fd,
         args.syncfs,
+        args.syncfs_pace,
         barrier.clone(),
         hostile.as_ref().map(|(n, _)| n.clone()),
     )?;

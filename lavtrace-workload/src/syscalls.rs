@@ -1,7 +1,8 @@
 //! Mode `syscalls`: exactly N getppid, M failing close(-1) (EBADF) and one sleep of a known
 //! length, from the main thread, nothing else of those kinds; plus, with `--thread NAME=N`,
 //! named threads making exactly N getppid each (started before `ready`, so they have their
-//! names by the time a tracer attaches).
+//! names by the time a tracer attaches); with `--churn N`, N threads that each make one
+//! getppid and end.
 
 use std::{sync::mpsc, time::Duration};
 
@@ -17,6 +18,10 @@ pub struct Args {
     /// A thread named NAME (15 bytes at most are kept) making N getppid; repeatable.
     #[arg(long = "thread", value_parser = parse_thread)]
     pub threads: Vec<(String, u64)>,
+    /// After go, this many short threads, one after the other, each making one getppid and
+    /// ending (thread churn: more thread ids than the tracer's per-thread kernel tables hold).
+    #[arg(long, default_value_t = 0)]
+    pub churn: u64,
 }
 
 fn parse_thread(s: &str) -> Result<(String, u64), String> {
@@ -51,8 +56,19 @@ pub fn run(args: &Args) -> std::io::Result<()> {
                 .join()
                 .map_err(|_| std::io::Error::other("a workload thread panicked"))?;
         }
+        churn(args.churn)?;
         calls(args)
     })
+}
+
+fn churn(n: u64) -> std::io::Result<()> {
+    for _ in 0..n {
+        std::thread::Builder::new()
+            .spawn(|| getppid(1))?
+            .join()
+            .map_err(|_| std::io::Error::other("a churn thread panicked"))?;
+    }
+    Ok(())
 }
 
 fn calls(args: &Args) -> std::io::Result<()> {

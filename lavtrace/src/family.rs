@@ -64,6 +64,12 @@ pub trait Tracer {
         Box::pin(std::future::ready(()))
     }
 
+    /// The open interval ends at `at_ns` (CLOCK_MONOTONIC, a moment away): calls that
+    /// return after it belong to the next one. The session sets it for every family at once,
+    /// waits until it has passed and the programs of calls before it are done, flushes, and
+    /// asks for the interval's sections.
+    fn cut(&mut self, _at_ns: u64) {}
+
     /// Its section for `window`, with the events lost since attach; `kernel_lost` is the
     /// kernel's cumulative count for its `LOST_SLOT` (0 without one). None: it reports nothing.
     fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>>;

@@ -335,6 +335,7 @@ mod tests {
         let sections = Sections::default().with(crate::syscalls::Section {
             rows: Vec::new(),
             threads: Some(Vec::new()),
+            ..Default::default()
         });
         let json = serde_json::to_string(&sections).unwrap();
         assert_eq!(json, r#"{"syscalls":[],"threads":[],"lost_events":{}}"#);

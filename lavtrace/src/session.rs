@@ -11,7 +11,10 @@ use tracing::info;
 use crate::{
     cli::{Format, ReportArgs},
     family::{self, Entry, Loaded, Options, Window},
-    kernel::{self, Hook, Overrides},
+    kernel::{
+        self, Hook, Overrides,
+        cut::{Cut, now_ns},
+    },
     lavinmq::limits,
     metrics,
     output::{self, End, Output, Sections},
@@ -30,6 +33,8 @@ pub struct Session {
     hooks: Vec<Hook>,
     /// Per-family counts of events the kernel could not put in a ring.
     lost: LostCounters,
+    /// Where the kernel ends the open interval.
+    cut: Cut,
     /// The attached families, in registry order.
     families: Vec<Loaded>,
     /// `--metrics`: fed every interval.
@@ -70,6 +75,7 @@ impl Session {
         }
         let mut ebpf = kernel::load(&overrides)?;
         let lost = LostCounters::take(&mut ebpf)?;
+        let cut = Cut::take(&mut ebpf)?;
         let mut hooks = Vec::new();
         let mut families = Vec::new();
         for entry in entries {
@@ -83,6 +89,7 @@ impl Session {
             ebpf,
             hooks,
             lost,
+            cut,
             families,
             metrics: None,
             recorder: None,
@@ -128,6 +135,25 @@ impl Session {
         for f in &self.families {
             f.tracer.flush().await;
         }
+    }
+
+    /// Ends interval `seq`: a cut a moment from now for the kernel and every family at once;
+    /// once it has passed and the calls that returned before it have been counted and sent,
+    /// every record up to it is drained. Then its sections can be read.
+    ///
+    /// What remains of the race: a program that took its return time before the cut but was
+    /// held off its CPU for longer than `SETTLE_NS` before counting or committing is read in
+    /// the next interval, by both tables alike for a durability call (one program counts it
+    /// for both), or only by the one it had reached.
+    async fn close_interval(&mut self, seq: u64) -> Result<()> {
+        let at = self.cut.set(seq)?;
+        for f in &mut self.families {
+            f.tracer.cut(at);
+        }
+        let settled = at + lavtrace_common::cut::SETTLE_NS;
+        tokio::time::sleep(Duration::from_nanos(settled.saturating_sub(now_ns()))).await;
+        self.flush().await;
+        Ok(())
     }
 
     fn sections(&mut self, window: Window) -> Result<Sections> {
@@ -197,6 +223,7 @@ impl Session {
                 _ = sleep_until(deadline) => break End::Duration,
                 _ = ticker.tick() => {
                     seq += 1;
+                    self.close_interval(seq).await?;
                     let now = Instant::now();
                     let sections = self.sections(Window::Interval)?;
                     // Before the interval is out: whoever saw it can scrape its figures.
@@ -231,15 +258,17 @@ impl Session {
             }
         };
 
-        self.flush().await;
         // Back to the normal screen, where the summary stays readable after exit.
         let live = tui.take().is_some();
         // The last, partial interval, however short: the intervals add up to the summary (a
-        // short one has no CPU shares, `overhead::MIN_RATE_WINDOW`).
+        // short one has no CPU shares, `overhead::MIN_RATE_WINDOW`). Closed in the live view
+        // too, unprinted: the summary is the sum of the closed intervals.
+        self.close_interval(seq + 1).await?;
         let now = Instant::now();
+        let last = self.sections(Window::Interval)?;
         if !live {
             seq += 1;
-            let sections = self.sections(Window::Interval)?;
+            let sections = last;
             self.export(&sections);
             self.record(seq, now - started, now - last_report, &sections);
             out.interval(seq, now - started, now - last_report, &sections)

@@ -420,6 +420,45 @@ fn files_are_named_by_vhost_and_queue() {
     assert!(!text.contains("vhost:"), "no hash paths left:\n{text}");
 }
 
+/// Issue 18, hundreds of queues: every segment and ack file of 200 durable queues (500 in the
+/// issue; 200 keeps the run short) is attributed to its own queue, by name.
+#[test]
+fn hundreds_of_queues_each_own_their_segments() {
+    require_root();
+    const QUEUES: u64 = 200;
+    let mut target = Workload::lavinmq()
+        .flag("queues", QUEUES)
+        .segments(1)
+        .syncfs(2)
+        .flag("delete", 0)
+        .flag("gc-bursts", 0)
+        .switch("keep")
+        .spawn();
+    let trace = Trace::of(&target).probes("fsync,mmap").spawn();
+    target.go();
+    let dir = data_dir(&target);
+    target.wait_done();
+    let records = trace.records();
+    fs::remove_dir_all(&dir).unwrap();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["lost_events"]["mmap"], 0);
+    let vhost = sha1("/");
+    let files = summary["mmap"]["files"].as_array().unwrap();
+    assert_eq!(files.len() as u64, 2 * QUEUES);
+    for q in 1..=QUEUES {
+        let name = format!("perf-test-{q}");
+        for file in ["msgs.0000000001", "acks.0000000001"] {
+            let path = format!("{dir}/{vhost}/{}/{file}", sha1(&name));
+            let row = files
+                .iter()
+                .find(|f| f["path"] == path.as_str())
+                .unwrap_or_else(|| panic!("no row for {path}"));
+            assert_eq!(row["queue"]["name"], name.as_str(), "{row}");
+            assert_eq!(row["queue"]["hash"], sha1(&name).as_str(), "{row}");
+        }
+    }
+}
+
 /// The target's limits in every record, equal to /proc and statvfs while it is quiet; at 80 %
 /// of the open-files limit a warning in JSON and text.
 #[test]

@@ -229,3 +229,56 @@ fn without_per_thread_the_verifier_drops_its_code() {
     );
     drop(target);
 }
+
+/// Issue 18, thread churn: more threads come and go than the kernel's tables have room for
+/// (`MAX_THREADS` = 16,384 calls in progress, `MAX_THREAD_KEYS` (thread, syscall) pairs).
+/// Every call is still counted (a thread's entry goes when it calls exit); with
+/// `--per-thread`, the thread table stays at its size and what it could not hold is shown as
+/// a full table, exactly the calls missing from the thread rows, in every record.
+#[test]
+fn thread_churn_keeps_every_count_and_reports_a_full_thread_table() {
+    require_root();
+    const THREADS: u64 = 20_000;
+    const MAX_THREAD_KEYS: usize = 16_384;
+    for per_thread in [false, true] {
+        let mut target = Workload::syscalls()
+            .getppid(0)
+            .bad_close(0)
+            .flag("churn", THREADS)
+            .spawn();
+        let mut trace = Trace::of(&target).probes("syscalls").interval("500ms");
+        if per_thread {
+            trace = trace.switch("per-thread");
+        }
+        let records = trace.run(&mut [&mut target]);
+        let summary = records.last().unwrap();
+        assert_eq!(
+            count(summary, "getppid"),
+            THREADS,
+            "per_thread {per_thread}"
+        );
+        let full = &summary["table_full"];
+        if !per_thread {
+            assert_eq!(summary["lost_events"]["syscalls"], 0, "{full}");
+            assert!(full.is_null(), "no table full: {full}");
+            continue;
+        }
+        assert_eq!(full["calls_in_progress"], 0, "{full}");
+        let missing = full["threads"].as_u64().expect("a full thread table");
+        assert!(missing > 0, "{THREADS} threads overflow the thread table");
+        assert_eq!(summary["lost_events"]["syscalls"], missing);
+        for r in records.iter().filter(|r| r.get("syscalls").is_some()) {
+            let all: u64 = r["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["count"].as_u64().unwrap())
+                .sum();
+            let threads = r["threads"].as_array().unwrap();
+            let placed: u64 = threads.iter().map(|t| t["count"].as_u64().unwrap()).sum();
+            let missing = r["table_full"]["threads"].as_u64().unwrap_or(0);
+            assert_eq!(placed + missing, all, "{}: rows + table full", r["type"]);
+            assert!(threads.len() <= MAX_THREAD_KEYS);
+        }
+    }
+}

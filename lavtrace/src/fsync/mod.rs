@@ -57,12 +57,29 @@ struct State {
     model: Model,
     mounts: Mounts,
     infos: HashMap<Arc<str>, Arc<PathInfo>>,
+    /// The open interval: calls that returned up to `cut` (all of them, with no cut pending).
     interval: HashMap<Key, Latency>,
+    /// Calls that returned after `cut`: the next interval's.
+    next: HashMap<Key, Latency>,
+    /// The end of the open interval, once the session has set it (`Tracer::cut`); the
+    /// syscalls table is cut at the same instant, so the two agree call for call.
+    cut: Option<u64>,
+    /// Every closed interval: the summary is their sum.
     total: HashMap<Key, Latency>,
     slow: Option<SlowLog>,
     /// `--per-thread`: rows per thread too, named from /proc.
     threads: Option<crate::threads::ThreadNames>,
 }
+
+/// The calls its exit program sees (one program on all of their exit tracepoints).
+const DURABILITY: [u32; 6] = [
+    nr::FSYNC,
+    nr::FDATASYNC,
+    nr::SYNCFS,
+    nr::SYNC,
+    nr::SYNC_FILE_RANGE,
+    nr::MSYNC,
+];
 
 /// Path of `sync`, which has no file: every filesystem.
 const ALL_FILESYSTEMS: &str = "(all filesystems)";
@@ -123,14 +140,27 @@ impl State {
                 ret: call.ret,
             });
         }
-        self.interval
-            .entry(key.clone())
-            .or_default()
-            .record(call.duration_ns, error, bytes);
-        self.total
+        // Placed by its return time, as the kernel placed its count in the syscall table.
+        let returned = call.start_ns.wrapping_add(call.duration_ns);
+        let window = match self.cut {
+            Some(cut) if returned > cut => &mut self.next,
+            _ => &mut self.interval,
+        };
+        window
             .entry(key)
             .or_default()
             .record(call.duration_ns, error, bytes);
+    }
+
+    /// Closes the open interval: its calls go to the total, the next interval's become the
+    /// open one.
+    fn close(&mut self) -> HashMap<Key, Latency> {
+        let closed = std::mem::replace(&mut self.interval, std::mem::take(&mut self.next));
+        self.cut = None;
+        for (key, latency) in &closed {
+            self.total.entry(key.clone()).or_default().merge(latency);
+        }
+        closed
     }
 
     fn rows(&mut self, which: &HashMap<Key, Latency>) -> Vec<FsyncRow> {
@@ -229,8 +259,13 @@ impl Family for Tracer {
         "Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file";
     const LOST_SLOT: Option<u32> = Some(lost::FSYNC);
 
+    /// Its exit program counts the durability calls into the syscall table
+    /// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`), so the two agree call for call.
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
+        let mut counted = [u32::MAX; lavtrace_common::syscalls::COUNTED_ELSEWHERE_LEN];
+        counted[..DURABILITY.len()].copy_from_slice(&DURABILITY);
+        overrides.global_u32s(lavtrace_common::syscalls::COUNTED_ELSEWHERE, &counted);
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -242,6 +277,10 @@ impl Family for Tracer {
 impl family::Tracer for Tracer {
     fn flush(&self) -> Flush<'_> {
         Box::pin(self.drain.flush())
+    }
+
+    fn cut(&mut self, at_ns: u64) {
+        storage::lock(&self.state).cut = Some(at_ns);
     }
 
     /// The rows since the last interval (or the whole run); its losses are the kernel's
@@ -262,8 +301,8 @@ impl family::Tracer for Tracer {
                 rows
             }
             Window::Interval => {
-                let interval = std::mem::take(&mut st.interval);
-                st.rows(&interval)
+                let closed = st.close();
+                st.rows(&closed)
             }
         };
         Ok(Some(Part {
@@ -309,6 +348,8 @@ impl Tracer {
             mounts: Mounts::read(pid),
             infos: HashMap::new(),
             interval: HashMap::new(),
+            next: HashMap::new(),
+            cut: None,
             total: HashMap::new(),
             slow,
             threads: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),

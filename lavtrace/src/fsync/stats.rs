@@ -47,6 +47,20 @@ impl Latency {
         self.log2[latency_bucket(ns)] += 1;
     }
 
+    /// Adds `other`'s calls (a closed interval into the run's total).
+    pub fn merge(&mut self, other: &Latency) {
+        self.count += other.count;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        self.total_ns += other.total_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
+        // Auto-resizing: adding cannot fail short of running out of memory.
+        let _ = self.hist.add(&other.hist);
+        for (o, n) in self.log2.iter_mut().zip(other.log2.iter()) {
+            *o += n;
+        }
+    }
+
     /// The `q` quantile, never above the exact maximum.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {
@@ -58,6 +72,33 @@ impl Latency {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn merged_windows_are_the_run() {
+        let (mut a, mut b, mut both) = (Latency::default(), Latency::default(), Latency::default());
+        for (ns, err) in [(10, false), (2_000, true), (7, false)] {
+            a.record(ns, err, 4);
+            both.record(ns, err, 4);
+        }
+        for ns in [90_000, 3] {
+            b.record(ns, false, 0);
+            both.record(ns, false, 0);
+        }
+        a.merge(&b);
+        assert_eq!(
+            (a.count, a.errors, a.bytes, a.total_ns, a.max_ns, a.log2),
+            (
+                both.count,
+                both.errors,
+                both.bytes,
+                both.total_ns,
+                both.max_ns,
+                both.log2
+            )
+        );
+        assert_eq!(a.quantile(0.5), both.quantile(0.5));
+        assert_eq!(a.quantile(0.99), both.quantile(0.99));
+    }
+
     use super::*;
 
     #[test]

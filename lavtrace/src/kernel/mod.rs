@@ -4,6 +4,7 @@
 
 mod attach;
 pub mod caps;
+pub mod cut;
 pub mod fields;
 pub mod tracefs;
 
@@ -44,6 +45,13 @@ pub struct Overrides {
 impl Overrides {
     pub fn global_u32(&mut self, name: &'static str, value: u32) -> &mut Self {
         self.globals.push((name, value.to_ne_bytes().to_vec()));
+        self
+    }
+
+    /// A `[u32; N]` global.
+    pub fn global_u32s(&mut self, name: &'static str, values: &[u32]) -> &mut Self {
+        let bytes = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        self.globals.push((name, bytes));
         self
     }
 

@@ -138,6 +138,7 @@ mod tests {
         let mut s = Sections::default().with(crate::syscalls::Section {
             rows: vec![SyscallRow::new(libc::SYS_getppid as u32, &w, None)],
             threads: None,
+            ..Default::default()
         });
         s.overhead = Some(Overhead {
             lavtrace_cpu_ns: 1_500_000,

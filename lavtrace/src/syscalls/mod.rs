@@ -12,7 +12,9 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
-use lavtrace_common::syscalls::{ErrnoKey, MAX_SYSCALLS, SyscallStats, diag};
+use lavtrace_common::syscalls::{
+    ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, diag,
+};
 
 pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 
@@ -40,6 +42,62 @@ pub enum HookChoice {
 pub struct Section {
     pub rows: Vec<SyscallRow>,
     pub threads: Option<Vec<threads::ThreadRow>>,
+    /// Calls a full kernel table could not hold, in the window.
+    pub table_full: TableFull,
+}
+
+/// Calls that a full kernel table could not hold: shown (JSON `table_full`, a text line)
+/// whenever one is non-zero, so a full table never passes for calls that did not happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableFull {
+    /// Calls left untimed and uncounted: the table of calls in progress was full
+    /// (`MAX_THREADS` threads inside a syscall at once).
+    pub calls_in_progress: u64,
+    /// Calls counted in `syscalls` but missing from `threads`: the per-thread table was full
+    /// (`MAX_THREAD_KEYS` (thread, syscall) pairs).
+    pub threads: u64,
+    /// Failing calls counted whose errno is missing from `top_errno`: the errno table was full.
+    pub errnos: u64,
+}
+
+impl TableFull {
+    fn any(&self) -> bool {
+        *self != TableFull::default()
+    }
+
+    fn since(&self, prev: &TableFull) -> TableFull {
+        TableFull {
+            calls_in_progress: self
+                .calls_in_progress
+                .saturating_sub(prev.calls_in_progress),
+            threads: self.threads.saturating_sub(prev.threads),
+            errnos: self.errnos.saturating_sub(prev.errnos),
+        }
+    }
+
+    fn write_text(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let mut parts = Vec::new();
+        if self.calls_in_progress > 0 {
+            parts.push(format!(
+                "{} calls untimed (calls in progress, {MAX_THREADS} threads)",
+                self.calls_in_progress
+            ));
+        }
+        if self.threads > 0 {
+            parts.push(format!(
+                "{} calls missing from the thread table ({MAX_THREAD_KEYS} thread/syscall pairs)",
+                self.threads
+            ));
+        }
+        if self.errnos > 0 {
+            parts.push(format!(
+                "{} errnos not kept ({MAX_ERRNO_KEYS} syscall/errno pairs)",
+                self.errnos
+            ));
+        }
+        let _ = writeln!(out, "KERNEL TABLE FULL: {}", parts.join(", "));
+    }
 }
 
 impl family::Section for Section {
@@ -48,6 +106,9 @@ impl family::Section for Section {
         if let Some(threads) = &self.threads {
             keys.extend(family::one_key("threads", threads)?);
         }
+        if self.table_full.any() {
+            keys.extend(family::one_key("table_full", &self.table_full)?);
+        }
         Ok(keys)
     }
 
@@ -55,6 +116,9 @@ impl family::Section for Section {
         write_text(out, &self.rows, text.sort, text.top);
         if let Some(rows) = &self.threads {
             threads::write_text(out, rows, text.sort, text.top);
+        }
+        if self.table_full.any() {
+            self.table_full.write_text(out);
         }
     }
 
@@ -74,6 +138,7 @@ impl Family for Tracer {
             lavtrace_common::syscalls::PER_THREAD,
             u8::from(options.per_thread),
         );
+        overrides.global_u32(lavtrace_common::syscalls::EXIT_NR, libc::SYS_exit as u32);
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -82,34 +147,71 @@ impl Family for Tracer {
 }
 
 impl family::Tracer for Tracer {
+    fn cut(&mut self, at_ns: u64) {
+        let half = lavtrace_common::cut::half(at_ns, at_ns);
+        self.closing = Some(half);
+        if let Some(t) = self.threads.as_mut() {
+            t.cut(half);
+        }
+    }
+
     /// Its losses are the syscalls it could not time or (--per-thread) place in the thread
     /// table; it has no ring.
     fn section(&mut self, window: Window, _kernel_lost: u64) -> Result<Option<Part>> {
-        let (rows, untimed) = match window {
-            Window::Interval => self.interval()?,
-            Window::Whole => self.summary()?,
+        let (rows, table_full) = match window {
+            Window::Interval => {
+                let halves = match self.closing.take() {
+                    Some(h) => vec![h],
+                    None => vec![0, 1],
+                };
+                (self.interval(&halves)?, self.full_window(&halves))
+            }
+            Window::Whole => (self.summary(), self.full_whole()),
         };
         let threads = self.threads(window == Window::Whole)?;
+        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread
+        // table, as of the last cut (the session turns it into the window's figure).
+        let whole = self.full_whole();
+        let untimed = whole.calls_in_progress + whole.threads;
         Ok(Some(Part {
-            section: Box::new(Section { rows, threads }),
+            section: Box::new(Section {
+                rows,
+                threads,
+                table_full,
+            }),
             lost_since_attach: untimed,
         }))
     }
 }
 
-/// Cumulative kernel counters at one instant, merged across CPUs.
+/// Cumulative kernel counters, merged across CPUs: each half's as of its last reading, and
+/// the errno counts (one set for both halves) as of the last interval.
 #[derive(Clone, Default)]
 struct Snapshot {
     per_nr: Vec<SyscallStats>,
     errnos: HashMap<ErrnoKey, u64>,
-    untimed: u64,
+}
+
+impl Snapshot {
+    fn zero() -> Snapshot {
+        Snapshot {
+            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
+            errnos: HashMap::new(),
+        }
+    }
 }
 
 pub struct Tracer {
     stats: PerCpuArray<MapData, SyscallStats>,
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     diag: PerCpuArray<MapData, u64>,
-    last: Snapshot,
+    /// Each half of the counters (`lavtrace_common::cut`) as last read.
+    halves: [Vec<SyscallStats>; 2],
+    errnos_last: HashMap<ErrnoKey, u64>,
+    /// The half the pending cut closes (`Tracer::cut`).
+    closing: Option<u32>,
+    /// Each half of the kernel's table-full counters as last read.
+    full_last: [TableFull; 2],
     /// `--per-thread` only.
     threads: Option<threads::Threads>,
 }
@@ -141,14 +243,15 @@ impl Tracer {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
+        let zero = vec![SyscallStats::default(); MAX_SYSCALLS as usize];
         let tracer = Tracer {
             stats: PerCpuArray::try_from(take(ebpf, "SYSCALLS_STATS")?)?,
             errnos: PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_ERRNOS")?)?,
             diag: PerCpuArray::try_from(take(ebpf, "SYSCALLS_DIAG")?)?,
-            last: Snapshot {
-                per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-                ..Snapshot::default()
-            },
+            halves: [zero.clone(), zero],
+            errnos_last: HashMap::new(),
+            closing: None,
+            full_last: [TableFull::default(); 2],
             threads: match per_thread {
                 true => Some(threads::Threads::new(
                     PerCpuHashMap::try_from(take(ebpf, "SYSCALLS_THREADS")?)?,
@@ -160,9 +263,7 @@ impl Tracer {
         Ok((tracer, hooks))
     }
 
-    fn read(&self) -> Result<Snapshot> {
-        // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
-        // a syscall's errno counts from running ahead of its error count.
+    fn read_errnos(&self) -> Result<HashMap<ErrnoKey, u64>> {
         let mut errnos = HashMap::new();
         for entry in self.errnos.iter() {
             let (key, counts) = entry.context("reading syscall errno counts")?;
@@ -170,11 +271,16 @@ impl Tracer {
                 errnos.insert(key, counts.iter().sum());
             }
         }
+        Ok(errnos)
+    }
+
+    /// One half of the per-syscall counters, merged across CPUs.
+    fn read_half(&self, half: u32) -> Result<Vec<SyscallStats>> {
         let mut per_nr = Vec::with_capacity(MAX_SYSCALLS as usize);
         for nr in 0..MAX_SYSCALLS {
             let slots = self
                 .stats
-                .get(&nr, 0)
+                .get(&(half * MAX_SYSCALLS + nr), 0)
                 .with_context(|| format!("reading syscall stats for {nr}"))?;
             let mut merged = stats::merge_cpus(slots.iter());
             if !returns_error_codes(nr) {
@@ -182,26 +288,70 @@ impl Tracer {
             }
             per_nr.push(merged);
         }
-        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread table.
-        let untimed = [diag::START_TABLE_FULL, diag::THREAD_TABLE_FULL]
-            .iter()
-            .map(|i| self.diag.get(i, 0).map_or(0, |v| v.iter().sum::<u64>()))
-            .sum();
-        Ok(Snapshot {
-            per_nr,
-            errnos,
-            untimed,
-        })
+        Ok(per_nr)
     }
 
-    /// Rows for what happened since the previous call (or since attach), and the syscalls
-    /// left untimed since attach.
-    fn interval(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
-        let cur = self.read()?;
-        let rows = rows(&cur, &self.last);
-        let untimed = cur.untimed;
-        self.last = cur;
-        Ok((rows, untimed))
+    /// One half of the kernel's table-full counters.
+    fn read_full(&self, half: u32) -> TableFull {
+        let get = |i: u32| {
+            self.diag
+                .get(&(half * diag::LEN + i), 0)
+                .map_or(0, |v| v.iter().sum::<u64>())
+        };
+        TableFull {
+            calls_in_progress: get(diag::START_TABLE_FULL),
+            threads: get(diag::THREAD_TABLE_FULL),
+            errnos: get(diag::ERRNO_TABLE_FULL),
+        }
+    }
+
+    /// The table-full counts of the window closing `halves`.
+    fn full_window(&mut self, halves: &[u32]) -> TableFull {
+        let mut w = TableFull::default();
+        for &h in halves {
+            let cur = self.read_full(h);
+            let d = cur.since(&self.full_last[h as usize]);
+            w.calls_in_progress += d.calls_in_progress;
+            w.threads += d.threads;
+            w.errnos += d.errnos;
+            self.full_last[h as usize] = cur;
+        }
+        w
+    }
+
+    /// Every closed interval's table-full counts.
+    fn full_whole(&self) -> TableFull {
+        let [a, b] = &self.full_last;
+        TableFull {
+            calls_in_progress: a.calls_in_progress + b.calls_in_progress,
+            threads: a.threads + b.threads,
+            errnos: a.errnos + b.errnos,
+        }
+    }
+
+    /// Rows for the window closing `halves` (the one the last cut closed; without a cut, both:
+    /// everything since the previous call).
+    fn interval(&mut self, halves: &[u32]) -> Result<Vec<SyscallRow>> {
+        // Errnos first: the kernel bumps them right after `errors`, so reading them first keeps
+        // a syscall's errno counts from running ahead of its error count.
+        let errnos = self.read_errnos()?;
+        let mut window = Snapshot::zero();
+        for &h in halves {
+            let cur = self.read_half(h)?;
+            let last = &mut self.halves[h as usize];
+            for (nr, w) in window.per_nr.iter_mut().enumerate() {
+                *w = stats::merge_cpus([&*w, &stats::window(&cur[nr], &last[nr])]);
+            }
+            *last = cur;
+        }
+        window.errnos = errnos;
+        let prev = Snapshot {
+            per_nr: Vec::new(),
+            errnos: std::mem::take(&mut self.errnos_last),
+        };
+        let rows = rows(&window, &prev);
+        self.errnos_last = window.errnos;
+        Ok(rows)
     }
 
     /// `--per-thread`: threads since the previous call, or (`whole`) since attach.
@@ -209,15 +359,18 @@ impl Tracer {
         self.threads.as_mut().map(|t| t.rows(whole)).transpose()
     }
 
-    /// Rows for the whole run (the maps start empty at attach).
-    fn summary(&mut self) -> Result<(Vec<SyscallRow>, u64)> {
-        let cur = self.read()?;
-        let zero = Snapshot {
-            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-            ..Snapshot::default()
+    /// Rows for the whole run: the sum of the intervals read (the session closes a last one
+    /// before it asks), so the summary is exactly what the intervals showed.
+    fn summary(&self) -> Vec<SyscallRow> {
+        let whole = Snapshot {
+            per_nr: self.halves[0]
+                .iter()
+                .zip(self.halves[1].iter())
+                .map(|(a, b)| stats::merge_cpus([a, b]))
+                .collect(),
+            errnos: self.errnos_last.clone(),
         };
-        let untimed = cur.untimed;
-        Ok((rows(&cur, &zero), untimed))
+        rows(&whole, &Snapshot::default())
     }
 }
 
@@ -233,16 +386,15 @@ pub(crate) fn returns_error_codes(nr: u32) -> bool {
     i64::from(nr) != libc::SYS_rt_sigreturn
 }
 
-fn rows(cur: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {
-    let mut out: Vec<SyscallRow> = cur
+/// Rows of a window: `window.per_nr` holds the window's own counts; the errno counts are
+/// cumulative, `prev` the reading at the window's start.
+fn rows(window: &Snapshot, prev: &Snapshot) -> Vec<SyscallRow> {
+    let mut out: Vec<SyscallRow> = window
         .per_nr
         .iter()
-        .zip(prev.per_nr.iter())
         .enumerate()
-        .filter_map(|(nr, (c, p))| {
-            let w = stats::window(c, p);
-            (w.count > 0).then(|| SyscallRow::new(nr as u32, &w, top_errno(nr as u32, cur, prev)))
-        })
+        .filter(|(_, w)| w.count > 0)
+        .map(|(nr, w)| SyscallRow::new(nr as u32, w, top_errno(nr as u32, window, prev)))
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
     out
@@ -287,39 +439,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_are_interval_differences_with_the_top_errno() {
+    fn rows_are_the_window_with_the_top_errno_of_the_window() {
         let close = libc::SYS_close as u32;
-        let mut prev = Snapshot {
-            per_nr: vec![SyscallStats::default(); MAX_SYSCALLS as usize],
-            ..Snapshot::default()
+        let prev = Snapshot {
+            per_nr: Vec::new(),
+            errnos: [(
+                ErrnoKey {
+                    nr: close,
+                    errno: 9,
+                },
+                2,
+            )]
+            .into(),
         };
-        prev.per_nr[close as usize].count = 10;
-        prev.per_nr[close as usize].errors = 2;
-        prev.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 9,
-            },
-            2,
-        );
-        let mut cur = prev.clone();
-        cur.per_nr[close as usize].count = 15;
-        cur.per_nr[close as usize].errors = 5;
-        cur.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 9,
-            },
-            3,
-        );
-        cur.errnos.insert(
-            ErrnoKey {
-                nr: close,
-                errno: 4,
-            },
-            2,
-        );
-        let rows = rows(&cur, &prev);
+        let mut window = Snapshot::zero();
+        window.per_nr[close as usize].count = 5;
+        window.per_nr[close as usize].errors = 3;
+        window.errnos = [
+            (
+                ErrnoKey {
+                    nr: close,
+                    errno: 9,
+                },
+                3,
+            ),
+            (
+                ErrnoKey {
+                    nr: close,
+                    errno: 4,
+                },
+                2,
+            ),
+        ]
+        .into();
+        let rows = rows(&window, &prev);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "close");
         assert_eq!(rows[0].count, 5);

@@ -6,7 +6,7 @@ use std::{cmp::Reverse, collections::HashMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuHashMap};
-use lavtrace_common::syscalls::{ThreadKey, ThreadStats};
+use lavtrace_common::syscalls::{ThreadHalves, ThreadKey, ThreadStats};
 use serde::Serialize;
 
 use crate::{family::SortKey, names::syscall_name, threads::ThreadNames, units};
@@ -36,63 +36,100 @@ pub struct ThreadRow {
 }
 
 pub struct Threads {
-    map: PerCpuHashMap<MapData, ThreadKey, ThreadStats>,
+    map: PerCpuHashMap<MapData, ThreadKey, ThreadHalves>,
     names: ThreadNames,
-    last: HashMap<ThreadKey, ThreadStats>,
+    /// Each key's halves (`lavtrace_common::cut`) as last read.
+    last: HashMap<ThreadKey, ThreadHalves>,
+    /// The half the pending cut closes.
+    closing: Option<u32>,
 }
 
 impl Threads {
-    pub fn new(map: PerCpuHashMap<MapData, ThreadKey, ThreadStats>, pid: u32) -> Threads {
+    pub fn new(map: PerCpuHashMap<MapData, ThreadKey, ThreadHalves>, pid: u32) -> Threads {
         Threads {
             map,
             names: ThreadNames::seed(pid),
             last: HashMap::new(),
+            closing: None,
         }
     }
 
-    fn read(&self) -> Result<HashMap<ThreadKey, ThreadStats>> {
+    /// The open interval ends with half `half`.
+    pub fn cut(&mut self, half: u32) {
+        self.closing = Some(half);
+    }
+
+    fn read(&self) -> Result<HashMap<ThreadKey, ThreadHalves>> {
         let mut out = HashMap::new();
         for entry in self.map.iter() {
             let (key, slots) = entry.context("reading per-thread syscall stats")?;
-            let mut sum = ThreadStats::default();
-            for s in slots.iter() {
-                sum.count += s.count;
-                sum.errors += s.errors;
-                sum.total_ns += s.total_ns;
-                sum.max_ns = sum.max_ns.max(s.max_ns);
+            let mut sum = ThreadHalves::default();
+            for cpu in slots.iter() {
+                for (s, c) in sum.iter_mut().zip(cpu.iter()) {
+                    *s = add(s, c);
+                }
             }
             if !super::returns_error_codes(key.nr) {
-                sum.errors = 0;
+                for s in &mut sum {
+                    s.errors = 0;
+                }
             }
             out.insert(key, sum);
         }
         Ok(out)
     }
 
-    /// Threads since the previous interval, or (`whole`) since attach.
+    /// Threads in the interval the last cut closed (without one: since the previous call), or
+    /// (`whole`) in every interval read so far: the session closes a last one before it asks.
     pub fn rows(&mut self, whole: bool) -> Result<Vec<ThreadRow>> {
+        if whole {
+            let total = self
+                .last
+                .iter()
+                .map(|(k, [a, b])| (*k, add(a, b)))
+                .collect();
+            return Ok(group(&total, &mut self.names));
+        }
         let cur = self.read()?;
-        let rows = if whole {
-            group(&cur, &HashMap::new(), &mut self.names)
-        } else {
-            let rows = group(&cur, &self.last, &mut self.names);
-            self.last = cur;
-            rows
+        let halves = match self.closing.take() {
+            Some(h) => vec![h as usize],
+            None => vec![0, 1],
         };
-        Ok(rows)
+        let mut window: HashMap<ThreadKey, ThreadStats> = HashMap::new();
+        for (key, c) in &cur {
+            let last = self.last.entry(*key).or_default();
+            let mut w = ThreadStats {
+                // Since attach: the kernel keeps no per-thread histogram to bound a window.
+                max_ns: c[0].max_ns.max(c[1].max_ns),
+                ..ThreadStats::default()
+            };
+            for &h in &halves {
+                w.count += c[h].count.saturating_sub(last[h].count);
+                w.errors += c[h].errors.saturating_sub(last[h].errors);
+                w.total_ns += c[h].total_ns.saturating_sub(last[h].total_ns);
+                last[h] = c[h];
+            }
+            window.insert(*key, w);
+        }
+        Ok(group(&window, &mut self.names))
     }
 }
 
-fn group(
-    cur: &HashMap<ThreadKey, ThreadStats>,
-    prev: &HashMap<ThreadKey, ThreadStats>,
-    names: &mut ThreadNames,
-) -> Vec<ThreadRow> {
+/// Both halves' figures together (max of the maxima).
+fn add(a: &ThreadStats, b: &ThreadStats) -> ThreadStats {
+    ThreadStats {
+        count: a.count + b.count,
+        errors: a.errors + b.errors,
+        total_ns: a.total_ns + b.total_ns,
+        max_ns: a.max_ns.max(b.max_ns),
+    }
+}
+
+/// Rows of a window's (thread, syscall) figures, grouped by thread.
+fn group(window: &HashMap<ThreadKey, ThreadStats>, names: &mut ThreadNames) -> Vec<ThreadRow> {
     let mut by_tid: HashMap<u32, ThreadRow> = HashMap::new();
-    for (key, c) in cur {
-        let p = prev.get(key).copied().unwrap_or_default();
-        let count = c.count.saturating_sub(p.count);
-        if count == 0 {
+    for (key, w) in window {
+        if w.count == 0 {
             continue;
         }
         let row = by_tid.entry(key.tid).or_insert_with(|| ThreadRow {
@@ -106,10 +143,10 @@ fn group(
         let s = ThreadSyscall {
             name: syscall_name(key.nr),
             nr: key.nr,
-            count,
-            errors: c.errors.saturating_sub(p.errors),
-            total_ns: c.total_ns.saturating_sub(p.total_ns),
-            max_ns: c.max_ns,
+            count: w.count,
+            errors: w.errors,
+            total_ns: w.total_ns,
+            max_ns: w.max_ns,
         };
         row.count += s.count;
         row.errors += s.errors;
@@ -183,30 +220,24 @@ mod tests {
     }
 
     #[test]
-    fn groups_by_thread_and_differences_windows() {
+    fn groups_a_window_by_thread() {
         let getppid = libc::SYS_getppid as u32;
         let close = libc::SYS_close as u32;
-        let mut prev = HashMap::new();
-        prev.insert(
+        let mut window = HashMap::new();
+        window.insert(
             ThreadKey {
                 tid: 7,
                 nr: getppid,
             },
-            stats(10, 100),
+            stats(20, 200),
         );
-        let mut cur = prev.clone();
-        cur.insert(
-            ThreadKey {
-                tid: 7,
-                nr: getppid,
-            },
-            stats(30, 300),
-        );
-        cur.insert(ThreadKey { tid: 7, nr: close }, stats(5, 50));
-        cur.insert(ThreadKey { tid: 9, nr: close }, stats(50, 500));
+        window.insert(ThreadKey { tid: 7, nr: close }, stats(5, 50));
+        window.insert(ThreadKey { tid: 9, nr: close }, stats(50, 500));
+        // Quiet in this window: no row.
+        window.insert(ThreadKey { tid: 11, nr: close }, stats(0, 0));
         // Thread ids that do not exist in this process: unnamed.
         let mut names = ThreadNames::seed(std::process::id());
-        let rows = group(&cur, &prev, &mut names);
+        let rows = group(&window, &mut names);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].tid, rows[0].count), (9, 50));
         assert_eq!((rows[1].tid, rows[1].count, rows[1].total_ns), (7, 25, 250));
@@ -217,5 +248,11 @@ mod tests {
         write_text(&mut text, &rows, SortKey::Count, 1);
         assert!(text.contains("close 50"), "{text}");
         assert!(text.contains("(1 more threads not shown; --top)"), "{text}");
+    }
+
+    #[test]
+    fn halves_add_up() {
+        let both = add(&stats(3, 30), &stats(4, 400));
+        assert_eq!((both.count, both.total_ns, both.max_ns), (7, 430, 400));
     }
 }

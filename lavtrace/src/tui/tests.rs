@@ -169,6 +169,7 @@ fn all_sections_with(warning: bool, fsync_rows: Vec<FsyncRow>) -> Sections {
                 syscall(libc::SYS_syncfs, 13, 1_000_000),
             ],
             threads: None,
+            ..Default::default()
         })
         .with(crate::fsync::Section(fsync_rows))
         .with(if warning {
@@ -331,6 +332,7 @@ fn only_traced_families_get_panes() {
         Sections::default().with(crate::syscalls::Section {
             rows: vec![syscall(libc::SYS_read, 5, 400)],
             threads: None,
+            ..Default::default()
         }),
     );
     let (text, _) = draw(&state, 120, 30);
