@@ -57,10 +57,9 @@ pub fn proc_text() -> impl Strategy<Value = String> {
         any::<u64>().prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| format!("{n:x}")),
         any::<i64>().prop_map(|n| n.to_string()),
-        "[a-zA-Z_]{1,8}",
-        any::<String>(),
+        vec(any::<char>(), 1..6).prop_map(String::from_iter),
     ];
-    vec(piece, 0..24).prop_map(|p| p.concat())
+    vec(piece, 0..12).prop_map(|p| p.concat())
 }
 
 /// The syscall numbers the storage families act on, and a few they do not.

@@ -284,3 +284,28 @@ mod tests {
         assert!(err.to_string().contains("no process named"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, proc_text};
+
+    proptest! {
+        #![proptest_config(config(500))]
+
+        /// Any /proc/PID/status text: fields found or not, never a panic, and lavtrace's own
+        /// pid refused whatever the text says.
+        #[test]
+        fn any_status_text_is_read_or_refused(
+            text in proc_text(),
+            state in prop_oneof![Just("Z (zombie)"), Just("S (sleeping)"), Just(""), Just("é")],
+        ) {
+            let status = format!("{text}\nState:\t{state}\nTgid:\t{text}\nKthread:\t{text}\n");
+            let _ = status_field(&status, "Tgid:").and_then(|v| v.parse::<u32>().ok());
+            let _ = status_field(&text, "State:");
+            prop_assert!(unsuitable(std::process::id(), &status).is_err());
+        }
+    }
+}
