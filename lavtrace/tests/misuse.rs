@@ -96,3 +96,117 @@ fn two_lavtraces_on_one_target_both_count_exactly() {
         );
     }
 }
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One HTTP/1.0 GET /metrics: the status line and the body.
+fn get_metrics(port: u16) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The metrics endpoint under 200 concurrent scrapers, with clients that connect and send
+/// nothing and one that reads its response a byte at a time: every scraper gets the
+/// exposition, lavtrace starts no thread for any of them, its memory stays put, and the
+/// silent clients are hung up on.
+#[test]
+fn the_metrics_endpoint_serves_200_scrapers_and_outlasts_slow_clients() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::{Duration, Instant},
+    };
+    require_root();
+    let mut target = Workload::storage().segments(1).syncfs(10).spawn();
+    let port = common::free_port();
+    let trace = Trace::of(&target)
+        .probes("fsync")
+        .interval("100ms")
+        .flag("metrics", format!("127.0.0.1:{port}"))
+        .spawn();
+    let lavtrace = trace.child.id();
+    // The first interval is in: the body is the full exposition from here on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get_metrics(port).1.contains("lavtrace_target_info") {
+        assert!(Instant::now() < deadline, "no target on /metrics");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (threads_before, rss_before) = (threads_of(lavtrace), rss_kib(lavtrace));
+
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut byte = [0u8; 1];
+        let mut got = 0;
+        while s.read(&mut byte).is_ok_and(|n| n == 1) && got < 200 {
+            got += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let start = Instant::now();
+    let scrapers: Vec<_> = (0..200)
+        .map(|_| std::thread::spawn(move || get_metrics(port)))
+        .collect();
+    let mut max_threads = 0;
+    while !scrapers.iter().all(|s| s.is_finished()) {
+        max_threads = max_threads.max(threads_of(lavtrace));
+        assert!(start.elapsed() < Duration::from_secs(60), "scrapers stuck");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for s in scrapers {
+        let (status, body) = s.join().unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(body.contains("lavtrace_target_info"), "{body}");
+    }
+    // No thread per client, and no memory kept per client.
+    assert_eq!(
+        max_threads, threads_before,
+        "lavtrace threads during the scrapes"
+    );
+    let rss_after = rss_kib(lavtrace);
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+    // The silent clients are hung up on (the server's per-client timeout), not kept forever.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0)),
+            "a silent client still connected"
+        );
+    }
+    slow.join().unwrap();
+    target.go();
+    target.wait_done();
+    let records = trace.records();
+    assert_eq!(records.last().unwrap()["end"]["reason"], "target_exited");
+}
