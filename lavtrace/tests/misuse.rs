@@ -210,3 +210,69 @@ fn the_metrics_endpoint_serves_200_scrapers_and_outlasts_slow_clients() {
     let records = trace.records();
     assert_eq!(records.last().unwrap()["end"]["reason"], "target_exited");
 }
+
+/// A queue named with an ANSI clear-screen, a newline and a bell (AMQP allows it), named from
+/// the data dir's own `.queue` and definitions.amqp: the text tables show it escaped, with no
+/// control character but the lines' own newlines, and JSON keeps it raw.
+#[test]
+fn a_hostile_queue_name_is_escaped_in_text_and_raw_in_json() {
+    require_root();
+    const NAME: &str = "q\x1b[2J\nevil\x07";
+    const SHOWN: &str = r"queue q\x1b[2J\nevil\x07";
+    let run = |json: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut target = Workload::lavinmq()
+            .flag("queues", 1)
+            .segments(1)
+            .syncfs(2)
+            .flag("delete", 0)
+            .flag("gc-bursts", 0)
+            .flag("queue-name", NAME)
+            .flag("data-dir", dir.path().display())
+            .switch("keep")
+            .spawn();
+        // The workload prints its data dir before `done`: the fixture's one-shot runs
+        // expect `done` first, so the runs are spelled out.
+        let out = if json {
+            let trace = Trace::of(&target).probes("fsync,mmap").spawn();
+            target.go();
+            target.lines_until_done();
+            serde_json::to_string(&trace.records()).unwrap()
+        } else {
+            let mut child = Command::new(LAVTRACE)
+                .args(["trace", "--probes", "fsync,mmap", "--pid"])
+                .arg(target.pid.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = common::Lines::new(child.stdout.take().unwrap());
+            let first = lines.next().unwrap();
+            assert!(first.starts_with("lavtrace: tracing pid"), "{first}");
+            target.go();
+            target.lines_until_done();
+            let text = lines.rest().join("\n");
+            assert!(child.wait().unwrap().success());
+            text
+        };
+        drop(dir);
+        out
+    };
+    let text = run(false);
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{text}");
+    assert!(!text.lines().any(|l| l.starts_with("evil")), "{text}");
+    assert!(text.contains(SHOWN), "{text}");
+
+    let records: Vec<Value> = serde_json::from_str(&run(true)).unwrap();
+    let summary = records.last().unwrap();
+    let named: Vec<&Value> = summary["mmap"]["files"]
+        .as_array()
+        .expect("mmap files")
+        .iter()
+        .filter(|f| f["queue"]["name"] == NAME)
+        .collect();
+    assert!(!named.is_empty(), "{summary}");
+}
