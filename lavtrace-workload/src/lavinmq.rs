@@ -66,6 +66,10 @@ pub struct Args {
     /// After `done`, stay (answering SIGUSR1 with a dump) until stdin closes.
     #[arg(long)]
     pub wait: bool,
+    /// The last queue's name instead of `perf-test-N`: one chosen by someone hostile
+    /// (escapes, newlines; AMQP allows them), written to its `.queue` and definitions.amqp.
+    #[arg(long)]
+    pub queue_name: Option<String>,
 }
 
 /// Collections done so far: the dump's `garbage collection cycle number`.
@@ -126,7 +130,12 @@ pub struct Broker {
 
 impl Broker {
     /// Lays out the data dir up to the vhost (what exists before the broker takes requests).
-    pub fn create(root: &Path, queues: u64, segments: u64) -> io::Result<Broker> {
+    pub fn create(
+        root: &Path,
+        queues: u64,
+        segments: u64,
+        last_name: Option<&str>,
+    ) -> io::Result<Broker> {
         let vhost_hash = names::dir_hash(VHOST);
         let vhost = root.join(&vhost_hash);
         std::fs::create_dir_all(&vhost)?;
@@ -154,7 +163,13 @@ impl Broker {
             )?,
             exchange: names::exchange_declare("amq.direct", "direct"),
             queues: (1..=queues)
-                .map(|i| Queue::new(&vhost, format!("perf-test-{i}"), segments))
+                .map(|i| {
+                    let name = match last_name {
+                        Some(n) if i == queues => n.to_string(),
+                        _ => format!("perf-test-{i}"),
+                    };
+                    Queue::new(&vhost, name, segments)
+                })
                 .collect::<io::Result<_>>()?,
             root: root.to_path_buf(),
         })
@@ -443,7 +458,12 @@ pub fn run(args: &Args) -> io::Result<()> {
     }
     reserve_heap();
     let root = args.data_dir.clone().unwrap_or_else(default_root);
-    let mut broker = Broker::create(&root, args.queues, args.segments)?;
+    let mut broker = Broker::create(
+        &root,
+        args.queues,
+        args.segments,
+        args.queue_name.as_deref(),
+    )?;
     install(SIG_SUSPEND, on_suspend, Some(SIG_RESTART))?;
     install(SIG_RESTART, on_restart, None)?;
     install(libc::SIGUSR1, on_dump, None)?;
@@ -496,7 +516,7 @@ mod tests {
     fn the_lock_file_is_held_open() {
         // What lavtrace finds the data dir by when the command line does not say.
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::create(dir.path(), 1, 1).unwrap();
+        let broker = Broker::create(dir.path(), 1, 1, None).unwrap();
         let lock = std::fs::read_link(format!("/proc/self/fd/{}", broker.lock_fd)).unwrap();
         assert_eq!(lock, dir.path().join(".lock"));
     }

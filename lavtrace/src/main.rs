@@ -9,6 +9,8 @@ mod family;
 mod floor;
 mod follow;
 mod fsync;
+#[cfg(test)]
+mod fuzz;
 mod generate;
 mod kernel;
 mod lavinmq;

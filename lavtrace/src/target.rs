@@ -76,11 +76,13 @@ impl Target {
                 Fatal::Target(format!("no process named {comm:?}; give --pid or --comm")).into(),
             ),
             [pid] => Target::from_pid(*pid),
+            // Each with its executable: a process that names itself `lavinmq` is told apart
+            // from the broker by what it runs, not by its name.
             many => Err(Fatal::Target(format!(
                 "{} processes named {comm:?} (pids {}); pick one with --pid",
                 many.len(),
                 many.iter()
-                    .map(u32::to_string)
+                    .map(|&pid| format!("{pid} ({})", exe_of(pid)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
@@ -122,6 +124,15 @@ fn unsuitable(pid: u32, status: &str) -> Result<(), Fatal> {
         )));
     }
     Ok(())
+}
+
+/// `/proc/PID/exe` as the process sees it (`[exe unknown]` when it cannot be read), escaped:
+/// the path is the process's own choice.
+fn exe_of(pid: u32) -> String {
+    fs::read_link(proc_path(pid, "exe")).map_or_else(
+        |_| "[exe unknown]".to_string(),
+        |p| crate::printable::printable(&p.to_string_lossy()).into_owned(),
+    )
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -282,5 +293,30 @@ mod tests {
     fn unknown_comm_is_a_target_error() {
         let err = Target::from_comm("no-such-process-name").unwrap_err();
         assert!(err.to_string().contains("no process named"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, proc_text};
+
+    proptest! {
+        #![proptest_config(config(500))]
+
+        /// Any /proc/PID/status text: fields found or not, never a panic, and lavtrace's own
+        /// pid refused whatever the text says.
+        #[test]
+        fn any_status_text_is_read_or_refused(
+            text in proc_text(),
+            state in prop_oneof![Just("Z (zombie)"), Just("S (sleeping)"), Just(""), Just("é")],
+        ) {
+            let status = format!("{text}\nState:\t{state}\nTgid:\t{text}\nKthread:\t{text}\n");
+            let _ = status_field(&status, "Tgid:").and_then(|v| v.parse::<u32>().ok());
+            let _ = status_field(&text, "State:");
+            prop_assert!(unsuitable(std::process::id(), &status).is_err());
+        }
     }
 }

@@ -322,3 +322,33 @@ not json
         assert_eq!(f.buckets.last(), Some(&(268_435_456, 1)));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(500))]
+
+        /// A cut or edited trace file: every line that is not JSON is counted, none panics.
+        #[test]
+        fn any_ndjson_is_read_or_counted(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    Just(r#"{"type":"summary","duration_ms":-1,"lost_events":"x"}"#.to_string()),
+                    Just(r#"{"type":"interval","t":[],"syscalls":{}}"#.to_string()),
+                    Just(r#"{"type":"interval"#.to_string()),
+                    Just("[1,2]".to_string()),
+                ],
+                0..12,
+            ),
+        ) {
+            let text = lines.join("\n");
+            let s = TraceSummary::parse(&text);
+            prop_assert!(s.malformed_lines <= lines.len() as u64);
+        }
+    }
+}

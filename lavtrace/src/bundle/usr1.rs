@@ -67,6 +67,8 @@ pub struct Capture {
     pub lost: u64,
     /// Writes dropped because they held bytes that are not text.
     pub binary_writes: u64,
+    /// Ring records too short to hold a chunk's header: skipped.
+    pub malformed: u64,
 }
 
 /// Sends SIGUSR1 to `pid` if it catches it, and collects its fd 1/2 writes until quiet.
@@ -182,6 +184,12 @@ fn window(pid: u32, cap: &mut Capture) -> Result<()> {
             cap.cut, cap.lost
         ));
     }
+    if cap.malformed > 0 {
+        cap.notes.push(format!(
+            "{} records of the dump ring were malformed and skipped",
+            cap.malformed
+        ));
+    }
     if cap.binary_writes > 0 {
         cap.notes.push(format!(
             "{} writes held bytes that are not text and were left out",
@@ -193,12 +201,16 @@ fn window(pid: u32, cap: &mut Capture) -> Result<()> {
 }
 
 fn take_chunk(item: &[u8], out: &mut Vec<u8>, cap: &mut Capture) {
-    let Some(head) = item.get(..8) else { return };
+    let Some(head) = item.get(..8) else {
+        cap.malformed += 1;
+        return;
+    };
     let len = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let Some(data) = item
         .get(8..)
         .and_then(|d| d.get(..len.min(std::mem::size_of::<DumpChunk>() - 8)))
     else {
+        cap.malformed += 1;
         return;
     };
     if is_text(data) {
@@ -245,5 +257,38 @@ mod tests {
         assert!(is_text(b"GC\n  heap size: 2.95MiB\n"));
         assert!(!is_text(b"\x00\x01binary"));
         assert!(!is_text("caf\u{e9}".as_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, garbage, proc_text};
+
+    proptest! {
+        #![proptest_config(config(400))]
+
+        /// Any dump record: text kept, binary counted, a record shorter than its header or
+        /// than the length it claims counted as malformed; the kept text is only text.
+        #[test]
+        fn dump_records_are_kept_or_counted(
+            records in prop::collection::vec(garbage(std::mem::size_of::<DumpChunk>() + 16), 0..8),
+        ) {
+            let mut cap = Capture::default();
+            let mut out = Vec::new();
+            for r in &records {
+                take_chunk(r, &mut out, &mut cap);
+            }
+            let kept = records.len() as u64 - cap.malformed - cap.binary_writes;
+            prop_assert!(kept <= records.len() as u64);
+            prop_assert!(is_text(&out));
+        }
+
+        #[test]
+        fn status_masks_never_panic(status in proc_text()) {
+            let _ = Disposition::parse(&status);
+        }
     }
 }

@@ -360,3 +360,47 @@ impl Tracer {
         Ok((Tracer { state, drain }, hooks))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    proptest! {
+        // Each case seeds a model from this process's /proc.
+        #![proptest_config(crate::fuzz::config(200))]
+
+        /// Any records, decodable or not, through the family's bookkeeping and into its
+        /// report: no panic, and the text has no control character but its own newlines
+        /// (opened paths come from the records' bytes).
+        #[test]
+        fn any_records_give_a_printable_report(
+            records in vec(crate::fuzz::storage_record(), 0..48),
+        ) {
+            let pid = std::process::id();
+            let mut st = State {
+                model: Model::seed(pid),
+                mounts: Mounts::read(pid),
+                infos: HashMap::new(),
+                interval: HashMap::new(),
+                next: HashMap::new(),
+                cut: None,
+                total: HashMap::new(),
+                slow: None,
+                threads: Some(crate::threads::ThreadNames::seed(pid)),
+            };
+            for bytes in &records {
+                if let Some(r) = storage::decode_record(bytes) {
+                    st.on_record(r);
+                }
+            }
+            let total = std::mem::take(&mut st.total);
+            let rows = st.rows(&total);
+            let mut out = String::new();
+            write_text(&mut out, &rows, 10);
+            prop_assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+            prop_assert!(serde_json::to_string(&rows).is_ok());
+        }
+    }
+}

@@ -39,8 +39,9 @@ impl Latency {
     pub fn record(&mut self, ns: u64, error: bool, bytes: u64) {
         self.count += 1;
         self.errors += u64::from(error);
-        self.bytes += bytes;
-        self.total_ns += ns;
+        // A corrupt record's figures are any u64: sums saturate rather than wrap or panic.
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.total_ns = self.total_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);
         // Auto-resizing: recording cannot fail short of running out of memory.
         let _ = self.hist.record(ns);

@@ -408,3 +408,51 @@ print fmt: \"NR %ld = %ld\", REC->id, REC->ret
         assert_eq!(got.offsets.len() + optional_missing, distinct.len());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, proc_text};
+
+    /// A format file's line, well-formed or nearly.
+    fn format_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proc_text(),
+            (
+                "[a-z_ *\\[\\]]{0,24}",
+                any::<i64>(),
+                any::<i64>(),
+                "[a-z:0-9;]{0,12}"
+            )
+                .prop_map(|(decl, off, size, tail)| {
+                    format!("\tfield:{decl};\toffset:{off};\tsize:{size};{tail}")
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(200))]
+
+        /// Any format text parses to fields or nothing, and checking every family's table
+        /// against it gives the globals or one error line, never a panic.
+        #[test]
+        fn any_format_text_resolves_or_errs(
+            lines in prop::collection::vec(format_line(), 0..16),
+        ) {
+            let text = lines.join("\n");
+            for f in parse(&text) {
+                prop_assert!(!f.name.is_empty());
+            }
+            let families = [
+                ("storage", lavtrace_common::storage::FIELDS),
+                ("tcp", lavtrace_common::tcp::FIELDS),
+                ("dump", lavtrace_common::dump::FIELDS),
+            ];
+            if let Err(line) = resolve(families, |_, _| Ok(text.clone())) {
+                prop_assert!(!line.contains('\n'), "{line}");
+            }
+        }
+    }
+}

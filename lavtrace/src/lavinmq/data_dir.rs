@@ -194,3 +194,38 @@ mod tests {
         assert_eq!(absolute("/home/x", "/abs"), "/abs");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(1000))]
+
+        /// Any command line (the target's, so anyone's) and any config file text.
+        #[test]
+        fn any_command_line_and_ini_text(
+            args in prop::collection::vec(
+                prop_oneof![
+                    Just("--data-dir".to_string()),
+                    Just("-c".to_string()),
+                    Just("--config=".to_string()),
+                    any::<String>(),
+                ],
+                0..6,
+            ),
+            ini in prop_oneof![
+                any::<String>(),
+                any::<String>().prop_map(|v| format!("[main]\ndata_dir = {v}\n")),
+            ],
+            cwd in any::<String>(),
+        ) {
+            if let Some(Given::DataDir(d) | Given::Config(d)) = from_args(&args) {
+                let _ = absolute(&cwd, &d);
+            }
+            let _ = from_ini(&ini);
+        }
+    }
+}

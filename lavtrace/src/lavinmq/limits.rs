@@ -440,3 +440,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(300))]
+
+        #[test]
+        fn any_limits_text_gives_a_limit_or_none(
+            text in crate::fuzz::proc_text(),
+            value in prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                Just("unlimited".to_string()),
+                crate::fuzz::proc_text(),
+            ],
+        ) {
+            let _ = parse_fd_soft_limit(&text);
+            let line = format!("{text}\nMax open files {value} 4096 files\n");
+            if let Ok(n) = value.trim().parse::<u64>() {
+                prop_assert_eq!(parse_fd_soft_limit(&line), Some(n));
+            }
+        }
+    }
+}

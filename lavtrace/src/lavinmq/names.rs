@@ -548,3 +548,100 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use lavtrace_common::definitions::{DEFINITIONS_VERSION, frame, queue_declare, queue_delete};
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+    use crate::fuzz::{config, garbage};
+
+    /// A queue name as anyone may choose one: escapes, newlines, any character.
+    fn hostile_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("q\u{1b}[2J\nevil\u{7}".to_string()),
+            vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        ]
+    }
+
+    /// definitions.amqp frames: the broker's own, truncated or corrupt ones, garbage.
+    fn definition_frame() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            hostile_name().prop_map(|n| queue_declare(&n)),
+            hostile_name().prop_map(|n| queue_delete(&n)),
+            (any::<u16>(), any::<u16>(), garbage(40)).prop_map(|(c, m, a)| frame(c, m, &a)),
+            (hostile_name(), any::<usize>()).prop_map(|(n, cut)| {
+                let f = queue_declare(&n);
+                f[..cut % (f.len() + 1)].to_vec()
+            }),
+            garbage(24),
+        ]
+    }
+
+    proptest! {
+        // Each case writes a small data dir.
+        #![proptest_config(config(150))]
+
+        /// Any vhosts.json, .queue and definitions.amqp: names or hashes, never a panic;
+        /// every file that does not parse is counted.
+        #[test]
+        fn any_data_dir_names_or_falls_back(
+            vhosts in prop_oneof![
+                garbage(64),
+                hostile_name().prop_map(|n| {
+                    serde_json::json!([{ "name": n, "dir": dir_hash(&n) }]).to_string().into_bytes()
+                }),
+            ],
+            queue in hostile_name(),
+            queue_file in prop_oneof![
+                Just(None),
+                Just(Some(Vec::new())),
+                garbage(16).prop_map(Some),
+            ],
+            frames in vec(definition_frame(), 0..8),
+            tail in vec(definition_frame(), 0..3),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let vhost = dir_hash("/");
+            let qdir = dir.path().join(&vhost).join(dir_hash(&queue));
+            fs::create_dir_all(&qdir).unwrap();
+            fs::write(dir.path().join("vhosts.json"), &vhosts).unwrap();
+            let queue_bytes = queue_file.unwrap_or_else(|| queue.clone().into_bytes());
+            fs::write(qdir.join(".queue"), &queue_bytes).unwrap();
+            let mut defs = DEFINITIONS_VERSION.to_ne_bytes().to_vec();
+            defs.extend(frames.concat());
+            let defs_path = dir.path().join(&vhost).join("definitions.amqp");
+            fs::write(&defs_path, &defs).unwrap();
+
+            let mut names = Names::load(dir.path());
+            let file = format!("{}/msgs.0000000001", qdir.display());
+            let resolved = names.resolve(&file);
+            prop_assert!(resolved.is_some());
+            // The broker appends; the next openat reads the tail.
+            defs.extend(tail.concat());
+            fs::write(&defs_path, &defs).unwrap();
+            let other = format!("{}/{vhost}/{}/acks.1", dir.path().display(), dir_hash("x"));
+            let _ = names.resolve_fresh(&other);
+            let _ = names.resolve_fresh(&file);
+            let _ = names.resolve(&format!("{}/{vhost}", dir.path().display()));
+            prop_assert!(names.malformed() <= 3 + 2 * 2);
+            // A .queue naming its dir is believed, whatever the name holds.
+            if queue_bytes == queue.as_bytes() {
+                let q = names.resolve(&file).unwrap().queue.unwrap();
+                prop_assert_eq!(q.name.as_deref(), Some(queue.as_str()));
+            }
+        }
+
+        /// definitions.amqp bytes from any frame boundary: the consumed length never passes
+        /// the end, and resuming from it reads the same records as reading it all at once.
+        #[test]
+        fn any_definitions_bytes_parse_or_count(frames in vec(definition_frame(), 0..10)) {
+            let bytes = frames.concat();
+            let (records, consumed, _) = queue_records(&bytes);
+            prop_assert!(consumed <= bytes.len());
+            let (again, _, _) = queue_records(&bytes[..consumed]);
+            prop_assert_eq!(again, records);
+        }
+    }
+}

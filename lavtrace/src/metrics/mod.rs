@@ -12,11 +12,15 @@ pub mod addr;
 mod encode;
 mod model;
 
-use std::{net::SocketAddr, thread};
+use std::{net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use prometheus_client::registry::Registry;
-use tracing::{debug, info};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::Semaphore,
+};
+use tracing::{debug, info, warn};
 
 use crate::{error::Fatal, output::Sections, target::Target};
 use encode::Current;
@@ -33,20 +37,43 @@ pub struct Exporter {
     current: Current,
 }
 
+/// Clients served at once; more wait in the kernel's accept queue. With the one thread below
+/// this bounds the endpoint's memory (a request head each, a body being written).
+const MAX_CLIENTS: usize = 128;
+/// A client has this long for its whole exchange: one that connects and sends nothing, or
+/// reads the body slowly, loses its slot after it, not a thread forever.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request head larger than this is no scrape.
+const MAX_HEAD: usize = 8 << 10;
+
 impl Exporter {
     /// Binds `addr` and serves it on its own thread until lavtrace exits.
     pub fn serve(addr: SocketAddr) -> Result<Exporter> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| Fatal::Metrics(format!("--metrics {addr}: cannot listen: {e}")))?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        listener
+            .set_nonblocking(true)
             .with_context(|| format!("serving metrics on {addr}"))?;
         let current = Current::default();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(current.clone()));
+        let registry = Arc::new(registry);
+        // One thread with its own single-threaded runtime, whatever the number of clients:
+        // scrapes never wait on the session's runtime, nor the session on them.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the metrics runtime")?;
         thread::Builder::new()
             .name("lavtrace-metrics".into())
-            .spawn(move || serve(&server, &registry))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => accept(listener, registry).await,
+                        Err(e) => warn!("metrics endpoint stopped: {e}"),
+                    }
+                })
+            })
             .context("starting the metrics thread")?;
         info!(%addr, "serving metrics at /metrics");
         Ok(Exporter { current })
@@ -63,36 +90,107 @@ impl Exporter {
     }
 }
 
-fn serve(server: &tiny_http::Server, registry: &Registry) {
-    for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or_default();
-        let response = match (request.method(), path) {
-            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-                let openmetrics = request.headers().iter().any(|h| {
-                    h.field.equiv("Accept")
-                        && h.value.as_str().contains("application/openmetrics-text")
-                });
-                match exposition(registry, openmetrics) {
-                    Ok(body) => tiny_http::Response::from_string(body).with_header(content_type(
-                        if openmetrics { OPENMETRICS } else { PROMETHEUS },
-                    )),
-                    Err(_) => {
-                        tiny_http::Response::from_string("encoding failed\n").with_status_code(500)
-                    }
-                }
-            }
-            (_, "/metrics") => tiny_http::Response::from_string("GET only\n").with_status_code(405),
-            _ => tiny_http::Response::from_string("lavtrace: metrics are at /metrics\n")
-                .with_status_code(404),
+async fn accept(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
-        if let Err(e) = request.respond(response) {
-            debug!("metrics client went away: {e}");
-        }
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: a moment later there may be room again.
+                debug!("metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CLIENT_TIMEOUT, exchange(stream, &registry)).await {
+                Ok(Err(e)) => debug!("metrics client: {e}"),
+                Err(_) => debug!("metrics client too slow: dropped after {CLIENT_TIMEOUT:?}"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
     }
 }
 
-fn content_type(value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes("Content-Type", value).expect("a valid header")
+/// One request, one response, then the connection is closed (`Connection: close`).
+async fn exchange(mut stream: tokio::net::TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let (status, content_type, body, send_body) = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => break respond(&req, registry),
+            Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) | Err(_) => {
+                break ("400 Bad Request", PLAIN, "bad request\n".to_string(), true);
+            }
+        }
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if send_body {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Status, content type, body, and whether the body is sent (not for HEAD).
+fn respond(
+    req: &httparse::Request<'_, '_>,
+    registry: &Registry,
+) -> (&'static str, &'static str, String, bool) {
+    let path = req
+        .path
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    let method = req.method.unwrap_or_default();
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let openmetrics = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("Accept")
+                    && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
+            });
+            match exposition(registry, openmetrics) {
+                Ok(body) => (
+                    "200 OK",
+                    if openmetrics { OPENMETRICS } else { PROMETHEUS },
+                    body,
+                    method == "GET",
+                ),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    PLAIN,
+                    "encoding failed\n".into(),
+                    true,
+                ),
+            }
+        }
+        (_, "/metrics") => ("405 Method Not Allowed", PLAIN, "GET only\n".into(), true),
+        _ => (
+            "404 Not Found",
+            PLAIN,
+            "lavtrace: metrics are at /metrics\n".into(),
+            true,
+        ),
+    }
 }
 
 fn exposition(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {

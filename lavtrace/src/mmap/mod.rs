@@ -154,19 +154,21 @@ impl State {
             self.model.names.name(file);
         }
         let per_thread = self.names.is_some();
+        // Lengths are the target's arguments, any u64 (a record can also be corrupt): byte
+        // sums saturate rather than wrap or panic.
         for c in [&mut self.interval, &mut self.total] {
             if per_thread {
                 let t = c.threads.entry((call.tid, call.nr)).or_default();
                 t[0] += 1;
                 t[1] += u64::from(failed);
-                t[2] += if failed { 0 } else { bytes };
+                t[2] = t[2].saturating_add(if failed { 0 } else { bytes });
             }
             let s = c.syscalls.entry(call.nr).or_default();
             s.count += 1;
             if failed {
                 s.errors += 1;
             } else {
-                s.bytes += bytes;
+                s.bytes = s.bytes.saturating_add(bytes);
                 if call.nr == nr::MADVISE {
                     *s.advice.entry(a[2]).or_default() += 1;
                 }
@@ -177,8 +179,8 @@ impl State {
                 f.munmaps += add.munmaps;
                 f.mremaps += add.mremaps;
                 f.madvises += add.madvises;
-                f.bytes += add.bytes;
-                f.bytes_unmapped += add.bytes_unmapped;
+                f.bytes = f.bytes.saturating_add(add.bytes);
+                f.bytes_unmapped = f.bytes_unmapped.saturating_add(add.bytes_unmapped);
             }
         }
     }
@@ -318,5 +320,47 @@ impl Tracer {
         );
         section.threads = threads;
         (section, lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    proptest! {
+        // Each case seeds a model from this process's /proc.
+        #![proptest_config(crate::fuzz::config(200))]
+
+        /// Any records, decodable or not, through the family's bookkeeping and into its
+        /// report: no panic, and the text has no control character but its own newlines.
+        #[test]
+        fn any_records_give_a_printable_report(
+            records in vec(crate::fuzz::storage_record(), 0..48),
+        ) {
+            let pid = std::process::id();
+            let mut st = State {
+                model: Model::seed(pid),
+                last_brk: None,
+                interval: Counters::default(),
+                total: Counters::default(),
+                names: Some(crate::threads::ThreadNames::seed(pid)),
+            };
+            for bytes in &records {
+                if let Some(r) = storage::decode_record(bytes) {
+                    st.on_record(r);
+                }
+            }
+            let threads = report::thread_rows(&st.total, st.names.as_mut());
+            let mut kinds = report::KindCache::new(pid);
+            let mut section =
+                report::section(&st.total, 1.0, Some(10), Some(65530), &mut kinds, &mut st.model.names);
+            section.threads = threads;
+            let mut out = String::new();
+            write_text(&mut out, &section, 10);
+            prop_assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+            prop_assert!(serde_json::to_string(&section).is_ok());
+        }
     }
 }

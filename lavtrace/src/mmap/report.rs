@@ -243,8 +243,9 @@ pub(super) fn section(
         k.munmaps += f.munmaps;
         k.mremaps += f.mremaps;
         k.madvises += f.madvises;
-        k.bytes += f.bytes;
-        k.bytes_unmapped += f.bytes_unmapped;
+        // Byte sums saturate: the per-file figures already do (lengths are any u64).
+        k.bytes = k.bytes.saturating_add(f.bytes);
+        k.bytes_unmapped = k.bytes_unmapped.saturating_add(f.bytes_unmapped);
     }
     let map_count_warning = matches!((live, max_map_count),
         (Some(l), Some(m)) if m > 0 && l as f64 >= WARN_RATIO * m as f64);

@@ -155,11 +155,20 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+        // At most \377: a larger octal (never written by the kernel) is kept as text.
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                u8::try_from(
+                    u32::from(d[0] - b'0') * 64
+                        + u32::from(d[1] - b'0') * 8
+                        + u32::from(d[2] - b'0'),
+                )
+                .ok()
+            });
+        if let Some(byte) = octal {
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);
@@ -218,5 +227,36 @@ mod tests {
         assert_eq!(mounts.of("/var/lib/lavinmq").unwrap().fstype, "xfs");
         assert_eq!(mounts.of("/var/library").unwrap().fstype, "ext4");
         assert_eq!(mounts.of("/var/lib").unwrap().fstype, "xfs");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, proc_text};
+
+    proptest! {
+        #![proptest_config(config(200))]
+
+        /// Any mountinfo text gives mounts (escapes undone) or nothing, and looking a path up
+        /// in them never panics.
+        #[test]
+        fn any_mountinfo_parses_or_is_skipped(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    proc_text(),
+                    (proc_text(), "[\\\\0-9 ]{0,12}", proc_text())
+                        .prop_map(|(a, p, b)| format!("36 35 98:0 / {p} rw - {a} {b} rw")),
+                ],
+                0..8,
+            ),
+            path in proc_text(),
+        ) {
+            let mounts = Mounts(lines.iter().filter_map(|l| parse_mountinfo(l)).collect());
+            let _ = mounts.of(&path);
+            let _ = mounts.of(&format!("/{path}"));
+        }
     }
 }

@@ -36,10 +36,17 @@ impl Mappings {
 
     /// The mappings the target has right now.
     pub fn seed(pid: u32) -> Mappings {
+        Mappings::from_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default())
+    }
+
+    /// The mappings a /proc/PID/maps text lists.
+    fn from_maps(text: &str) -> Mappings {
         let mut m = Mappings::new();
-        let text = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
         for line in text.lines() {
             if let Some((start, end, file)) = parse_maps_line(line) {
+                // The kernel's lines never overlap; a text whose lines do must still give
+                // disjoint regions (the unmapping arithmetic relies on it): the later wins.
+                m.remove(start, end - start);
                 m.regions.insert(start, Region { end, file });
             }
         }
@@ -53,17 +60,14 @@ impl Mappings {
     /// A new mapping replaces whatever was there (MAP_FIXED).
     pub fn insert(&mut self, start: u64, len: u64, file: Arc<str>) {
         let len = self.round(len);
-        if len == 0 {
+        let end = start.saturating_add(len);
+        // Nothing can be mapped at the very top of the address space: a region must not be
+        // empty, whatever a corrupt record says.
+        if end <= start {
             return;
         }
         self.remove(start, len);
-        self.regions.insert(
-            start,
-            Region {
-                end: start.saturating_add(len),
-                file,
-            },
-        );
+        self.regions.insert(start, Region { end, file });
     }
 
     /// Unmaps `[start, start+len)`, splitting regions it cuts; returns what was removed, in
@@ -138,6 +142,10 @@ fn parse_maps_line(line: &str) -> Option<(u64, u64, Arc<str>)> {
     let (s, e) = range.split_once('-')?;
     let start = u64::from_str_radix(s, 16).ok()?;
     let end = u64::from_str_radix(e, 16).ok()?;
+    // An empty or reversed range is no mapping (and would break the region arithmetic).
+    if end <= start {
+        return None;
+    }
     let name = it.next().map(str::trim).unwrap_or_default();
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     let file: Arc<str> = if name.is_empty() {
@@ -236,5 +244,82 @@ mod tests {
             pieces,
             vec![(f("/acks"), 1_597_832u64.div_ceil(4096) * 4096)]
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{config, proc_text};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, u64),
+        Remove(u64, u64),
+        Remap(u64, u64, u64, u64),
+    }
+
+    /// Addresses and lengths near each other (so that ranges meet) and at the ends of u64.
+    fn addr() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..0x20_000,
+            Just(u64::MAX),
+            Just(u64::MAX - 4095),
+            any::<u64>()
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        /// Any maps text seeds the model, any sequence of (possibly absurd) mapping calls
+        /// keeps it consistent: regions never overlap, and removed bytes never exceed what
+        /// was asked.
+        #[test]
+        fn any_maps_text_and_calls_keep_the_model_sane(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    proc_text(),
+                    (addr(), addr(), proc_text())
+                        .prop_map(|(a, b, f)| format!("{a:x}-{b:x} rw-s 00000000 08:01 1 {f}")),
+                ],
+                0..8,
+            ),
+            ops in prop::collection::vec(
+                prop_oneof![
+                    (addr(), addr()).prop_map(|(a, l)| Op::Insert(a, l)),
+                    (addr(), addr()).prop_map(|(a, l)| Op::Remove(a, l)),
+                    (addr(), addr(), addr(), addr()).prop_map(|(a, b, c, d)| Op::Remap(a, b, c, d)),
+                ],
+                0..16,
+            ),
+        ) {
+            let mut m = Mappings::from_maps(&lines.join("\n"));
+            for op in ops {
+                match op {
+                    Op::Insert(a, l) => m.insert(a, l, Arc::from("f")),
+                    Op::Remove(a, l) => {
+                        let removed: u64 = m.remove(a, l).iter().map(|(_, n)| n).sum();
+                        prop_assert!(removed <= m.round(l).max(l));
+                    }
+                    Op::Remap(a, b, c, d) => {
+                        let _ = m.remap(a, b, c, d);
+                    }
+                }
+                let mut last_end = 0;
+                for (&start, r) in &m.regions {
+                    prop_assert!(start < r.end, "{start:x}-{:x}", r.end);
+                    prop_assert!(start >= last_end);
+                    last_end = r.end;
+                }
+                let _ = m.lookup(a_of(&m));
+            }
+        }
+    }
+
+    fn a_of(m: &Mappings) -> u64 {
+        m.regions.keys().next().copied().unwrap_or(0)
     }
 }

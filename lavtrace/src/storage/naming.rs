@@ -42,7 +42,9 @@ impl Naming {
     fn of(path: &str, resolved: Option<&Resolved>) -> Naming {
         match resolved {
             Some(r) => Naming {
-                display: r.to_string(),
+                // Vhost and queue names are anyone's choice (AMQP allows control
+                // characters in them): escaped for the terminal, raw in `queue`.
+                display: crate::printable::printable(&r.to_string()).into_owned(),
                 queue: r.queue.as_ref().map(|q| QueueRef {
                     vhost: r.vhost.name.clone(),
                     vhost_hash: r.vhost.hash.clone(),
@@ -191,6 +193,31 @@ mod tests {
         assert_eq!(namer.kind(&path), lavinmq::Kind::DataDir);
         // Never seen while it held a data dir's files: a plain file.
         assert_eq!(Namer::with(None).kind(&path), lavinmq::Kind::File);
+    }
+
+    #[test]
+    fn hostile_vhost_and_queue_names_are_escaped_in_display_and_raw_in_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (vname, qname) = ("v\x1b]0;owned\x07", "q\x1b[2J\nevil");
+        let (v, q) = (dir_hash(vname), dir_hash(qname));
+        std::fs::write(
+            root.join("vhosts.json"),
+            serde_json::json!([{ "name": vname, "dir": v }]).to_string(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join(&v).join(&q)).unwrap();
+        std::fs::write(root.join(&v).join(&q).join(".queue"), qname).unwrap();
+        let mut namer = Namer::with(Some(Names::load(root)));
+        let seg: Arc<str> = Arc::from(format!("{}/{v}/{q}/msgs.0000000001", root.display()));
+        let n = namer.name(&seg);
+        assert_eq!(
+            n.display,
+            r"vhost v\x1b]0;owned\x07 · queue q\x1b[2J\nevil · msgs.0000000001"
+        );
+        let queue = n.queue.as_ref().unwrap();
+        assert_eq!(queue.name.as_deref(), Some(qname));
+        assert_eq!(queue.vhost.as_deref(), Some(vname));
     }
 
     #[test]
