@@ -34,6 +34,7 @@ for e in sock/inet_sock_set_state tcp/tcp_retransmit_skb; do
 done"#;
 
 /// One program the guest runs; its exit status decides the kernel's result.
+#[derive(Clone)]
 pub struct Run {
     pub label: String,
     pub env: Vec<(String, String)>,
