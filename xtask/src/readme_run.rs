@@ -15,6 +15,8 @@ use lavtrace_common::start;
 use crate::workspace_root;
 
 const WAIT: Duration = Duration::from_secs(120);
+/// `run` builds the release binary first: quick after the package test, minutes from cold.
+const BUILD: Duration = Duration::from_secs(1200);
 const QUEUES: u32 = 2;
 
 pub fn check() -> Result<()> {
@@ -64,12 +66,13 @@ pub fn check() -> Result<()> {
             }
         }
     });
+    // Killed on every way out, so a failed check leaves no tracer running.
+    let mut run = KillOnDrop(run);
     let first = lines
-        .recv_timeout(WAIT)
+        .recv_timeout(BUILD)
         .context("cargo xtask run printed nothing")?;
     let want = format!("lavtrace: tracing pid {pid} (lavinmq,");
     if !first.starts_with(&want) {
-        let _ = run.kill();
         bail!("cargo xtask run did not trace the broker: {first:?} (wanted {want:?}...)");
     }
     broker.go().context("go to the workload")?;
@@ -81,7 +84,7 @@ pub fn check() -> Result<()> {
     broker.wait_done(WAIT).context("the workload's run")?;
     // The workload exits after `done`; lavtrace sees it go and prints its summary.
     let text: Vec<String> = lines.iter().collect();
-    let status = run.wait()?;
+    let status = run.0.wait()?;
     let _ = std::fs::remove_dir_all(&dir);
     let text = text.join("\n");
     if !status.success() {
@@ -112,4 +115,15 @@ fn broker_pids() -> Vec<u32> {
         })
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -286,7 +286,7 @@ mod tests {
             queue: Some(crate::storage::naming::QueueRef {
                 vhost: Some("/".into()),
                 vhost_hash: "42099b4af021e53fd8fd4e056c2568d7c2e3ffa8".into(),
-                name: (i % 2 == 0).then(|| format!("q{i}")),
+                name: i.is_multiple_of(2).then(|| format!("q{i}")),
                 hash: format!("{i:08}{:032}", 0),
             }),
             display: String::new(),
