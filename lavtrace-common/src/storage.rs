@@ -99,7 +99,11 @@ pub struct CallEvent {
     /// Syscall number (this architecture's).
     pub nr: u32,
     pub tid: u32,
-    pub _reserved: u32,
+    /// 1 + the half of the interval cut (`cut::half`) in which the kernel counted this call
+    /// into the syscall table, for the calls the fsync family counts there; 0 for the others.
+    /// Userspace places the record by it, so the two tables agree even when the cut was
+    /// written late (a slow guest).
+    pub interval_half: u32,
     /// Entry time, CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
     pub start_ns: u64,
     pub duration_ns: u64,

@@ -189,7 +189,7 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
         kind: kind::CALL,
         nr,
         tid,
-        _reserved: 0,
+        interval_half: 0,
         start_ns: entry.start_ns,
         duration_ns: now.saturating_sub(entry.start_ns),
         ret,
@@ -200,19 +200,15 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
 /// Exit of a call reported by `owner`.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, owner: Owner) {
-    if let Some(event) = finish(ctx) {
+    if let Some(mut event) = finish(ctx) {
         if let Owner::Fsync = owner {
-            // The syscall table's count of this call, placed by the same return time and the
-            // same read of the cut as its record (userspace places the record by
-            // start + duration): the two tables cannot disagree on its interval.
+            // The syscall table's count of this call, placed by one read of the cut; the
+            // record carries that placement and userspace follows it: the two tables cannot
+            // disagree on its interval, even when the cut was written late.
             let returned = event.start_ns + event.duration_ns;
-            syscalls::account(
-                event.tid,
-                event.nr,
-                cut::half(returned),
-                event.duration_ns,
-                event.ret,
-            );
+            let half = cut::half(returned);
+            syscalls::account(event.tid, event.nr, half, event.duration_ns, event.ret);
+            event.interval_half = half + 1;
         }
         send(owner, &event);
     }

@@ -64,6 +64,8 @@ struct State {
     /// The end of the open interval, once the session has set it (`Tracer::cut`); the
     /// syscalls table is cut at the same instant, so the two agree call for call.
     cut: Option<u64>,
+    /// The kernel's half (`cut::half`) of the open interval: interval k is half k & 1.
+    open_half: u32,
     /// Every closed interval: the summary is their sum.
     total: HashMap<Key, Latency>,
     slow: Option<SlowLog>,
@@ -140,11 +142,14 @@ impl State {
                 ret: call.ret,
             });
         }
-        // Placed by its return time, as the kernel placed its count in the syscall table.
+        // Placed where the kernel placed its count in the syscall table (the record says),
+        // else by its return time.
         let returned = call.start_ns.wrapping_add(call.duration_ns);
-        let window = match self.cut {
-            Some(cut) if returned > cut => &mut self.next,
-            _ => &mut self.interval,
+        let window = match (call.interval_half.checked_sub(1), self.cut) {
+            (Some(half), _) if half == self.open_half => &mut self.interval,
+            (Some(_), _) => &mut self.next,
+            (None, Some(cut)) if returned > cut => &mut self.next,
+            (None, _) => &mut self.interval,
         };
         window
             .entry(key)
@@ -157,6 +162,7 @@ impl State {
     fn close(&mut self) -> HashMap<Key, Latency> {
         let closed = std::mem::replace(&mut self.interval, std::mem::take(&mut self.next));
         self.cut = None;
+        self.open_half ^= 1;
         for (key, latency) in &closed {
             self.total.entry(key.clone()).or_default().merge(latency);
         }
@@ -350,6 +356,8 @@ impl Tracer {
             interval: HashMap::new(),
             next: HashMap::new(),
             cut: None,
+            // Interval 1 is half 1 (`lavtrace_common::cut::half` before any cut).
+            open_half: 1,
             total: HashMap::new(),
             slow,
             threads: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
@@ -386,6 +394,7 @@ mod tests {
                 interval: HashMap::new(),
                 next: HashMap::new(),
                 cut: None,
+                open_half: 1,
                 total: HashMap::new(),
                 slow: None,
                 threads: Some(crate::threads::ThreadNames::seed(pid)),
