@@ -89,6 +89,23 @@ const ALL_FILESYSTEMS: &str = "(all filesystems)";
 const UNMAPPED: &str = "[unmapped]";
 
 impl State {
+    /// Seeded from /proc: the target's fds, mappings and mounts as they are now.
+    fn seed(pid: u32, slow: Option<SlowLog>, per_thread: bool) -> State {
+        State {
+            model: Model::seed(pid),
+            mounts: Mounts::read(pid),
+            infos: HashMap::new(),
+            interval: HashMap::new(),
+            next: HashMap::new(),
+            cut: None,
+            // Interval 1 is half 1 (`lavtrace_common::cut::half` before any cut).
+            open_half: 1,
+            total: HashMap::new(),
+            slow,
+            threads: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
+        }
+    }
+
     fn on_record(&mut self, record: Record) {
         let Some(call) = self.model.apply(record) else {
             return;
@@ -349,19 +366,7 @@ impl Tracer {
             hooks.extend(storage::attach(ebpf, FAMILY, program, tps)?);
         }
         hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::FSYNC)?);
-        let state = Arc::new(Mutex::new(State {
-            model: Model::seed(pid),
-            mounts: Mounts::read(pid),
-            infos: HashMap::new(),
-            interval: HashMap::new(),
-            next: HashMap::new(),
-            cut: None,
-            // Interval 1 is half 1 (`lavtrace_common::cut::half` before any cut).
-            open_half: 1,
-            total: HashMap::new(),
-            slow,
-            threads: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
-        }));
+        let state = Arc::new(Mutex::new(State::seed(pid, slow, per_thread)));
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
             .context("draining the fsync ring")?;
@@ -387,18 +392,7 @@ mod tests {
             records in vec(crate::fuzz::storage_record(), 0..48),
         ) {
             let pid = std::process::id();
-            let mut st = State {
-                model: Model::seed(pid),
-                mounts: Mounts::read(pid),
-                infos: HashMap::new(),
-                interval: HashMap::new(),
-                next: HashMap::new(),
-                cut: None,
-                open_half: 1,
-                total: HashMap::new(),
-                slow: None,
-                threads: Some(crate::threads::ThreadNames::seed(pid)),
-            };
+            let mut st = State::seed(pid, None, true);
             for bytes in &records {
                 if let Some(r) = storage::decode_record(bytes) {
                     st.on_record(r);

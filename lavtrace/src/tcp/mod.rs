@@ -70,17 +70,6 @@ pub struct Tracer {
     last_end: u64,
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl family::Section for TcpSection {
     fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
         family::one_key(FAMILY, self)
@@ -152,7 +141,7 @@ impl family::Tracer for Tracer {
 
 impl Tracer {
     fn start(ebpf: &mut Ebpf, pid: u32, mode: hooks::Mode) -> Result<(Tracer, Vec<Hook>)> {
-        let t0 = monotonic_ns();
+        let t0 = crate::kernel::cut::now_ns();
         let caps = hooks::Caps::probe();
         let hooks = hooks::attach(ebpf, mode, &caps)?;
         let kind = set_kind(&hooks);
@@ -199,7 +188,7 @@ impl Tracer {
                 kind,
                 t0,
                 // The first interval's rates are over the time since attaching ended.
-                last_end: monotonic_ns(),
+                last_end: crate::kernel::cut::now_ns(),
             },
             hooks,
         ))
@@ -208,7 +197,7 @@ impl Tracer {
     /// The section for the window since the last interval (`whole`: the run) and the events
     /// lost since attach; `kernel_lost` is the kernel's cumulative count for this family.
     fn build_section(&mut self, whole: bool, kernel_lost: u64) -> Result<(TcpSection, u64)> {
-        let end = monotonic_ns();
+        let end = crate::kernel::cut::now_ns();
         let malformed = self
             .drain
             .stats
