@@ -177,11 +177,37 @@ fn one_slow_fsync_gives_one_dump_with_the_time_before_and_after_it() {
 
 /// A trace of an idle-ish workload (fast fsyncs only) with SIGUSR2 sent at `at` (ms after go);
 /// returns the dumps' trigger.json, oldest first.
-fn signalled(at_ms: &[u64], every: &str, keep_files: u64) -> (Vec<Value>, usize) {
+/// What the test does to the recorder, in order. Signals are sent only after the previous
+/// step has been seen to take effect: two SIGUSR2 that arrive before lavtrace reads the first
+/// are one signal to the kernel, and a slow guest can take longer than any fixed spacing.
+enum Step {
+    /// SIGUSR2, then wait until a dump not there before appears.
+    Dump,
+    /// SIGUSR2 that `--dump-every` must suppress: then give lavtrace time to read it.
+    Suppressed,
+    /// Let `--dump-every` run out.
+    Wait(Duration),
+}
+
+/// A new dump in `dir`, not among `before`, within 60 s (dumps are renamed into place whole).
+fn wait_for_new_dump(dir: &Path, before: &[std::path::PathBuf]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dumps(dir).iter().all(|f| before.contains(f)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new dump in {} after SIGUSR2",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signalled(steps: &[Step], every: &str, keep_files: u64) -> (Vec<Value>, usize) {
     require_root();
     let dir = tempfile::tempdir().unwrap();
+    // Long enough for every step; the test ends it once the steps are done.
     let mut w = Workload::slowsync()
-        .flag("before", 20)
+        .flag("before", 400)
         .flag("after", 0)
         .flag("pace", "150ms")
         .flag("dirty-mib", 0)
@@ -192,14 +218,21 @@ fn signalled(at_ms: &[u64], every: &str, keep_files: u64) -> (Vec<Value>, usize)
         .flag("dump-keep", keep_files)
         .spawn();
     w.go();
-    let start = std::time::Instant::now();
-    for &ms in at_ms {
-        let due = start + Duration::from_millis(ms);
-        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-        trace.signal(libc::SIGUSR2);
+    for step in steps {
+        match step {
+            Step::Dump => {
+                let before = dumps(dir.path());
+                trace.signal(libc::SIGUSR2);
+                wait_for_new_dump(dir.path(), &before);
+            }
+            Step::Suppressed => {
+                trace.signal(libc::SIGUSR2);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Step::Wait(d) => std::thread::sleep(*d),
+        }
     }
-    // Its timings, then done.
-    w.lines_until_done();
+    // Killing the workload ends the trace.
     drop(w);
     trace.records();
     let files = dumps(dir.path());
@@ -211,14 +244,24 @@ fn signalled(at_ms: &[u64], every: &str, keep_files: u64) -> (Vec<Value>, usize)
 
 #[test]
 fn sigusr2_gives_a_dump() {
-    let (triggers, n) = signalled(&[1000], "1h", 5);
+    let (triggers, n) = signalled(&[Step::Dump], "1h", 5);
     assert_eq!(n, 1);
     assert_eq!(triggers[0]["trigger"], "SIGUSR2");
 }
 
 #[test]
 fn triggers_inside_dump_every_are_counted_in_the_next_dump() {
-    let (triggers, n) = signalled(&[300, 600, 1900], "1s", 5);
+    let every = Duration::from_secs(4);
+    let (triggers, n) = signalled(
+        &[
+            Step::Dump,
+            Step::Suppressed,
+            Step::Wait(every + Duration::from_millis(500)),
+            Step::Dump,
+        ],
+        "4s",
+        5,
+    );
     assert_eq!(n, 2);
     assert_eq!(triggers[0]["suppressed_before"], 0);
     assert_eq!(triggers[1]["suppressed_before"], 1);
@@ -226,7 +269,7 @@ fn triggers_inside_dump_every_are_counted_in_the_next_dump() {
 
 #[test]
 fn old_dumps_are_removed_beyond_dump_keep() {
-    let (triggers, n) = signalled(&[300, 900, 1500], "0s", 2);
+    let (triggers, n) = signalled(&[Step::Dump, Step::Dump, Step::Dump], "0s", 2);
     assert_eq!(n, 2);
     let kept: Vec<u64> = triggers
         .iter()
