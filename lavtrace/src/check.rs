@@ -11,6 +11,7 @@ use crate::{
     error::Fatal,
     family,
     kernel::{
+        Bystanders,
         caps::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
         tracefs,
     },
@@ -90,6 +91,9 @@ pub fn run(args: &CheckArgs) -> Result<()> {
                         println!("{name:<9} {program:<20} {status}");
                     }
                 }
+                // What the operator's other processes pay while this family is attached.
+                let cost = Bystanders::of(session.hooks()).family_line(name);
+                println!("{name:<9} {:<20} {cost}", "(host cost)");
             }
             Err(e) => {
                 if e.chain()

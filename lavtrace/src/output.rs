@@ -13,7 +13,7 @@ use serde::{Serialize, ser::SerializeMap as _};
 use crate::{
     cli::{Format, ReportArgs},
     family::{Section, TextOptions},
-    kernel::Hook,
+    kernel::{Bystanders, Hook},
     target::{Target, TargetExit},
 };
 
@@ -117,6 +117,8 @@ enum Record<'a> {
         target: &'a Target,
         probes: Vec<&'static str>,
         hooks: &'a [Hook],
+        /// What processes other than the target pay while these hooks are attached.
+        bystanders: Bystanders,
         interval_ms: u128,
     },
     Interval {
@@ -188,6 +190,7 @@ impl Output {
                 target,
                 probes,
                 hooks,
+                bystanders: Bystanders::of(hooks),
                 interval_ms: self.args.interval.as_millis(),
             }),
             Format::Text => {
@@ -201,6 +204,9 @@ impl Output {
                 );
                 if let Some(d) = self.args.duration {
                     let _ = write!(s, ", for {}", humantime::format_duration(d));
+                }
+                if let Some(n) = Bystanders::of(hooks).header_note() {
+                    let _ = write!(s, "; {n}");
                 }
                 if let Some(n) = &self.note {
                     let _ = write!(s, "; {n}");

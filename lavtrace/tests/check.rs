@@ -98,3 +98,50 @@ fn check_unknown_target_exits_3() {
     assert!(err.contains("no process named"), "{err}");
     assert!(out.is_empty(), "nothing before the error: {out}");
 }
+
+/// Each family's host-cost line agrees with the hooks printed above it: a family with any
+/// hook on a syscall tracepoint (raw or classic) puts every syscall of the host on the slow
+/// path; any other family costs other processes nothing per syscall.
+#[test]
+fn check_says_what_each_family_costs_other_processes() {
+    require_root();
+    let (code, out, err) = check(&[]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    for family in ["syscalls", "fsync", "mmap", "tcp"] {
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(family))
+            .collect();
+        let on_syscall_path = rows.iter().any(|l| {
+            l.split_once(" ok via ").is_some_and(|(_, via)| {
+                via == "raw_tracepoint sys_enter"
+                    || via == "raw_tracepoint sys_exit"
+                    || via.starts_with("tracepoint syscalls:")
+                    || via.starts_with("tracepoint raw_syscalls:")
+            })
+        });
+        let cost: Vec<&str> = rows
+            .iter()
+            .filter_map(|l| l.split_once("(host cost)").map(|(_, c)| c.trim()))
+            .collect();
+        assert_eq!(cost.len(), 1, "one host-cost line for {family}:\n{out}");
+        if on_syscall_path {
+            assert!(
+                cost[0].starts_with("other processes: every syscall on the host"),
+                "{family}: {}",
+                cost[0]
+            );
+        } else {
+            assert!(
+                cost[0].starts_with("other processes: +0"),
+                "{family}: {}",
+                cost[0]
+            );
+        }
+    }
+    // The syscalls family needs the host-wide hook wherever it runs.
+    assert!(
+        line(&out, "syscalls  (host cost)").contains("every syscall on the host"),
+        "{out}"
+    );
+}

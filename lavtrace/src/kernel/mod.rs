@@ -6,6 +6,7 @@ mod attach;
 pub mod caps;
 pub mod cut;
 pub mod fields;
+mod reach;
 pub mod tracefs;
 
 use anyhow::Result;
@@ -14,6 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use tracing::debug;
 
 pub use attach::{Hook, attach_raw_tracepoint, attach_tracepoint};
+pub use reach::Bystanders;
 
 use crate::error::Fatal;
 

@@ -22,8 +22,14 @@ use ratatui::{
 use tokio::sync::mpsc;
 
 use crate::{
-    family::SortKey, fsync, kernel::Hook, mmap::MmapSection, output::Sections, overhead, syscalls,
-    target::Target, tcp::TcpSection,
+    family::SortKey,
+    fsync,
+    kernel::{Bystanders, Hook},
+    mmap::MmapSection,
+    output::Sections,
+    overhead, syscalls,
+    target::Target,
+    tcp::TcpSection,
 };
 use panes::{LastTransitions, Pane};
 
@@ -150,7 +156,16 @@ impl ViewState {
             pid: target.pid,
             comm: crate::printable::printable(&target.comm).into_owned(),
             threads: target.threads,
-            hooks: format!("{} hooks ({})", hooks.len(), families.join(", ")),
+            hooks: format!(
+                "{} hooks ({}){}",
+                hooks.len(),
+                families.join(", "),
+                if Bystanders::of(hooks).every_syscall.is_empty() {
+                    ""
+                } else {
+                    " · HOST-WIDE syscall slow path"
+                }
+            ),
             last: None,
             transitions: LastTransitions::new(),
             recorder: None,
