@@ -118,9 +118,10 @@ fn sigterm_prints_the_summary_and_exits_zero() {
 /// The per-cpu counters are updated with plain loads and stores, and syscall tracepoints
 /// became faultable in 6.13 (their callbacks may be preempted): a program preempted between
 /// the load and the store of a slot, with another target thread counting into the same CPU's
-/// slot meanwhile, would lose an increment. The kernel runs BPF programs on them with
-/// preemption disabled ("tracing/bpf: guard syscall probe with preempt_notrace"), and this
-/// test holds it to that: eight threads on this machine's few CPUs, each making 150,000
+/// slot meanwhile, would lose an increment. The faultable-tracepoint series kept BPF
+/// programs on them non-preemptible (its "tracing/bpf: guard syscall probe with
+/// preempt_notrace"); later kernels may relax that, and this test holds each kernel of the
+/// matrix to it: eight threads on this machine's few CPUs, each making 150,000
 /// getppid, put 1.2 million counted calls through that window; the totals and every thread's
 /// row must be exact.
 #[test]
