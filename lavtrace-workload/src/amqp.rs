@@ -5,6 +5,11 @@
 //! publishing its share of `--messages` persistent messages of `--size` bytes to one durable
 //! queue with publisher confirms; then the first connection consumes and acks them all; then
 //! every connection is closed by the client. Prints one `stats {json}` line before `done`.
+//!
+//! With `--held N`, N connections are opened before `ready` (a broker with many long-lived
+//! connections when the tracer attaches): the publishing load then runs on the first
+//! `--connections` of them, and all N are closed at the end. Their client ports are in
+//! /proc for whoever wants to check them.
 
 use std::io::Write as _;
 
@@ -38,11 +43,21 @@ pub struct Args {
     /// Publishes in flight before their confirms are awaited (1: each publish waits).
     #[arg(long, default_value_t = 1)]
     pub confirm_window: usize,
+    /// Connections opened before `ready` and kept until the end; the load uses the first
+    /// `--connections` of them instead of new ones.
+    #[arg(long, default_value_t = 0)]
+    pub held: u32,
+    /// After the load and its stats line, wait for a line on stdin before closing the
+    /// connections (a tracer can look at them all still open).
+    #[arg(long)]
+    pub wait_before_close: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
 struct Stats {
     connections: u32,
+    /// Every connection closed at the end (`--held`, or the `--connections` when none held).
+    held: u32,
     published: u64,
     confirmed: u64,
     consumed: u64,
@@ -51,31 +66,76 @@ struct Stats {
     elapsed_ns: u64,
 }
 
+/// The whole mode, start protocol included (ready, go, the exchange, done).
 pub fn run(args: &Args) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if args.held > 0 {
+        raise_fd_limit(args.held)?;
+    }
+    let held = runtime
+        .block_on(connect(&args.url, args.held))
+        .map_err(std::io::Error::other)?;
+    lavtrace_common::start::announce_ready_then_wait_go()?;
     for _ in 0..args.marker_getppid {
         // SAFETY: no arguments.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let started = std::time::Instant::now();
     let mut stats = runtime
-        .block_on(exchange(args))
+        .block_on(exchange(args, held))
         .map_err(std::io::Error::other)?;
     stats.elapsed_ns = started.elapsed().as_nanos() as u64;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "stats {}", serde_json::to_string(&stats)?)?;
-    stdout.flush()
+    stdout.flush()?;
+    drop(stdout);
+    lavtrace_common::start::announce_done()
 }
 
-async fn exchange(args: &Args) -> Result<Stats, lapin::Error> {
-    let mut stats = Stats::default();
-    let mut connections = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        connections.push(Connection::connect(&args.url, ConnectionProperties::default()).await?);
-        stats.connections += 1;
+/// A socket per connection, and the few fds of the process besides.
+fn raise_fd_limit(connections: u32) -> std::io::Result<()> {
+    let want = u64::from(connections) + 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer to a rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    lim.rlim_cur = want.max(lim.rlim_cur);
+    lim.rlim_max = lim.rlim_max.max(want);
+    // SAFETY: a valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+async fn connect(url: &str, n: u32) -> Result<Vec<Connection>, lapin::Error> {
+    let mut connections = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        connections.push(Connection::connect(url, ConnectionProperties::default()).await?);
+    }
+    Ok(connections)
+}
+
+async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Error> {
+    let mut stats = Stats::default();
+    let wanted = args.connections.max(1) as usize;
+    let mut connections = if held.is_empty() {
+        connect(&args.url, wanted as u32).await?
+    } else {
+        held
+    };
+    // The load runs on the first `wanted`; any others are only held (and closed at the end).
+    let idle = connections.split_off(wanted.min(connections.len()));
+    stats.connections = connections.len() as u32;
     let body = vec![b'm'; args.size];
     let properties = BasicProperties::default().with_delivery_mode(2); // persistent
     let per_connection = args.messages.div_ceil(stats.connections);
@@ -143,8 +203,21 @@ async fn exchange(args: &Args) -> Result<Stats, lapin::Error> {
         .queue_delete(args.queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     channel.close(200, "consumed".into()).await?;
-    for conn in &connections {
+    if args.wait_before_close {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "stats {}",
+            serde_json::to_string(&stats).unwrap_or_default()
+        );
+        let _ = stdout.flush();
+        drop(stdout);
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    for conn in connections.iter().chain(&idle) {
         conn.close(200, "bye".into()).await?;
     }
+    stats.held = idle.len() as u32 + stats.connections;
     Ok(stats)
 }

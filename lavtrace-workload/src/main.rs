@@ -80,7 +80,8 @@ fn main() -> ExitCode {
     }
     let result = match &args.mode {
         Mode::Syscalls(a) => syscalls::run(a),
-        Mode::Amqp(a) => ready_then(|| amqp::run(a)),
+        // Its own start: --held connections are opened before ready.
+        Mode::Amqp(a) => amqp::run(a),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()

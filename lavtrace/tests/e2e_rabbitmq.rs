@@ -131,3 +131,90 @@ fn demo_traces_the_broker_behind_an_amqp_url() {
     assert!(accepted >= 3, "{accepted} client connections");
     assert!(count(summary, "fsync") + count(summary, "fdatasync") > 0);
 }
+
+/// Client ports of `pid`'s TCP connections to `port`, from /proc: its socket inodes
+/// (/proc/PID/fd) looked up in its network namespace's /proc/PID/net/tcp.
+fn client_ports(pid: u32, port: u16) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+    let mut ports: Vec<u16> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex_port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            (inodes.contains(f[9]) && hex_port(f[2])? == port)
+                .then(|| hex_port(f[1]))
+                .flatten()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// Many long-lived connections, opened before lavtrace attaches, a persistent confirm load on
+/// a few of them: the broker's connection table lists each of them exactly once, by its
+/// client port, with nothing lost and lavtrace's memory bounded. (CI size; `HELD` can go to
+/// thousands by hand.)
+#[test]
+fn a_thousand_connections_held_through_attach_are_each_listed_once() {
+    require_root();
+    const HELD: u32 = 1000;
+    const LOADED: u32 = 10;
+    const MESSAGES: u64 = 2000;
+    let broker = RabbitMq::start();
+    let mut client = Workload::amqp(&broker.url())
+        .flag("held", HELD)
+        .flag("connections", LOADED)
+        .flag("messages", MESSAGES)
+        .flag("confirm-window", 100)
+        .switch("wait-before-close")
+        .spawn();
+    // Ground truth, before anyone traces: the client's own sockets to the broker.
+    let ports = client_ports(client.pid, broker.port);
+    assert_eq!(ports.len(), HELD as usize, "client sockets from /proc");
+    let trace = Trace::pid(broker.pid).interval("1s").spawn();
+    client.go();
+    let stats = client.next_line().expect("client stats");
+    let stats: Value = serde_json::from_str(stats.strip_prefix("stats ").unwrap()).unwrap();
+    assert_eq!(stats["confirmed"], MESSAGES, "{stats}");
+    assert_eq!(stats["connections"], LOADED);
+    // Every connection still open: the trace ends here.
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    client.finish();
+    let summary = records.last().unwrap();
+    let suffix = format!(":{}", broker.port);
+    let mut listed: Vec<u16> = summary["tcp"]["connections"]
+        .as_array()
+        .expect("tcp connections")
+        .iter()
+        .filter(|c| c["local"].as_str().unwrap().ends_with(&suffix))
+        .map(|c| {
+            let remote = c["remote"].as_str().unwrap();
+            remote.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ports, "each client connection exactly once");
+    for (family, lost) in summary["lost_events"].as_object().unwrap() {
+        assert_eq!(lost, 0, "{family} lost events");
+    }
+    let rss = summary["overhead"]["lavtrace_rss_bytes"].as_u64().unwrap();
+    eprintln!(
+        "lavtrace with {HELD} connections: RSS {rss} B, CPU {} ns over {} ms",
+        summary["overhead"]["lavtrace_cpu_ns"], summary["duration_ms"]
+    );
+    assert!(
+        rss < 64 << 20,
+        "lavtrace RSS {rss} bytes with {HELD} connections"
+    );
+    drop(broker);
+}
