@@ -151,17 +151,35 @@ impl Preset {
     }
 
     pub fn spawn(self) -> Workload {
-        let mut cmd = Command::new(workload_binary());
+        self.spawn_in(&[])
+    }
+
+    /// Started through `wrapper` (a command line the workload's own is appended to, e.g.
+    /// `unshare --pid --fork --`). In a pid namespace the workload announces the pid it sees
+    /// there; `pid` is the one the host sees.
+    pub fn spawn_in(self, wrapper: &[&str]) -> Workload {
+        let binary = workload_binary();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
         if let Some(name) = &self.name {
             cmd.args(["--name", name]);
         }
         cmd.arg(self.mode).args(&self.args);
-        let started = start::spawn(&mut cmd, WAIT)
+        let mut started = start::spawn(&mut cmd, WAIT)
             .unwrap_or_else(|e| panic!("starting lavtrace-workload {}: {e}", self.mode));
-        Workload {
-            pid: started.pid(),
-            started,
-        }
+        let announced = started.pid();
+        let pid = if wrapper.is_empty() {
+            announced
+        } else {
+            host_pid(started.child().id(), announced)
+        };
+        Workload { pid, started }
     }
 }
 
@@ -424,6 +442,41 @@ pub fn syscall<'a>(section: &'a Value, name: &str) -> Option<&'a Value> {
 
 pub fn count(section: &Value, name: &str) -> u64 {
     syscall(section, name).map_or(0, |r| r["count"].as_u64().unwrap())
+}
+
+/// The host pid of the process that is `ns_pid` in its own pid namespace, among `wrapper`'s
+/// descendants (a wrapper such as `unshare --fork` stands between).
+fn host_pid(wrapper: u32, ns_pid: u32) -> u32 {
+    let field = |status: &str, name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut parents = vec![wrapper];
+    // A few levels: unshare, then a shell that execs the workload.
+    for _ in 0..4 {
+        let mut children = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+                continue;
+            };
+            let (ppid, nspid) = (field(&status, "PPid:"), field(&status, "NSpid:"));
+            if ppid.first().is_some_and(|p| parents.contains(p)) {
+                if nspid.len() > 1 && nspid.last() == Some(&ns_pid) {
+                    return nspid[0];
+                }
+                children.extend(nspid.first().copied());
+            }
+        }
+        parents = children;
+    }
+    panic!("no descendant of {wrapper} is pid {ns_pid} in its namespace")
 }
 
 /// A port nobody listens on now (the kernel's pick, released).
