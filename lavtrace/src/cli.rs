@@ -157,6 +157,13 @@ pub struct ReportArgs {
     /// Bytes per event ring (power of two, at least 4096); tests use a tiny ring to force losses.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
+
+    /// Leave the kernel's BPF run-time statistics off. They are host-wide: while lavtrace
+    /// holds them, every BPF program on the host (not only lavtrace's) reads the clock twice
+    /// per run. Without them the COST line and the lavtrace_bpf_program_* series have no
+    /// per-program kernel figures.
+    #[arg(long)]
+    pub no_bpf_stats: bool,
 }
 
 impl ReportArgs {
@@ -181,6 +188,7 @@ impl ReportArgs {
                 TcpHooks::Kprobe => Mode::Kprobe,
                 TcpHooks::Tracepoint => Mode::Tracepoint,
             },
+            no_bpf_stats: self.no_bpf_stats,
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct Options {
     pub json: bool,
     pub syscalls_hooks: syscalls::HookChoice,
     pub tcp_hooks: tcp::hooks::Mode,
+    /// Leave the kernel's BPF run-time statistics off (they are host-wide; see `overhead`).
+    pub no_bpf_stats: bool,
 }
 
 /// One line of the registry.

@@ -56,13 +56,20 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn start(ebpf: &Ebpf) -> Meter {
-        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                debug!("kernel BPF run-time statistics unavailable: {e}");
-                None
+    /// `kernel_stats`: switch on the kernel's per-program run statistics (BPF_ENABLE_STATS).
+    /// They are global: every BPF program on the host, lavtrace's and everyone else's, then
+    /// reads the clock twice per run, for as long as lavtrace holds the descriptor.
+    pub fn start(ebpf: &Ebpf, kernel_stats: bool) -> Meter {
+        let stats = if kernel_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    debug!("kernel BPF run-time statistics unavailable: {e}");
+                    None
+                }
             }
+        } else {
+            None
         };
         let first = sample(ebpf);
         Meter {

@@ -85,7 +85,7 @@ impl Session {
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
         Ok(Session {
-            meter: Meter::start(&ebpf),
+            meter: Meter::start(&ebpf, !options.no_bpf_stats),
             ebpf,
             hooks,
             lost,

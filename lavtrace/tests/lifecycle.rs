@@ -181,3 +181,66 @@ fn a_short_final_interval_has_no_shares() {
     assert!(intervals[0]["overhead"]["lavtrace_cpu_pct"].is_f64());
     assert!(records.last().unwrap()["overhead"]["lavtrace_cpu_pct"].is_f64());
 }
+
+/// The run count the kernel keeps for `pid`'s programs (the fdinfo of its program fds): it
+/// only moves while BPF run-time statistics are on somewhere on the host.
+fn program_runs(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("prog_id:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_cnt:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// `pid`'s descriptors that hold the kernel's BPF run-time statistics on.
+fn stats_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy() == "anon_inode:bpf-stats")
+        .count()
+}
+
+/// The kernel's BPF run-time statistics are host-wide: while anyone holds them, every
+/// program's runs are counted and timed. A default trace holds them (one `bpf-stats`
+/// descriptor, and its programs, which run for every syscall on the host, show runs in their
+/// fdinfo); `--no-bpf-stats` holds none, and its records say there are no kernel figures.
+/// (The run counts are not asserted to stay 0 then: another tracer on the host may hold the
+/// statistics.)
+#[test]
+fn bpf_stats_are_on_by_default_and_off_with_no_bpf_stats() {
+    require_root();
+    let _serial = serial();
+    let mut target = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    for (stats, flags) in [(true, &[][..]), (false, &["no-bpf-stats"][..])] {
+        let mut trace = Trace::pid(target.id()).probes("syscalls").interval("200ms");
+        for f in flags {
+            trace = trace.switch(f);
+        }
+        let trace = trace.spawn();
+        assert_eq!(stats_fds(trace.child.id()), usize::from(stats), "{flags:?}");
+        if stats {
+            // Any syscalls of this process run the programs (they filter inside).
+            for _ in 0..1000 {
+                // SAFETY: no arguments.
+                unsafe { libc::getppid() };
+            }
+            assert!(program_runs(trace.child.id()) > 0, "runs counted");
+        }
+        trace.signal(libc::SIGINT);
+        let records = trace.records();
+        let summary = records.last().unwrap();
+        assert_eq!(summary["overhead"]["kernel_stats"], stats, "{flags:?}");
+    }
+    let _ = (target.kill(), target.wait());
+}

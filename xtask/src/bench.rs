@@ -157,6 +157,9 @@ enum Tracer {
     Lavtrace(&'static str),
     /// lavtrace attached to another (idle) process: the tax its hooks put on everyone.
     LavtraceOther(&'static str),
+    /// lavtrace without the kernel's BPF run-time statistics (`--no-bpf-stats`): what holding
+    /// them costs (every BPF program on the host reads the clock twice per run).
+    LavtraceNoStats(&'static str),
     Strace,
     PerfTrace,
     Bpftrace,
@@ -172,6 +175,7 @@ impl Tracer {
             Tracer::None => "untraced".into(),
             Tracer::Lavtrace(p) => format!("lavtrace --probes {p}"),
             Tracer::LavtraceOther(p) => format!("lavtrace --probes {p} (tracing another process)"),
+            Tracer::LavtraceNoStats(p) => format!("lavtrace --probes {p} --no-bpf-stats"),
             Tracer::Strace => "strace -f -c".into(),
             Tracer::PerfTrace => "perf trace -s".into(),
             Tracer::Bpftrace => "bpftrace count+latency".into(),
@@ -190,6 +194,19 @@ impl Tracer {
                 &pid.to_string(),
                 "--probes",
                 p,
+                "--format",
+                "json",
+                "--interval",
+                "1s",
+            ]),
+            Tracer::LavtraceNoStats(p) => v(&[
+                &lt,
+                "trace",
+                "--pid",
+                &pid.to_string(),
+                "--probes",
+                p,
+                "--no-bpf-stats",
                 "--format",
                 "json",
                 "--interval",
@@ -245,7 +262,7 @@ impl Tracer {
             }
         };
         match self {
-            Tracer::Lavtrace(_) | Tracer::LavtraceOther(_) => {
+            Tracer::Lavtrace(_) | Tracer::LavtraceOther(_) | Tracer::LavtraceNoStats(_) => {
                 wait_for(&out, &|l| l.contains("\"type\":\"attached\""))?
             }
             Tracer::Strace => wait_for(&err, &|l| l.contains("attached"))?,
@@ -361,7 +378,13 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
         Tracer::Lavtrace("floor"),
         Tracer::Lavtrace("syscalls"),
         Tracer::Lavtrace(ALL),
+        Tracer::LavtraceNoStats("syscalls"),
         Tracer::LavtraceOther("syscalls"),
+        // The bystander rows: what each other family costs a process it does not trace.
+        Tracer::LavtraceOther("fsync"),
+        Tracer::LavtraceOther("mmap"),
+        Tracer::LavtraceOther("tcp"),
+        Tracer::LavtraceOther("fsync,mmap,tcp"),
         Tracer::Bpftrace,
         Tracer::PerfTrace,
         Tracer::Strace,
@@ -404,7 +427,10 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
          as one thread can. ns per syscall of the loop (wall time / calls); *added* is the median minus the \
          untraced median. `floor` is lavtrace with empty programs on the raw tracepoints `sys_enter`/`sys_exit` \
          that the syscalls family uses: the cost of being attached at all; `floor-tracepoint` the same on the \
-         classic `raw_syscalls` tracepoints that bpftrace uses here.\n"
+         classic `raw_syscalls` tracepoints that bpftrace uses here. `--no-bpf-stats` is lavtrace without the \
+         kernel's BPF run-time statistics (host-wide while held: every BPF program reads the clock twice per run). \
+         The `(tracing another process)` rows are the bystander: lavtrace traces an idle process while this loop, \
+         untraced, pays whatever its hooks cost everyone.\n"
     )?;
     writeln!(
         md,
