@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 #[cfg(test)]
 pub use report::TransitionRow;
-pub use report::{ConnRow, TcpSection, write_text};
+pub use report::{ConnRow, TcpSection, open_by_state, write_text};
 
 use crate::{
     family::{self, Family, Flush, Options, Part, TextOptions, Window},

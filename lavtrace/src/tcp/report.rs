@@ -195,6 +195,17 @@ fn opt_ns(v: Option<u64>) -> String {
 /// Interval: one line per transition (like tcpstates), then the live table (like ss, with
 /// rates and time in state). Summary: every connection of the run with its lifetime, then the
 /// transition counts.
+/// The open connections: how many, and by state (`CLOSE_WAIT 1, ESTABLISHED 999`); None when
+/// none is open.
+pub fn open_by_state(s: &TcpSection) -> Option<(usize, String)> {
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in s.connections.iter().filter(|c| c.open) {
+        *by_state.entry(c.state.as_str()).or_default() += 1;
+    }
+    let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    (!states.is_empty()).then(|| (by_state.values().sum(), states.join(", ")))
+}
+
 pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
     let listening: Vec<String> = s.listening.iter().map(|l| endpoint(&l.local)).collect();
     let _ = writeln!(
@@ -214,6 +225,10 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
             String::new()
         }
     );
+    // At a glance with a thousand connections: how many are open, in which state.
+    if let Some((n, states)) = open_by_state(s) {
+        let _ = writeln!(out, "open: {n} ({states})");
+    }
     if !summary {
         let mut lines: Vec<(u64, String)> = Vec::new();
         for c in &s.connections {
@@ -233,7 +248,12 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
             }
         }
         lines.sort();
-        for (_, l) in lines {
+        // A churn of thousands of connections would bury the table: the newest `top`.
+        let hidden = lines.len().saturating_sub(top);
+        if hidden > 0 {
+            let _ = writeln!(out, "  ({hidden} earlier transitions not shown; --top)");
+        }
+        for (_, l) in lines.into_iter().skip(hidden) {
             let _ = writeln!(out, "{l}");
         }
     }
@@ -258,8 +278,18 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
         .iter()
         .filter(|c| summary || c.open || !c.transitions.is_empty())
         .collect();
-    // Open connections first (stable: oldest first within each group).
-    rows.sort_by_key(|c| !c.open);
+    if rows.len() > top {
+        // More than fit: the top talkers (bytes both ways), open ones first.
+        rows.sort_by_key(|c| {
+            (
+                !c.open,
+                std::cmp::Reverse(c.bytes_sent.saturating_add(c.bytes_received)),
+            )
+        });
+    } else {
+        // Open connections first (stable: oldest first within each group).
+        rows.sort_by_key(|c| !c.open);
+    }
     for c in rows.iter().take(top) {
         let age = if summary && !c.open {
             opt_ns(c.lifetime_ns)
@@ -298,7 +328,7 @@ pub fn write_text(out: &mut String, s: &TcpSection, summary: bool, top: usize) {
     if rows.len() > top {
         let _ = writeln!(
             out,
-            "({} more connections not shown; --top)",
+            "({} more connections not shown, fewer bytes than these; --top)",
             rows.len() - top
         );
     }
@@ -333,6 +363,97 @@ mod tests {
         assert_eq!(bytes(999), "999B");
         assert_eq!(bytes(4096), "4.0KiB");
         assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5MiB");
+    }
+
+    fn conn(port: u16, state: &str, bytes: u64, transitions: usize) -> ConnRow {
+        ConnRow {
+            local: "127.0.0.1:5672".into(),
+            remote: format!("127.0.0.1:{port}"),
+            service: None,
+            state: state.into(),
+            origin: "preexisting",
+            open: true,
+            opened_at_ns: None,
+            closed_at_ns: None,
+            age_ns: None,
+            lifetime_ns: None,
+            state_ns: None,
+            transitions: (0..transitions)
+                .map(|i| TransitionRow {
+                    from: "SYN_RECV".into(),
+                    to: "ESTABLISHED".into(),
+                    at_ns: u64::from(port) * 1000 + i as u64,
+                    prev_state_ns: None,
+                })
+                .collect(),
+            bytes_sent: bytes,
+            bytes_received: 0,
+            send_rate: 0,
+            receive_rate: 0,
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            closed_by: None,
+        }
+    }
+
+    /// A thousand connections read at a glance: the open ones by state, the `top` talkers,
+    /// the newest `top` transitions.
+    #[test]
+    fn many_connections_show_states_and_the_top_talkers() {
+        let mut connections: Vec<ConnRow> = (0..1000u16)
+            .map(|i| conn(20000 + i, "ESTABLISHED", u64::from(i), 1))
+            .collect();
+        connections[3].state = "CLOSE_WAIT".into();
+        let s = TcpSection {
+            hooks: "tracepoint",
+            listening: Vec::new(),
+            connections,
+            transitions: BTreeMap::new(),
+            opened: 1000,
+            closed: 0,
+            lifetimes: None,
+            evicted: 0,
+        };
+        let mut out = String::new();
+        write_text(&mut out, &s, false, 5);
+        assert!(
+            out.contains("\nopen: 1000 (CLOSE_WAIT 1, ESTABLISHED 999)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("(995 earlier transitions not shown; --top)"),
+            "{out}"
+        );
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("127.0.0.1:5672"))
+            .collect();
+        // The five with the most bytes, most first.
+        let ports: Vec<&str> = rows
+            .iter()
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                "127.0.0.1:20999",
+                "127.0.0.1:20998",
+                "127.0.0.1:20997",
+                "127.0.0.1:20996",
+                "127.0.0.1:20995"
+            ]
+        );
+        assert!(out.contains("(995 more connections not shown, fewer bytes than these; --top)"));
+        // Short of `top`, the table keeps its order and shows every transition.
+        let mut few = String::new();
+        let s = TcpSection {
+            connections: s.connections[..3].to_vec(),
+            ..s
+        };
+        write_text(&mut few, &s, false, 5);
+        assert!(!few.contains("not shown"), "{few}");
+        assert!(few.find("127.0.0.1:20000 ").unwrap() < few.find("127.0.0.1:20002 ").unwrap());
     }
 
     #[test]

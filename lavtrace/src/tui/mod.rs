@@ -264,9 +264,10 @@ impl ViewState {
             Pane::Mappings => title.push_str("· rates over this interval "),
             Pane::Connections => {
                 if let Some(t) = s.get::<TcpSection>() {
-                    let open = t.connections.iter().filter(|c| c.open).count();
+                    let open = crate::tcp::open_by_state(t)
+                        .map_or_else(|| "0".into(), |(n, states)| format!("{n} ({states})"));
                     title.push_str(&format!(
-                        "· {open} open · {} opened, {} closed this interval · {} listening ",
+                        "· open {open} · {} opened, {} closed this interval · {} listening ",
                         t.opened,
                         t.closed,
                         t.listening.len()

@@ -282,7 +282,7 @@ fn view_shows_every_traced_family_and_the_keys_work() {
         " syscalls · this interval · by count ",
         " durability · this interval · by count ",
         " mappings · rates over this interval ",
-        " connections · 2 open · 1 opened, 0 closed this interval · 0 listening · by bytes/s ",
+        " connections · open 2 (ESTABLISHED 2) · 1 opened, 0 closed this interval · 0 listening · by bytes/s ",
         "524µs █ ▅ 4.19ms",
         "345 live mappings of vm.max_map_count 65530 (0.5%)",
         "SYN_RECV→ESTABLISHED at t+1.5s",
