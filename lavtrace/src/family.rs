@@ -211,13 +211,15 @@ pub struct Loaded {
 
 impl Loaded {
     /// Its section for `window` and the events lost in that window; `lost_counter` reads a
-    /// slot of the kernel's lost-event counters.
+    /// slot of the kernel's lost-event counters, `skipped` is the runs of its programs the
+    /// kernel skipped since attach (`kernel::recursion_misses`).
     pub fn section(
         &mut self,
         window: Window,
         lost_counter: impl Fn(u32) -> u64,
+        skipped: u64,
     ) -> Result<Option<(Box<dyn Section>, u64)>> {
-        let kernel_lost = self.entry.lost_slot.map_or(0, lost_counter);
+        let kernel_lost = self.entry.lost_slot.map_or(0, lost_counter) + skipped;
         let Some(part) = self.tracer.section(window, kernel_lost)? else {
             return Ok(None);
         };

@@ -165,7 +165,19 @@ impl Session {
         s.limits = Some(self.limits.read());
         let lost = &self.lost;
         for f in &mut self.families {
-            if let Some((section, lost)) = f.section(window, |slot| lost.get(slot))? {
+            let mut programs: Vec<&str> = self
+                .hooks
+                .iter()
+                .filter(|h| h.family == f.entry.name)
+                .map(|h| h.program)
+                .collect();
+            programs.sort_unstable();
+            programs.dedup();
+            let skipped = programs
+                .iter()
+                .map(|p| kernel::recursion_misses(&self.ebpf, p))
+                .sum();
+            if let Some((section, lost)) = f.section(window, |slot| lost.get(slot), skipped)? {
                 s.push(section);
                 s.lost_events.insert(f.entry.name, lost);
             }

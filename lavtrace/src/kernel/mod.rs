@@ -6,6 +6,7 @@ mod attach;
 pub mod caps;
 pub mod cut;
 pub mod fields;
+mod misses;
 mod reach;
 pub mod tracefs;
 
@@ -15,6 +16,7 @@ use lavtrace_common::field::FieldSpec;
 use tracing::debug;
 
 pub use attach::{Hook, attach_raw_tracepoint, attach_tracepoint};
+pub use misses::recursion_misses;
 pub use reach::Bystanders;
 
 use crate::error::Fatal;

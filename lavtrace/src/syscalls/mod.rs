@@ -157,7 +157,7 @@ impl family::Tracer for Tracer {
 
     /// Its losses are the syscalls it could not time or (--per-thread) place in the thread
     /// table; it has no ring.
-    fn section(&mut self, window: Window, _kernel_lost: u64) -> Result<Option<Part>> {
+    fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
         let (rows, table_full) = match window {
             Window::Interval => {
                 let halves = match self.closing.take() {
@@ -169,8 +169,9 @@ impl family::Tracer for Tracer {
             Window::Whole => (self.summary(), self.full_whole()),
         };
         let threads = self.threads(window == Window::Whole)?;
-        // Lost: syscalls left untimed, and (--per-thread) syscalls missing from the thread
-        // table, as of the last cut (the session turns it into the window's figure).
+        // Lost: syscalls left untimed, (--per-thread) syscalls missing from the thread table,
+        // as of the last cut, and program runs the kernel skipped (the session turns it into
+        // the window's figure).
         let whole = self.full_whole();
         let untimed = whole.calls_in_progress + whole.threads;
         Ok(Some(Part {
@@ -179,7 +180,7 @@ impl family::Tracer for Tracer {
                 threads,
                 table_full,
             }),
-            lost_since_attach: untimed,
+            lost_since_attach: untimed + kernel_lost,
         }))
     }
 }
