@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cut;
 pub mod fields;
 pub mod tracefs;
+pub mod uprobe;
 
 use anyhow::Result;
 use aya::{Ebpf, EbpfLoader};
