@@ -92,7 +92,7 @@ pub mod sink {
 
 /// The libc functions the uprobe set hooks, as the const generic of their entry programs.
 /// A uprobe sees no syscall number, so userspace writes this architecture's numbers of the
-/// first [`ufn::CALLS`] into the read-only global [`UPROBE_NRS`] at load.
+/// first [`ufn::CALLS`] into the read-only global [`FN_NRS`] at load.
 pub mod ufn {
     pub const FSYNC: usize = 0;
     pub const FDATASYNC: usize = 1;
@@ -112,7 +112,12 @@ pub mod ufn {
 }
 
 /// Symbol of the read-only `[u32; ufn::CALLS]` global: the syscall number of each [`ufn`].
-pub const UPROBE_NRS: &str = "STORAGE_UPROBE_NRS";
+pub const FN_NRS: &str = "STORAGE_FN_NRS";
+
+/// Symbol of the read-only `[u32; 6]` global: the byte offsets in `struct pt_regs` of the six
+/// syscall argument registers, which the kprobe set reads from the `struct pt_regs *` the
+/// syscall functions take.
+pub const SYSCALL_ARG_OFFSETS: &str = "STORAGE_SYSCALL_ARG_OFFSETS";
 
 /// The `ret` of a failed call seen by a uretprobe on libc: libc returned -1 (or MAP_FAILED)
 /// and left the errno in the thread's `errno`, which the uretprobe does not read. It is in

@@ -3,12 +3,12 @@
 //! One record per completed call through `MMAP_EVENTS`.
 
 use aya_ebpf::{
-    macros::{tracepoint, uprobe, uretprobe},
+    macros::{kprobe, kretprobe, tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use lavtrace_common::storage::ufn;
 
-use crate::storage::{Owner, enter, exit, uenter, uexit};
+use crate::storage::{Owner, enter, exit, kenter, kexit, uenter, uexit};
 
 /// brk: the requested break.
 #[tracepoint]
@@ -47,5 +47,25 @@ pub fn mmap_uenter_madvise(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn mmap_uexit(ctx: RetProbeContext) -> u32 {
     uexit(&ctx, Owner::Mmap);
+    0
+}
+
+// The kprobe set: the same, on the syscall functions (see `storage.rs`).
+
+#[kprobe]
+pub fn mmap_kenter_brk(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::BRK }, 1>(&ctx, Owner::Mmap);
+    0
+}
+
+#[kprobe]
+pub fn mmap_kenter_madvise(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::MADVISE }, 3>(&ctx, Owner::Mmap);
+    0
+}
+
+#[kretprobe]
+pub fn mmap_kexit(ctx: RetProbeContext) -> u32 {
+    kexit(&ctx, Owner::Mmap);
     0
 }

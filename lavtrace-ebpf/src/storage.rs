@@ -21,11 +21,15 @@
 //!   the target pays a trap per call (~6 µs), fine for these rare calls. A uprobe sees no
 //!   syscall number: each function has its own small entry program with its `ufn` index as a
 //!   const generic, and one uretprobe program per owner takes it back from the thread's entry.
+//! - kprobes/kretprobes on the syscall functions (`__x64_sys_fsync`, ...; the `*_k*` programs):
+//!   every call of the target whatever made it, nothing for other processes or other
+//!   syscalls. The functions take the caller's `struct pt_regs *`, read at the offsets
+//!   userspace sets (`STORAGE_SYSCALL_ARG_OFFSETS`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
-    macros::{map, tracepoint, uprobe, uretprobe},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes},
+    macros::{kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -75,10 +79,16 @@ field::offsets!(
     STORAGE_RET_OFFSET,
 );
 
-/// This architecture's syscall number of each `ufn` (`lavtrace_common::storage::UPROBE_NRS`),
+/// This architecture's syscall number of each `ufn` (`lavtrace_common::storage::FN_NRS`),
 /// set at load by userspace: the eBPF target knows no host architecture.
 #[unsafe(no_mangle)]
-static STORAGE_UPROBE_NRS: [u32; ufn::CALLS] = [0; ufn::CALLS];
+static STORAGE_FN_NRS: [u32; ufn::CALLS] = [0; ufn::CALLS];
+
+/// Byte offsets in the architecture's `struct pt_regs` of the six syscall argument registers
+/// (`lavtrace_common::storage::SYSCALL_ARG_OFFSETS`), set at load by userspace, which knows
+/// the architecture.
+#[unsafe(no_mangle)]
+static STORAGE_SYSCALL_ARG_OFFSETS: [u32; 6] = [0; 6];
 
 /// `AT_FDCWD`: what open(2) is relative to, recorded as openat's dfd.
 const AT_FDCWD: u64 = -100i64 as u64;
@@ -378,13 +388,7 @@ pub fn uenter<const F: usize, const N: usize>(ctx: &ProbeContext, owner: Owner) 
     let Some((_, tid)) = current_target_task() else {
         return;
     };
-    let nr = if F < ufn::CALLS {
-        // SAFETY: a plain read of a global; volatile so the build-time zeros are not folded.
-        unsafe { core::ptr::read_volatile(&STORAGE_UPROBE_NRS[F]) }
-    } else {
-        u32::MAX
-    };
-    save(tid, nr, F as u32 + 1, uargs::<N>(ctx), owner);
+    save(tid, fn_nr::<F>(), F as u32 + 1, uargs::<N>(ctx), owner);
 }
 
 #[inline(always)]
@@ -447,6 +451,147 @@ pub fn uexit(ctx: &RetProbeContext, owner: Owner) {
     if let Some(event) = ufinish(ctx) {
         send(owner, &event);
     }
+}
+
+#[inline(always)]
+fn fn_nr<const F: usize>() -> u32 {
+    if F < ufn::CALLS {
+        // SAFETY: a plain read of a global; volatile so the build-time zeros are not folded.
+        unsafe { core::ptr::read_volatile(&STORAGE_FN_NRS[F]) }
+    } else {
+        u32::MAX
+    }
+}
+
+/// Entry of syscall function `F` (a `ufn` index) taking `N` arguments, at a kprobe on its
+/// `__<arch>_sys_<name>` wrapper: its one argument is the caller's `struct pt_regs *`.
+/// Saved as a tracepoint's entry is (kernel return convention, no libc function).
+#[inline(always)]
+pub fn kenter<const F: usize, const N: usize>(ctx: &ProbeContext, owner: Owner) {
+    let Some((_, tid)) = current_target_task() else {
+        return;
+    };
+    save(tid, fn_nr::<F>(), 0, kargs::<N>(ctx), owner);
+}
+
+#[inline(always)]
+fn kargs<const N: usize>(ctx: &ProbeContext) -> [u64; MAX_ARGS] {
+    let regs = ctx.arg::<u64>(0).unwrap_or(0);
+    let mut args = [0u64; MAX_ARGS];
+    let mut i = 0;
+    while i < N && i < MAX_ARGS {
+        // SAFETY: a plain read of a global; volatile so the build-time zeros are not folded.
+        let at = unsafe { core::ptr::read_volatile(&STORAGE_SYSCALL_ARG_OFFSETS[i]) };
+        let src = regs.wrapping_add(u64::from(at)) as *const u64;
+        // SAFETY: the helper copes with any address (a bad one only fails); this one is a
+        // register slot of the kernel's saved user registers.
+        args[i] = unsafe { bpf_probe_read_kernel(src) }.unwrap_or(0);
+        i += 1;
+    }
+    args
+}
+
+/// Return of a syscall function whose entry a kprobe saved: its return value is the
+/// syscall's, in the kernel's convention.
+#[inline(always)]
+fn kfinish(ctx: &RetProbeContext) -> Option<CallEvent> {
+    let (_, tid) = current_target_task()?;
+    let slot = STORAGE_CALL_START.get_ptr_mut(tid)?;
+    // SAFETY: map value slot, valid for this program run; only this thread uses its key.
+    let entry = unsafe { *slot };
+    if entry.start_ns == 0 || entry.libc_fn != 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).start_ns = 0 };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    Some(CallEvent {
+        kind: kind::CALL,
+        nr: entry.nr,
+        tid,
+        interval_half: 0,
+        start_ns: entry.start_ns,
+        duration_ns: now.saturating_sub(entry.start_ns),
+        ret: ctx.ret::<i64>(),
+        args: entry.args,
+    })
+}
+
+/// Return of a syscall reported by `owner` (not counted into the syscall table, as `uexit`).
+#[inline(always)]
+pub fn kexit(ctx: &RetProbeContext, owner: Owner) {
+    if let Some(event) = kfinish(ctx) {
+        send(owner, &event);
+    }
+}
+
+#[kprobe]
+pub fn storage_map_kenter_mmap(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::MMAP }, 6>(&ctx, Owner::Shared);
+    0
+}
+
+#[kprobe]
+pub fn storage_map_kenter_munmap(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::MUNMAP }, 2>(&ctx, Owner::Shared);
+    0
+}
+
+#[kprobe]
+pub fn storage_map_kenter_mremap(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::MREMAP }, 5>(&ctx, Owner::Shared);
+    0
+}
+
+#[kretprobe]
+pub fn storage_map_kexit(ctx: RetProbeContext) -> u32 {
+    kexit(&ctx, Owner::Shared);
+    0
+}
+
+/// openat (dfd, filename) and dup/dup2/dup3 (the old fd first).
+#[kprobe]
+pub fn storage_fd_kenter2(ctx: ProbeContext) -> u32 {
+    kenter::<{ ufn::FD }, 2>(&ctx, Owner::Shared);
+    0
+}
+
+#[kretprobe]
+pub fn storage_fd_open_kexit(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = kfinish(&ctx) {
+        opened(&call);
+    }
+    0
+}
+
+#[kprobe]
+pub fn storage_fd_kfcntl(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let args = kargs::<2>(&ctx);
+    if args[1] == F_DUPFD || args[1] == F_DUPFD_CLOEXEC {
+        save(tid, u32::MAX, 0, args, Owner::Shared);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn storage_fd_dup_kexit(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = kfinish(&ctx) {
+        duplicated(&call);
+    }
+    0
+}
+
+#[kprobe]
+pub fn storage_fd_kclose(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    closed(tid, kargs::<1>(&ctx)[0]);
+    0
 }
 
 #[uprobe]

@@ -147,8 +147,8 @@ pub struct ReportArgs {
     #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
     pub syscalls_hooks: SyscallHooks,
     /// Hooks of the fsync and mmap families: auto (the syscalls tracepoints when the syscalls
-    /// family is on, else uprobes on the target's glibc for its pid only, else the
-    /// tracepoints), or force a set (tests use this to cover both).
+    /// family is on, else kprobes on the syscall functions, else uprobes on the target's
+    /// glibc for its pid only, else the tracepoints), or force a set (tests cover each).
     #[arg(long, hide = true, value_enum, default_value_t = StorageHooks::Auto)]
     pub storage_hooks: StorageHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
@@ -189,6 +189,7 @@ impl ReportArgs {
             },
             storage_hooks: match self.storage_hooks {
                 StorageHooks::Auto => storage::hooks::Mode::Auto,
+                StorageHooks::Kprobe => storage::hooks::Mode::Kprobe,
                 StorageHooks::Uprobe => storage::hooks::Mode::Uprobe,
                 StorageHooks::Tracepoint => storage::hooks::Mode::Tracepoint,
             },
@@ -333,10 +334,12 @@ pub enum TcpHooks {
 /// `--storage-hooks` (the storage families' `hooks::Mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum StorageHooks {
-    /// Tracepoints with the syscalls family, else uprobes on the target's glibc, else
-    /// tracepoints.
+    /// Tracepoints with the syscalls family, else kprobes, else uprobes on the target's
+    /// glibc, else tracepoints.
     #[default]
     Auto,
+    /// kprobes on the syscall functions only (fails where the kernel has none).
+    Kprobe,
     /// uprobes on the target's glibc only (fails where it maps none).
     Uprobe,
     /// syscalls:* tracepoints only.

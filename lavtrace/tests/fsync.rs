@@ -45,7 +45,8 @@ fn data_dir_prefix(pid: u32) -> String {
     format!("{}/lavtrace-data-{pid}-", std::env::temp_dir().display())
 }
 
-/// Through the uprobes on the target's glibc: what auto picks without the syscalls family.
+/// Through the uprobes on the target's glibc: what auto picks without the syscalls family on
+/// a kernel without kprobes.
 #[test]
 fn exact_durability_calls_per_syscall_and_file_through_uprobes() {
     exact_durability_calls_per_syscall_and_file_for_the_target_only("uprobe");
@@ -58,6 +59,26 @@ fn exact_durability_calls_per_syscall_and_file_through_tracepoints() {
     exact_durability_calls_per_syscall_and_file_for_the_target_only("tracepoint");
 }
 
+/// Through kprobes on the syscall functions where the kernel has kprobes (the guests); here,
+/// where it has none, forcing them must fail with the reason.
+#[test]
+fn exact_durability_calls_per_syscall_and_file_through_kprobes_or_a_clear_refusal() {
+    if common::kernel_has_kprobes() {
+        exact_durability_calls_per_syscall_and_file_for_the_target_only("kprobe");
+    } else {
+        common::kprobe_set_is_refused("fsync");
+    }
+}
+
+/// What auto picks without the syscalls family on this kernel.
+fn auto_alone() -> &'static str {
+    if common::kernel_has_kprobes() {
+        "kprobe"
+    } else {
+        "uprobe"
+    }
+}
+
 /// The hook lines a `--storage-hooks` set must show for the target `pid`.
 fn expect_storage_hooks(vias: &[&str], set: &str, pid: u32) {
     let has = |prefix: &str, end: &str| {
@@ -65,6 +86,18 @@ fn expect_storage_hooks(vias: &[&str], set: &str, pid: u32) {
             .any(|v| v.starts_with(prefix) && v.ends_with(end))
     };
     match set {
+        "kprobe" => {
+            for f in ["syncfs", "msync", "openat", "close"] {
+                let end = format!("_sys_{f}");
+                assert!(has("kprobe __", &end), "kprobe on {f}: {vias:?}");
+                assert!(f == "close" || has("kretprobe __", &end), "{f}: {vias:?}");
+            }
+            assert!(
+                vias.iter()
+                    .all(|v| v.starts_with("kprobe ") || v.starts_with("kretprobe ")),
+                "only kprobes: {vias:?}"
+            );
+        }
         "uprobe" => {
             for f in ["syncfs", "msync", "openat", "close"] {
                 let end = format!("/libc.so.6:{f} (pid {pid})");
@@ -474,14 +507,14 @@ fn hostile_names_are_escaped_in_text_and_raw_in_json() {
     assert_eq!(syncfs["thread"], NAME);
 }
 
-/// What auto picks: uprobes on glibc where no family of the session pays the host-wide
-/// syscall slow path, the syscalls tracepoints beside the syscalls family (they cost the
-/// target less, and the slow path is paid already).
+/// What auto picks: kprobes (where the kernel has them) or uprobes on glibc where no family
+/// of the session pays the host-wide syscall slow path, the syscalls tracepoints beside the
+/// syscalls family (they cost the target less, and the slow path is paid already).
 #[test]
 fn auto_takes_uprobes_alone_and_tracepoints_beside_the_syscalls_family() {
     require_root();
     for (probes, set) in [
-        ("fsync,mmap", "uprobe"),
+        ("fsync,mmap", auto_alone()),
         ("syscalls,fsync,mmap", "tracepoint"),
     ] {
         let mut target = Workload::storage().segments(1).syncfs(5).fsyncs(2).spawn();
@@ -494,10 +527,10 @@ fn auto_takes_uprobes_alone_and_tracepoints_beside_the_syscalls_family() {
             .collect();
         expect_storage_hooks(&storage, set, target.pid);
         let mmap: Vec<&str> = trace.hooks(Some("mmap")).into_iter().map(|h| h.1).collect();
-        let madvise = if set == "uprobe" {
-            format!("/libc.so.6:madvise (pid {})", target.pid)
-        } else {
-            "tracepoint syscalls:sys_enter_madvise".to_string()
+        let madvise = match set {
+            "uprobe" => format!("/libc.so.6:madvise (pid {})", target.pid),
+            "kprobe" => "_sys_madvise".to_string(),
+            _ => "tracepoint syscalls:sys_enter_madvise".to_string(),
         };
         assert!(mmap.iter().any(|v| v.ends_with(&madvise)), "{mmap:?}");
         let records = trace.run(&mut [&mut target]);

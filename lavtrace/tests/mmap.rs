@@ -49,6 +49,16 @@ fn exact_mapping_calls_per_syscall_and_file_through_tracepoints() {
     exact_mapping_calls_per_syscall_and_file_for_the_target_only("tracepoint");
 }
 
+/// Through kprobes where the kernel has them (the guests); here, a clear refusal.
+#[test]
+fn exact_mapping_calls_per_syscall_and_file_through_kprobes_or_a_clear_refusal() {
+    if common::kernel_has_kprobes() {
+        exact_mapping_calls_per_syscall_and_file_for_the_target_only("kprobe");
+    } else {
+        common::kprobe_set_is_refused("mmap");
+    }
+}
+
 fn exact_mapping_calls_per_syscall_and_file_for_the_target_only(set: &str) {
     require_root();
     const N: u64 = 5;
@@ -64,15 +74,14 @@ fn exact_mapping_calls_per_syscall_and_file_for_the_target_only(set: &str) {
         .interval("200ms")
         .flag("storage-hooks", set)
         .spawn();
-    let kind = if set == "uprobe" {
-        "uprobe /"
-    } else {
-        "tracepoint syscalls:"
+    let kinds: &[&str] = match set {
+        "uprobe" => &["uprobe /", "uretprobe /"],
+        "kprobe" => &["kprobe __", "kretprobe __"],
+        _ => &["tracepoint syscalls:"],
     };
     let vias = trace.vias();
     assert!(
-        vias.iter()
-            .all(|v| v.starts_with(kind) || v.starts_with("uretprobe /")),
+        vias.iter().all(|v| kinds.iter().any(|k| v.starts_with(k))),
         "{vias:?}"
     );
     assert!(vias.iter().any(|v| v.contains("madvise")), "{vias:?}");

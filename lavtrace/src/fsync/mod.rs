@@ -284,16 +284,16 @@ impl Family for Tracer {
 
     /// Its tracepoint exit counts the durability calls into the syscall table
     /// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`), so the two agree call for call. The
-    /// uprobe exit does not (it sees libc's calls only, and libc's return values): auto picks
-    /// uprobes only without the syscalls family, and forced uprobes leave the syscalls family
-    /// counting these calls itself.
+    /// uprobe and kprobe exits do not (a uprobe sees libc's calls only, with libc's return
+    /// values): auto picks them only without the syscalls family, and a forced set leaves the
+    /// syscalls family counting these calls itself.
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
-        overrides.global_u32s(
-            lavtrace_common::storage::UPROBE_NRS,
-            &storage::hooks::uprobe_nrs(),
-        );
-        if options.storage_hooks != storage::hooks::Mode::Uprobe {
+        storage::hooks::overrides(overrides);
+        if matches!(
+            options.storage_hooks,
+            storage::hooks::Mode::Auto | storage::hooks::Mode::Tracepoint
+        ) {
             let mut counted = [u32::MAX; lavtrace_common::syscalls::COUNTED_ELSEWHERE_LEN];
             counted[..DURABILITY.len()].copy_from_slice(&DURABILITY);
             overrides.global_u32s(lavtrace_common::syscalls::COUNTED_ELSEWHERE, &counted);

@@ -6,6 +6,7 @@ mod attach;
 pub mod caps;
 pub mod cut;
 pub mod fields;
+pub mod kprobe;
 pub mod tracefs;
 pub mod uprobe;
 

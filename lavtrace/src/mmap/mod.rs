@@ -221,10 +221,7 @@ impl Family for Tracer {
 
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
-        overrides.global_u32s(
-            lavtrace_common::storage::UPROBE_NRS,
-            &storage::hooks::uprobe_nrs(),
-        );
+        storage::hooks::overrides(overrides);
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {

@@ -1,6 +1,9 @@
 //! Which hooks feed the storage families (`fsync`, `mmap`): ONE table of both sets, and the
 //! choice for this session.
 //!
+//! - **kprobes** on the syscall functions (`__x64_sys_fsync`, ...): every call of the target
+//!   whatever made it, nothing for any other process or syscall. Absent
+//!   where the kernel has no kprobes (this development host).
 //! - **uprobes** on the target's glibc (`libc.so.6`), attached for its pid only: nothing for any
 //!   other process, a trap (~6 µs) per call of the target. They see only calls made through
 //!   libc: a static binary has no `libc.so.6` mapped and gets the tracepoints; a raw
@@ -12,11 +15,9 @@
 //!
 //! `--storage-hooks auto` (the default): the tracepoints when the session has a family that
 //! pays the host-wide slow path anyway (the `syscalls` family: then they are the cheaper set
-//! for the target), else the uprobes when the target maps glibc, falling back to the
-//! tracepoints when an attach fails; `uprobe` and `tracepoint` force a set.
-//!
-//! Not here yet: kprobes on `__x64_sys_*` (exact for every caller, no host-wide cost), which
-//! this development host cannot attach (no kprobes compiled in).
+//! for the target), else the kprobes where the kernel has them, else the uprobes when the
+//! target maps glibc, falling back to the next set when an attach fails; `kprobe`, `uprobe`
+//! and `tracepoint` force a set.
 
 use std::collections::HashSet;
 
@@ -29,7 +30,7 @@ use crate::{
     error::Fatal,
     family::Options,
     kernel::{
-        Hook,
+        Hook, Overrides, kprobe, tracefs,
         uprobe::{self, Library},
     },
     storage::nr,
@@ -38,9 +39,12 @@ use crate::{
 /// Which set to use (`--storage-hooks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
-    /// Tracepoints when the syscalls family is on, else uprobes on glibc, else tracepoints.
+    /// Tracepoints when the syscalls family is on, else kprobes, else uprobes on glibc, else
+    /// tracepoints.
     #[default]
     Auto,
+    /// kprobes on the syscall functions only (fails where the kernel has none).
+    Kprobe,
     /// uprobes on the target's glibc only (fails where it maps none).
     Uprobe,
     /// `syscalls:*` tracepoints only.
@@ -49,6 +53,7 @@ pub enum Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Set {
+    Kprobe,
     Uprobe,
     Tracepoint,
 }
@@ -59,6 +64,8 @@ pub struct Table {
     /// (program, `syscalls:` tracepoints).
     pub tracepoints: &'static [(&'static str, &'static [&'static str])],
     pub uprobes: &'static [UprobeSpec],
+    /// (program, syscalls: the function is the arch prefix + the name).
+    pub kprobes: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// One uprobe program and the libc functions it is attached to.
@@ -123,6 +130,25 @@ pub const FSYNC: Table = Table {
         u("fsync_uenter_sync_file_range", &[&["sync_file_range"]], &[]),
         u("fsync_uenter_msync", &[&["msync"]], &[]),
     ],
+    kprobes: &[
+        (
+            "fsync_kexit",
+            &[
+                "fsync",
+                "fdatasync",
+                "syncfs",
+                "sync",
+                "sync_file_range",
+                "msync",
+            ],
+        ),
+        ("fsync_kenter_fsync", &["fsync"]),
+        ("fsync_kenter_fdatasync", &["fdatasync"]),
+        ("fsync_kenter_syncfs", &["syncfs"]),
+        ("fsync_kenter_sync", &["sync"]),
+        ("fsync_kenter_sync_file_range", &["sync_file_range"]),
+        ("fsync_kenter_msync", &["msync"]),
+    ],
 };
 
 const BRK: &[&str] = &["brk", "__brk"];
@@ -139,6 +165,11 @@ pub const MMAP: Table = Table {
         u("mmap_uexit", &[BRK, MADVISE], &[]),
         u("mmap_uenter_brk", &[BRK], &[]),
         u("mmap_uenter_madvise", &[MADVISE], &[]),
+    ],
+    kprobes: &[
+        ("mmap_kexit", &["brk", "madvise"]),
+        ("mmap_kenter_brk", &["brk"]),
+        ("mmap_kenter_madvise", &["madvise"]),
     ],
 };
 
@@ -206,10 +237,33 @@ pub const SHARED: Table = Table {
         u("storage_fd_ufcntl", &[FCNTL], &[]),
         u("storage_fd_uclose", &[CLOSE], CLOSE_INTERNAL),
     ],
+    // The tracepoint set's calls, one for one (open(2) is not there either: glibc's open
+    // calls openat).
+    kprobes: &[
+        ("storage_map_kexit", &["mmap", "munmap", "mremap"]),
+        ("storage_map_kenter_mmap", &["mmap"]),
+        ("storage_map_kenter_munmap", &["munmap"]),
+        ("storage_map_kenter_mremap", &["mremap"]),
+        ("storage_fd_open_kexit", &["openat"]),
+        ("storage_fd_dup_kexit", &["dup", "dup2", "dup3", "fcntl"]),
+        ("storage_fd_kenter2", &["openat", "dup", "dup2", "dup3"]),
+        ("storage_fd_kfcntl", &["fcntl"]),
+        ("storage_fd_kclose", &["close"]),
+    ],
 };
 
-/// This architecture's syscall number of each `ufn` (the `STORAGE_UPROBE_NRS` global).
-pub fn uprobe_nrs() -> [u32; ufn::CALLS] {
+/// The read-only globals the uprobe and kprobe programs read, set by each storage family
+/// before load (the same values from either).
+pub fn overrides(overrides: &mut Overrides) {
+    overrides.global_u32s(lavtrace_common::storage::FN_NRS, &fn_nrs());
+    overrides.global_u32s(
+        lavtrace_common::storage::SYSCALL_ARG_OFFSETS,
+        &kprobe::SYSCALL_ARG_OFFSETS,
+    );
+}
+
+/// This architecture's syscall number of each `ufn` (the `STORAGE_FN_NRS` global).
+pub fn fn_nrs() -> [u32; ufn::CALLS] {
     let mut nrs = [0; ufn::CALLS];
     for (f, n) in [
         (ufn::FSYNC, nr::FSYNC),
@@ -229,17 +283,24 @@ pub fn uprobe_nrs() -> [u32; ufn::CALLS] {
     nrs
 }
 
-/// The sets to try, in order, for `mode` with a target whose glibc is `libc` (Err: why it has
-/// none to attach to). `syscall_slow_path`: another family of the session already puts every
-/// thread on the slow syscall path. Err: why the forced set cannot be had.
-pub fn select(
-    mode: Mode,
-    syscall_slow_path: bool,
-    libc: &Result<Library, String>,
-) -> Result<Vec<Set>, String> {
+/// What the target and this kernel offer: the target's glibc, and the kernel's syscall
+/// functions for kprobes (each Err: why there is none).
+pub struct Caps {
+    pub libc: Result<Library, String>,
+    pub syscalls: Result<HashSet<String>, String>,
+}
+
+/// The sets to try, in order, for `mode` with `caps`. `syscall_slow_path`: another family of
+/// the session already puts every thread on the slow syscall path. Err: why the forced set
+/// cannot be had.
+pub fn select(mode: Mode, syscall_slow_path: bool, caps: &Caps) -> Result<Vec<Set>, String> {
     match mode {
         Mode::Tracepoint => Ok(vec![Set::Tracepoint]),
-        Mode::Uprobe => match libc {
+        Mode::Kprobe => match &caps.syscalls {
+            Ok(_) => Ok(vec![Set::Kprobe]),
+            Err(why) => Err(format!("--storage-hooks kprobe: {why}")),
+        },
+        Mode::Uprobe => match &caps.libc {
             Ok(_) => Ok(vec![Set::Uprobe]),
             Err(why) => Err(format!("--storage-hooks uprobe: {why}")),
         },
@@ -247,13 +308,19 @@ pub fn select(
             debug!("storage: tracepoints (the session pays the syscall slow path anyway)");
             Ok(vec![Set::Tracepoint])
         }
-        Mode::Auto => match libc {
-            Ok(_) => Ok(vec![Set::Uprobe, Set::Tracepoint]),
-            Err(why) => {
-                info!("storage: tracepoints, not uprobes: {why}");
-                Ok(vec![Set::Tracepoint])
+        Mode::Auto => {
+            let mut sets = Vec::new();
+            match &caps.syscalls {
+                Ok(_) => sets.push(Set::Kprobe),
+                Err(why) => debug!("storage: no kprobes: {why}"),
             }
-        },
+            match &caps.libc {
+                Ok(_) => sets.push(Set::Uprobe),
+                Err(why) => info!("storage: no uprobes: {why}"),
+            }
+            sets.push(Set::Tracepoint);
+            Ok(sets)
+        }
     }
 }
 
@@ -275,23 +342,34 @@ pub fn attach(
     sinks
         .set(sink, 1, 0)
         .context("enabling the shared storage records")?;
-    let libc = match options.storage_hooks {
-        Mode::Tracepoint => Err("not looked for".to_string()),
-        _ => Library::of(pid, "libc.so.6"),
+    let mode = options.storage_hooks;
+    let looks = |set| matches!(mode, Mode::Auto) || mode == set;
+    let tracefs = tracefs::tracefs_dir().unwrap_or(tracefs::TRACEFS_DIRS[0]);
+    let caps = Caps {
+        libc: if looks(Mode::Uprobe) && !(mode == Mode::Auto && options.syscall_slow_path) {
+            Library::of(pid, "libc.so.6")
+        } else {
+            Err("not looked for".into())
+        },
+        syscalls: if looks(Mode::Kprobe) {
+            kprobe::syscall_functions(tracefs)
+        } else {
+            Err("not looked for".into())
+        },
     };
-    let sets = select(options.storage_hooks, options.syscall_slow_path, &libc)
-        .map_err(Fatal::Unsupported)?;
+    let sets = select(mode, options.syscall_slow_path, &caps).map_err(Fatal::Unsupported)?;
     let mut last_err = None;
     for set in sets {
-        let attempt = match (set, &libc) {
-            (Set::Uprobe, Ok(lib)) => attach_uprobes(ebpf, family, own, lib, pid),
-            (Set::Uprobe, Err(why)) => Err(anyhow::anyhow!("{why}")),
-            (Set::Tracepoint, _) => attach_tracepoints(ebpf, family, own),
+        let attempt = match (set, &caps.libc, &caps.syscalls) {
+            (Set::Kprobe, _, Ok(syscalls)) => attach_kprobes(ebpf, family, own, syscalls),
+            (Set::Uprobe, Ok(lib), _) => attach_uprobes(ebpf, family, own, lib, pid),
+            (Set::Tracepoint, _, _) => attach_tracepoints(ebpf, family, own),
+            _ => Err(anyhow::anyhow!("{set:?}: not available")),
         };
         match attempt {
             Ok(hooks) => return Ok(hooks),
-            Err(e) if options.storage_hooks == Mode::Auto && set == Set::Uprobe => {
-                warn!("{family}: uprobes on libc failed, using the syscalls tracepoints: {e:#}");
+            Err(e) if mode == Mode::Auto && set != Set::Tracepoint => {
+                warn!("{family}: the {set:?} set failed, trying the next: {e:#}");
                 last_err = Some(e);
             }
             Err(e) => return Err(e),
@@ -355,6 +433,48 @@ fn attach_uprobes(
     }
 }
 
+/// The kprobe set of `own` and the shared programs not loaded yet; on failure, what this call
+/// loaded is unloaded again.
+fn attach_kprobes(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    own: &Table,
+    functions: &HashSet<String>,
+) -> Result<Vec<Hook>> {
+    let mut hooks = Vec::new();
+    let mut loaded: Vec<&'static str> = Vec::new();
+    let result = (|| -> Result<()> {
+        for table in [own, &SHARED] {
+            for (program, syscalls) in table.kprobes {
+                if is_loaded(ebpf, program) && !loaded.contains(program) {
+                    continue;
+                }
+                if let Some(missing) = syscalls.iter().find(|s| !functions.contains(**s)) {
+                    return Err(Fatal::Unsupported(format!(
+                        "no {}{missing} in /proc/kallsyms (program {program})",
+                        kprobe::SYSCALL_PREFIX
+                    ))
+                    .into());
+                }
+                loaded.push(program);
+                for syscall in *syscalls {
+                    hooks.push(kprobe::attach_syscall(ebpf, family, program, syscall)?);
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(hooks),
+        Err(e) => {
+            for program in loaded {
+                kprobe::unload(ebpf, program);
+            }
+            Err(e)
+        }
+    }
+}
+
 fn is_loaded(ebpf: &Ebpf, program: &str) -> bool {
     ebpf.program(program).is_some_and(|p| p.fd().is_ok())
 }
@@ -393,8 +513,19 @@ pub fn places(spec: &UprobeSpec, lib: &Library) -> Result<Vec<(&'static str, u64
 mod tests {
     use super::*;
 
-    fn no_libc() -> Result<Library, String> {
-        Err("pid 1 maps no libc.so.6 (a static binary, or no glibc)".into())
+    fn caps(libc: bool, kprobes: bool) -> Caps {
+        Caps {
+            libc: if libc {
+                Library::of(std::process::id(), "libc.so.6")
+            } else {
+                Err("pid 1 maps no libc.so.6 (a static binary, or no glibc)".into())
+            },
+            syscalls: if kprobes {
+                Ok(["fsync".to_string()].into())
+            } else {
+                Err("kprobes are not compiled into this kernel".into())
+            },
+        }
     }
 
     fn this_libc() -> Result<Library, String> {
@@ -402,36 +533,69 @@ mod tests {
     }
 
     #[test]
-    fn auto_takes_uprobes_only_where_nobody_pays_the_slow_path_and_glibc_is_there() {
-        assert_eq!(
-            select(Mode::Auto, false, &this_libc()).unwrap(),
-            vec![Set::Uprobe, Set::Tracepoint]
-        );
-        assert_eq!(
-            select(Mode::Auto, true, &this_libc()).unwrap(),
-            vec![Set::Tracepoint]
-        );
-        assert_eq!(
-            select(Mode::Auto, false, &no_libc()).unwrap(),
-            vec![Set::Tracepoint]
-        );
+    fn auto_prefers_kprobes_then_uprobes_where_nobody_pays_the_slow_path() {
+        use Set::*;
+        let auto = |slow, libc, kp| select(Mode::Auto, slow, &caps(libc, kp)).unwrap();
+        assert_eq!(auto(false, true, true), vec![Kprobe, Uprobe, Tracepoint]);
+        assert_eq!(auto(false, true, false), vec![Uprobe, Tracepoint]);
+        assert_eq!(auto(false, false, true), vec![Kprobe, Tracepoint]);
+        assert_eq!(auto(false, false, false), vec![Tracepoint]);
+        for (libc, kp) in [(true, true), (false, false)] {
+            assert_eq!(auto(true, libc, kp), vec![Tracepoint]);
+        }
     }
 
     #[test]
     fn forced_sets_are_kept_or_fail_with_the_reason() {
         assert_eq!(
-            select(Mode::Uprobe, true, &this_libc()).unwrap(),
+            select(Mode::Uprobe, true, &caps(true, false)).unwrap(),
             vec![Set::Uprobe]
         );
-        let err = select(Mode::Uprobe, false, &no_libc()).unwrap_err();
+        let err = select(Mode::Uprobe, false, &caps(false, true)).unwrap_err();
         assert!(
             err.starts_with("--storage-hooks uprobe: pid 1 maps no libc.so.6"),
             "{err}"
         );
         assert_eq!(
-            select(Mode::Tracepoint, false, &this_libc()).unwrap(),
+            select(Mode::Kprobe, true, &caps(false, true)).unwrap(),
+            vec![Set::Kprobe]
+        );
+        let err = select(Mode::Kprobe, false, &caps(true, false)).unwrap_err();
+        assert!(
+            err.starts_with("--storage-hooks kprobe: kprobes are not compiled"),
+            "{err}"
+        );
+        assert_eq!(
+            select(Mode::Tracepoint, false, &caps(true, true)).unwrap(),
             vec![Set::Tracepoint]
         );
+    }
+
+    /// The kprobe set covers the tracepoint set's syscalls, one for one.
+    #[test]
+    fn kprobes_and_tracepoints_hook_the_same_syscalls() {
+        for table in [&FSYNC, &MMAP, &SHARED] {
+            let mut tps: Vec<&str> = table
+                .tracepoints
+                .iter()
+                .flat_map(|(_, t)| t.iter())
+                .map(|t| {
+                    t.strip_prefix("sys_enter_")
+                        .or(t.strip_prefix("sys_exit_"))
+                        .unwrap()
+                })
+                .collect();
+            let mut kps: Vec<&str> = table
+                .kprobes
+                .iter()
+                .flat_map(|(_, s)| s.iter().copied())
+                .collect();
+            for v in [&mut tps, &mut kps] {
+                v.sort_unstable();
+                v.dedup();
+            }
+            assert_eq!(tps, kps);
+        }
     }
 
     /// Against this process's glibc: every function is found, no address is attached twice
@@ -481,8 +645,27 @@ mod tests {
         assert!(err.contains("exports no no_such_fn/nor_this"), "{err}");
     }
 
+    /// The verifier of this kernel accepts every kprobe program (loaded, not attached: this
+    /// host cannot attach kprobes; the guests attach them in tests/fsync.rs and mmap.rs).
+    #[test]
+    fn this_kernel_verifies_every_kprobe_program() {
+        let mut overrides = Overrides::default();
+        overrides.global_u32(lavtrace_common::filter::TARGET_TGID, std::process::id());
+        super::overrides(&mut overrides);
+        let mut ebpf = crate::kernel::load(&overrides).unwrap();
+        for table in [&FSYNC, &MMAP, &SHARED] {
+            for (program, _) in table.kprobes {
+                let prog: &mut aya::programs::KProbe =
+                    ebpf.program_mut(program).unwrap().try_into().unwrap();
+                if prog.fd().is_err() {
+                    prog.load().unwrap_or_else(|e| panic!("{program}: {e:#}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_number_is_set() {
-        assert!(uprobe_nrs().iter().all(|&n| n != 0));
+        assert!(fn_nrs().iter().all(|&n| n != 0));
     }
 }
