@@ -1,4 +1,4 @@
-//! Which hooks feed the storage families (`fsync`, `mmap`): ONE table of both sets, and the
+//! Which hooks feed the storage families (`fsync`, `mmap`): ONE table of the three sets, and the
 //! choice for this session.
 //!
 //! - **kprobes** on the syscall functions (`__x64_sys_fsync`, ...): every call of the target
