@@ -627,3 +627,29 @@ fn a_static_target_falls_back_to_the_tracepoints_and_stays_exact() {
     assert_eq!(find(summary, "fdatasync", path, None)["count"], 3);
     assert_eq!(rows(summary).len(), 2, "{:#?}", rows(summary));
 }
+
+/// Forced uprobes (or kprobes) beside the syscalls family: the fsync family's exit does not
+/// count the calls into the syscall table then, so the syscalls family counts them itself
+/// (its skip list stays empty): both tables still have every call, once.
+#[test]
+fn a_forced_set_beside_the_syscalls_family_leaves_it_its_own_count() {
+    require_root();
+    let set = auto_alone();
+    let mut target = Workload::storage().segments(2).syncfs(40).fsyncs(3).spawn();
+    let trace = Trace::of(&target)
+        .probes("syscalls,fsync")
+        .flag("storage-hooks", set)
+        .spawn();
+    let storage: Vec<&str> = trace
+        .hooks(Some("fsync"))
+        .into_iter()
+        .map(|h| h.1)
+        .collect();
+    expect_storage_hooks(&storage, set, target.pid);
+    let records = trace.run(&mut [&mut target]);
+    let summary = records.last().unwrap();
+    for (call, n) in [("syncfs", 40), ("fsync", 3), ("fdatasync", 1)] {
+        assert_eq!(total(summary, call), n, "{call} rows");
+        assert_eq!(count(summary, call), n, "{call} in the syscall table");
+    }
+}
