@@ -90,6 +90,40 @@ pub mod sink {
     pub const LEN: u32 = 2;
 }
 
+/// The libc functions the uprobe set hooks, as the const generic of their entry programs.
+/// A uprobe sees no syscall number, so userspace writes this architecture's numbers of the
+/// first [`ufn::CALLS`] into the read-only global [`FN_NRS`] at load.
+pub mod ufn {
+    pub const FSYNC: usize = 0;
+    pub const FDATASYNC: usize = 1;
+    pub const SYNCFS: usize = 2;
+    pub const SYNC: usize = 3;
+    pub const SYNC_FILE_RANGE: usize = 4;
+    pub const MSYNC: usize = 5;
+    pub const MADVISE: usize = 6;
+    pub const BRK: usize = 7;
+    pub const MMAP: usize = 8;
+    pub const MUNMAP: usize = 9;
+    pub const MREMAP: usize = 10;
+    /// The calls reported as [`super::CallEvent`]s (they have a syscall number).
+    pub const CALLS: usize = 11;
+    /// open, openat, dup, dup2, dup3, fcntl: fd bookkeeping, no number needed.
+    pub const FD: usize = 11;
+}
+
+/// Symbol of the read-only `[u32; ufn::CALLS]` global: the syscall number of each [`ufn`].
+pub const FN_NRS: &str = "STORAGE_FN_NRS";
+
+/// Symbol of the read-only `[u32; 6]` global: the byte offsets in `struct pt_regs` of the six
+/// syscall argument registers, which the kprobe set reads from the `struct pt_regs *` the
+/// syscall functions take.
+pub const SYSCALL_ARG_OFFSETS: &str = "STORAGE_SYSCALL_ARG_OFFSETS";
+
+/// The `ret` of a failed call seen by a uretprobe on libc: libc returned -1 (or MAP_FAILED)
+/// and left the errno in the thread's `errno`, which the uretprobe does not read. It is in
+/// the kernel's error range (it counts as an error) and names no errno (4095 is none).
+pub const ERRNO_UNSEEN: i64 = -4095;
+
 /// One completed syscall, sent at its exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,7 +182,9 @@ pub struct Entry {
     /// 0 once consumed, so an exit never pairs with a stale entry.
     pub start_ns: u64,
     pub nr: u32,
-    pub _reserved: u32,
+    /// 0 for an entry seen by a syscall tracepoint; 1 + its [`ufn`] index for one seen by a
+    /// uprobe on libc (the uretprobe needs it to read the return value at its width).
+    pub libc_fn: u32,
     pub args: [u64; MAX_ARGS],
 }
 

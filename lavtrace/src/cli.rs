@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     family::{self, Entry, Options},
+    storage,
     syscalls::HookChoice,
     tcp::hooks::Mode,
 };
@@ -145,6 +146,11 @@ pub struct ReportArgs {
     /// classic raw_syscalls tracepoints (tests use this to cover the fallback).
     #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
     pub syscalls_hooks: SyscallHooks,
+    /// Hooks of the fsync and mmap families: auto (the syscalls tracepoints when the syscalls
+    /// family is on, else kprobes on the syscall functions, else uprobes on the target's
+    /// glibc for its pid only, else the tracepoints), or force a set (tests cover each).
+    #[arg(long, hide = true, value_enum, default_value_t = StorageHooks::Auto)]
+    pub storage_hooks: StorageHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -189,6 +195,14 @@ impl ReportArgs {
                 TcpHooks::Tracepoint => Mode::Tracepoint,
             },
             no_bpf_stats: self.no_bpf_stats,
+            storage_hooks: match self.storage_hooks {
+                StorageHooks::Auto => storage::hooks::Mode::Auto,
+                StorageHooks::Kprobe => storage::hooks::Mode::Kprobe,
+                StorageHooks::Uprobe => storage::hooks::Mode::Uprobe,
+                StorageHooks::Tracepoint => storage::hooks::Mode::Tracepoint,
+            },
+            // Set by the session from the families it loads.
+            syscall_slow_path: false,
         }
     }
 }
@@ -322,6 +336,21 @@ pub enum TcpHooks {
     /// kprobes only (fails where the kernel has none).
     Kprobe,
     /// Tracepoints only.
+    Tracepoint,
+}
+
+/// `--storage-hooks` (the storage families' `hooks::Mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum StorageHooks {
+    /// Tracepoints with the syscalls family, else kprobes, else uprobes on the target's
+    /// glibc, else tracepoints.
+    #[default]
+    Auto,
+    /// kprobes on the syscall functions only (fails where the kernel has none).
+    Kprobe,
+    /// uprobes on the target's glibc only (fails where it maps none).
+    Uprobe,
+    /// syscalls:* tracepoints only.
     Tracepoint,
 }
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::{
     floor, fsync,
     kernel::{Hook, Overrides},
-    mmap, syscalls, tcp,
+    mmap, storage, syscalls, tcp,
 };
 
 /// Every family, in report order (the order of the text tables and JSON keys).
@@ -43,6 +43,10 @@ pub trait Family: Tracer + Sized + 'static {
     const ABOUT: &'static str;
     /// Benchmark-only: not in the `--probes` defaults or `check`.
     const HIDDEN: bool = false;
+    /// Its hooks are raw_syscalls or `syscalls:*` tracepoints on every syscall: attached, they
+    /// put every thread of the host on the slow syscall path (TIF_SYSCALL_TRACEPOINT), so
+    /// the other families may as well use such tracepoints too (`Options::syscall_slow_path`).
+    const SYSCALL_SLOW_PATH: bool = false;
     /// Index of its kernel lost-event counter (`lavtrace_common::ring::lost`), if it has a ring.
     const LOST_SLOT: Option<u32> = None;
 
@@ -143,6 +147,11 @@ pub struct Options {
     pub tcp_hooks: tcp::hooks::Mode,
     /// Leave the kernel's BPF run-time statistics off (they are host-wide; see `overhead`).
     pub no_bpf_stats: bool,
+    /// The storage families' hook set (`--storage-hooks`).
+    pub storage_hooks: storage::hooks::Mode,
+    /// A family of this session puts every thread of the host on the kernel's slow syscall
+    /// path anyway (`Family::SYSCALL_SLOW_PATH`); set by the session, not a flag.
+    pub syscall_slow_path: bool,
 }
 
 /// One line of the registry.
@@ -151,6 +160,7 @@ pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
     pub hidden: bool,
+    pub syscall_slow_path: bool,
     lost_slot: Option<u32>,
     fields: &'static [FieldSpec],
     overrides: fn(&Options, &mut Overrides),
@@ -165,6 +175,7 @@ const fn entry<F: Family>() -> Entry {
         name: F::NAME,
         about: F::ABOUT,
         hidden: F::HIDDEN,
+        syscall_slow_path: F::SYSCALL_SLOW_PATH,
         lost_slot: F::LOST_SLOT,
         fields: F::FIELDS,
         overrides: F::overrides,

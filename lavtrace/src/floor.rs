@@ -22,6 +22,7 @@ impl Family for Raw {
     const NAME: &'static str = "floor";
     const ABOUT: &'static str = "Benchmarks only: empty programs on the raw tracepoints the syscalls family uses (the cost floor)";
     const HIDDEN: bool = true;
+    const SYSCALL_SLOW_PATH: bool = true;
 
     fn attach(ebpf: &mut Ebpf, _pid: u32, _options: &Options) -> Result<(Self, Vec<Hook>)> {
         let hooks = [
@@ -40,6 +41,7 @@ impl Family for Tracepoint {
     const ABOUT: &'static str =
         "Benchmarks only: empty programs on the classic raw_syscalls tracepoints";
     const HIDDEN: bool = true;
+    const SYSCALL_SLOW_PATH: bool = true;
 
     fn attach(ebpf: &mut Ebpf, _pid: u32, _options: &Options) -> Result<(Self, Vec<Hook>)> {
         let hooks = [("floor_exit", "sys_exit"), ("floor_enter", "sys_enter")]

@@ -68,6 +68,10 @@ impl Session {
             .iter()
             .filter(|e| entries.iter().any(|w| w.name == e.name))
             .collect();
+        let options = &Options {
+            syscall_slow_path: entries.iter().any(|e| e.syscall_slow_path),
+            ..options.clone()
+        };
         let mut overrides = Overrides::default();
         overrides.global_u32(lavtrace_common::filter::TARGET_TGID, target.pid);
         for entry in &entries {

@@ -45,8 +45,86 @@ fn data_dir_prefix(pid: u32) -> String {
     format!("{}/lavtrace-data-{pid}-", std::env::temp_dir().display())
 }
 
+/// Through the uprobes on the target's glibc: what auto picks without the syscalls family on
+/// a kernel without kprobes.
 #[test]
-fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
+fn exact_durability_calls_per_syscall_and_file_through_uprobes() {
+    exact_durability_calls_per_syscall_and_file_for_the_target_only("uprobe");
+}
+
+/// Through the syscalls tracepoints: what auto picks with the syscalls family, or for a
+/// target without glibc.
+#[test]
+fn exact_durability_calls_per_syscall_and_file_through_tracepoints() {
+    exact_durability_calls_per_syscall_and_file_for_the_target_only("tracepoint");
+}
+
+/// Through kprobes on the syscall functions where the kernel has kprobes (the guests); here,
+/// where it has none, forcing them must fail with the reason.
+#[test]
+fn exact_durability_calls_per_syscall_and_file_through_kprobes_or_a_clear_refusal() {
+    if common::kernel_has_kprobes() {
+        exact_durability_calls_per_syscall_and_file_for_the_target_only("kprobe");
+    } else {
+        common::kprobe_set_is_refused("fsync");
+    }
+}
+
+/// What auto picks without the syscalls family on this kernel.
+fn auto_alone() -> &'static str {
+    if common::kernel_has_kprobes() {
+        "kprobe"
+    } else {
+        "uprobe"
+    }
+}
+
+/// The hook lines a `--storage-hooks` set must show for the target `pid`.
+fn expect_storage_hooks(vias: &[&str], set: &str, pid: u32) {
+    let has = |prefix: &str, end: &str| {
+        vias.iter()
+            .any(|v| v.starts_with(prefix) && v.ends_with(end))
+    };
+    match set {
+        "kprobe" => {
+            for f in ["syncfs", "msync", "openat", "close"] {
+                let end = format!("_sys_{f}");
+                assert!(has("kprobe __", &end), "kprobe on {f}: {vias:?}");
+                assert!(f == "close" || has("kretprobe __", &end), "{f}: {vias:?}");
+            }
+            assert!(
+                vias.iter()
+                    .all(|v| v.starts_with("kprobe ") || v.starts_with("kretprobe ")),
+                "only kprobes: {vias:?}"
+            );
+        }
+        "uprobe" => {
+            for f in ["syncfs", "msync", "openat", "close"] {
+                let end = format!("/libc.so.6:{f} (pid {pid})");
+                assert!(has("uprobe /", &end), "uprobe on {f}: {vias:?}");
+                assert!(f == "close" || has("uretprobe /", &end), "{f}: {vias:?}");
+            }
+            assert!(
+                !vias.iter().any(|v| v.starts_with("tracepoint syscalls:")),
+                "no syscalls tracepoint: {vias:?}"
+            );
+        }
+        _ => {
+            for tp in [
+                "sys_enter_syncfs",
+                "sys_exit_msync",
+                "sys_exit_openat",
+                "sys_enter_close",
+            ] {
+                let via = format!("tracepoint syscalls:{tp}");
+                assert!(vias.contains(&via.as_str()), "{vias:?}");
+            }
+            assert!(!vias.iter().any(|v| v.contains("uprobe")), "{vias:?}");
+        }
+    }
+}
+
+fn exact_durability_calls_per_syscall_and_file_for_the_target_only(set: &str) {
     require_root();
     let mut target = Workload::storage()
         .segments(3)
@@ -62,19 +140,9 @@ fn exact_durability_calls_per_syscall_and_file_for_the_target_only() {
         .probes("fsync")
         .interval("200ms")
         .flag("slow", "0s")
+        .flag("storage-hooks", set)
         .spawn();
-    let hooks = trace.vias();
-    for tp in [
-        "sys_enter_syncfs",
-        "sys_exit_msync",
-        "sys_exit_openat",
-        "sys_enter_close",
-    ] {
-        assert!(
-            hooks.contains(&format!("tracepoint syscalls:{tp}").as_str()),
-            "{hooks:?}"
-        );
-    }
+    expect_storage_hooks(&trace.vias(), set, target.pid);
     let records = trace.run(&mut [&mut bystander, &mut target]);
     let summary = records.last().unwrap();
     assert_eq!(summary["end"]["reason"], "target_exited");
@@ -437,4 +505,151 @@ fn hostile_names_are_escaped_in_text_and_raw_in_json() {
     assert_eq!(fsync["count"], 1);
     let syncfs = find(summary, "syncfs", "", None);
     assert_eq!(syncfs["thread"], NAME);
+}
+
+/// What auto picks: kprobes (where the kernel has them) or uprobes on glibc where no family
+/// of the session pays the host-wide syscall slow path, the syscalls tracepoints beside the
+/// syscalls family (they cost the target less, and the slow path is paid already).
+#[test]
+fn auto_takes_uprobes_alone_and_tracepoints_beside_the_syscalls_family() {
+    require_root();
+    for (probes, set) in [
+        ("fsync,mmap", auto_alone()),
+        ("syscalls,fsync,mmap", "tracepoint"),
+    ] {
+        let mut target = Workload::storage().segments(1).syncfs(5).fsyncs(2).spawn();
+        let trace = Trace::of(&target).probes(probes).spawn();
+        let storage: Vec<&str> = trace
+            .hooks(None)
+            .into_iter()
+            .filter(|h| h.0.starts_with("fsync_") || h.0.starts_with("storage_"))
+            .map(|h| h.1)
+            .collect();
+        expect_storage_hooks(&storage, set, target.pid);
+        let mmap: Vec<&str> = trace.hooks(Some("mmap")).into_iter().map(|h| h.1).collect();
+        let madvise = match set {
+            "uprobe" => format!("/libc.so.6:madvise (pid {})", target.pid),
+            "kprobe" => "_sys_madvise".to_string(),
+            _ => "tracepoint syscalls:sys_enter_madvise".to_string(),
+        };
+        assert!(mmap.iter().any(|v| v.ends_with(&madvise)), "{mmap:?}");
+        let records = trace.run(&mut [&mut target]);
+        let summary = records.last().unwrap();
+        assert_eq!(total(summary, "syncfs"), 5, "{probes}");
+        assert_eq!(total(summary, "fsync"), 2, "{probes}");
+    }
+}
+
+/// The C source of a target uprobes on libc cannot see: linked statically, it maps no
+/// libc.so.6, and its fsync calls never pass through a shared libc.
+const STATIC_TARGET: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char line[16];
+    int fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return 1;
+    printf("ready\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    for (int i = 0; i < 7; i++) {
+        if (write(fd, "x", 1) != 1 || fsync(fd) != 0) return 1;
+    }
+    for (int i = 0; i < 3; i++) fdatasync(fd);
+    close(fd);
+    return 0;
+}
+"#;
+
+/// A static binary (no libc.so.6 in its mappings) falls back to the syscalls tracepoints
+/// under auto and is counted exactly; forcing uprobes on it fails with the reason (exit 5).
+/// Needs a C compiler with a static glibc (the host's gcc; the guests have none).
+#[test]
+fn a_static_target_falls_back_to_the_tracepoints_and_stays_exact() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("static-target.c");
+    let bin = dir.path().join("static-target");
+    std::fs::write(&src, STATIC_TARGET).unwrap();
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) to build the static target");
+    assert!(cc.success(), "cc -static failed");
+    let data = dir.path().join("data");
+    let spawn = || {
+        let mut child = Command::new(&bin)
+            .arg(&data)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = common::Lines::new(child.stdout.take().unwrap());
+        assert_eq!(lines.next().as_deref(), Some("ready"));
+        child
+    };
+    let mut target = spawn();
+    let pid = target.id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps.contains("libc.so.6"), "{maps}");
+
+    // Forced uprobes: nothing to attach to.
+    let out = Command::new(LAVTRACE)
+        .args(["trace", "--pid", &pid.to_string(), "--probes", "fsync"])
+        .args(["--storage-hooks", "uprobe", "--duration", "1s", "--no-tui"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--storage-hooks uprobe: pid {pid} maps no libc.so.6"
+        )),
+        "{err}"
+    );
+
+    // Auto: the tracepoints, and every call.
+    let trace = Trace::pid(pid).probes("fsync,mmap").spawn();
+    expect_storage_hooks(&trace.vias(), "tracepoint", pid);
+    use std::io::Write as _;
+    let mut stdin = target.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    assert!(target.wait().unwrap().success());
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["end"]["reason"], "target_exited");
+    let path = data.to_str().unwrap();
+    assert_eq!(find(summary, "fsync", path, None)["count"], 7);
+    assert_eq!(find(summary, "fdatasync", path, None)["count"], 3);
+    assert_eq!(rows(summary).len(), 2, "{:#?}", rows(summary));
+}
+
+/// Forced uprobes (or kprobes) beside the syscalls family: the fsync family's exit does not
+/// count the calls into the syscall table then, so the syscalls family counts them itself
+/// (its skip list stays empty): both tables still have every call, once.
+#[test]
+fn a_forced_set_beside_the_syscalls_family_leaves_it_its_own_count() {
+    require_root();
+    let set = auto_alone();
+    let mut target = Workload::storage().segments(2).syncfs(40).fsyncs(3).spawn();
+    let trace = Trace::of(&target)
+        .probes("syscalls,fsync")
+        .flag("storage-hooks", set)
+        .spawn();
+    let storage: Vec<&str> = trace
+        .hooks(Some("fsync"))
+        .into_iter()
+        .map(|h| h.1)
+        .collect();
+    expect_storage_hooks(&storage, set, target.pid);
+    let records = trace.run(&mut [&mut target]);
+    let summary = records.last().unwrap();
+    for (call, n) in [("syncfs", 40), ("fsync", 3), ("fdatasync", 1)] {
+        assert_eq!(total(summary, call), n, "{call} rows");
+        assert_eq!(count(summary, call), n, "{call} in the syscall table");
+    }
 }

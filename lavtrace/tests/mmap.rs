@@ -37,8 +37,29 @@ fn file<'a>(summary: &'a Value, name: &str) -> &'a Value {
     found[0]
 }
 
+/// Through the uprobes on the target's glibc: what auto picks without the syscalls family.
 #[test]
-fn exact_mapping_calls_per_syscall_and_file_for_the_target_only() {
+fn exact_mapping_calls_per_syscall_and_file_through_uprobes() {
+    exact_mapping_calls_per_syscall_and_file_for_the_target_only("uprobe");
+}
+
+/// Through the syscalls tracepoints: what auto picks with the syscalls family.
+#[test]
+fn exact_mapping_calls_per_syscall_and_file_through_tracepoints() {
+    exact_mapping_calls_per_syscall_and_file_for_the_target_only("tracepoint");
+}
+
+/// Through kprobes where the kernel has them (the guests); here, a clear refusal.
+#[test]
+fn exact_mapping_calls_per_syscall_and_file_through_kprobes_or_a_clear_refusal() {
+    if common::kernel_has_kprobes() {
+        exact_mapping_calls_per_syscall_and_file_for_the_target_only("kprobe");
+    } else {
+        common::kprobe_set_is_refused("mmap");
+    }
+}
+
+fn exact_mapping_calls_per_syscall_and_file_for_the_target_only(set: &str) {
     require_root();
     const N: u64 = 5;
     let mut target = Workload::storage()
@@ -48,10 +69,23 @@ fn exact_mapping_calls_per_syscall_and_file_for_the_target_only() {
         .linger("300ms")
         .spawn();
     let mut bystander = Workload::storage().segments(3).syncfs(0).spawn();
-    let records = Trace::of(&target)
+    let trace = Trace::of(&target)
         .probes("mmap")
         .interval("200ms")
-        .run(&mut [&mut bystander, &mut target]);
+        .flag("storage-hooks", set)
+        .spawn();
+    let kinds: &[&str] = match set {
+        "uprobe" => &["uprobe /", "uretprobe /"],
+        "kprobe" => &["kprobe __", "kretprobe __"],
+        _ => &["tracepoint syscalls:"],
+    };
+    let vias = trace.vias();
+    assert!(
+        vias.iter().all(|v| kinds.iter().any(|k| v.starts_with(k))),
+        "{vias:?}"
+    );
+    assert!(vias.iter().any(|v| v.contains("madvise")), "{vias:?}");
+    let records = trace.run(&mut [&mut bystander, &mut target]);
     let summary = records.last().unwrap();
     assert_eq!(summary["lost_events"]["mmap"], 0);
 

@@ -282,18 +282,26 @@ impl Family for Tracer {
         "Durability calls (fsync, fdatasync, syncfs, sync, sync_file_range, msync) per file";
     const LOST_SLOT: Option<u32> = Some(lost::FSYNC);
 
-    /// Its exit program counts the durability calls into the syscall table
-    /// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`), so the two agree call for call.
+    /// Its tracepoint exit counts the durability calls into the syscall table
+    /// (`lavtrace_common::syscalls::COUNTED_ELSEWHERE`), so the two agree call for call. The
+    /// uprobe and kprobe exits do not (a uprobe sees libc's calls only, with libc's return
+    /// values): auto picks them only without the syscalls family, and a forced set leaves the
+    /// syscalls family counting these calls itself.
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
-        let mut counted = [u32::MAX; lavtrace_common::syscalls::COUNTED_ELSEWHERE_LEN];
-        counted[..DURABILITY.len()].copy_from_slice(&DURABILITY);
-        overrides.global_u32s(lavtrace_common::syscalls::COUNTED_ELSEWHERE, &counted);
+        storage::hooks::overrides(overrides);
+        if matches!(
+            options.storage_hooks,
+            storage::hooks::Mode::Auto | storage::hooks::Mode::Tracepoint
+        ) {
+            let mut counted = [u32::MAX; lavtrace_common::syscalls::COUNTED_ELSEWHERE_LEN];
+            counted[..DURABILITY.len()].copy_from_slice(&DURABILITY);
+            overrides.global_u32s(lavtrace_common::syscalls::COUNTED_ELSEWHERE, &counted);
+        }
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
-        let slow = options.slow.map(|d| SlowLog::new(d, options.json, pid));
-        Tracer::start(ebpf, pid, slow, options.per_thread)
+        Tracer::start(ebpf, pid, options)
     }
 }
 
@@ -336,37 +344,17 @@ impl family::Tracer for Tracer {
 }
 
 impl Tracer {
-    fn start(
-        ebpf: &mut Ebpf,
-        pid: u32,
-        slow: Option<SlowLog>,
-        per_thread: bool,
-    ) -> Result<(Tracer, Vec<Hook>)> {
-        let mut hooks = Vec::new();
-        for (program, tps) in [
-            (
-                "fsync_exit",
-                &[
-                    "sys_exit_fsync",
-                    "sys_exit_fdatasync",
-                    "sys_exit_syncfs",
-                    "sys_exit_sync",
-                    "sys_exit_sync_file_range",
-                    "sys_exit_msync",
-                ][..],
-            ),
-            ("fsync_enter0", &["sys_enter_sync"][..]),
-            (
-                "fsync_enter1",
-                &["sys_enter_fsync", "sys_enter_fdatasync", "sys_enter_syncfs"][..],
-            ),
-            ("fsync_enter3", &["sys_enter_msync"][..]),
-            ("fsync_enter4", &["sys_enter_sync_file_range"][..]),
-        ] {
-            hooks.extend(storage::attach(ebpf, FAMILY, program, tps)?);
-        }
-        hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::FSYNC)?);
-        let state = Arc::new(Mutex::new(State::seed(pid, slow, per_thread)));
+    fn start(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Tracer, Vec<Hook>)> {
+        let hooks = storage::hooks::attach(
+            ebpf,
+            FAMILY,
+            &storage::hooks::FSYNC,
+            sink::FSYNC,
+            pid,
+            options,
+        )?;
+        let slow = options.slow.map(|d| SlowLog::new(d, options.json, pid));
+        let state = Arc::new(Mutex::new(State::seed(pid, slow, options.per_thread)));
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))
             .context("draining the fsync ring")?;

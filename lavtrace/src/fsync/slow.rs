@@ -108,7 +108,9 @@ impl SlowLog {
                 Some(f) => format!("{} {f}", call.syscall),
                 None => call.syscall.to_string(),
             };
-            let err = if call.ret < 0 {
+            let err = if call.ret == lavtrace_common::storage::ERRNO_UNSEEN {
+                "  (error; a uprobe on libc does not see the errno)".to_string()
+            } else if call.ret < 0 {
                 format!("  (error {})", crate::names::errno_name((-call.ret) as u32))
             } else {
                 String::new()

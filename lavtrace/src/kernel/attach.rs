@@ -1,6 +1,6 @@
 //! Attaching one loaded program to one kernel hook, and the `Hook` record of what was
 //! attached. Families call these; the kinds of hook a family can choose from live here
-//! (tracepoint and raw tracepoint today; kprobe, fentry and uprobe helpers belong here too).
+//! (tracepoint and raw tracepoint; uprobes are in `uprobe.rs`, with the library they need).
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, programs::TracePoint};

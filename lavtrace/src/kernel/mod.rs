@@ -6,9 +6,11 @@ mod attach;
 pub mod caps;
 pub mod cut;
 pub mod fields;
+pub mod kprobe;
 mod misses;
 mod reach;
 pub mod tracefs;
+pub mod uprobe;
 
 use anyhow::Result;
 use aya::{Ebpf, EbpfLoader};

@@ -82,7 +82,8 @@ impl State {
         let bytes = match call.nr {
             nr::MMAP | nr::MUNMAP | nr::MADVISE => a[1],
             nr::MREMAP => a[2],
-            nr::BRK if !failed => {
+            // A uprobe's brk(0) (a query) returns 0, not the break: it moves nothing.
+            nr::BRK if !failed && call.ret != 0 => {
                 let new = call.ret as u64;
                 let delta = self.last_brk.map_or(0, |old| new.abs_diff(old));
                 self.last_brk = Some(new);
@@ -220,10 +221,11 @@ impl Family for Tracer {
 
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING, options.ring_bytes.unwrap_or(RING_BYTES));
+        storage::hooks::overrides(overrides);
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
-        Tracer::start(ebpf, pid, options.per_thread)
+        Tracer::start(ebpf, pid, options)
     }
 }
 
@@ -242,22 +244,23 @@ impl family::Tracer for Tracer {
 }
 
 impl Tracer {
-    fn start(ebpf: &mut Ebpf, pid: u32, per_thread: bool) -> Result<(Tracer, Vec<Hook>)> {
-        let mut hooks = Vec::new();
-        for (program, tps) in [
-            ("mmap_exit", &["sys_exit_madvise", "sys_exit_brk"][..]),
-            ("mmap_enter3", &["sys_enter_madvise"][..]),
-            ("mmap_enter1", &["sys_enter_brk"][..]),
-        ] {
-            hooks.extend(storage::attach(ebpf, FAMILY, program, tps)?);
-        }
-        hooks.extend(storage::attach_shared(ebpf, FAMILY, sink::MMAP)?);
+    fn start(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Tracer, Vec<Hook>)> {
+        let hooks = storage::hooks::attach(
+            ebpf,
+            FAMILY,
+            &storage::hooks::MMAP,
+            sink::MMAP,
+            pid,
+            options,
+        )?;
         let state = Arc::new(Mutex::new(State {
             model: Model::seed(pid),
             last_brk: None,
             interval: Counters::default(),
             total: Counters::default(),
-            names: per_thread.then(|| crate::threads::ThreadNames::seed(pid)),
+            names: options
+                .per_thread
+                .then(|| crate::threads::ThreadNames::seed(pid)),
         }));
         let sink_state = state.clone();
         let drain = storage::spawn(ebpf, RING, move |r| storage::lock(&sink_state).on_record(r))

@@ -3,6 +3,7 @@
 //! descriptors and mappings that names the file of every call.
 
 pub mod files;
+pub mod hooks;
 pub mod lavinmq;
 pub mod maps;
 pub mod naming;
@@ -13,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, maps::Array, programs::TracePoint};
+use aya::{Ebpf, programs::TracePoint};
 use lavtrace_common::storage::{CallEvent, FdEvent, OpenEvent, kind};
 use tracing::debug;
 
@@ -191,48 +192,6 @@ pub fn attach(
             program,
             via: format!("tracepoint syscalls:{tp}"),
         });
-    }
-    Ok(hooks)
-}
-
-/// Turns on the shared records for `sink` (an index of `lavtrace_common::storage::sink`) and
-/// attaches the programs that produce them, unless the other family already did.
-pub fn attach_shared(ebpf: &mut Ebpf, family: &'static str, sink: u32) -> Result<Vec<Hook>> {
-    let mut sinks: Array<_, u32> = Array::try_from(
-        ebpf.map_mut("STORAGE_SINKS")
-            .context("map STORAGE_SINKS missing")?,
-    )?;
-    sinks
-        .set(sink, 1, 0)
-        .context("enabling the shared storage records")?;
-    let mut hooks = Vec::new();
-    for (program, tps) in [
-        (
-            "storage_map_exit",
-            &["sys_exit_mmap", "sys_exit_munmap", "sys_exit_mremap"][..],
-        ),
-        ("storage_map_enter6", &["sys_enter_mmap"][..]),
-        ("storage_map_enter2", &["sys_enter_munmap"][..]),
-        ("storage_map_enter5", &["sys_enter_mremap"][..]),
-        ("storage_fd_open_exit", &["sys_exit_openat"][..]),
-        ("storage_fd_enter2", &["sys_enter_openat"][..]),
-        (
-            "storage_fd_dup_exit",
-            &[
-                "sys_exit_dup",
-                "sys_exit_dup2",
-                "sys_exit_dup3",
-                "sys_exit_fcntl",
-            ][..],
-        ),
-        (
-            "storage_fd_enter1",
-            &["sys_enter_dup", "sys_enter_dup2", "sys_enter_dup3"][..],
-        ),
-        ("storage_fd_fcntl", &["sys_enter_fcntl"][..]),
-        ("storage_fd_close", &["sys_enter_close"][..]),
-    ] {
-        hooks.extend(attach(ebpf, family, program, tps)?);
     }
     Ok(hooks)
 }

@@ -129,6 +129,7 @@ impl family::Section for Section {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    const SYSCALL_SLOW_PATH: bool = true;
     const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::syscalls::FIELDS;
     const ABOUT: &'static str = "Every syscall: count, errors, latency (in-kernel aggregation)";
 

@@ -515,3 +515,29 @@ pub fn lavtrace_json(args: &[&str]) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
         .collect()
 }
+
+/// Whether this kernel can attach kprobes (lavtrace's own test, `kernel::kprobe::missing`).
+pub fn kernel_has_kprobes() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .any(|d| Path::new(d).join("kprobe_events").exists())
+}
+
+/// On a kernel without kprobes, `--storage-hooks kprobe` for `probes` exits 5 with the
+/// reason on one line.
+pub fn kprobe_set_is_refused(probes: &str) {
+    require_root();
+    let out = Command::new(LAVTRACE)
+        .args(["trace", "--pid", &std::process::id().to_string()])
+        .args(["--probes", probes, "--storage-hooks", "kprobe"])
+        .args(["--duration", "1s", "--no-tui"])
+        .output()
+        .expect("running lavtrace");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--storage-hooks kprobe: kprobes are not compiled into this kernel"),
+        "{err}"
+    );
+}
