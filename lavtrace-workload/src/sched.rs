@@ -11,7 +11,7 @@
 //! - `blocker`: writes `--fsync-mib` MiB to a new file in `--dir` and fsyncs it (D state on a
 //!   real disk), then removes it.
 //!
-//! Then each thread's `tid NAME TID` line, and `done`.
+//! Then each thread's `tid NAME TID` line (not with `--quiet`), and `done`.
 
 use std::{
     io::Write as _,
@@ -43,6 +43,9 @@ pub struct Args {
     /// Where the blocker's file goes: a real disk, not tmpfs (fsync there waits for nothing).
     #[arg(long, default_value = "/var/tmp")]
     pub dir: PathBuf,
+    /// No `tid` lines: `done` follows go's work directly (for callers that wait for `done`).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 type Work = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
@@ -205,6 +208,9 @@ pub fn run(args: &Args) -> std::io::Result<()> {
                 .join()
                 .map_err(|_| std::io::Error::other(format!("thread {} panicked", p.name)))??;
             lines.push(format!("tid {} {}", p.name, p.tid));
+        }
+        if args.quiet {
+            return Ok(());
         }
         let mut out = std::io::stdout().lock();
         for l in lines {
