@@ -47,7 +47,7 @@ fn rows(record: &Value) -> &Vec<Value> {
         .expect("a sched.threads list")
 }
 
-fn row<'a>(record: &'a Value, tid: u64) -> &'a Value {
+fn row(record: &Value, tid: u64) -> &Value {
     rows(record)
         .iter()
         .find(|r| r["tid"] == tid)
