@@ -38,8 +38,9 @@ pub struct ThreadSched {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at which `state` began.
     pub since_ns: u64,
     pub state: u32,
-    /// Explicit, so the layout has no hidden padding; always 0.
-    pub reserved: u32,
+    /// Switch-ins of the thread while it was recorded as waiting (sleep or D): its wakeup was
+    /// not seen, so that run-queue wait is missing and counted into the sleep instead.
+    pub unwoken: u32,
     pub on_cpu_ns: u64,
     pub sleep_ns: u64,
     pub blocked_ns: u64,
@@ -175,7 +176,7 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        // since, state + reserved, eight counters, the buckets.
+        // since, state + unwoken, eight counters, the buckets.
         assert_eq!(
             core::mem::size_of::<ThreadSched>(),
             8 + 8 + 8 * 8 + 8 * RUNQ_BUCKETS

@@ -247,7 +247,11 @@ fn switch_in(tid: u32, now: u64, add: bool) {
     if t.state == state::EXITED {
         return;
     }
-    // A wait in the run queue ends here (recorded); a sleep whose wakeup was not seen too.
+    // A wait in the run queue ends here (recorded); a sleep whose wakeup was not seen too,
+    // and is counted as such.
+    if t.state == state::SLEEP || t.state == state::BLOCKED {
+        t.unwoken += 1;
+    }
     close_state(t, now);
     t.state = state::ON_CPU;
     t.since_ns = now;

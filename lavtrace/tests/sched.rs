@@ -16,8 +16,8 @@ const SLEEPS: u64 = 25;
 const SLEEP_MS: u64 = 10;
 const SPIN_MS: u64 = 400;
 
-/// The workload, and the `tid NAME TID` lines it printed.
-fn sched_workload(name: &str) -> Workload {
+/// The sleeper and two spinners on CPU 0; with `fsync_mib`, a blocker too.
+fn sched_workload(name: &str, fsync_mib: u64) -> Workload {
     Workload::sched()
         .named(name)
         .flag("sleeps", SLEEPS)
@@ -26,7 +26,7 @@ fn sched_workload(name: &str) -> Workload {
         .flag("spin-ms", SPIN_MS)
         .flag("cpu", 0)
         // /var/tmp is on the root filesystem here (ext4 on a virtio disk), never tmpfs.
-        .flag("fsync-mib", 32)
+        .flag("fsync-mib", fsync_mib)
         .flag("dir", "/var/tmp")
         .spawn()
 }
@@ -84,11 +84,69 @@ fn each_thread_on_the_fallback_tracepoints() {
     );
 }
 
+/// A thread in fsync of a file on a real disk waits in D: that time is its own, and the
+/// others' stays sleep (the guests of `cargo xtask vm-test` skip these: their root is in RAM,
+/// where fsync waits for nothing).
+#[test]
+fn blocked_in_d_on_the_raw_tracepoints() {
+    blocked_via("auto");
+}
+
+#[test]
+fn blocked_in_d_on_the_fallback_tracepoints() {
+    blocked_via("tracepoint");
+}
+
+fn blocked_via(hooks: &str) {
+    require_root();
+    let mut target = sched_workload("lt-sched-d", 32);
+    let mut bystander = sched_workload("lt-sched-d-other", 32);
+    let trace = Trace::of(&target)
+        .probes("sched")
+        .interval("200ms")
+        .flag("sched-hooks", hooks)
+        .spawn();
+    bystander.go();
+    target.go();
+    let target_tids = tids(&target.lines_until_done());
+    let other_tids = tids(&bystander.lines_until_done());
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    for r in rows(summary) {
+        assert!(
+            !other_tids.values().any(|&t| r["tid"] == t),
+            "the bystander's thread {r} was counted"
+        );
+    }
+    let blocker = row(summary, target_tids["blocker"]);
+    assert!(n(&blocker["blocked_ns"]) > 0, "{blocker:#}");
+    assert!(n(&blocker["switches_voluntary"]) > 0, "{blocker:#}");
+    for name in ["sleeper", "spin-0", "spin-1"] {
+        let r = row(summary, target_tids[name]);
+        assert_eq!(n(&r["blocked_ns"]), 0, "{name}: {r:#}");
+    }
+    // The sleeper's figures are what they are without a blocker.
+    let sleeper = row(summary, target_tids["sleeper"]);
+    assert_eq!(n(&sleeper["switches_voluntary"]), SLEEPS, "{sleeper:#}");
+    assert_sleep_bounds(sleeper);
+    bystander.finish();
+}
+
+fn assert_sleep_bounds(sleeper: &Value) {
+    // Off the CPU from the switch-out to the wakeup. The timer is armed a few µs before the
+    // switch-out, so one sleep can read a little under D when the timer fires at its soft
+    // expiry (it usually fires at D plus the 50 µs slack): the floor allows 100 µs a sleep.
+    let sleep = Duration::from_nanos(n(&sleeper["sleep_ns"]));
+    let least = Duration::from_micros(SLEEPS * (SLEEP_MS * 1000 - 100));
+    let most = Duration::from_millis(SLEEPS * SLEEP_MS * 4 + 1000);
+    assert!(sleep >= least && sleep <= most, "sleeper slept {sleep:?}");
+}
+
 fn each_thread_via(hooks: &str, expected: &[&str]) {
     require_root();
-    let mut target = sched_workload("lt-sched");
+    let mut target = sched_workload("lt-sched", 0);
     // The same threads in another process at the same time (its spinners on the same CPU).
-    let mut bystander = sched_workload("lt-sched-other");
+    let mut bystander = sched_workload("lt-sched-other", 0);
     let trace = Trace::of(&target)
         .probes("sched")
         .interval("200ms")
@@ -127,10 +185,21 @@ fn each_thread_via(hooks: &str, expected: &[&str]) {
         let r = row(summary, tid);
         let (vol, invol) = (n(&r["switches_voluntary"]), n(&r["switches_involuntary"]));
         // Every switch-in of a thread traced from its wait for go follows a wakeup (go's, then
-        // one per voluntary switch) or a preemption: one run-queue wait each, exactly. Its last
-        // switch-out, at exit, is not a switch (the thread is gone).
+        // one per voluntary switch) or a preemption: one run-queue wait each. Its last
+        // switch-out, at exit, is not a switch (the thread is gone). What this kernel does not
+        // give exactly: roughly one wakeup in 150 reaches neither hook set's program (6.18,
+        // raw and classic alike, with no recursion miss counted; not understood yet). A switch-in
+        // from a recorded sleep then counts in `wakeups_unseen` instead; the go wakeup, from a
+        // state not known at attach, cannot be told from one that came before attach, so the
+        // sum may fall one short.
         let runq = &r["runq_ns"];
-        assert_eq!(n(&runq["count"]), 1 + vol + invol, "{name}: {r:#}");
+        let unseen = n(&r["wakeups_unseen"]);
+        let waits = n(&runq["count"]) + unseen;
+        assert!(
+            waits == 1 + vol + invol || waits == vol + invol,
+            "{name}: {waits} waits (seen and unseen) for {} switch-ins: {r:#}",
+            1 + vol + invol
+        );
         let buckets: u64 = runq["histogram"]
             .as_array()
             .unwrap()
@@ -153,13 +222,7 @@ fn each_thread_via(hooks: &str, expected: &[&str]) {
     let sleeper = row(summary, target_tids["sleeper"]);
     assert_eq!(n(&sleeper["switches_voluntary"]), SLEEPS, "{sleeper:#}");
     assert_eq!(n(&sleeper["blocked_ns"]), 0, "{sleeper:#}");
-    // Off the CPU from the switch-out to the wakeup. The timer is armed a few µs before the
-    // switch-out, so one sleep can read a little under D when the timer fires at its soft
-    // expiry (it usually fires at D plus the 50 µs slack): the floor allows 100 µs a sleep.
-    let sleep = Duration::from_nanos(n(&sleeper["sleep_ns"]));
-    let least = Duration::from_micros(SLEEPS * (SLEEP_MS * 1000 - 100));
-    let most = Duration::from_millis(SLEEPS * SLEEP_MS * 4);
-    assert!(sleep >= least && sleep <= most, "sleeper slept {sleep:?}");
+    assert_sleep_bounds(sleeper);
 
     // The spinners share CPU 0 for SPIN_MS of wall time each: they preempt each other, and
     // together cannot have had more of the CPU than the wall time.
@@ -176,11 +239,6 @@ fn each_thread_via(hooks: &str, expected: &[&str]) {
         together += Duration::from_nanos(n(&s["on_cpu_ns"]));
     }
     assert!(together <= wall, "{together:?} on one CPU in {wall:?}");
-
-    // The blocker's fsync waits in D, and that time is its own.
-    let blocker = row(summary, target_tids["blocker"]);
-    assert!(n(&blocker["blocked_ns"]) > 0, "{blocker:#}");
-    assert!(n(&blocker["switches_voluntary"]) > 0, "{blocker:#}");
 
     // The intervals add up to the summary, thread by thread.
     let intervals: Vec<&Value> = records.iter().filter(|r| r["type"] == "interval").collect();

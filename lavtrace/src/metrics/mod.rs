@@ -292,6 +292,7 @@ mod tests {
         let mut s = Sections::default().with(crate::sched::Section {
             threads: vec![thread(7, 3_000), thread(8, 5_000)],
             table_full: 0,
+            missed: 0,
         });
         s.lost_events.insert("sched", 0);
         e.observe(&target(42), &s);

@@ -74,8 +74,10 @@ fn task_offsets() -> &'static Result<(u32, u32), String> {
 #[derive(Debug, Clone, Default)]
 pub struct Section {
     pub threads: Vec<ThreadRow>,
-    /// Threads the kernel table could not hold (since attach).
+    /// Events of threads the full kernel table could not hold (since attach).
     pub table_full: u64,
+    /// Events whose program the kernel skipped (since attach; see `Tracer::missed`).
+    pub missed: u64,
 }
 
 impl family::Section for Section {
@@ -84,25 +86,35 @@ impl family::Section for Section {
         struct Json<'a> {
             threads: &'a [ThreadRow],
             table_full: u64,
+            missed: u64,
         }
         family::one_key(
             "sched",
             &Json {
                 threads: &self.threads,
                 table_full: self.table_full,
+                missed: self.missed,
             },
         )
     }
 
     fn write_text(&self, out: &mut String, text: &TextOptions) {
         report::write_text(out, &self.threads, text.sort, text.top);
+        use std::fmt::Write as _;
         if self.table_full > 0 {
-            use std::fmt::Write as _;
             let _ = writeln!(
                 out,
-                "KERNEL TABLE FULL: {} threads not traced ({} threads)",
+                "KERNEL TABLE FULL: {} events of threads the table could not hold ({} threads)",
                 self.table_full,
                 lavtrace_common::sched::MAX_THREADS
+            );
+        }
+        if self.missed > 0 {
+            let _ = writeln!(
+                out,
+                "MISSED: {} scheduler events skipped by the kernel (another BPF program or map \
+                 operation was running on that CPU); the figures around them are not exact",
+                self.missed
             );
         }
     }
@@ -146,6 +158,8 @@ pub struct Tracer {
     states: HashMap<u32, u32>,
     /// Why the raw set is not in use (for `check`).
     raw_unavailable: Option<String>,
+    /// The attached programs, for their `recursion_misses` (fdinfo).
+    programs: Vec<aya::programs::ProgramFd>,
 }
 
 impl Tracer {
@@ -175,7 +189,18 @@ impl Tracer {
                 (hooks, Some(why))
             }
         };
+        let mut programs = Vec::new();
+        for h in &hooks {
+            if let Some(fd) = ebpf
+                .program(h.program)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| fd.try_clone().ok())
+            {
+                programs.push(fd);
+            }
+        }
         let tracer = Tracer {
+            programs,
             threads,
             diag: PerCpuArray::try_from(take(ebpf, DIAG_MAP)?)?,
             names: ThreadNames::seed(pid),
@@ -185,6 +210,22 @@ impl Tracer {
             raw_unavailable,
         };
         Ok((tracer, hooks))
+    }
+
+    /// Runs of the programs the kernel skipped: a BPF program was already running on that CPU
+    /// (for the classic tracepoints, any tracing program or a bpf() map operation of any
+    /// process, which holds the same per-cpu guard and can be preempted). Each one is a
+    /// switch or wakeup not seen, so the figures around it are not exact.
+    fn missed(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.programs
+            .iter()
+            .filter_map(|fd| {
+                let raw = fd.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
+                fdinfo_misses(&info)
+            })
+            .sum()
     }
 
     fn table_full(&self) -> u64 {
@@ -270,12 +311,14 @@ impl family::Tracer for Tracer {
             Window::Whole => self.summary(),
         };
         let table_full = self.table_full();
+        let missed = self.missed();
         Ok(Some(Part {
             section: Box::new(Section {
                 threads,
                 table_full,
+                missed,
             }),
-            lost_since_attach: table_full,
+            lost_since_attach: table_full + missed,
         }))
     }
 
@@ -293,6 +336,13 @@ impl family::Tracer for Tracer {
             None => Vec::new(),
         }
     }
+}
+
+/// The `recursion_misses` line of a BPF program's fdinfo (5.12+; None before).
+fn fdinfo_misses(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Puts an entry for every thread the target has now, so the classic programs know them.
@@ -360,7 +410,7 @@ fn since(cur: &ThreadSched, prev: &ThreadSched) -> ThreadSched {
     let mut w = ThreadSched {
         since_ns: cur.since_ns,
         state: cur.state,
-        reserved: 0,
+        unwoken: cur.unwoken.saturating_sub(prev.unwoken),
         on_cpu_ns: cur.on_cpu_ns.saturating_sub(prev.on_cpu_ns),
         sleep_ns: cur.sleep_ns.saturating_sub(prev.sleep_ns),
         blocked_ns: cur.blocked_ns.saturating_sub(prev.blocked_ns),
@@ -390,7 +440,7 @@ fn add(a: &ThreadSched, b: &ThreadSched) -> ThreadSched {
     let mut out = ThreadSched {
         since_ns: b.since_ns,
         state: b.state,
-        reserved: 0,
+        unwoken: a.unwoken + b.unwoken,
         on_cpu_ns: a.on_cpu_ns + b.on_cpu_ns,
         sleep_ns: a.sleep_ns + b.sleep_ns,
         blocked_ns: a.blocked_ns + b.blocked_ns,
@@ -442,6 +492,14 @@ mod tests {
         // No new maximum: bounded by the top of the window's highest bucket.
         let c = thread(300, 6, &[1000, 3000, 40, 50]);
         assert_eq!(since(&c, &b).runq_max_ns, 63);
+    }
+
+    #[test]
+    fn misses_come_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nrun_time_ns:\t5\n\
+                    run_cnt:\t2\nrecursion_misses:\t7\nverified_insns:\t90\n";
+        assert_eq!(fdinfo_misses(info), Some(7));
+        assert_eq!(fdinfo_misses("pos:\t0\n"), None);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct ThreadRow {
     pub switches_voluntary: u64,
     /// Switched out while still runnable: preempted.
     pub switches_involuntary: u64,
+    /// Switch-ins whose wakeup was not seen (the wait went into `sleep_ns`/`blocked_ns`, no
+    /// run-queue sample).
+    pub wakeups_unseen: u64,
 }
 
 impl ThreadRow {
@@ -65,6 +68,7 @@ impl ThreadRow {
             blocked_ns: w.blocked_ns,
             switches_voluntary: w.voluntary,
             switches_involuntary: w.involuntary,
+            wakeups_unseen: u64::from(w.unwoken),
         }
     }
 }
