@@ -322,6 +322,7 @@ impl family::Tracer for Tracer {
         }))
     }
 
+    /// The set not in use: why the raw one is not, or that the classic one is the fallback.
     fn check_notes(&self, _in_use: &[Hook]) -> Vec<(String, String)> {
         match &self.raw_unavailable {
             Some(why) => RAW
@@ -333,7 +334,15 @@ impl family::Tracer for Tracer {
                     )
                 })
                 .collect(),
-            None => Vec::new(),
+            None => CLASSIC
+                .iter()
+                .map(|e| {
+                    (
+                        e.to_string(),
+                        format!("available via tracepoint sched:{e} (not in use: the fallback)"),
+                    )
+                })
+                .collect(),
         }
     }
 }

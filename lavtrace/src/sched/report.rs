@@ -137,6 +137,14 @@ pub fn write_text(out: &mut String, rows: &[ThreadRow], sort: SortKey, top: usiz
     if hidden > 0 {
         let _ = writeln!(out, "({hidden} more threads not shown; --top)");
     }
+    let unseen: u64 = rows.iter().map(|r| r.wakeups_unseen).sum();
+    if unseen > 0 {
+        let _ = writeln!(
+            out,
+            "{unseen} wakeups not seen by the kernel programs: those waits count as SLEEP or \
+             BLOCKED, not in RUNQ"
+        );
+    }
     if rows.is_empty() {
         let _ = writeln!(out, "(no thread of the target switched)");
     }
