@@ -16,6 +16,7 @@ pub mod filter;
 pub mod fsync;
 pub mod mmap;
 pub mod ring;
+pub mod sched;
 pub mod storage;
 pub mod syscalls;
 pub mod tcp;

@@ -17,6 +17,7 @@ mod floor;
 mod fsync;
 mod mmap;
 mod ring;
+mod sched;
 mod storage;
 mod syscalls;
 mod tcp;

@@ -9,6 +9,7 @@ mod amqp;
 mod churn;
 mod lavinmq;
 mod pace;
+mod sched;
 mod slowsync;
 mod spin;
 mod storage;
@@ -59,6 +60,9 @@ pub enum Mode {
     /// LavinMQ 2.9.1 as measured: its data dir and names, segments, syncfs thread, GC bursts,
     /// SIGUSR1 dump (see lavinmq.rs); its name is `lavinmq` unless --name says.
     Lavinmq(lavinmq::Args),
+    /// Threads with known scheduling: a sleeper (K nanosleeps), spinners pinned to one CPU,
+    /// a blocker in fsync (D state); see sched.rs.
+    Sched(sched::Args),
     /// Fast fsyncs of a clean file at a steady pace and one slow one (after writing many MiB
     /// into it); prints each call's own timing before `done`.
     Slowsync(slowsync::Args),
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Mode::Storage(a) => storage::run(a),
         Mode::Lavinmq(a) => lavinmq::run(a),
         Mode::Slowsync(a) => slowsync::run(a),
+        Mode::Sched(a) => sched::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,7 +115,7 @@ pub struct ReportArgs {
     #[arg(short, long, default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
-    /// Probe families to load, comma-separated.
+    /// Probe families to load, comma-separated (default: all but sched, which is opt-in).
     #[arg(long, value_delimiter = ',', default_values_t = Probe::all().to_vec())]
     pub probes: Vec<Probe>,
 
@@ -151,6 +151,10 @@ pub struct ReportArgs {
     /// glibc for its pid only, else the tracepoints), or force a set (tests cover each).
     #[arg(long, hide = true, value_enum, default_value_t = StorageHooks::Auto)]
     pub storage_hooks: StorageHooks,
+    /// Hooks of the sched family: raw tracepoints where BTF gives the task layout (auto), or
+    /// the classic sched:* tracepoints (tests use this to cover the fallback).
+    #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
+    pub sched_hooks: SyscallHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -188,6 +192,10 @@ impl ReportArgs {
             syscalls_hooks: match self.syscalls_hooks {
                 SyscallHooks::Auto => HookChoice::Auto,
                 SyscallHooks::Tracepoint => HookChoice::Tracepoint,
+            },
+            sched_hooks: match self.sched_hooks {
+                SyscallHooks::Auto => crate::sched::HookChoice::Auto,
+                SyscallHooks::Tracepoint => crate::sched::HookChoice::Tracepoint,
             },
             tcp_hooks: match self.tcp_hooks {
                 TcpHooks::Auto => Mode::Auto,
@@ -284,10 +292,10 @@ pub struct DemoArgs {
 pub struct Probe(pub &'static Entry);
 
 impl Probe {
-    /// The default: every visible family.
+    /// The default: every visible family but the opt-in ones (`sched`).
     pub fn all() -> &'static [Probe] {
         static VISIBLE: LazyLock<Vec<Probe>> =
-            LazyLock::new(|| family::visible().map(Probe).collect());
+            LazyLock::new(|| family::defaults().map(Probe).collect());
         &VISIBLE
     }
 
@@ -433,7 +441,8 @@ mod tests {
         };
         let names: Vec<&str> = t.report.probes.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["syscalls"]);
-        // Hidden families are accepted, and the default is every visible one.
+        // Hidden families are accepted, and the default is every visible one but the opt-in
+        // sched.
         let names = |args: &[&str]| -> Vec<&'static str> {
             let Command::Trace(t) = Cli::try_parse_from(args).unwrap().command else {
                 panic!("not trace")

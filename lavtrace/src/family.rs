@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::{
     floor, fsync,
     kernel::{Hook, Overrides},
-    mmap, storage, syscalls, tcp,
+    mmap, sched, storage, syscalls, tcp,
 };
 
 /// Every family, in report order (the order of the text tables and JSON keys).
@@ -26,13 +26,19 @@ pub static REGISTRY: &[Entry] = &[
     entry::<fsync::Tracer>(),
     entry::<mmap::Tracer>(),
     entry::<tcp::Tracer>(),
+    entry::<sched::Tracer>(),
     entry::<floor::Raw>(),
     entry::<floor::Tracepoint>(),
 ];
 
-/// The families an operator sees (`--probes` default, `check`); hidden ones are for benchmarks.
+/// The families an operator sees (`--help`, `check`); hidden ones are for benchmarks.
 pub fn visible() -> impl Iterator<Item = &'static Entry> {
     REGISTRY.iter().filter(|e| !e.hidden)
+}
+
+/// The `--probes` default: the visible families that are not opt-in.
+pub fn defaults() -> impl Iterator<Item = &'static Entry> {
+    visible().filter(|e| e.default)
 }
 
 /// How a family is set up, before there is anything attached.
@@ -47,6 +53,9 @@ pub trait Family: Tracer + Sized + 'static {
     /// put every thread of the host on the slow syscall path (TIF_SYSCALL_TRACEPOINT), so
     /// the other families may as well use such tracepoints too (`Options::syscall_slow_path`).
     const SYSCALL_SLOW_PATH: bool = false;
+    /// In the `--probes` default (false: opt-in, e.g. a family whose host-wide cost is not
+    /// measured yet; `check` still tries it).
+    const DEFAULT: bool = true;
     /// Index of its kernel lost-event counter (`lavtrace_common::ring::lost`), if it has a ring.
     const LOST_SLOT: Option<u32> = None;
 
@@ -152,6 +161,7 @@ pub struct Options {
     /// A family of this session puts every thread of the host on the kernel's slow syscall
     /// path anyway (`Family::SYSCALL_SLOW_PATH`); set by the session, not a flag.
     pub syscall_slow_path: bool,
+    pub sched_hooks: sched::HookChoice,
 }
 
 /// One line of the registry.
@@ -161,6 +171,7 @@ pub struct Entry {
     pub about: &'static str,
     pub hidden: bool,
     pub syscall_slow_path: bool,
+    pub default: bool,
     lost_slot: Option<u32>,
     fields: &'static [FieldSpec],
     overrides: fn(&Options, &mut Overrides),
@@ -176,6 +187,7 @@ const fn entry<F: Family>() -> Entry {
         about: F::ABOUT,
         hidden: F::HIDDEN,
         syscall_slow_path: F::SYSCALL_SLOW_PATH,
+        default: F::DEFAULT,
         lost_slot: F::LOST_SLOT,
         fields: F::FIELDS,
         overrides: F::overrides,
@@ -280,12 +292,14 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique_and_the_defaults_are_the_visible_families() {
+    fn names_are_unique_and_the_defaults_are_the_visible_families_not_opt_in() {
         let mut names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
-        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp"]);
+        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "sched"]);
+        let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
+        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp"]);
     }
 }

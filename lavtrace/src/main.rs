@@ -22,6 +22,7 @@ mod overhead;
 mod printable;
 mod recorder;
 mod ringbuf;
+mod sched;
 mod session;
 mod storage;
 mod syscalls;

@@ -107,7 +107,7 @@ fn check_says_what_each_family_costs_other_processes() {
     require_root();
     let (code, out, err) = check(&[]);
     assert_eq!(code, 0, "{err}\n{out}");
-    for family in ["syscalls", "fsync", "mmap", "tcp"] {
+    for family in ["syscalls", "fsync", "mmap", "tcp", "sched"] {
         let rows: Vec<&str> = out
             .lines()
             .filter(|l| l.split_whitespace().next() == Some(family))
@@ -139,6 +139,13 @@ fn check_says_what_each_family_costs_other_processes() {
             );
         }
     }
+    // sched hangs on the scheduler's tracepoints, never on the syscall path.
+    assert_eq!(
+        line(&out, "sched     (host cost)"),
+        "sched     (host cost)          other processes: +0 per syscall; a program runs when \
+         they reach sched_switch, sched_wakeup, sched_wakeup_new",
+        "{out}"
+    );
     // The syscalls family needs the host-wide hook wherever it runs.
     assert!(
         line(&out, "syscalls  (host cost)").contains("every syscall on the host"),

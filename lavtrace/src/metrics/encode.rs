@@ -255,6 +255,41 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
     if let Some(r) = &i.limits {
         limits(&mut w, r, i.mmap.is_none())?;
     }
+    if let Some(sc) = &i.sched {
+        w.family(
+            "lavtrace_sched_thread",
+            "Time of the target's threads by where it went (sched family), summed over threads: \
+             on_cpu, runq (runnable, waiting for a CPU), sleep (S), blocked (D).",
+            Some(Unit::Seconds),
+            [
+                ("on_cpu", sc.on_cpu_ns),
+                ("runq", sc.runq_ns),
+                ("sleep", sc.sleep_ns),
+                ("blocked", sc.blocked_ns),
+            ]
+            .map(|(state, ns)| {
+                (
+                    vec![("state", state.to_string())],
+                    Value::Seconds(ns as f64 / 1e9),
+                )
+            }),
+        )?;
+        w.family(
+            "lavtrace_sched_switches",
+            "Context switches of the target's threads: voluntary (it waited) or involuntary \
+             (preempted).",
+            None,
+            [("voluntary", sc.voluntary), ("involuntary", sc.involuntary)]
+                .map(|(kind, n)| (vec![("kind", kind.to_string())], Value::Counter(n))),
+        )?;
+        w.family(
+            "lavtrace_sched_runq_latency",
+            "Run-queue latency of the target's threads: runnable (woken or preempted) until on a \
+             CPU (the kernel's log2 buckets).",
+            Some(Unit::Seconds),
+            one(Value::Histogram(&sc.runq_latency)),
+        )?;
+    }
     if let Some(t) = &i.tcp {
         w.family(
             "lavtrace_tcp_connections",

@@ -269,6 +269,59 @@ mod tests {
     }
 
     #[test]
+    fn sched_threads_add_up_into_series_with_bounded_labels() {
+        use lavtrace_common::sched::{ThreadSched, state};
+        let e = Exporter {
+            current: Current::default(),
+        };
+        let thread = |tid: u32, runq: u64| {
+            let mut t = ThreadSched {
+                on_cpu_ns: 1_000_000,
+                sleep_ns: 2_000_000,
+                blocked_ns: 500,
+                voluntary: 3,
+                involuntary: 1,
+                runq_count: 1,
+                runq_total_ns: runq,
+                runq_max_ns: runq,
+                ..ThreadSched::default()
+            };
+            t.runq_buckets[latency_bucket(runq)] = 1;
+            crate::sched::ThreadRow::new(tid, None, &t, state::SLEEP)
+        };
+        let mut s = Sections::default().with(crate::sched::Section {
+            threads: vec![thread(7, 3_000), thread(8, 5_000)],
+            table_full: 0,
+            missed: 0,
+        });
+        s.lost_events.insert("sched", 0);
+        e.observe(&target(42), &s);
+        let text = scrape(&e, true);
+        let c = r#"comm="lavinmq""#;
+        assert_eq!(
+            lines_of(&text, "lavtrace_sched_switches_total"),
+            [
+                format!(r#"lavtrace_sched_switches_total{{{c},kind="voluntary"}} 6"#),
+                format!(r#"lavtrace_sched_switches_total{{{c},kind="involuntary"}} 2"#),
+            ]
+        );
+        assert!(
+            text.contains(&format!(
+                r#"lavtrace_sched_thread_seconds_total{{{c},state="on_cpu"}} 0.002"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "lavtrace_sched_runq_latency_seconds_count{{{c}}} 2"
+            )),
+            "{text}"
+        );
+        // No tid or thread label anywhere.
+        assert!(!text.contains("tid="), "{text}");
+    }
+
+    #[test]
     fn intervals_add_up_into_counters_and_a_cumulative_histogram() {
         let e = Exporter {
             current: Current::default(),

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use lavtrace_common::syscalls::{LATENCY_BUCKETS, latency_bucket};
 
 use crate::{
-    fsync, mmap::MmapSection, output::Sections, storage::lavinmq::Kind, syscalls, tcp::TcpSection,
+    fsync, mmap::MmapSection, output::Sections, sched, storage::lavinmq::Kind, syscalls,
+    tcp::TcpSection,
 };
 
 /// A latency histogram in the kernel's log2 buckets: bucket `i` holds durations of
@@ -105,6 +106,19 @@ pub struct Mmap {
     pub max_map_count: Option<u64>,
 }
 
+/// The sched family's figures summed over the target's threads (no per-thread label: thread
+/// ids are unbounded, and a thread's figures are in the JSON and text reports).
+#[derive(Debug, Clone, Default)]
+pub struct Sched {
+    pub on_cpu_ns: u64,
+    pub runq_ns: u64,
+    pub sleep_ns: u64,
+    pub blocked_ns: u64,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub runq_latency: Log2Histogram,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Cost {
     pub cpu_ns: u64,
@@ -124,6 +138,7 @@ pub struct Instance {
     pub durability: Option<BTreeMap<DurabilityKey, DurabilitySeries>>,
     pub mmap: Option<Mmap>,
     pub tcp: Option<Tcp>,
+    pub sched: Option<Sched>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
     /// The latest window's limits (gauges).
@@ -190,6 +205,19 @@ impl Instance {
             }
             m.live_mappings = section.live_mappings.or(m.live_mappings);
             m.max_map_count = section.max_map_count.or(m.max_map_count);
+        }
+        if let Some(section) = s.get::<sched::Section>() {
+            let all = self.sched.get_or_insert_default();
+            for r in &section.threads {
+                all.on_cpu_ns += r.on_cpu_ns;
+                all.runq_ns += r.runq_ns.total_ns;
+                all.sleep_ns += r.sleep_ns;
+                all.blocked_ns += r.blocked_ns;
+                all.voluntary += r.switches_voluntary;
+                all.involuntary += r.switches_involuntary;
+                all.runq_latency
+                    .add(r.runq_ns.count, r.runq_ns.total_ns, &r.runq_ns.buckets);
+            }
         }
         if let Some(section) = s.get::<TcpSection>() {
             let t = self.tcp.get_or_insert_default();

@@ -16,6 +16,7 @@ use lavtrace_common::syscalls::{
     ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS, SyscallStats, diag,
 };
 
+pub(crate) use report::histogram;
 pub use report::{ErrnoCount, SyscallRow, sort_rows, write_text};
 
 use tracing::debug;

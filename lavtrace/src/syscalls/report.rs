@@ -56,7 +56,7 @@ struct Bucket {
 }
 
 /// The buckets from the lowest to the highest non-empty one (none when all are empty).
-fn histogram<S: serde::Serializer>(
+pub(crate) fn histogram<S: serde::Serializer>(
     buckets: &[u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
     s: S,
 ) -> Result<S::Ok, S::Error> {

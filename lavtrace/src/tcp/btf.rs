@@ -140,6 +140,16 @@ pub fn check_sock_head(vmlinux: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Byte offsets of `fields` in `struct strukt` of the BTF `vmlinux` (None: no such member),
+/// for the sched family's task offsets.
+pub fn member_offsets(vmlinux: &[u8], strukt: &str, fields: &[&str]) -> Result<Vec<Option<usize>>> {
+    let btf = Btf::parse(vmlinux)?;
+    let id = btf
+        .struct_id(strukt)
+        .ok_or_else(|| anyhow::anyhow!("no struct {strukt} in BTF"))?;
+    Ok(fields.iter().map(|f| btf.offset_of(id, f)).collect())
+}
+
 /// Why the kprobe set must not be used on this kernel, if its sock layout is known to differ.
 /// Without BTF nothing can be checked: the offsets have been stable since 2.6.
 pub fn sock_head_mismatch() -> Option<String> {

@@ -2,7 +2,7 @@
 //! spent in each state, bytes, retransmits, resets and who closed it. Kernel side:
 //! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`.
 
-mod btf;
+pub(crate) mod btf;
 pub mod hooks;
 pub mod procfs;
 mod report;

@@ -219,6 +219,11 @@ impl Workload {
     pub fn slowsync() -> Preset {
         Preset::mode("slowsync")
     }
+    /// Threads with known scheduling (sleeper, pinned spinners, blocker in fsync); prints
+    /// `tid NAME TID` for each before `done`.
+    pub fn sched() -> Preset {
+        Preset::mode("sched")
+    }
     /// A real AMQP client against the broker at `url`.
     pub fn amqp(url: &str) -> Preset {
         Preset::mode("amqp").flag("url", url)
