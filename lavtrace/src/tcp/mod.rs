@@ -3,6 +3,7 @@
 //! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`.
 
 mod btf;
+pub mod diag;
 pub mod hooks;
 pub mod procfs;
 mod report;
