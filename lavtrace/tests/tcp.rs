@@ -167,10 +167,11 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
     };
     assert!(hooks.iter().any(|&(_, via)| via == state_via), "{hooks:?}");
     for (program, via) in &hooks {
-        // listen(2) is watched through its syscall tracepoint in both sets.
-        if *program == "tcp_listen_tp" {
-            continue;
-        }
+        // No hook per send, receive or syscall: bytes come from sock_diag polls.
+        assert!(
+            !via.contains("syscalls:") && !via.contains("_length") && !via.contains("sendmsg"),
+            "{program} via {via}"
+        );
         let is_kprobe = via.starts_with("kprobe ") || via.starts_with("kretprobe ");
         if mode != "auto" {
             assert_eq!(
@@ -424,14 +425,14 @@ fn the_default_set_on_this_kernel_is_reported_by_check() {
         stdout.contains("every kprobe program passes this kernel's verifier"),
         "{stdout}"
     );
-    // Every row of the table has its line.
-    for program in [
-        "tcp_connect_ret_kp",
-        "tcp_accept_ret_kp",
-        "tcp_recv_length_tp",
-    ] {
+    // Every row of the table has its line (the byte hooks are gone: sock_diag has one).
+    for program in ["tcp_connect_ret_kp", "tcp_accept_ret_kp", "tcp_listen_ret_kp"] {
         line(program);
     }
+    assert!(
+        line("sock_diag").contains("ok via sock_diag INET_DIAG tcp_info"),
+        "{stdout}"
+    );
 }
 
 /// Churn size: `LAVTRACE_CHURN` (the benchmark's full size), else the CI size.

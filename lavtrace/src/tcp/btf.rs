@@ -1,5 +1,6 @@
 //! Checks the `struct sock_common` offsets the kprobe programs read
-//! (`lavtrace_common::tcp::sock_offsets`) against the running kernel's BTF. Only what that
+//! (`lavtrace_common::tcp::sock_offsets`) against the running kernel's BTF, and finds the
+//! offsets of the byte counters in `struct tcp_sock` the destroy hook reads. Only what that
 //! needs of the BTF format (include/uapi/linux/btf.h): the type section's records, walked to
 //! find one struct's members, anonymous unions and structs included.
 
@@ -140,6 +141,34 @@ pub fn check_sock_head(vmlinux: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Offsets of `bytes_acked` and `bytes_received` in this kernel's `struct tcp_sock` (both
+/// u64 since 4.1/4.2, so 8-aligned; anything else is refused rather than read).
+pub fn tcp_sock_counters(vmlinux: &[u8]) -> Result<(u32, u32)> {
+    let btf = Btf::parse(vmlinux)?;
+    let id = btf
+        .struct_id("tcp_sock")
+        .ok_or_else(|| anyhow::anyhow!("no struct tcp_sock in BTF"))?;
+    let at = |field: &str| -> Result<u32> {
+        let off = btf
+            .offset_of(id, field)
+            .ok_or_else(|| anyhow::anyhow!("struct tcp_sock has no {field}"))?;
+        ensure!(
+            off != 0 && off % 8 == 0,
+            "struct tcp_sock.{field} at {off} is not a u64 the hook can read"
+        );
+        Ok(u32::try_from(off)?)
+    };
+    Ok((at("bytes_acked")?, at("bytes_received")?))
+}
+
+/// The destroy hook's offsets for this kernel, or why there are none (no BTF: a socket that
+/// closes between two polls then keeps the figures of the last poll).
+pub fn tcp_sock_offsets() -> Result<(u32, u32)> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?;
+    tcp_sock_counters(&data)
+}
+
 /// Why the kprobe set must not be used on this kernel, if its sock layout is known to differ.
 /// Without BTF nothing can be checked: the offsets have been stable since 2.6.
 pub fn sock_head_mismatch() -> Option<String> {
@@ -163,6 +192,8 @@ mod tests {
         let id = btf.struct_id("sock_common").unwrap();
         assert_eq!(btf.offset_of(id, "skc_no_such_field"), None);
         assert!(btf.offset_of(id, "skc_v6_daddr").is_some());
+        let (acked, received) = tcp_sock_counters(&data).unwrap();
+        assert!(acked > 1000 && received > 1000 && acked != received);
     }
 
     #[test]
@@ -174,5 +205,6 @@ mod tests {
         let mut hdr = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
         hdr.extend([0, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert!(check_sock_head(&hdr).is_err());
+        assert!(tcp_sock_counters(&hdr).is_err());
     }
 }
