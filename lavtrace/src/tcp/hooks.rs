@@ -609,7 +609,12 @@ mod tests {
     fn no_hook_runs_per_send_receive_or_syscall() {
         for spec in HOOKS {
             let name = spec.via.to_string();
-            for per_call in ["syscalls:", "sock_send_length", "sock_recv_length", "tcp_sendmsg"] {
+            for per_call in [
+                "syscalls:",
+                "sock_send_length",
+                "sock_recv_length",
+                "tcp_sendmsg",
+            ] {
                 assert!(!name.contains(per_call), "{name}");
             }
             assert!(!name.contains("tcp_cleanup_rbuf") && !name.contains("tcp_recvmsg"));

@@ -153,7 +153,11 @@ impl family::Tracer for Tracer {
     fn check_notes(&self, in_use: &[Hook]) -> Vec<(String, String)> {
         let caps = hooks::Caps::probe();
         let diag = match diag::Diag::open(std::process::id()) {
-            Ok(_) => format!("ok via {} [{}]", hooks::SOCK_DIAG_VIA, hooks::SOCK_DIAG_NOTE),
+            Ok(_) => format!(
+                "ok via {} [{}]",
+                hooks::SOCK_DIAG_VIA,
+                hooks::SOCK_DIAG_NOTE
+            ),
             Err(e) => format!(
                 "unavailable: {e:#} [{}; {}]",
                 hooks::SOCK_DIAG_VIA,
@@ -168,13 +172,12 @@ impl family::Tracer for Tracer {
                 "the destroy hook reads no byte counters ({e:#}): a socket closed between two polls keeps the last poll's figures"
             ),
         };
-        let mut notes: Vec<(String, String)> = vec![
-            (hooks::SOCK_DIAG.into(), diag),
-            ("*".into(), closing),
-        ];
-        notes.extend(hooks::not_in_use(in_use, &caps)
-            .into_iter()
-            .map(|(program, status)| (program.to_string(), status)),
+        let mut notes: Vec<(String, String)> =
+            vec![(hooks::SOCK_DIAG.into(), diag), ("*".into(), closing)];
+        notes.extend(
+            hooks::not_in_use(in_use, &caps)
+                .into_iter()
+                .map(|(program, status)| (program.to_string(), status)),
         );
         match hooks::verify_kprobe_programs() {
             Ok(refused) if refused.is_empty() => notes.push((

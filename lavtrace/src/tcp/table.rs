@@ -139,14 +139,16 @@ impl Conn {
     /// CLOSE). The kernel counts the SYN and the FINs as one byte each: those are taken out, so
     /// a payload of N bytes the peer acknowledged is N.
     pub fn observe(&mut self, raw: TcpCounters, st: u32) {
-        let base = *self.base.get_or_insert(if self.origin == Origin::Preexisting {
-            raw
-        } else {
-            TcpCounters::default()
-        });
+        let base = *self
+            .base
+            .get_or_insert(if self.origin == Origin::Preexisting {
+                raw
+            } else {
+                TcpCounters::default()
+            });
         // An active open's bytes_acked starts at its ISN: any ack covers the SYN first.
-        let syn = u64::from(self.origin == Origin::Connect && base.bytes_acked == 0)
-            .min(raw.bytes_acked);
+        let syn =
+            u64::from(self.origin == Origin::Connect && base.bytes_acked == 0).min(raw.bytes_acked);
         let (our_fin, peer_fin) = self.fins(st);
         let acked = raw
             .bytes_acked
@@ -174,7 +176,9 @@ impl Conn {
             state::LAST_ACK => (0, 1),
             state::CLOSE => {
                 let seen = |from: u32, to: u32| {
-                    self.transitions.iter().any(|t| t.from == from && t.to == to)
+                    self.transitions
+                        .iter()
+                        .any(|t| t.from == from && t.to == to)
                 };
                 let our = seen(state::FIN_WAIT1, state::FIN_WAIT2)
                     || seen(state::CLOSING, state::CLOSE)
@@ -337,14 +341,20 @@ impl Table {
                     && s.remote.port() == c.remote.port()
             });
             // kprobe-set IPv6 connections carry [::]: their ports decide, when unambiguous.
-            let exact = it.clone().find(|s| s.local == c.local && s.remote == c.remote);
+            let exact = it
+                .clone()
+                .find(|s| s.local == c.local && s.remote == c.remote);
             let unspecified = c.local.ip().is_unspecified() || c.remote.ip().is_unspecified();
             exact.or_else(|| match (unspecified, it.next(), it.next()) {
                 (true, Some(s), None) => Some(s),
                 _ => None,
             })
         };
-        for c in self.conns.iter_mut().filter(|c| c.closed.is_none() && !c.duplicate) {
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.closed.is_none() && !c.duplicate)
+        {
             let found = c
                 .inode
                 .and_then(|i| by_inode.get(&i).copied())
@@ -670,7 +680,6 @@ pub fn service(port: u16) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-
     fn ev(kind: u32, sk: u64, old: u32, new: u32, origin: u32, ts: u64) -> TcpEvent {
         let mut e = TcpEvent {
             ts_ns: ts,
@@ -789,7 +798,11 @@ mod tests {
         (kp.family, kp.rport, kp.laddr, kp.raddr) = (AF_INET6, 40001, [0; 16], [0; 16]);
         t.apply(&kp);
         assert_eq!(t.conns.len(), 2, "both matched their seed");
-        assert_eq!(t.conns[1].local.to_string(), "[fd00::1]:5672", "kept /proc's");
+        assert_eq!(
+            t.conns[1].local.to_string(),
+            "[fd00::1]:5672",
+            "kept /proc's"
+        );
         assert_eq!(t.conns[0].transitions.len(), 1);
         assert_eq!(t.conns[0].closed_by(), Some(Side::Local));
         assert_eq!(
@@ -846,7 +859,10 @@ mod tests {
         assert_eq!(t.conns[0].counters.bytes_acked, 500);
         t.apply_poll(&[diag(&c, state::FIN_WAIT2, counters(502, 700), 77)]);
         assert_eq!(
-            (t.conns[0].counters.bytes_acked, t.conns[0].counters.bytes_received),
+            (
+                t.conns[0].counters.bytes_acked,
+                t.conns[0].counters.bytes_received
+            ),
             (500, 700),
             "our FIN"
         );
@@ -860,7 +876,14 @@ mod tests {
             syn.new_state = to;
             t.apply(&syn);
         }
-        let mut d = ev(kind::DESTROY, 3, state::CLOSE, state::CLOSE, origin::CONNECT, 9);
+        let mut d = ev(
+            kind::DESTROY,
+            3,
+            state::CLOSE,
+            state::CLOSE,
+            origin::CONNECT,
+            9,
+        );
         d.info = SockInfo {
             bytes_acked: 502,
             bytes_received: 701,
@@ -884,9 +907,18 @@ mod tests {
         t.apply_poll(&[diag(&c, state::ESTABLISHED, counters(1000, 1000), 5)]);
         t.apply_poll(&[diag(&c, state::CLOSE_WAIT, counters(4000, 3001), 5)]);
         let c = &t.conns[0].counters;
-        assert_eq!((c.bytes_acked, c.bytes_received), (3000, 2000), "the peer's FIN");
+        assert_eq!(
+            (c.bytes_acked, c.bytes_received),
+            (3000, 2000),
+            "the peer's FIN"
+        );
         // Another socket's counters (other inode, other ports) are not taken.
-        let mut other = diag(&t.conns[0].clone(), state::ESTABLISHED, counters(9999, 9999), 6);
+        let mut other = diag(
+            &t.conns[0].clone(),
+            state::ESTABLISHED,
+            counters(9999, 9999),
+            6,
+        );
         other.remote = "127.0.0.1:40009".parse().unwrap();
         t.apply_poll(&[other]);
         assert_eq!(t.conns[0].counters.bytes_acked, 3000);
