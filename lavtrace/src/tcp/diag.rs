@@ -115,6 +115,12 @@ impl Diag {
         })
     }
 
+    /// One dump, for `lavtrace check`: Err says why the kernel answers none (e.g. tcp_diag
+    /// is a module that cannot be loaded).
+    pub fn check(&mut self) -> Result<()> {
+        self.dump(AF_INET, &HashSet::new(), &mut Vec::new())
+    }
+
     /// The TCP sockets (both families, every state) whose inode is in `inodes`.
     pub fn target_sockets(&mut self, inodes: &HashSet<u64>) -> Vec<DiagSock> {
         let mut out = Vec::new();
@@ -154,8 +160,10 @@ impl Diag {
                 .recv(&mut &mut self.buf[..], 0)
                 .context("sock_diag reply")?;
             let n = n.min(self.buf.len());
-            if parse_datagram(&self.buf[..n], inodes, out, &mut self.malformed) {
-                return Ok(());
+            match parse_datagram(&self.buf[..n], inodes, out, &mut self.malformed) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(e).context("the kernel refused the sock_diag dump"),
+                None => {}
             }
         }
     }
@@ -170,24 +178,25 @@ fn new_socket() -> Result<Socket> {
     Ok(socket)
 }
 
-/// Parses one datagram of a dump into `out`; true when the dump is over (done or error).
-/// A message that does not decode is counted in `malformed` and skipped.
+/// Parses one datagram of a dump into `out`; Some when the dump is over (done, or the
+/// kernel's error). A message that does not decode is counted in `malformed` and skipped.
 pub fn parse_datagram(
     mut data: &[u8],
     inodes: &HashSet<u64>,
     out: &mut Vec<DiagSock>,
     malformed: &mut u64,
-) -> bool {
+) -> Option<std::io::Result<()>> {
     while data.len() >= 16 {
         // nlmsg_len, to step to the next message even when this one does not decode.
         let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
         if len < 16 || len > data.len() {
             *malformed += 1;
-            return false;
+            return None;
         }
         match NetlinkMessage::<SockDiagMessage>::deserialize(&data[..len]) {
             Ok(msg) => match msg.payload {
-                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return true,
+                NetlinkPayload::Done(_) => return Some(Ok(())),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Some(Err(e.to_io())),
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let h = &r.header;
                     let inode = u64::from(h.inode);
@@ -214,7 +223,7 @@ pub fn parse_datagram(
         let step = (len + 3) & !3;
         data = data.get(step..).unwrap_or_default();
     }
-    false
+    None
 }
 
 /// The target's listening sockets among `socks`.
@@ -295,7 +304,7 @@ mod tests {
         let inodes = HashSet::new();
         let mut out = Vec::new();
         let mut bad = 0;
-        assert!(!parse_datagram(&[0xff; 40], &inodes, &mut out, &mut bad));
+        assert!(parse_datagram(&[0xff; 40], &inodes, &mut out, &mut bad).is_none());
         assert_eq!(bad, 1);
         // A well-framed message of an unknown type with a junk body.
         let mut msg = vec![0u8; 24];
@@ -303,7 +312,7 @@ mod tests {
         msg[4..6].copy_from_slice(&20u16.to_ne_bytes()); // SOCK_DIAG_BY_FAMILY
         let mut twice = msg.clone();
         twice.extend(&msg);
-        assert!(!parse_datagram(&twice, &inodes, &mut out, &mut bad));
+        assert!(parse_datagram(&twice, &inodes, &mut out, &mut bad).is_none());
         assert_eq!(bad, 3, "both counted, the second one reached");
         assert!(out.is_empty());
         assert_eq!(TcpCounters::parse(&[0; 100]), None, "too short");

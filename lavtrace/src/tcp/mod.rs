@@ -152,8 +152,8 @@ impl family::Tracer for Tracer {
     /// the kprobe programs pass this kernel's verifier even where they cannot be attached.
     fn check_notes(&self, in_use: &[Hook]) -> Vec<(String, String)> {
         let caps = hooks::Caps::probe();
-        let diag = match diag::Diag::open(std::process::id()) {
-            Ok(_) => format!(
+        let diag = match diag::Diag::open(std::process::id()).and_then(|mut d| d.check()) {
+            Ok(()) => format!(
                 "ok via {} [{}]",
                 hooks::SOCK_DIAG_VIA,
                 hooks::SOCK_DIAG_NOTE
@@ -213,6 +213,7 @@ impl Tracer {
             seeds: HashMap::try_from(take(ebpf, "TCP_SEEDS")?)?,
             pid,
             diag: diag::Diag::open(pid)
+                .and_then(|mut d| d.check().map(|()| d))
                 .inspect_err(|e| warn!("tcp: no byte counts: {e:#}"))
                 .ok(),
         };
