@@ -2,7 +2,7 @@
 //!
 //! The kernel keeps the target's sockets in `TCP_SOCKS` (sock pointer → [`SockInfo`]) and sends
 //! one [`TcpEvent`] per state transition, per socket it starts tracking and per socket it
-//! forgets (with its final counters). Retransmit and reset counts stay in the map; bytes are
+//! forgets (with its final counters). Reset counts stay in the map; bytes and retransmits are
 //! the kernel's own `tcp_sock` counters, polled by userspace through sock_diag and read once
 //! more by the destroy hook (the delta since the last poll of a socket that is gone).
 
@@ -81,14 +81,15 @@ pub struct SockInfo {
     /// the payload acknowledged and received, without the SYN and FIN sequence numbers.
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// `tcp_sock.total_retrans` as the destroy hook read it, like the byte counters.
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
     /// Last state seen (the kprobe on tcp_set_state only gets the new one).
     pub state: u32,
     pub origin: u32,
-    /// 1 when the destroy hook read the byte counters from the sock (their offsets in `struct
-    /// tcp_sock` were found in the kernel's BTF).
+    /// 1 when the destroy hook read the byte and retransmit counters from the sock (their
+    /// offsets in `struct tcp_sock` were found in the kernel's BTF).
     pub sock_read: u32,
     pub _pad: u32,
 }
@@ -131,10 +132,6 @@ pub struct TcpEvent {
     pub info: SockInfo,
 }
 
-/// Set by userspace at load when `tcp:tcp_retransmit_skb` has its `int err` field (Linux
-/// 6.10+): only retransmits that went out (err == 0) count.
-pub const RETRANSMIT_HAS_ERR: &str = "TCP_RETRANSMIT_HAS_ERR";
-
 const SS: (&str, &str) = ("sock", "inet_sock_set_state");
 
 const fn ss(global: &'static str, field: &'static str, size: u32) -> FieldSpec {
@@ -155,15 +152,6 @@ pub const FIELDS: &[FieldSpec] = &[
     ss("TCP_SS_SADDR_V6", "saddr_v6", 16),
     ss("TCP_SS_DADDR_V6", "daddr_v6", 16),
     FieldSpec::new("TCP_DESTROY_SKADDR", "tcp", "tcp_destroy_sock", "skaddr", 8),
-    FieldSpec::new(
-        "TCP_RETRANSMIT_SKADDR",
-        "tcp",
-        "tcp_retransmit_skb",
-        "skaddr",
-        8,
-    ),
-    FieldSpec::new("TCP_RETRANSMIT_ERR", "tcp", "tcp_retransmit_skb", "err", 4)
-        .optional(RETRANSMIT_HAS_ERR),
     FieldSpec::new(
         "TCP_SEND_RESET_SKADDR",
         "tcp",
@@ -196,12 +184,13 @@ pub mod sock_offsets {
     pub const HEAD_LEN: usize = 20;
 }
 
-/// Globals userspace sets at load: the offsets of `bytes_acked` and `bytes_received` in this
-/// kernel's `struct tcp_sock`, from its BTF (`lavtrace/src/tcp/btf.rs`; 0 = not known, then the
+/// Globals userspace sets at load: the offsets of `bytes_acked`, `bytes_received` (u64) and
+/// `total_retrans` (u32) in this kernel's `struct tcp_sock`, from its BTF (`lavtrace/src/tcp/btf.rs`; 0 = not known, then the
 /// destroy hook reads nothing). Unlike the sock head, `tcp_sock` moves between versions and
 /// configs, so these are never written down.
 pub const SK_BYTES_ACKED: &str = "TCP_SK_BYTES_ACKED";
 pub const SK_BYTES_RECEIVED: &str = "TCP_SK_BYTES_RECEIVED";
+pub const SK_TOTAL_RETRANS: &str = "TCP_SK_TOTAL_RETRANS";
 
 crate::pod!(SockInfo, FlowKey, TcpEvent);
 

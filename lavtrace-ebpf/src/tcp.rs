@@ -17,7 +17,8 @@
 //! own socket counters, which userspace reads through sock_diag once per interval. The state
 //! hook runs on every TCP state change on the host: one hash lookup, then at most one more
 //! lookup for sockets that are not the target's. The other hooks run on rare events (connect,
-//! accept, listen, close, destroy, retransmit, reset), one hash lookup for other processes.
+//! accept, listen, close, destroy, reset), one hash lookup for other processes. Retransmits,
+//! like bytes, are the socket's own counter (`total_retrans`).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -67,10 +68,8 @@ static TCP_LISTEN_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIG
 static TCP_SK_BYTES_ACKED: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SK_BYTES_RECEIVED: u32 = 0;
-
-/// See `lavtrace_common::tcp::RETRANSMIT_HAS_ERR`.
 #[unsafe(no_mangle)]
-static TCP_RETRANSMIT_HAS_ERR: u8 = 0;
+static TCP_SK_TOTAL_RETRANS: u32 = 0;
 
 /// A connection's addresses as the hooks know them (IPv6 addresses only from tracepoints).
 #[derive(Clone, Copy, Default)]
@@ -250,7 +249,6 @@ fn read_head(sk: u64) -> Option<Head> {
 
 #[derive(Clone, Copy)]
 enum Counter {
-    Retransmits,
     ResetsSent,
     ResetsReceived,
 }
@@ -261,7 +259,6 @@ fn bump(sk: u64, counter: Counter) {
         // SAFETY: map value slot; the field pointers stay inside it.
         unsafe {
             match counter {
-                Counter::Retransmits => add(&raw mut (*info).retransmits, 1),
                 Counter::ResetsSent => add(&raw mut (*info).resets_sent, 1),
                 Counter::ResetsReceived => add(&raw mut (*info).resets_received, 1),
             }
@@ -269,14 +266,14 @@ fn bump(sk: u64, counter: Counter) {
     }
 }
 
-/// A `u64` of the sock at `off` bytes (0: offset not known, nothing read).
+/// A `T` of the sock at `off` bytes (0: offset not known, nothing read).
 #[inline(always)]
-fn sock_u64(sk: u64, off: u32) -> Option<u64> {
+fn sock_read<T>(sk: u64, off: u32) -> Option<T> {
     if off == 0 {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only fails.
-    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const u64) }.ok()
+    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const T) }.ok()
 }
 
 /// A tracked socket is gone: its final counters go to userspace and its slot is freed (the
@@ -291,15 +288,21 @@ fn on_destroy(sk: u64) {
     };
     let _ = TCP_SOCKS.remove(sk);
     // SAFETY: reads of read-only globals (volatile: set at load time).
-    let (acked_at, received_at) = unsafe {
+    let (acked_at, received_at, retrans_at) = unsafe {
         (
             core::ptr::read_volatile(&TCP_SK_BYTES_ACKED),
             core::ptr::read_volatile(&TCP_SK_BYTES_RECEIVED),
+            core::ptr::read_volatile(&TCP_SK_TOTAL_RETRANS),
         )
     };
-    if let (Some(acked), Some(received)) = (sock_u64(sk, acked_at), sock_u64(sk, received_at)) {
+    if let (Some(acked), Some(received), Some(retrans)) = (
+        sock_read::<u64>(sk, acked_at),
+        sock_read::<u64>(sk, received_at),
+        sock_read::<u32>(sk, retrans_at),
+    ) {
         info.bytes_acked = acked;
         info.bytes_received = received;
+        info.retransmits = u64::from(retrans);
         info.sock_read = 1;
     }
     emit(
@@ -330,10 +333,6 @@ field::offsets!(
     TCP_SS_DADDR_V6,
     /// tcp:tcp_destroy_sock `skaddr`.
     TCP_DESTROY_SKADDR,
-    /// tcp:tcp_retransmit_skb `skaddr`.
-    TCP_RETRANSMIT_SKADDR,
-    /// tcp:tcp_retransmit_skb `int err` (6.10+; see `TCP_RETRANSMIT_HAS_ERR`).
-    TCP_RETRANSMIT_ERR,
     /// tcp:tcp_send_reset `skaddr` (NULL for resets sent without a socket).
     TCP_SEND_RESET_SKADDR,
     /// tcp:tcp_receive_reset `skaddr`.
@@ -371,20 +370,6 @@ pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_destroy_tp(ctx: TracePointContext) -> u32 {
     on_destroy(field::read(&ctx, &TCP_DESTROY_SKADDR));
-    0
-}
-
-#[tracepoint]
-pub fn tcp_retransmit_tp(ctx: TracePointContext) -> u32 {
-    // SAFETY: read of a read-only global (volatile: set at load time).
-    let has_err = unsafe { core::ptr::read_volatile(&TCP_RETRANSMIT_HAS_ERR) } != 0;
-    if has_err && field::read::<i32>(&ctx, &TCP_RETRANSMIT_ERR) != 0 {
-        return 0; // not sent
-    }
-    bump(
-        field::read(&ctx, &TCP_RETRANSMIT_SKADDR),
-        Counter::Retransmits,
-    );
     0
 }
 
@@ -538,15 +523,6 @@ pub fn tcp_close_kp(ctx: ProbeContext) -> u32 {
 pub fn tcp_destroy_kp(ctx: ProbeContext) -> u32 {
     if let Some(sk) = arg_sk(&ctx) {
         on_destroy(sk);
-    }
-    0
-}
-
-/// tcp_retransmit_skb(struct sock *sk, ...): attempts, including ones that fail locally.
-#[kprobe]
-pub fn tcp_retransmit_kp(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = arg_sk(&ctx) {
-        bump(sk, Counter::Retransmits);
     }
     0
 }

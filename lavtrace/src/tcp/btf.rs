@@ -141,29 +141,42 @@ pub fn check_sock_head(vmlinux: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Offsets of `bytes_acked` and `bytes_received` in this kernel's `struct tcp_sock` (both
-/// u64 since 4.1/4.2, so 8-aligned; anything else is refused rather than read).
-pub fn tcp_sock_counters(vmlinux: &[u8]) -> Result<(u32, u32)> {
+/// Offsets of `bytes_acked`, `bytes_received` (u64 since 4.1/4.2, so 8-aligned) and
+/// `total_retrans` (u32) in this kernel's `struct tcp_sock`; a misaligned one is refused
+/// rather than read.
+pub fn tcp_sock_counters(vmlinux: &[u8]) -> Result<SockCounters> {
     let btf = Btf::parse(vmlinux)?;
     let id = btf
         .struct_id("tcp_sock")
         .ok_or_else(|| anyhow::anyhow!("no struct tcp_sock in BTF"))?;
-    let at = |field: &str| -> Result<u32> {
+    let at = |field: &str, align: usize| -> Result<u32> {
         let off = btf
             .offset_of(id, field)
             .ok_or_else(|| anyhow::anyhow!("struct tcp_sock has no {field}"))?;
         ensure!(
-            off != 0 && off % 8 == 0,
-            "struct tcp_sock.{field} at {off} is not a u64 the hook can read"
+            off != 0 && off % align == 0,
+            "struct tcp_sock.{field} at {off} is not aligned for the hook's read"
         );
         Ok(u32::try_from(off)?)
     };
-    Ok((at("bytes_acked")?, at("bytes_received")?))
+    Ok(SockCounters {
+        bytes_acked: at("bytes_acked", 8)?,
+        bytes_received: at("bytes_received", 8)?,
+        total_retrans: at("total_retrans", 4)?,
+    })
+}
+
+/// Where the destroy hook reads a `struct tcp_sock`'s counters.
+#[derive(Debug, Clone, Copy)]
+pub struct SockCounters {
+    pub bytes_acked: u32,
+    pub bytes_received: u32,
+    pub total_retrans: u32,
 }
 
 /// The destroy hook's offsets for this kernel, or why there are none (no BTF: a socket that
 /// closes between two polls then keeps the figures of the last poll).
-pub fn tcp_sock_offsets() -> Result<(u32, u32)> {
+pub fn tcp_sock_offsets() -> Result<SockCounters> {
     let data = std::fs::read("/sys/kernel/btf/vmlinux")
         .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?;
     tcp_sock_counters(&data)
@@ -192,8 +205,9 @@ mod tests {
         let id = btf.struct_id("sock_common").unwrap();
         assert_eq!(btf.offset_of(id, "skc_no_such_field"), None);
         assert!(btf.offset_of(id, "skc_v6_daddr").is_some());
-        let (acked, received) = tcp_sock_counters(&data).unwrap();
-        assert!(acked > 1000 && received > 1000 && acked != received);
+        let c = tcp_sock_counters(&data).unwrap();
+        assert!(c.bytes_acked > 1000 && c.bytes_received > 1000 && c.total_retrans > 1000);
+        assert!(c.bytes_acked != c.bytes_received);
     }
 
     #[test]

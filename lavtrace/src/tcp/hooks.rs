@@ -6,9 +6,9 @@
 //! this kernel can attach it, else the tracepoint set, and falls back to the next one when an
 //! attach fails; `kprobe` and `tracepoint` force a set and fail when it cannot be had.
 //!
-//! Only rare events are hooked. Bytes and RTT have no row: they are the kernel's own socket
-//! counters, read through sock_diag once per interval (`diag.rs`; [`SOCK_DIAG`] is the line
-//! `lavtrace check` prints for them). No row is a syscall tracepoint: any `syscalls:*`
+//! Only rare events are hooked. Bytes, retransmits and RTT have no row: they are the kernel's
+//! own socket counters, read through sock_diag once per interval (`diag.rs`; [`SOCK_DIAG`] is
+//! the line `lavtrace check` prints for them). No row is a syscall tracepoint: any `syscalls:*`
 //! tracepoint turns on the syscall tracing slow path for every thread of the host.
 
 use std::{collections::HashSet, path::Path};
@@ -52,7 +52,6 @@ pub enum Role {
     /// The target's close (the tracepoint set sees FIN_WAIT1 / CLOSE in `State`).
     Close,
     Destroy,
-    Retransmit,
     ResetSent,
     ResetReceived,
     /// listen(2) by the target (the tracepoint set sees it as the LISTEN transition in
@@ -170,18 +169,6 @@ pub const HOOKS: &[HookSpec] = &[
         "4.16+",
     ),
     kp(
-        Role::Retransmit,
-        "tcp_retransmit_kp",
-        K("tcp_retransmit_skb"),
-        "counts attempts",
-    ),
-    tp(
-        Role::Retransmit,
-        "tcp_retransmit_tp",
-        T("tcp", "tcp_retransmit_skb"),
-        "4.15+; only sent ones on 6.10+ (err field)",
-    ),
-    kp(
         Role::ResetSent,
         "tcp_send_reset_kp",
         K("tcp_send_active_reset"),
@@ -223,8 +210,8 @@ pub const HOOKS: &[HookSpec] = &[
 pub const SOCK_DIAG: &str = "sock_diag";
 /// Where the byte counters come from, as `lavtrace check` prints it (`ok via ... [note]`).
 pub const SOCK_DIAG_VIA: &str = "sock_diag INET_DIAG tcp_info, polled per interval";
-pub const SOCK_DIAG_NOTE: &str =
-    "tcp bytes and RTT: tcpi_bytes_acked (4.1+), tcpi_bytes_received (4.2+), tcpi_rtt";
+pub const SOCK_DIAG_NOTE: &str = "tcp bytes, retransmits, RTT: tcpi_bytes_acked (4.1+), \
+     tcpi_bytes_received (4.2+), tcpi_total_retrans, tcpi_rtt";
 
 /// What this kernel offers, as far as the table cares.
 #[derive(Debug, Clone, Default)]

@@ -121,9 +121,10 @@ impl Family for Tracer {
     fn overrides(options: &Options, overrides: &mut kernel::Overrides) {
         overrides.ring(tcp::RING, options.ring_bytes.unwrap_or(tcp::RING_BYTES));
         match btf::tcp_sock_offsets() {
-            Ok((acked, received)) => {
-                overrides.global_u32(tcp::SK_BYTES_ACKED, acked);
-                overrides.global_u32(tcp::SK_BYTES_RECEIVED, received);
+            Ok(at) => {
+                overrides.global_u32(tcp::SK_BYTES_ACKED, at.bytes_acked);
+                overrides.global_u32(tcp::SK_BYTES_RECEIVED, at.bytes_received);
+                overrides.global_u32(tcp::SK_TOTAL_RETRANS, at.total_retrans);
             }
             Err(e) => debug!("tcp: the destroy hook reads no byte counters: {e:#}"),
         }
@@ -165,8 +166,9 @@ impl family::Tracer for Tracer {
             ),
         };
         let closing = match btf::tcp_sock_offsets() {
-            Ok((acked, received)) => format!(
-                "the destroy hook reads tcp_sock.bytes_acked/bytes_received at {acked}/{received} (BTF)"
+            Ok(at) => format!(
+                "the destroy hook reads tcp_sock.bytes_acked/bytes_received/total_retrans at {}/{}/{} (BTF)",
+                at.bytes_acked, at.bytes_received, at.total_retrans
             ),
             Err(e) => format!(
                 "the destroy hook reads no byte counters ({e:#}): a socket closed between two polls keeps the last poll's figures"
@@ -290,7 +292,6 @@ impl Tracer {
             // Gone meanwhile: its DESTROY event carries the final counters.
             if let Ok(info) = self.socks.get(&sk, 0) {
                 let c = &mut shared.table.conns[i].counters;
-                c.retransmits = info.retransmits;
                 c.resets_sent = info.resets_sent;
                 c.resets_received = info.resets_received;
             }

@@ -1,7 +1,7 @@
 //! The connection table, built from the kernel's events: one entry per connection of the
 //! target (pre-existing ones from /proc, new ones from their first transition), every
-//! transition with its time, the reset and retransmit counts read from the kernel map, and
-//! the byte counters the kernel keeps per socket (sock_diag polls, and the destroy hook's last
+//! transition with its time, the reset counts read from the kernel map, and the byte and
+//! retransmit counters the kernel keeps per socket (sock_diag polls, and the destroy hook's last
 //! read).
 
 use std::{
@@ -159,6 +159,8 @@ impl Conn {
         // Never backwards: an interval's figure is the difference of two reads.
         self.counters.bytes_acked = self.counters.bytes_acked.max(acked);
         self.counters.bytes_received = self.counters.bytes_received.max(received);
+        let retrans = u64::from(raw.total_retrans.saturating_sub(base.total_retrans));
+        self.counters.retransmits = self.counters.retransmits.max(retrans);
         if raw.rtt_us != 0 || st != state::CLOSE {
             self.rtt_us = Some(raw.rtt_us);
         }
@@ -437,14 +439,14 @@ impl Table {
             kind::DESTROY => match self.by_sk.remove(&e.sk) {
                 Some(Slot::Conn(i)) => {
                     let c = &mut self.conns[i];
-                    c.counters.retransmits = e.info.retransmits;
                     c.counters.resets_sent = e.info.resets_sent;
                     c.counters.resets_received = e.info.resets_received;
                     if e.info.sock_read == 1 {
                         let raw = TcpCounters {
                             bytes_acked: e.info.bytes_acked,
                             bytes_received: e.info.bytes_received,
-                            ..TcpCounters::default()
+                            total_retrans: u32::try_from(e.info.retransmits).unwrap_or(u32::MAX),
+                            rtt_us: 0,
                         };
                         c.observe(raw, state::CLOSE);
                     }
