@@ -5,7 +5,8 @@
 //! target's sockets. A socket enters it when
 //! - the target itself moves it CLOSE → SYN_SENT (connect) or to LISTEN (process context),
 //! - it goes SYN_RECV → ESTABLISHED with a local port the target listens on (`TCP_LISTEN_PORTS`,
-//!   filled here on the target's listen and by userspace from /proc at start),
+//!   filled here on the target's listen, by userspace from /proc at start and from the
+//!   sock_diag poll of each interval),
 //! - its 4-tuple is one of the pre-existing connections userspace found at start (`TCP_SEEDS`),
 //! - (kprobe set) the target's accept returns it, or its listen succeeds on it.
 //!
