@@ -61,7 +61,15 @@ impl Shared {
         let Some(diag) = self.diag.as_mut() else {
             return;
         };
+        let before = diag.malformed;
         let socks = diag.target_sockets(&procfs::socket_inodes(self.pid));
+        if diag.malformed > before {
+            warn!(
+                "tcp: {} sock_diag messages could not be decoded (skipped; {} in all)",
+                diag.malformed - before,
+                diag.malformed
+            );
+        }
         let listeners: Vec<procfs::ProcSock> = diag::listeners(&socks)
             .map(|s| procfs::ProcSock {
                 family: s.family,

@@ -334,23 +334,25 @@ impl Table {
     /// longer holds is not in the poll (inode 0): its destroy brings the rest.
     pub fn apply_poll(&mut self, socks: &[DiagSock]) {
         let by_inode: HashMap<u64, &DiagSock> = socks.iter().map(|s| (s.inode, s)).collect();
-        let by_ports = |c: &Conn| {
+        // Indexed by family and ports: a broker has thousands of connections per poll.
+        let mut by_ports: HashMap<(u16, u16, u16), Vec<&DiagSock>> = HashMap::new();
+        for s in socks.iter().filter(|s| s.state != state::LISTEN) {
+            by_ports
+                .entry((s.family, s.local.port(), s.remote.port()))
+                .or_default()
+                .push(s);
+        }
+        let find = |c: &Conn| {
             let family = if c.local.is_ipv6() { AF_INET6 } else { AF_INET };
-            let mut it = socks.iter().filter(move |s| {
-                s.family == family
-                    && s.state != state::LISTEN
-                    && s.local.port() == c.local.port()
-                    && s.remote.port() == c.remote.port()
-            });
+            let same = by_ports.get(&(family, c.local.port(), c.remote.port()))?;
             // kprobe-set IPv6 connections carry [::]: their ports decide, when unambiguous.
-            let exact = it
-                .clone()
+            let exact = same
+                .iter()
                 .find(|s| s.local == c.local && s.remote == c.remote);
             let unspecified = c.local.ip().is_unspecified() || c.remote.ip().is_unspecified();
-            exact.or_else(|| match (unspecified, it.next(), it.next()) {
-                (true, Some(s), None) => Some(s),
-                _ => None,
-            })
+            exact
+                .or_else(|| (unspecified && same.len() == 1).then(|| &same[0]))
+                .copied()
         };
         for c in self
             .conns
@@ -360,7 +362,7 @@ impl Table {
             let found = c
                 .inode
                 .and_then(|i| by_inode.get(&i).copied())
-                .or_else(|| by_ports(c));
+                .or_else(|| find(c));
             if let Some(s) = found
                 && let Some(raw) = s.counters
             {
