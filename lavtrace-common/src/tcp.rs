@@ -2,7 +2,9 @@
 //!
 //! The kernel keeps the target's sockets in `TCP_SOCKS` (sock pointer → [`SockInfo`]) and sends
 //! one [`TcpEvent`] per state transition, per socket it starts tracking and per socket it
-//! forgets (with its final counters). Byte, retransmit and reset counts stay in the map.
+//! forgets (with its final counters). Reset counts stay in the map; bytes and retransmits are
+//! the kernel's own `tcp_sock` counters, polled by userspace through sock_diag and read once
+//! more by the destroy hook (the delta since the last poll of a socket that is gone).
 
 use crate::field::FieldSpec;
 
@@ -12,7 +14,8 @@ pub const MAX_SOCKS: u32 = 65_536;
 pub const MAX_LISTEN_PORTS: u32 = 1_024;
 /// Pre-existing connections announced by userspace at start, matched by 4-tuple.
 pub const MAX_SEEDS: u32 = 65_536;
-/// Threads inside tcp_v{4,6}_connect / tcp_sendmsg at once (kprobe set: entry → return).
+/// Threads inside tcp_v{4,6}_connect / inet_csk_listen_start at once (kprobe set: entry →
+/// return).
 pub const MAX_INFLIGHT: u32 = 16_384;
 
 /// The event ring, and its size: churn sends about five records per socket (136 bytes each
@@ -46,13 +49,11 @@ pub mod state {
 pub mod kind {
     /// A tracked socket changed state (`old_state` → `new_state`).
     pub const STATE: u32 = 1;
-    /// The kernel started tracking a socket whose earlier life it did not see (a pre-existing
-    /// connection met on its first send/recv); `new_state` is its state now.
+    /// The kernel started tracking a socket whose earlier life it did not see (kprobe set: one
+    /// the target's accept returned untracked); `new_state` is its state now.
     pub const ADOPT: u32 = 2;
     /// A tracked socket is gone (destroyed): final counters in the event.
     pub const DESTROY: u32 = 3;
-    /// The target called listen(2) (successfully or not): userspace rescans its listeners.
-    pub const LISTEN: u32 = 4;
     /// The target closed a tracked socket (close(2) → tcp_close), in state `new_state`.
     pub const APP_CLOSE: u32 = 5;
     /// tcp_v{4,6}_connect failed synchronously; `origin` holds the positive errno.
@@ -67,8 +68,6 @@ pub mod origin {
     pub const ACCEPT: u32 = 2;
     /// A connection userspace found in /proc at start, matched by its 4-tuple.
     pub const SEED: u32 = 3;
-    /// Met on the target's own send/recv (pre-existing, not matched by a transition yet).
-    pub const IO: u32 = 4;
     /// One of the target's listening sockets.
     pub const LISTENER: u32 = 5;
 }
@@ -77,14 +76,22 @@ pub mod origin {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockInfo {
-    pub bytes_sent: u64,
+    /// `tcp_sock.bytes_acked` and `.bytes_received` as the destroy hook read them (DESTROY
+    /// events, when `sock_read` is 1; zero in the map). Userspace keeps its own figures here:
+    /// the payload acknowledged and received, without the SYN and FIN sequence numbers.
+    pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// `tcp_sock.total_retrans` as the destroy hook read it, like the byte counters.
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
     /// Last state seen (the kprobe on tcp_set_state only gets the new one).
     pub state: u32,
     pub origin: u32,
+    /// 1 when the destroy hook read the byte and retransmit counters from the sock (their
+    /// offsets in `struct tcp_sock` were found in the kernel's BTF).
+    pub sock_read: u32,
+    pub _pad: u32,
 }
 
 /// Key of `TCP_SEEDS`: a connection's 4-tuple as the state tracepoint reports it. IPv4
@@ -125,23 +132,10 @@ pub struct TcpEvent {
     pub info: SockInfo,
 }
 
-/// Set by userspace at load when `tcp:tcp_retransmit_skb` has its `int err` field (Linux
-/// 6.10+): only retransmits that went out (err == 0) count.
-pub const RETRANSMIT_HAS_ERR: &str = "TCP_RETRANSMIT_HAS_ERR";
-
 const SS: (&str, &str) = ("sock", "inet_sock_set_state");
 
 const fn ss(global: &'static str, field: &'static str, size: u32) -> FieldSpec {
     FieldSpec::new(global, SS.0, SS.1, field, size)
-}
-
-const fn sl(
-    global: &'static str,
-    event: &'static str,
-    field: &'static str,
-    size: u32,
-) -> FieldSpec {
-    FieldSpec::new(global, "sock", event, field, size)
 }
 
 /// The record fields of the tracepoint set (the kprobe set reads `sock_offsets` instead).
@@ -159,15 +153,6 @@ pub const FIELDS: &[FieldSpec] = &[
     ss("TCP_SS_DADDR_V6", "daddr_v6", 16),
     FieldSpec::new("TCP_DESTROY_SKADDR", "tcp", "tcp_destroy_sock", "skaddr", 8),
     FieldSpec::new(
-        "TCP_RETRANSMIT_SKADDR",
-        "tcp",
-        "tcp_retransmit_skb",
-        "skaddr",
-        8,
-    ),
-    FieldSpec::new("TCP_RETRANSMIT_ERR", "tcp", "tcp_retransmit_skb", "err", 4)
-        .optional(RETRANSMIT_HAS_ERR),
-    FieldSpec::new(
         "TCP_SEND_RESET_SKADDR",
         "tcp",
         "tcp_send_reset",
@@ -181,18 +166,10 @@ pub const FIELDS: &[FieldSpec] = &[
         "skaddr",
         8,
     ),
-    sl("TCP_SL_SK", "sock_send_length", "sk", 8),
-    sl("TCP_SL_SK", "sock_recv_length", "sk", 8),
-    sl("TCP_SL_PROTOCOL", "sock_send_length", "protocol", 2),
-    sl("TCP_SL_PROTOCOL", "sock_recv_length", "protocol", 2),
-    sl("TCP_SL_RET", "sock_send_length", "ret", 4),
-    sl("TCP_SL_RET", "sock_recv_length", "ret", 4),
-    sl("TCP_SL_FLAGS", "sock_send_length", "flags", 4),
-    sl("TCP_SL_FLAGS", "sock_recv_length", "flags", 4),
 ];
 
 /// Byte offsets in `struct sock_common`, read by the kprobe set (which has no tracepoint
-/// record) and to adopt a pre-existing socket met on send/recv. This head of the struct is laid
+/// record). This head of the struct is laid
 /// out for the socket lookup hash (`skc_addrpair` then `skc_hash`, `skc_portpair`) and has not
 /// moved since Linux 2.6.x; userspace checks these against the running kernel's BTF before
 /// loading anything that reads them (`lavtrace/src/tcp/btf.rs`).
@@ -207,6 +184,14 @@ pub mod sock_offsets {
     pub const HEAD_LEN: usize = 20;
 }
 
+/// Globals userspace sets at load: the offsets of `bytes_acked`, `bytes_received` (u64) and
+/// `total_retrans` (u32) in this kernel's `struct tcp_sock`, from its BTF (`lavtrace/src/tcp/btf.rs`; 0 = not known, then the
+/// destroy hook reads nothing). Unlike the sock head, `tcp_sock` moves between versions and
+/// configs, so these are never written down.
+pub const SK_BYTES_ACKED: &str = "TCP_SK_BYTES_ACKED";
+pub const SK_BYTES_RECEIVED: &str = "TCP_SK_BYTES_RECEIVED";
+pub const SK_TOTAL_RETRANS: &str = "TCP_SK_TOTAL_RETRANS";
+
 crate::pod!(SockInfo, FlowKey, TcpEvent);
 
 #[cfg(test)]
@@ -215,7 +200,7 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        assert_eq!(core::mem::size_of::<SockInfo>(), 5 * 8 + 2 * 4);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 5 * 8 + 4 * 4);
         assert_eq!(core::mem::size_of::<FlowKey>(), 4 * 2 + 32);
         assert_eq!(
             core::mem::size_of::<TcpEvent>(),

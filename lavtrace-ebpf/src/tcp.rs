@@ -5,19 +5,21 @@
 //! target's sockets. A socket enters it when
 //! - the target itself moves it CLOSE → SYN_SENT (connect) or to LISTEN (process context),
 //! - it goes SYN_RECV → ESTABLISHED with a local port the target listens on (`TCP_LISTEN_PORTS`,
-//!   filled here on the target's listen and by userspace from /proc at start),
+//!   filled here on the target's listen, by userspace from /proc at start and from the
+//!   sock_diag poll of each interval),
 //! - its 4-tuple is one of the pre-existing connections userspace found at start (`TCP_SEEDS`),
-//! - the target sends or receives on it (a pre-existing connection met on I/O),
-//! - (kprobe set) the target's accept returns it.
+//! - (kprobe set) the target's accept returns it, or its listen succeeds on it.
 //!
 //! Two hook sets feed the same logic: tracepoints (fields read from the record) and kprobes
 //! (the sock read at the `sock_offsets` of `lavtrace_common::tcp`). Userspace loads only the
 //! programs of the set it picked (`lavtrace/src/tcp/hooks.rs`).
 //!
-//! Cost: the byte hooks run on every send/recv on the host: one helper call and a compare for
-//! every other process; for the target one protocol check and one hash lookup. The state hook
-//! runs on every TCP state change on the host: one hash lookup, then at most one more lookup
-//! for sockets that are not the target's.
+//! Cost: nothing runs on a send or receive, nor on any syscall: bytes and RTT are the kernel's
+//! own socket counters, which userspace reads through sock_diag once per interval. The state
+//! hook runs on every TCP state change on the host: one hash lookup, then at most one more
+//! lookup for sockets that are not the target's. The other hooks run on rare events (connect,
+//! accept, listen, close, destroy, reset), one hash lookup for other processes. Retransmits,
+//! like bytes, are the socket's own counter (`total_retrans`).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -58,15 +60,17 @@ static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static TCP_CONNECT_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// tid → sock, between the entry and the return of tcp_sendmsg (kprobe set).
+/// tid → sock, between the entry and the return of inet_csk_listen_start (kprobe set).
 #[map]
-static TCP_SEND_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+static TCP_LISTEN_ARGS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// See `lavtrace_common::tcp::RETRANSMIT_HAS_ERR`.
+/// See `lavtrace_common::tcp::SK_BYTES_ACKED`.
 #[unsafe(no_mangle)]
-static TCP_RETRANSMIT_HAS_ERR: u8 = 0;
-
-const MSG_PEEK: i32 = 2;
+static TCP_SK_BYTES_ACKED: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_SK_BYTES_RECEIVED: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_SK_TOTAL_RETRANS: u32 = 0;
 
 /// A connection's addresses as the hooks know them (IPv6 addresses only from tracepoints).
 #[derive(Clone, Copy, Default)]
@@ -212,7 +216,7 @@ fn on_state(sk: u64, old: u32, new: u32, tuple: impl Fn() -> Tuple) {
     }
 }
 
-/// The head of `struct sock_common` at `sk` (kprobe set, and adopting a socket met on I/O).
+/// The head of `struct sock_common` at `sk` (kprobe set).
 #[derive(Clone, Copy)]
 struct Head {
     tuple: Tuple,
@@ -244,47 +248,8 @@ fn read_head(sk: u64) -> Option<Head> {
     })
 }
 
-/// Counts `n` bytes on the target's socket `sk`, adopting it if it is not tracked yet: it is
-/// the target's (the target is using it) and it was there before we attached.
-#[inline(always)]
-fn count_bytes(sk: u64, n: u64, sent: bool) {
-    let info = match TCP_SOCKS.get_ptr_mut(sk) {
-        Some(info) => info,
-        None => {
-            let Some(head) = read_head(sk) else {
-                return;
-            };
-            if !track(sk, head.state, origin::IO) {
-                return;
-            }
-            emit(
-                kind::ADOPT,
-                sk,
-                head.state,
-                head.state,
-                origin::IO,
-                &head.tuple,
-                None,
-            );
-            match TCP_SOCKS.get_ptr_mut(sk) {
-                Some(info) => info,
-                None => return,
-            }
-        }
-    };
-    // SAFETY: map value slot; the field pointers stay inside it.
-    unsafe {
-        if sent {
-            add(&raw mut (*info).bytes_sent, n);
-        } else {
-            add(&raw mut (*info).bytes_received, n);
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Counter {
-    Retransmits,
     ResetsSent,
     ResetsReceived,
 }
@@ -295,7 +260,6 @@ fn bump(sk: u64, counter: Counter) {
         // SAFETY: map value slot; the field pointers stay inside it.
         unsafe {
             match counter {
-                Counter::Retransmits => add(&raw mut (*info).retransmits, 1),
                 Counter::ResetsSent => add(&raw mut (*info).resets_sent, 1),
                 Counter::ResetsReceived => add(&raw mut (*info).resets_received, 1),
             }
@@ -303,15 +267,45 @@ fn bump(sk: u64, counter: Counter) {
     }
 }
 
+/// A `T` of the sock at `off` bytes (0: offset not known, nothing read).
+#[inline(always)]
+fn sock_read<T>(sk: u64, off: u32) -> Option<T> {
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only fails.
+    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const T) }.ok()
+}
+
 /// A tracked socket is gone: its final counters go to userspace and its slot is freed (the
-/// kernel may reuse the address for a new socket).
+/// kernel may reuse the address for a new socket). The byte counters are read from the sock
+/// here, where they are final: userspace polls them once per interval, and this is what a
+/// socket that closed since the last poll did meanwhile.
 #[inline(always)]
 fn on_destroy(sk: u64) {
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(info) = (unsafe { TCP_SOCKS.get(sk) }).copied() else {
+    let Some(mut info) = (unsafe { TCP_SOCKS.get(sk) }).copied() else {
         return;
     };
     let _ = TCP_SOCKS.remove(sk);
+    // SAFETY: reads of read-only globals (volatile: set at load time).
+    let (acked_at, received_at, retrans_at) = unsafe {
+        (
+            core::ptr::read_volatile(&TCP_SK_BYTES_ACKED),
+            core::ptr::read_volatile(&TCP_SK_BYTES_RECEIVED),
+            core::ptr::read_volatile(&TCP_SK_TOTAL_RETRANS),
+        )
+    };
+    if let (Some(acked), Some(received), Some(retrans)) = (
+        sock_read::<u64>(sk, acked_at),
+        sock_read::<u64>(sk, received_at),
+        sock_read::<u32>(sk, retrans_at),
+    ) {
+        info.bytes_acked = acked;
+        info.bytes_received = received;
+        info.retransmits = u64::from(retrans);
+        info.sock_read = 1;
+    }
     emit(
         kind::DESTROY,
         sk,
@@ -340,19 +334,10 @@ field::offsets!(
     TCP_SS_DADDR_V6,
     /// tcp:tcp_destroy_sock `skaddr`.
     TCP_DESTROY_SKADDR,
-    /// tcp:tcp_retransmit_skb `skaddr`.
-    TCP_RETRANSMIT_SKADDR,
-    /// tcp:tcp_retransmit_skb `int err` (6.10+; see `TCP_RETRANSMIT_HAS_ERR`).
-    TCP_RETRANSMIT_ERR,
     /// tcp:tcp_send_reset `skaddr` (NULL for resets sent without a socket).
     TCP_SEND_RESET_SKADDR,
     /// tcp:tcp_receive_reset `skaddr`.
     TCP_RECEIVE_RESET_SKADDR,
-    // sock:sock_send_length and sock:sock_recv_length (one event class: one layout)
-    TCP_SL_SK,
-    TCP_SL_PROTOCOL,
-    TCP_SL_RET,
-    TCP_SL_FLAGS,
 );
 
 #[tracepoint]
@@ -390,20 +375,6 @@ pub fn tcp_destroy_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn tcp_retransmit_tp(ctx: TracePointContext) -> u32 {
-    // SAFETY: read of a read-only global (volatile: set at load time).
-    let has_err = unsafe { core::ptr::read_volatile(&TCP_RETRANSMIT_HAS_ERR) } != 0;
-    if has_err && field::read::<i32>(&ctx, &TCP_RETRANSMIT_ERR) != 0 {
-        return 0; // not sent
-    }
-    bump(
-        field::read(&ctx, &TCP_RETRANSMIT_SKADDR),
-        Counter::Retransmits,
-    );
-    0
-}
-
-#[tracepoint]
 pub fn tcp_send_reset_tp(ctx: TracePointContext) -> u32 {
     bump(
         field::read(&ctx, &TCP_SEND_RESET_SKADDR),
@@ -418,41 +389,6 @@ pub fn tcp_receive_reset_tp(ctx: TracePointContext) -> u32 {
         field::read(&ctx, &TCP_RECEIVE_RESET_SKADDR),
         Counter::ResetsReceived,
     );
-    0
-}
-
-#[inline(always)]
-fn on_length(ctx: &TracePointContext, sent: bool) {
-    if current_target_task().is_none() || field::read::<u16>(ctx, &TCP_SL_PROTOCOL) != IPPROTO_TCP {
-        return;
-    }
-    let ret: i32 = field::read(ctx, &TCP_SL_RET);
-    if ret <= 0 || (!sent && field::read::<i32>(ctx, &TCP_SL_FLAGS) & MSG_PEEK != 0) {
-        return;
-    }
-    count_bytes(field::read(ctx, &TCP_SL_SK), ret as u64, sent);
-}
-
-#[tracepoint]
-pub fn tcp_send_length_tp(ctx: TracePointContext) -> u32 {
-    on_length(&ctx, true);
-    0
-}
-
-#[tracepoint]
-pub fn tcp_recv_length_tp(ctx: TracePointContext) -> u32 {
-    on_length(&ctx, false);
-    0
-}
-
-/// syscalls:sys_exit_listen: the target may listen on a port the kernel did not see bound
-/// (listen without bind picks a port after the LISTEN transition): userspace rescans.
-#[tracepoint]
-pub fn tcp_listen_tp(_ctx: TracePointContext) -> u32 {
-    if current_target_task().is_none() {
-        return 0;
-    }
-    emit(kind::LISTEN, 0, 0, 0, 0, &Tuple::default(), None);
     0
 }
 
@@ -592,15 +528,6 @@ pub fn tcp_destroy_kp(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// tcp_retransmit_skb(struct sock *sk, ...): attempts, including ones that fail locally.
-#[kprobe]
-pub fn tcp_retransmit_kp(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = arg_sk(&ctx) {
-        bump(sk, Counter::Retransmits);
-    }
-    0
-}
-
 /// tcp_send_active_reset(struct sock *sk, ...): resets the socket sends on abort/linger 0.
 #[kprobe]
 pub fn tcp_send_reset_kp(ctx: ProbeContext) -> u32 {
@@ -619,49 +546,53 @@ pub fn tcp_receive_reset_kp(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// tcp_sendmsg(struct sock *sk, ...): remember the socket for the return value.
+/// inet_csk_listen_start(struct sock *sk, ...): the target's listen(2). tcp_set_state never
+/// sees a LISTEN (it is set with inet_sk_set_state), so this is how the kprobe set learns of a
+/// listener opened after attach; remember the socket for the return, where its port is set.
 #[kprobe]
-pub fn tcp_sendmsg_kp(ctx: ProbeContext) -> u32 {
+pub fn tcp_listen_kp(ctx: ProbeContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };
     if let Some(sk) = arg_sk(&ctx)
-        && TCP_SEND_ARGS.insert(tid, sk, 0).is_err()
+        && TCP_LISTEN_ARGS.insert(tid, sk, 0).is_err()
     {
         count_lost(lost::TCP);
     }
     0
 }
 
+/// Return of inet_csk_listen_start: on success the port is bound (even a listen without bind
+/// has had one picked by now): the accepts on it are the target's from here on.
 #[kretprobe]
-pub fn tcp_sendmsg_ret_kp(ctx: RetProbeContext) -> u32 {
+pub fn tcp_listen_ret_kp(ctx: RetProbeContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(sk) = (unsafe { TCP_SEND_ARGS.get(tid) }).copied() else {
+    let Some(sk) = (unsafe { TCP_LISTEN_ARGS.get(tid) }).copied() else {
         return 0;
     };
-    let _ = TCP_SEND_ARGS.remove(tid);
+    let _ = TCP_LISTEN_ARGS.remove(tid);
     let ret: i32 = ctx.ret();
-    if ret > 0 {
-        count_bytes(sk, ret as u64, true);
-    }
-    0
-}
-
-/// tcp_cleanup_rbuf(struct sock *sk, int copied): bytes a receive copied to the target.
-#[kprobe]
-pub fn tcp_recv_kp(ctx: ProbeContext) -> u32 {
-    if current_target_task().is_none() {
+    if ret != 0 {
         return 0;
     }
-    let Some(sk) = arg_sk(&ctx) else { return 0 };
-    let Some(copied) = ctx.arg::<i32>(1) else {
-        return 0;
-    };
-    if copied > 0 {
-        count_bytes(sk, copied as u64, false);
+    let Some(head) = read_head(sk) else { return 0 };
+    if head.tuple.lport != 0 {
+        let _ = TCP_LISTEN_PORTS.insert(u32::from(head.tuple.lport), 1, 0);
+    }
+    // SAFETY: read-only lookup.
+    if unsafe { TCP_SOCKS.get(sk) }.is_none() && track(sk, state::LISTEN, origin::LISTENER) {
+        emit(
+            kind::STATE,
+            sk,
+            state::CLOSE,
+            state::LISTEN,
+            origin::LISTENER,
+            &head.tuple,
+            None,
+        );
     }
     0
 }

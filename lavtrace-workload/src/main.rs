@@ -47,6 +47,9 @@ pub enum Mode {
     /// TCP connections with known histories on 127.0.0.1 (see tcp.rs); after
     /// `done`, waits for stdin to close.
     Tcp,
+    /// Listeners opened after `go` (after attach), IPv4 and IPv6, each with one connection to
+    /// itself (see tcp.rs); after `done`, waits for stdin to close.
+    TcpLateListen,
     /// A reset storm: N connections accepted and reset (SO_LINGER 0) one after the other, the
     /// other ends in `tcp-peer`; after `done`, waits for stdin to close.
     Resets(tcp::ResetsArgs),
@@ -89,6 +92,9 @@ fn main() -> ExitCode {
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()
+            .and_then(ready_then)
+            .and_then(|()| wait_for_eof()),
+        Mode::TcpLateListen => tcp::prepare_late_listen()
             .and_then(ready_then)
             .and_then(|()| wait_for_eof()),
         Mode::Resets(a) => tcp::prepare_resets(a)

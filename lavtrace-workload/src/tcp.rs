@@ -548,3 +548,46 @@ pub fn peer(args: &PeerArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Mode `tcp-late-listen`: listeners opened after `go`, so after a tracer attached. On each of
+/// 127.0.0.1 and ::1 (when the host has it): bind a port, listen, connect to it, accept, 1500
+/// bytes client → server and 300 back, the client closes first (waiting for FIN_WAIT2), then
+/// the server. Both ends are ours. Prints `{"name","local","remote"}` for each end (`L4c`,
+/// `L4s`, `L6c`, `L6s`) and `{"name":"listen","local"}` for each listener, then `done`; the
+/// listeners stay open until stdin closes.
+pub fn prepare_late_listen() -> Result<impl FnOnce() -> Result<()>> {
+    Ok(move || {
+        let mut out = Vec::new();
+        let mut keep = Vec::new();
+        for (tag, host) in [("L4", LOOPBACK), ("L6", "::1")] {
+            let Ok(listener) = TcpListener::bind((host, 0)) else {
+                continue; // no IPv6 loopback here
+            };
+            let mut c = TcpStream::connect(listener.local_addr()?)?;
+            let (mut s, _) = listener.accept()?;
+            out.push(line(&format!("{tag}c"), c.local_addr()?, c.peer_addr()?));
+            out.push(line(&format!("{tag}s"), s.local_addr()?, s.peer_addr()?));
+            out.push(
+                serde_json::json!({"name": "listen", "local": listener.local_addr()?.to_string()})
+                    .to_string(),
+            );
+            send(&mut c, 1500)?;
+            recv(&mut s, 1500)?;
+            send(&mut s, 300)?;
+            recv(&mut c, 300)?;
+            c.shutdown(Shutdown::Write)?;
+            wait_fin_wait2(&c)?;
+            read_eof(&mut s)?;
+            drop(s);
+            read_eof(&mut c)?;
+            drop(c);
+            keep.push(listener);
+        }
+        let mut stdout = std::io::stdout().lock();
+        for l in &out {
+            writeln!(stdout, "{l}")?;
+        }
+        std::mem::forget(keep);
+        Ok(())
+    })
+}

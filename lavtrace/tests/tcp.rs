@@ -167,10 +167,11 @@ fn every_connection_of_the_target_with_its_history_and_nothing_else() {
     };
     assert!(hooks.iter().any(|&(_, via)| via == state_via), "{hooks:?}");
     for (program, via) in &hooks {
-        // listen(2) is watched through its syscall tracepoint in both sets.
-        if *program == "tcp_listen_tp" {
-            continue;
-        }
+        // No hook per send, receive or syscall: bytes come from sock_diag polls.
+        assert!(
+            !via.contains("syscalls:") && !via.contains("_length") && !via.contains("sendmsg"),
+            "{program} via {via}"
+        );
         let is_kprobe = via.starts_with("kprobe ") || via.starts_with("kretprobe ");
         if mode != "auto" {
             assert_eq!(
@@ -424,14 +425,18 @@ fn the_default_set_on_this_kernel_is_reported_by_check() {
         stdout.contains("every kprobe program passes this kernel's verifier"),
         "{stdout}"
     );
-    // Every row of the table has its line.
+    // Every row of the table has its line (the byte hooks are gone: sock_diag has one).
     for program in [
         "tcp_connect_ret_kp",
         "tcp_accept_ret_kp",
-        "tcp_recv_length_tp",
+        "tcp_listen_ret_kp",
     ] {
         line(program);
     }
+    assert!(
+        line("sock_diag").contains("ok via sock_diag INET_DIAG tcp_info"),
+        "{stdout}"
+    );
 }
 
 /// Churn size: `LAVTRACE_CHURN` (the benchmark's full size), else the CI size.
@@ -534,3 +539,128 @@ fn churn_counts_every_opening_closing_and_transition_exactly_once() {
 
 /// `CLOSED_KEPT` in lavtrace/src/tcp/table.rs.
 const KEPT_CLOSED: u64 = 256;
+
+/// Listeners opened after attach (bound, then listen(2): the state hook sees the LISTEN, the
+/// kprobe set the return of inet_csk_listen_start; no syscall tracepoint): the connections
+/// accepted on them are the target's, with their exact bytes, on IPv4 and IPv6 (bytes from
+/// sock_diag, keyed by the sockets' inodes; the last figures from the destroy hook).
+#[test]
+fn accepts_on_a_port_opened_after_attach_are_the_targets_with_exact_bytes() {
+    require_root();
+    let mode = hooks_mode();
+    let kprobes = match mode.as_str() {
+        "kprobe" => true,
+        "tracepoint" => false,
+        _ => kernel_has_kprobes(),
+    };
+    let mut target = Workload::tcp_late_listen().spawn();
+    let trace = Trace::of(&target)
+        .probes("tcp")
+        .interval("200ms")
+        .flag("tcp-hooks", &mode)
+        .spawn();
+    target.go();
+    let mut ends: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut listeners = Vec::new();
+    for line in target.lines_until_done() {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let local = v["local"].as_str().unwrap().to_string();
+        match v["name"].as_str().unwrap() {
+            "listen" => listeners.push(local),
+            name => {
+                let remote = v["remote"].as_str().unwrap().to_string();
+                ends.insert(name.to_string(), (local, remote));
+            }
+        }
+    }
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    target.finish();
+    assert!(ends.contains_key("L4s"), "{ends:?}");
+    let summary = records.last().unwrap();
+    assert_eq!(summary["lost_events"]["tcp"], 0);
+    let tcp = &summary["tcp"];
+    for l in &listeners {
+        assert!(
+            tcp["listening"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["local"] == l.as_str()),
+            "{l} in {}",
+            tcp["listening"]
+        );
+    }
+    // The kprobe set reads no IPv6 address: those rows match on the ports.
+    let port = |a: &str| a.rsplit(':').next().unwrap().to_string();
+    let same = |row: &Value, pair: &(String, String)| {
+        let (l, r) = (
+            row["local"].as_str().unwrap(),
+            row["remote"].as_str().unwrap(),
+        );
+        if kprobes && pair.0.starts_with('[') {
+            port(l) == port(&pair.0) && port(r) == port(&pair.1)
+        } else {
+            l == pair.0 && r == pair.1
+        }
+    };
+    let rows = tcp["connections"].as_array().unwrap();
+    assert_eq!(rows.len(), ends.len(), "{rows:?}");
+    for (name, pair) in &ends {
+        let found: Vec<&Value> = rows.iter().filter(|r| same(r, pair)).collect();
+        assert_eq!(found.len(), 1, "{name} {pair:?} in {rows:?}");
+        let r = found[0];
+        let seq: Vec<(&str, &str)> = r["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["from"].as_str().unwrap(), t["to"].as_str().unwrap()))
+            .collect();
+        let (origin, sent, received, want): (&str, u64, u64, &[(&str, &str)]) =
+            if name.ends_with('s') {
+                (
+                    "accept",
+                    300,
+                    1500,
+                    &[
+                        ("SYN_RECV", EST),
+                        (EST, "CLOSE_WAIT"),
+                        ("CLOSE_WAIT", "LAST_ACK"),
+                        ("LAST_ACK", "CLOSE"),
+                    ],
+                )
+            } else {
+                (
+                    "connect",
+                    1500,
+                    300,
+                    &[
+                        ("CLOSE", "SYN_SENT"),
+                        ("SYN_SENT", EST),
+                        (EST, "FIN_WAIT1"),
+                        ("FIN_WAIT1", "FIN_WAIT2"),
+                        ("FIN_WAIT2", "CLOSE"),
+                    ],
+                )
+            };
+        let ctx = format!("{name}: {r}");
+        assert_eq!(r["origin"], origin, "{ctx}");
+        assert_eq!(seq, want, "{ctx}");
+        assert_eq!(u(&r["bytes_sent"]), sent, "{ctx}");
+        assert_eq!(u(&r["bytes_received"]), received, "{ctx}");
+        // The intervals add up to the same figures.
+        let (mut s, mut rcv) = (0, 0);
+        for i in records.iter().filter(|r| r["type"] == "interval") {
+            for row in i["tcp"]["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|row| same(row, pair))
+            {
+                s += u(&row["bytes_sent"]);
+                rcv += u(&row["bytes_received"]);
+            }
+        }
+        assert_eq!((s, rcv), (sent, received), "{name} over the intervals");
+    }
+}

@@ -395,7 +395,7 @@ print fmt: \"NR %ld = %ld\", REC->id, REC->ret
         assert_eq!(at("STORAGE_NR_OFFSET"), Some(8));
         assert_eq!(at("STORAGE_ARGS_OFFSET"), Some(16));
         assert_eq!(at("TCP_SS_DADDR_V6"), Some(56));
-        assert_eq!(at("TCP_SL_FLAGS"), Some(24));
+        assert_eq!(at("TCP_DESTROY_SKADDR"), Some(8));
         let distinct: std::collections::HashSet<_> = [
             lavtrace_common::syscalls::FIELDS,
             lavtrace_common::storage::FIELDS,

@@ -336,13 +336,13 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
         }
         w.family(
             "lavtrace_tcp_sent",
-            "Bytes the target sent through its TCP sockets.",
+            "Payload bytes the target sent on its TCP sockets that the peer acknowledged (tcpi_bytes_acked, SYN and FIN excluded).",
             Some(Unit::Bytes),
             one(Value::Counter(t.sent_bytes)),
         )?;
         w.family(
             "lavtrace_tcp_received",
-            "Bytes the target received through its TCP sockets.",
+            "Payload bytes the target's TCP sockets received in sequence (tcpi_bytes_received, FIN excluded).",
             Some(Unit::Bytes),
             one(Value::Counter(t.received_bytes)),
         )?;

@@ -1,5 +1,6 @@
 //! Checks the `struct sock_common` offsets the kprobe programs read
-//! (`lavtrace_common::tcp::sock_offsets`) against the running kernel's BTF. Only what that
+//! (`lavtrace_common::tcp::sock_offsets`) against the running kernel's BTF, and finds the
+//! offsets of the byte counters in `struct tcp_sock` the destroy hook reads. Only what that
 //! needs of the BTF format (include/uapi/linux/btf.h): the type section's records, walked to
 //! find one struct's members, anonymous unions and structs included.
 
@@ -150,6 +151,47 @@ pub fn member_offsets(vmlinux: &[u8], strukt: &str, fields: &[&str]) -> Result<V
     Ok(fields.iter().map(|f| btf.offset_of(id, f)).collect())
 }
 
+/// Offsets of `bytes_acked`, `bytes_received` (u64 since 4.1/4.2, so 8-aligned) and
+/// `total_retrans` (u32) in this kernel's `struct tcp_sock`; a misaligned one is refused
+/// rather than read.
+pub fn tcp_sock_counters(vmlinux: &[u8]) -> Result<SockCounters> {
+    let btf = Btf::parse(vmlinux)?;
+    let id = btf
+        .struct_id("tcp_sock")
+        .ok_or_else(|| anyhow::anyhow!("no struct tcp_sock in BTF"))?;
+    let at = |field: &str, align: usize| -> Result<u32> {
+        let off = btf
+            .offset_of(id, field)
+            .ok_or_else(|| anyhow::anyhow!("struct tcp_sock has no {field}"))?;
+        ensure!(
+            off != 0 && off % align == 0,
+            "struct tcp_sock.{field} at {off} is not aligned for the hook's read"
+        );
+        Ok(u32::try_from(off)?)
+    };
+    Ok(SockCounters {
+        bytes_acked: at("bytes_acked", 8)?,
+        bytes_received: at("bytes_received", 8)?,
+        total_retrans: at("total_retrans", 4)?,
+    })
+}
+
+/// Where the destroy hook reads a `struct tcp_sock`'s counters.
+#[derive(Debug, Clone, Copy)]
+pub struct SockCounters {
+    pub bytes_acked: u32,
+    pub bytes_received: u32,
+    pub total_retrans: u32,
+}
+
+/// The destroy hook's offsets for this kernel, or why there are none (no BTF: a socket that
+/// closes between two polls then keeps the figures of the last poll).
+pub fn tcp_sock_offsets() -> Result<SockCounters> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?;
+    tcp_sock_counters(&data)
+}
+
 /// Why the kprobe set must not be used on this kernel, if its sock layout is known to differ.
 /// Without BTF nothing can be checked: the offsets have been stable since 2.6.
 pub fn sock_head_mismatch() -> Option<String> {
@@ -173,6 +215,9 @@ mod tests {
         let id = btf.struct_id("sock_common").unwrap();
         assert_eq!(btf.offset_of(id, "skc_no_such_field"), None);
         assert!(btf.offset_of(id, "skc_v6_daddr").is_some());
+        let c = tcp_sock_counters(&data).unwrap();
+        assert!(c.bytes_acked > 1000 && c.bytes_received > 1000 && c.total_retrans > 1000);
+        assert!(c.bytes_acked != c.bytes_received);
     }
 
     #[test]
@@ -184,5 +229,6 @@ mod tests {
         let mut hdr = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
         hdr.extend([0, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert!(check_sock_head(&hdr).is_err());
+        assert!(tcp_sock_counters(&hdr).is_err());
     }
 }

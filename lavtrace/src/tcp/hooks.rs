@@ -5,6 +5,11 @@
 //! alternative, or both. `--tcp-hooks auto` (the default) takes, per role, the kprobe set when
 //! this kernel can attach it, else the tracepoint set, and falls back to the next one when an
 //! attach fails; `kprobe` and `tracepoint` force a set and fail when it cannot be had.
+//!
+//! Only rare events are hooked. Bytes, retransmits and RTT have no row: they are the kernel's
+//! own socket counters, read through sock_diag once per interval (`diag.rs`; [`SOCK_DIAG`] is
+//! the line `lavtrace check` prints for them). No row is a syscall tracepoint: any `syscalls:*`
+//! tracepoint turns on the syscall tracing slow path for every thread of the host.
 
 use std::{collections::HashSet, path::Path};
 
@@ -47,12 +52,10 @@ pub enum Role {
     /// The target's close (the tracepoint set sees FIN_WAIT1 / CLOSE in `State`).
     Close,
     Destroy,
-    Retransmit,
     ResetSent,
     ResetReceived,
-    BytesSent,
-    BytesReceived,
-    /// listen(2) by the target: rescan its listening ports.
+    /// listen(2) by the target (the tracepoint set sees it as the LISTEN transition in
+    /// `State`; tcp_set_state never sees a LISTEN).
     Listen,
 }
 
@@ -166,18 +169,6 @@ pub const HOOKS: &[HookSpec] = &[
         "4.16+",
     ),
     kp(
-        Role::Retransmit,
-        "tcp_retransmit_kp",
-        K("tcp_retransmit_skb"),
-        "counts attempts",
-    ),
-    tp(
-        Role::Retransmit,
-        "tcp_retransmit_tp",
-        T("tcp", "tcp_retransmit_skb"),
-        "4.15+; only sent ones on 6.10+ (err field)",
-    ),
-    kp(
         Role::ResetSent,
         "tcp_send_reset_kp",
         K("tcp_send_active_reset"),
@@ -201,38 +192,26 @@ pub const HOOKS: &[HookSpec] = &[
         T("tcp", "tcp_receive_reset"),
         "4.16+",
     ),
-    kp(Role::BytesSent, "tcp_sendmsg_kp", K("tcp_sendmsg"), "any"),
     kp(
-        Role::BytesSent,
-        "tcp_sendmsg_ret_kp",
-        R("tcp_sendmsg"),
-        "any",
-    ),
-    tp(
-        Role::BytesSent,
-        "tcp_send_length_tp",
-        T("sock", "sock_send_length"),
-        "6.3+",
-    ),
-    kp(
-        Role::BytesReceived,
-        "tcp_recv_kp",
-        K("tcp_cleanup_rbuf"),
-        "counts MSG_PEEK reads too",
-    ),
-    tp(
-        Role::BytesReceived,
-        "tcp_recv_length_tp",
-        T("sock", "sock_recv_length"),
-        "6.3+",
-    ),
-    tp(
         Role::Listen,
-        "tcp_listen_tp",
-        T("syscalls", "sys_exit_listen"),
-        "CONFIG_FTRACE_SYSCALLS",
+        "tcp_listen_kp",
+        K("inet_csk_listen_start"),
+        "any; the socket, for the return",
+    ),
+    kp(
+        Role::Listen,
+        "tcp_listen_ret_kp",
+        R("inet_csk_listen_start"),
+        "any; the port is bound by then",
     ),
 ];
+
+/// The program column of `lavtrace check`'s line for the byte counters (no hook: a poll).
+pub const SOCK_DIAG: &str = "sock_diag";
+/// Where the byte counters come from, as `lavtrace check` prints it (`ok via ... [note]`).
+pub const SOCK_DIAG_VIA: &str = "sock_diag INET_DIAG tcp_info, polled per interval";
+pub const SOCK_DIAG_NOTE: &str = "tcp bytes, retransmits, RTT: tcpi_bytes_acked (4.1+), \
+     tcpi_bytes_received (4.2+), tcpi_total_retrans, tcpi_rtt";
 
 /// What this kernel offers, as far as the table cares.
 #[derive(Debug, Clone, Default)]
@@ -542,9 +521,13 @@ mod tests {
         let c = chosen(&plans);
         assert!(c.iter().all(|&(_, s)| s == Set::Tracepoint), "{c:?}");
         let roles: Vec<Role> = c.iter().map(|&(r, _)| r).collect();
-        assert!(roles.contains(&Role::State) && roles.contains(&Role::BytesReceived));
+        assert!(roles.contains(&Role::State) && roles.contains(&Role::ResetReceived));
         // Covered by the State rules, nothing to attach.
-        assert!(!roles.contains(&Role::Connect) && !roles.contains(&Role::Accept));
+        assert!(
+            !roles.contains(&Role::Connect)
+                && !roles.contains(&Role::Accept)
+                && !roles.contains(&Role::Listen)
+        );
         assert!(plans.iter().all(|p| p.sets == vec![Set::Tracepoint]));
     }
 
@@ -556,7 +539,7 @@ mod tests {
         let connect = plans.iter().find(|p| p.role == Role::Connect).unwrap();
         assert_eq!(connect.sets, vec![Set::Kprobe]);
         let listen = plans.iter().find(|p| p.role == Role::Listen).unwrap();
-        assert_eq!(listen.sets, vec![Set::Tracepoint]);
+        assert_eq!(listen.sets, vec![Set::Kprobe]);
     }
 
     #[test]
@@ -572,12 +555,7 @@ mod tests {
     fn forced_kprobe_uses_kprobes_for_every_role_that_has_one() {
         let plans = select(Mode::Kprobe, &all_caps()).unwrap();
         for p in &plans {
-            let expect = if p.role == Role::Listen {
-                Set::Tracepoint
-            } else {
-                Set::Kprobe
-            };
-            assert_eq!(p.sets, vec![expect], "{:?}", p.role);
+            assert_eq!(p.sets, vec![Set::Kprobe], "{:?}", p.role);
         }
         assert_eq!(plans.len(), roles().len());
     }
@@ -608,9 +586,26 @@ mod tests {
         assert!(err.contains("sock:inet_sock_set_state"), "{err}");
         // An optional role missing is skipped, not fatal.
         let mut caps = no_kprobe_caps();
-        caps.tracepoints.remove("sock:sock_send_length");
+        caps.tracepoints.remove("tcp:tcp_send_reset");
         let plans = select(Mode::Auto, &caps).unwrap();
-        assert!(!plans.iter().any(|p| p.role == Role::BytesSent));
+        assert!(!plans.iter().any(|p| p.role == Role::ResetSent));
+    }
+
+    /// The family's price for other processes: no hook on a send, a receive or a syscall.
+    #[test]
+    fn no_hook_runs_per_send_receive_or_syscall() {
+        for spec in HOOKS {
+            let name = spec.via.to_string();
+            for per_call in [
+                "syscalls:",
+                "sock_send_length",
+                "sock_recv_length",
+                "tcp_sendmsg",
+            ] {
+                assert!(!name.contains(per_call), "{name}");
+            }
+            assert!(!name.contains("tcp_cleanup_rbuf") && !name.contains("tcp_recvmsg"));
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Probe family `tcp`: every TCP connection of the target, its state transitions with the time
 //! spent in each state, bytes, retransmits, resets and who closed it. Kernel side:
-//! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`.
+//! `lavtrace-ebpf/src/tcp.rs`; hook choice: `hooks.rs`; pre-existing connections: `procfs.rs`;
+//! bytes and RTT: the kernel's socket counters, polled through sock_diag (`diag.rs`) at each
+//! interval, and read once more by the destroy hook for a socket gone since the last poll.
 
 pub(crate) mod btf;
+pub mod diag;
 pub mod hooks;
 pub mod procfs;
 mod report;
@@ -19,7 +22,7 @@ use lavtrace_common::{
     ring::lost,
     tcp::{self, FlowKey, SockInfo, TcpEvent, state},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 #[cfg(test)]
 pub use report::TransitionRow;
@@ -39,14 +42,45 @@ struct Shared {
     listen_ports: HashMap<MapData, u32, u32>,
     seeds: HashMap<MapData, FlowKey, u32>,
     pid: u32,
+    /// None when sock_diag cannot be had (no `inet_diag`/`tcp_diag` module): no byte figures.
+    diag: Option<diag::Diag>,
 }
 
 impl Shared {
     fn on_event(&mut self, e: &TcpEvent) {
         self.table.apply(e);
         if std::mem::take(&mut self.table.rescan_listeners) {
-            self.add_listeners(&procfs::target_sockets(self.pid));
+            self.poll();
         }
+    }
+
+    /// Reads the target's sockets: listening ports for the kernel's accept rule (one opened
+    /// since the last poll is in the map already when it was bound before listen(2); this
+    /// catches a listen without bind), and every open connection's counters.
+    fn poll(&mut self) {
+        let Some(diag) = self.diag.as_mut() else {
+            return;
+        };
+        let before = diag.malformed;
+        let socks = diag.target_sockets(&procfs::socket_inodes(self.pid));
+        if diag.malformed > before {
+            warn!(
+                "tcp: {} sock_diag messages could not be decoded (skipped; {} in all)",
+                diag.malformed - before,
+                diag.malformed
+            );
+        }
+        let listeners: Vec<procfs::ProcSock> = diag::listeners(&socks)
+            .map(|s| procfs::ProcSock {
+                family: s.family,
+                local: s.local,
+                remote: s.remote,
+                state: s.state,
+                inode: s.inode,
+            })
+            .collect();
+        self.add_listeners(&listeners);
+        self.table.apply_poll(&socks);
     }
 
     fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
@@ -94,6 +128,14 @@ impl Family for Tracer {
 
     fn overrides(options: &Options, overrides: &mut kernel::Overrides) {
         overrides.ring(tcp::RING, options.ring_bytes.unwrap_or(tcp::RING_BYTES));
+        match btf::tcp_sock_offsets() {
+            Ok(at) => {
+                overrides.global_u32(tcp::SK_BYTES_ACKED, at.bytes_acked);
+                overrides.global_u32(tcp::SK_BYTES_RECEIVED, at.bytes_received);
+                overrides.global_u32(tcp::SK_TOTAL_RETRANS, at.total_retrans);
+            }
+            Err(e) => debug!("tcp: the destroy hook reads no byte counters: {e:#}"),
+        }
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -119,10 +161,34 @@ impl family::Tracer for Tracer {
     /// the kprobe programs pass this kernel's verifier even where they cannot be attached.
     fn check_notes(&self, in_use: &[Hook]) -> Vec<(String, String)> {
         let caps = hooks::Caps::probe();
-        let mut notes: Vec<(String, String)> = hooks::not_in_use(in_use, &caps)
-            .into_iter()
-            .map(|(program, status)| (program.to_string(), status))
-            .collect();
+        let diag = match diag::Diag::open(std::process::id()).and_then(|mut d| d.check()) {
+            Ok(()) => format!(
+                "ok via {} [{}]",
+                hooks::SOCK_DIAG_VIA,
+                hooks::SOCK_DIAG_NOTE
+            ),
+            Err(e) => format!(
+                "unavailable: {e:#} [{}; {}]",
+                hooks::SOCK_DIAG_VIA,
+                hooks::SOCK_DIAG_NOTE
+            ),
+        };
+        let closing = match btf::tcp_sock_offsets() {
+            Ok(at) => format!(
+                "the destroy hook reads tcp_sock.bytes_acked/bytes_received/total_retrans at {}/{}/{} (BTF)",
+                at.bytes_acked, at.bytes_received, at.total_retrans
+            ),
+            Err(e) => format!(
+                "the destroy hook reads no byte counters ({e:#}): a socket closed between two polls keeps the last poll's figures"
+            ),
+        };
+        let mut notes: Vec<(String, String)> =
+            vec![(hooks::SOCK_DIAG.into(), diag), ("*".into(), closing)];
+        notes.extend(
+            hooks::not_in_use(in_use, &caps)
+                .into_iter()
+                .map(|(program, status)| (program.to_string(), status)),
+        );
         match hooks::verify_kprobe_programs() {
             Ok(refused) if refused.is_empty() => notes.push((
                 "*".into(),
@@ -156,18 +222,35 @@ impl Tracer {
             listen_ports: HashMap::try_from(take(ebpf, "TCP_LISTEN_PORTS")?)?,
             seeds: HashMap::try_from(take(ebpf, "TCP_SEEDS")?)?,
             pid,
+            diag: diag::Diag::open(pid)
+                .and_then(|mut d| d.check().map(|()| d))
+                .inspect_err(|e| warn!("tcp: no byte counts: {e:#}"))
+                .ok(),
         };
         // After attaching: a connection made meanwhile is both here and in the events, and
         // the events win (its seed is matched by the kernel or never used).
         let existing = procfs::target_sockets(pid);
         shared.add_listeners(&existing);
         for s in existing.iter().filter(|s| s.state != state::LISTEN) {
-            shared
-                .seeds
-                .insert(s.key(), 1, 0)
-                .context("seeding the pre-existing connections")?;
+            let mut keys = vec![s.key()];
+            if s.family == tcp::AF_INET6 {
+                // The kprobe set reads no IPv6 address: it looks the seed up by its ports.
+                keys.push(FlowKey {
+                    laddr: [0; 16],
+                    raddr: [0; 16],
+                    ..s.key()
+                });
+            }
+            for key in keys {
+                shared
+                    .seeds
+                    .insert(key, 1, 0)
+                    .context("seeding the pre-existing connections")?;
+            }
         }
         shared.table.seed(&existing);
+        // The pre-existing connections' counters count from here.
+        shared.poll();
         debug!(
             connections = shared.table.conns.len(),
             listeners = shared.table.listeners.len(),
@@ -216,9 +299,12 @@ impl Tracer {
         for (sk, i) in live {
             // Gone meanwhile: its DESTROY event carries the final counters.
             if let Ok(info) = self.socks.get(&sk, 0) {
-                shared.table.conns[i].counters = info;
+                let c = &mut shared.table.conns[i].counters;
+                c.resets_sent = info.resets_sent;
+                c.resets_received = info.resets_received;
             }
         }
+        shared.poll();
         if shared.table.needs_local_ports() {
             let socks = procfs::target_sockets(shared.pid);
             shared.table.fill_local_ports(&socks);
@@ -258,11 +344,10 @@ impl Tracer {
     }
 }
 
-/// `kprobe`, `tracepoint` or `mixed`, ignoring the listen(2) tracepoint both sets use.
+/// `kprobe`, `tracepoint` or `mixed`.
 fn set_kind(hooks: &[Hook]) -> &'static str {
-    let relevant = hooks.iter().filter(|h| h.program != "tcp_listen_tp");
     let (mut kp, mut tp) = (false, false);
-    for h in relevant {
+    for h in hooks {
         if h.via.starts_with("tracepoint") {
             tp = true;
         } else {

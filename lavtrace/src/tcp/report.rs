@@ -39,7 +39,11 @@ pub struct ConnRow {
     /// Time in the current state (null if its start was not seen).
     pub state_ns: Option<u64>,
     pub transitions: Vec<TransitionRow>,
+    /// Payload bytes the peer acknowledged (tcpi_bytes_acked less the SYN and FIN), not bytes
+    /// written: what the target wrote and the peer has not acknowledged yet counts later.
     pub bytes_sent: u64,
+    /// Payload bytes received in sequence (tcpi_bytes_received less the peer's FIN), read or
+    /// not by the target.
     pub bytes_received: u64,
     /// Bytes per second over the window.
     pub send_rate: u64,
@@ -50,6 +54,8 @@ pub struct ConnRow {
     /// `local` (the target closed first: FIN_WAIT1, or it reset), `peer` (CLOSE_WAIT, or
     /// a reset received), or null while nobody has.
     pub closed_by: Option<&'static str>,
+    /// Smoothed RTT (tcpi_rtt) at the last poll, µs; null when never polled.
+    pub rtt_us: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +111,7 @@ pub fn conn_row(c: &Conn, w: &Window) -> ConnRow {
         c.reported
     };
     let secs = (w.end.saturating_sub(w.start) as f64 / 1e9).max(1e-9);
-    let sent = c.counters.bytes_sent.saturating_sub(base.bytes_sent);
+    let sent = c.counters.bytes_acked.saturating_sub(base.bytes_acked);
     let received = c
         .counters
         .bytes_received
@@ -158,6 +164,7 @@ pub fn conn_row(c: &Conn, w: &Window) -> ConnRow {
             .resets_received
             .saturating_sub(base.resets_received),
         closed_by,
+        rtt_us: c.rtt_us,
     }
 }
 
@@ -388,6 +395,7 @@ mod tests {
                 .collect(),
             bytes_sent: bytes,
             bytes_received: 0,
+            rtt_us: None,
             send_rate: 0,
             receive_rate: 0,
             retransmits: 0,

@@ -1,16 +1,21 @@
 //! The connection table, built from the kernel's events: one entry per connection of the
 //! target (pre-existing ones from /proc, new ones from their first transition), every
-//! transition with its time, and the counters read from the kernel map.
+//! transition with its time, the reset counts read from the kernel map, and the byte and
+//! retransmit counters the kernel keeps per socket (sock_diag polls, and the destroy hook's last
+//! read).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
 };
 
-use lavtrace_common::tcp::{AF_INET6, FlowKey, SockInfo, TcpEvent, kind, origin, state};
+use lavtrace_common::tcp::{AF_INET, AF_INET6, FlowKey, SockInfo, TcpEvent, kind, origin, state};
 use tracing::debug;
 
-use super::procfs::{self, ProcSock};
+use super::{
+    diag::{DiagSock, TcpCounters},
+    procfs::{self, ProcSock},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -48,8 +53,16 @@ pub struct Conn {
     pub opened: Option<u64>,
     pub state_since: Option<u64>,
     pub transitions: Vec<Transition>,
-    /// Latest counters (live from the map, final at destroy).
+    /// Latest counters (live from the map, final at destroy); the byte fields are the payload
+    /// acknowledged and received ([`Conn::observe`]).
     pub counters: SockInfo,
+    /// The socket's inode, for a pre-existing one (/proc at start): how polls find it.
+    pub inode: Option<u64>,
+    /// The kernel's byte counters when first seen: 0 for a connection opened while traced,
+    /// the first poll for a pre-existing one (what it moved before is not counted).
+    pub base: Option<TcpCounters>,
+    /// Smoothed RTT at the last poll, µs.
+    pub rtt_us: Option<u32>,
     /// When the kernel destroyed it.
     pub closed: Option<u64>,
     /// The target called close() on it (kprobe set only).
@@ -79,6 +92,9 @@ impl Conn {
             state_since: None,
             transitions: Vec::new(),
             counters: SockInfo::default(),
+            inode: None,
+            base: None,
+            rtt_us: None,
             closed: None,
             app_closed: None,
             reported: SockInfo::default(),
@@ -116,6 +132,67 @@ impl Conn {
             Some(Side::Local)
         } else {
             None
+        }
+    }
+
+    /// The kernel's counters of this socket, read in state `st` (a poll, or the destroy hook in
+    /// CLOSE). The kernel counts the SYN and the FINs as one byte each: those are taken out, so
+    /// a payload of N bytes the peer acknowledged is N.
+    pub fn observe(&mut self, raw: TcpCounters, st: u32) {
+        let base = *self
+            .base
+            .get_or_insert(if self.origin == Origin::Preexisting {
+                raw
+            } else {
+                TcpCounters::default()
+            });
+        // An active open's bytes_acked starts at its ISN: any ack covers the SYN first.
+        let syn =
+            u64::from(self.origin == Origin::Connect && base.bytes_acked == 0).min(raw.bytes_acked);
+        let (our_fin, peer_fin) = self.fins(st);
+        let acked = raw
+            .bytes_acked
+            .saturating_sub(base.bytes_acked + syn + our_fin);
+        let received = raw
+            .bytes_received
+            .saturating_sub(base.bytes_received + peer_fin);
+        // Never backwards: an interval's figure is the difference of two reads.
+        self.counters.bytes_acked = self.counters.bytes_acked.max(acked);
+        self.counters.bytes_received = self.counters.bytes_received.max(received);
+        let retrans = u64::from(raw.total_retrans.saturating_sub(base.total_retrans));
+        self.counters.retransmits = self.counters.retransmits.max(retrans);
+        if raw.rtt_us != 0 || st != state::CLOSE {
+            self.rtt_us = Some(raw.rtt_us);
+        }
+    }
+
+    /// Whether our FIN was acknowledged and the peer's received (1 each, as counted by the
+    /// kernel), in state `st`. In CLOSE the state alone does not say: the transitions do. A
+    /// FIN_WAIT2 that timed out (tcp_fin_timeout, the peer never sent its FIN) looks like one
+    /// that got the peer's FIN: the one case counted one byte short.
+    fn fins(&self, st: u32) -> (u64, u64) {
+        let reset = self.counters.resets_received > 0;
+        match st {
+            state::FIN_WAIT2 | state::TIME_WAIT => (1, u64::from(st == state::TIME_WAIT)),
+            state::CLOSE_WAIT | state::CLOSING => (0, 1),
+            state::LAST_ACK => (0, 1),
+            state::CLOSE => {
+                let seen = |from: u32, to: u32| {
+                    self.transitions
+                        .iter()
+                        .any(|t| t.from == from && t.to == to)
+                };
+                let our = seen(state::FIN_WAIT1, state::FIN_WAIT2)
+                    || seen(state::CLOSING, state::CLOSE)
+                    || (!reset && seen(state::LAST_ACK, state::CLOSE));
+                let peer = self
+                    .transitions
+                    .iter()
+                    .any(|t| matches!(t.to, state::CLOSE_WAIT | state::CLOSING))
+                    || (!reset && seen(state::FIN_WAIT2, state::CLOSE));
+                (u64::from(our), u64::from(peer))
+            }
+            _ => (0, 0),
         }
     }
 
@@ -208,9 +285,10 @@ pub struct Table {
     /// Pre-existing connections not yet tied to a kernel socket, by 4-tuple.
     seeds: HashMap<FlowKey, usize>,
     pub listeners: BTreeSet<SocketAddr>,
-    /// Seeds matched on I/O, to delete from the kernel map.
+    /// Seeds matched in userspace, to delete from the kernel map.
     pub stale_seeds: Vec<FlowKey>,
-    /// The target called listen(2): rescan /proc.
+    /// The target listens on a port the kernel did not know at the LISTEN transition (listen
+    /// without bind picks it after): rescan its listeners.
     pub rescan_listeners: bool,
 }
 
@@ -223,13 +301,9 @@ impl Table {
                 continue;
             }
             let i = self.conns.len();
-            self.conns.push(Conn::new(
-                s.family,
-                s.local,
-                s.remote,
-                Origin::Preexisting,
-                s.state,
-            ));
+            let mut c = Conn::new(s.family, s.local, s.remote, Origin::Preexisting, s.state);
+            c.inode = Some(s.inode);
+            self.conns.push(c);
             self.seeds.insert(s.key(), i);
         }
     }
@@ -251,6 +325,48 @@ impl Table {
             });
             if let (Some(s), None) = (candidates.next(), candidates.next()) {
                 c.local = s.local;
+            }
+        }
+    }
+
+    /// One poll of the target's sockets: each open connection takes the counters of its
+    /// socket, found by inode (pre-existing ones) or by addresses. A socket the target no
+    /// longer holds is not in the poll (inode 0): its destroy brings the rest.
+    pub fn apply_poll(&mut self, socks: &[DiagSock]) {
+        let by_inode: HashMap<u64, &DiagSock> = socks.iter().map(|s| (s.inode, s)).collect();
+        // Indexed by family and ports: a broker has thousands of connections per poll.
+        let mut by_ports: HashMap<(u16, u16, u16), Vec<&DiagSock>> = HashMap::new();
+        for s in socks.iter().filter(|s| s.state != state::LISTEN) {
+            by_ports
+                .entry((s.family, s.local.port(), s.remote.port()))
+                .or_default()
+                .push(s);
+        }
+        let find = |c: &Conn| {
+            let family = if c.local.is_ipv6() { AF_INET6 } else { AF_INET };
+            let same = by_ports.get(&(family, c.local.port(), c.remote.port()))?;
+            // kprobe-set IPv6 connections carry [::]: their ports decide, when unambiguous.
+            let exact = same
+                .iter()
+                .find(|s| s.local == c.local && s.remote == c.remote);
+            let unspecified = c.local.ip().is_unspecified() || c.remote.ip().is_unspecified();
+            exact
+                .or_else(|| (unspecified && same.len() == 1).then(|| &same[0]))
+                .copied()
+        };
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.closed.is_none() && !c.duplicate)
+        {
+            let found = c
+                .inode
+                .and_then(|i| by_inode.get(&i).copied())
+                .or_else(|| find(c));
+            if let Some(s) = found
+                && let Some(raw) = s.counters
+            {
+                c.observe(raw, s.state);
             }
         }
     }
@@ -285,8 +401,10 @@ impl Table {
                 match slot {
                     Slot::Conn(i) => {
                         let c = &mut self.conns[i];
-                        // A connect's first transition comes before its port is chosen.
-                        if e.lport != 0 && e.rport != 0 {
+                        // A connect's first transition comes before its port is chosen; the
+                        // kprobe set reads no IPv6 address (keep those /proc gave).
+                        let v6_unread = e.family == AF_INET6 && e.laddr == [0; 16];
+                        if e.lport != 0 && e.rport != 0 && !(v6_unread && c.inode.is_some()) {
                             c.local = local;
                             c.remote = remote;
                         }
@@ -323,7 +441,17 @@ impl Table {
             kind::DESTROY => match self.by_sk.remove(&e.sk) {
                 Some(Slot::Conn(i)) => {
                     let c = &mut self.conns[i];
-                    c.counters = e.info;
+                    c.counters.resets_sent = e.info.resets_sent;
+                    c.counters.resets_received = e.info.resets_received;
+                    if e.info.sock_read == 1 {
+                        let raw = TcpCounters {
+                            bytes_acked: e.info.bytes_acked,
+                            bytes_received: e.info.bytes_received,
+                            total_retrans: u32::try_from(e.info.retransmits).unwrap_or(u32::MAX),
+                            rtt_us: 0,
+                        };
+                        c.observe(raw, state::CLOSE);
+                    }
                     c.closed = Some(e.ts_ns);
                 }
                 Some(Slot::Listener(addr)) => {
@@ -336,7 +464,6 @@ impl Table {
                     self.conns[i].app_closed.get_or_insert(e.ts_ns);
                 }
             }
-            kind::LISTEN => self.rescan_listeners = true,
             kind::CONNECT_ERROR => {
                 debug!(%local, %remote, errno = e.origin, "tcp: connect failed");
                 // The kernel forgot the socket (it never left CLOSE for good): so do we.
@@ -473,7 +600,11 @@ impl Table {
     fn open(&mut self, e: &TcpEvent, local: SocketAddr, remote: SocketAddr) -> Slot {
         match e.origin {
             origin::LISTENER => {
-                self.listeners.insert(local);
+                if local.port() == 0 {
+                    self.rescan_listeners = true;
+                } else {
+                    self.listeners.insert(local);
+                }
                 Slot::Listener(local)
             }
             origin::SEED => Slot::Conn(self.match_seed(e, local, remote).unwrap_or_else(|| {
@@ -486,8 +617,8 @@ impl Table {
         }
     }
 
-    /// The pre-existing connection with this 4-tuple. Sockets met on I/O come with their IPv6
-    /// addresses unknown (the kernel reads only the head of the sock): those match on family
+    /// The pre-existing connection with this 4-tuple. The kprobe set sends IPv6 sockets with
+    /// their addresses unknown (it reads only the head of the sock): those match on family
     /// and ports, when exactly one seed has them.
     fn match_seed(&mut self, e: &TcpEvent, local: SocketAddr, remote: SocketAddr) -> Option<usize> {
         let key = procfs::flow_key(e.family, local, remote);
@@ -552,7 +683,6 @@ pub fn service(port: u16) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lavtrace_common::tcp::AF_INET;
 
     fn ev(kind: u32, sk: u64, old: u32, new: u32, origin: u32, ts: u64) -> TcpEvent {
         let mut e = TcpEvent {
@@ -607,11 +737,16 @@ mod tests {
         assert_eq!(c.transitions[2].prev_state_ns, Some(50));
         assert_eq!(c.closed_by(), Some(Side::Peer));
         assert_eq!(c.local.to_string(), "127.0.0.1:5672");
-        let mut info = SockInfo {
-            bytes_sent: 7,
+        // The destroy hook's read: 7 payload bytes acked (our FIN not yet), 10 received and
+        // the peer's FIN.
+        let info = SockInfo {
+            bytes_acked: 7,
+            bytes_received: 11,
+            resets_sent: 2,
+            sock_read: 1,
+            state: state::CLOSE,
             ..SockInfo::default()
         };
-        info.state = state::CLOSE;
         let mut d = ev(
             kind::DESTROY,
             1,
@@ -623,12 +758,13 @@ mod tests {
         d.info = info;
         t.apply(&d);
         assert_eq!(t.conns[0].closed, Some(500));
-        assert_eq!(t.conns[0].counters.bytes_sent, 7);
+        let c = &t.conns[0].counters;
+        assert_eq!((c.bytes_acked, c.bytes_received, c.resets_sent), (7, 10, 2));
         assert_eq!(t.live().count(), 0);
     }
 
     #[test]
-    fn seeds_are_matched_by_transition_or_on_io() {
+    fn seeds_are_matched_by_transition_even_without_ipv6_addresses() {
         let mut t = Table::default();
         let sock = |rport| ProcSock {
             family: AF_INET,
@@ -637,7 +773,14 @@ mod tests {
             state: state::ESTABLISHED,
             inode: 1,
         };
-        t.seed(&[sock(40000), sock(40001)]);
+        let v6 = ProcSock {
+            family: AF_INET6,
+            local: "[fd00::1]:5672".parse().unwrap(),
+            remote: "[fd00::2]:40001".parse().unwrap(),
+            state: state::ESTABLISHED,
+            inode: 2,
+        };
+        t.seed(&[sock(40000), v6]);
         assert_eq!(t.conns.len(), 2);
         t.apply(&ev(
             kind::STATE,
@@ -647,17 +790,23 @@ mod tests {
             origin::SEED,
             10,
         ));
-        let mut adopt = ev(
-            kind::ADOPT,
+        // The kprobe set: family and ports, no IPv6 address.
+        let mut kp = ev(
+            kind::STATE,
             8,
             state::ESTABLISHED,
-            state::ESTABLISHED,
-            origin::IO,
+            state::CLOSE_WAIT,
+            origin::SEED,
             11,
         );
-        adopt.rport = 40001;
-        t.apply(&adopt);
+        (kp.family, kp.rport, kp.laddr, kp.raddr) = (AF_INET6, 40001, [0; 16], [0; 16]);
+        t.apply(&kp);
         assert_eq!(t.conns.len(), 2, "both matched their seed");
+        assert_eq!(
+            t.conns[1].local.to_string(),
+            "[fd00::1]:5672",
+            "kept /proc's"
+        );
         assert_eq!(t.conns[0].transitions.len(), 1);
         assert_eq!(t.conns[0].closed_by(), Some(Side::Local));
         assert_eq!(
@@ -666,6 +815,117 @@ mod tests {
         );
         assert_eq!(t.stale_seeds.len(), 2);
         assert_eq!(t.live().count(), 2);
+    }
+
+    fn counters(acked: u64, received: u64) -> TcpCounters {
+        TcpCounters {
+            bytes_acked: acked,
+            bytes_received: received,
+            total_retrans: 0,
+            rtt_us: 30,
+        }
+    }
+
+    fn diag(c: &Conn, st: u32, raw: TcpCounters, inode: u64) -> DiagSock {
+        DiagSock {
+            family: AF_INET,
+            local: c.local,
+            remote: c.remote,
+            state: st,
+            inode,
+            counters: Some(raw),
+        }
+    }
+
+    /// The kernel counts the SYN of an active open and each FIN as a byte: the figures are
+    /// the payload, each poll's reading no lower than the last, and a pre-existing
+    /// connection counts from its first poll.
+    #[test]
+    fn polls_count_payload_only_from_the_first_reading() {
+        let mut t = Table::default();
+        let mut syn = ev(
+            kind::STATE,
+            3,
+            state::CLOSE,
+            state::SYN_SENT,
+            origin::CONNECT,
+            1,
+        );
+        t.apply(&syn);
+        syn.old_state = state::SYN_SENT;
+        syn.new_state = state::ESTABLISHED;
+        t.apply(&syn);
+        let c = t.conns[0].clone();
+        t.apply_poll(&[diag(&c, state::ESTABLISHED, counters(1, 0), 77)]);
+        assert_eq!(t.conns[0].counters.bytes_acked, 0, "the SYN");
+        assert_eq!(t.conns[0].rtt_us, Some(30));
+        t.apply_poll(&[diag(&c, state::ESTABLISHED, counters(501, 700), 77)]);
+        assert_eq!(t.conns[0].counters.bytes_acked, 500);
+        t.apply_poll(&[diag(&c, state::FIN_WAIT2, counters(502, 700), 77)]);
+        assert_eq!(
+            (
+                t.conns[0].counters.bytes_acked,
+                t.conns[0].counters.bytes_received
+            ),
+            (500, 700),
+            "our FIN"
+        );
+        // Closed and gone: the destroy hook's read, in CLOSE (the peer's FIN arrived).
+        for (from, to) in [
+            (state::ESTABLISHED, state::FIN_WAIT1),
+            (state::FIN_WAIT1, state::FIN_WAIT2),
+            (state::FIN_WAIT2, state::CLOSE),
+        ] {
+            syn.old_state = from;
+            syn.new_state = to;
+            t.apply(&syn);
+        }
+        let mut d = ev(
+            kind::DESTROY,
+            3,
+            state::CLOSE,
+            state::CLOSE,
+            origin::CONNECT,
+            9,
+        );
+        d.info = SockInfo {
+            bytes_acked: 502,
+            bytes_received: 701,
+            sock_read: 1,
+            ..SockInfo::default()
+        };
+        t.apply(&d);
+        let c = &t.conns[0].counters;
+        assert_eq!((c.bytes_acked, c.bytes_received), (500, 700));
+
+        // Pre-existing: what it moved before the first poll is not counted.
+        let mut t = Table::default();
+        t.seed(&[ProcSock {
+            family: AF_INET,
+            local: "127.0.0.1:5672".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            state: state::ESTABLISHED,
+            inode: 5,
+        }]);
+        let c = t.conns[0].clone();
+        t.apply_poll(&[diag(&c, state::ESTABLISHED, counters(1000, 1000), 5)]);
+        t.apply_poll(&[diag(&c, state::CLOSE_WAIT, counters(4000, 3001), 5)]);
+        let c = &t.conns[0].counters;
+        assert_eq!(
+            (c.bytes_acked, c.bytes_received),
+            (3000, 2000),
+            "the peer's FIN"
+        );
+        // Another socket's counters (other inode, other ports) are not taken.
+        let mut other = diag(
+            &t.conns[0].clone(),
+            state::ESTABLISHED,
+            counters(9999, 9999),
+            6,
+        );
+        other.remote = "127.0.0.1:40009".parse().unwrap();
+        t.apply_poll(&[other]);
+        assert_eq!(t.conns[0].counters.bytes_acked, 3000);
     }
 
     #[test]

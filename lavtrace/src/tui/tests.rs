@@ -128,6 +128,7 @@ fn conn(local: &str, open: bool, age_ns: Option<u64>, transitions: Vec<Transitio
         resets_sent: 0,
         resets_received: 0,
         closed_by: None,
+        rtt_us: None,
     }
 }
 

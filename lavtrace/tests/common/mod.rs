@@ -202,6 +202,10 @@ impl Workload {
     pub fn tcp() -> Preset {
         Preset::mode("tcp")
     }
+    /// Listeners opened after `go`, IPv4 and IPv6, one connection to itself on each.
+    pub fn tcp_late_listen() -> Preset {
+        Preset::mode("tcp-late-listen")
+    }
     /// A reset storm: `--count` connections accepted and reset one after the other; after
     /// `done`, waits for stdin to close.
     pub fn resets() -> Preset {

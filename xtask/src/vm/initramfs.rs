@@ -45,8 +45,14 @@ pub struct Run {
 }
 
 /// Builds `dir/initramfs.cpio` (uncompressed: unpacking is cheaper than decompressing under
-/// TCG) holding `binaries` and an `/init` that executes `runs` in order.
-pub fn build(dir: &Path, binaries: &[PathBuf], runs: &[Run]) -> Result<PathBuf> {
+/// TCG) holding `binaries`, each kernel's `modules/<release>` directory (loaded by `/init` for
+/// the kernel that boots) and an `/init` that executes `runs` in order.
+pub fn build(
+    dir: &Path,
+    binaries: &[PathBuf],
+    modules: &[PathBuf],
+    runs: &[Run],
+) -> Result<PathBuf> {
     let root = dir.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for sub in [
@@ -76,6 +82,16 @@ pub fn build(dir: &Path, binaries: &[PathBuf], runs: &[Run]) -> Result<PathBuf> 
     }
     for lib in &libs {
         copy_into(&root, lib, lib, false)?;
+    }
+    for release in modules {
+        let name = release
+            .file_name()
+            .with_context(|| format!("{}: no release name", release.display()))?;
+        let dest = root.join("modules").join(name);
+        std::fs::create_dir_all(&dest)?;
+        for m in std::fs::read_dir(release)?.flatten() {
+            std::fs::copy(m.path(), dest.join(m.file_name()))?;
+        }
     }
     let init = root.join("init");
     std::fs::write(&init, init_script(runs)).context("writing /init")?;
@@ -178,6 +194,8 @@ mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 # under /tmp (a CI clone), where a mount would hide it.
 chmod 1777 /tmp
 ip link set lo up
+# Modules the host would load on demand (sock_diag's inet/tcp handlers), in their order.
+for m in /modules/$(uname -r)/*.ko; do [ -f "$m" ] && insmod "$m"; done
 ulimit -n 65536
 echo "{MARKER} kernel $(uname -r)"
 {FACTS}

@@ -70,6 +70,22 @@ pub struct Kernel {
     pub name: &'static str,
     pub package: String,
     pub vmlinuz: PathBuf,
+    /// `modules/<release>`: the modules the guest loads before the tests (see [`MODULES`]).
+    pub modules: PathBuf,
+}
+
+/// Modules the tests need that Debian builds as modules, in load order: sock_diag's INET and
+/// TCP handlers (lavtrace's tcp byte counters; a host loads them on demand, the guest has no
+/// module tree to load from). Kept uncompressed, numbered for the order.
+pub const MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+
+/// The kernel's module directory in the cache (`modules/<release>`), when it was kept.
+fn modules_of(dir: &Path) -> Option<PathBuf> {
+    let release = std::fs::read_dir(dir.join("modules"))
+        .ok()?
+        .flatten()
+        .next()?;
+    Some(release.path())
 }
 
 /// Where kernels and the private apt state live: outside the clone, kept between CI runs.
@@ -110,12 +126,13 @@ fn get_one(spec: &'static Spec, refresh: bool, apt: &mut Option<Apt>) -> Result<
         .max_by(|a, b| natural_cmp(a, b))
         .with_context(|| format!("no package {}*{} in the archive", spec.prefix, spec.suffix))?;
     let dir = kernels.join(&package);
-    if !dir.join("vmlinuz").is_file() {
+    if !dir.join("vmlinuz").is_file() || modules_of(&dir).is_none() {
         fetch(apt, &package, &dir)?;
     }
     Ok(Kernel {
         name: spec.name,
         vmlinuz: dir.join("vmlinuz"),
+        modules: modules_of(&dir).context("no modules kept")?,
         package,
     })
 }
@@ -127,16 +144,24 @@ fn newest_cached(spec: &'static Spec, kernels: &Path) -> Result<Option<Kernel>> 
     let newest = entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|p| spec.matches(p) && kernels.join(p).join("vmlinuz").is_file())
+        .filter(|p| {
+            let dir = kernels.join(p);
+            spec.matches(p) && dir.join("vmlinuz").is_file() && modules_of(&dir).is_some()
+        })
         .max_by(|a, b| natural_cmp(a, b));
-    Ok(newest.map(|package| Kernel {
-        name: spec.name,
-        vmlinuz: kernels.join(&package).join("vmlinuz"),
-        package,
+    Ok(newest.and_then(|package| {
+        let dir = kernels.join(&package);
+        Some(Kernel {
+            name: spec.name,
+            vmlinuz: dir.join("vmlinuz"),
+            modules: modules_of(&dir)?,
+            package,
+        })
     }))
 }
 
-/// Downloads the package and keeps only its kernel image (and config, to read options from).
+/// Downloads the package and keeps only its kernel image (and config, to read options from)
+/// and the [`MODULES`].
 fn fetch(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
     // Package names have dots: `with_extension` would cut them.
     let mut work = dir.as_os_str().to_owned();
@@ -173,11 +198,56 @@ fn fetch(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
     if !work.join("vmlinuz").is_file() {
         bail!("{} has no /boot/vmlinuz-*", deb.display());
     }
+    keep_modules(&tree, &work)?;
     std::fs::remove_dir_all(&tree)?;
     std::fs::remove_file(&deb)?;
     // Last, so a half-done fetch is never taken for a cached kernel.
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).with_context(|| format!("renaming to {}", dir.display()))
+}
+
+/// Copies the [`MODULES`] from the package's tree to `work/modules/<release>/N-name.ko`,
+/// decompressed (busybox insmod reads plain .ko). A module built into this kernel (none in
+/// the tree) is skipped: nothing to load.
+fn keep_modules(tree: &Path, work: &Path) -> Result<()> {
+    let lib = tree.join("lib/modules");
+    let lib = if lib.is_dir() {
+        lib
+    } else {
+        tree.join("usr/lib/modules")
+    };
+    let release = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .flatten()
+        .next()
+        .with_context(|| format!("no release under {}", lib.display()))?;
+    let out = work.join("modules").join(release.file_name());
+    std::fs::create_dir_all(&out)?;
+    let ipv4 = release.path().join("kernel/net/ipv4");
+    for (i, name) in MODULES.iter().enumerate() {
+        let dest = out.join(format!("{i}-{name}.ko"));
+        let plain = ipv4.join(format!("{name}.ko"));
+        if plain.is_file() {
+            std::fs::copy(&plain, &dest)?;
+            continue;
+        }
+        for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
+            let packed = ipv4.join(format!("{name}.ko.{ext}"));
+            if packed.is_file() {
+                let file = std::fs::File::create(&dest)?;
+                let st = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&packed)
+                    .stdout(file)
+                    .status()
+                    .with_context(|| format!("running {tool}"))?;
+                if !st.success() {
+                    bail!("{tool} -dc {} failed ({st})", packed.display());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// apt with every path of its state redirected into `root`: lists, package cache, sources.

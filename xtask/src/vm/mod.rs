@@ -114,7 +114,8 @@ pub fn run(opts: Opts) -> Result<()> {
     let mut binaries = vec![build.lavtrace.clone(), build.workload.clone()];
     binaries.extend(build.tests.iter().map(|(_, p)| p.clone()));
     let dir = workspace_root().join("target/vm");
-    let initrd = initramfs::build(&dir, &binaries, &runs)?;
+    let modules: Vec<_> = kernels.iter().map(|k| k.modules.clone()).collect();
+    let initrd = initramfs::build(&dir, &binaries, &modules, &runs)?;
     let size = std::fs::metadata(&initrd).map_or(0, |m| m.len());
     eprintln!(
         "xtask vm: initramfs {} ({} MiB); tests: {}",
