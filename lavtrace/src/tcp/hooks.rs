@@ -228,7 +228,7 @@ impl Caps {
     pub fn probe() -> Caps {
         let tracefs = tracefs::tracefs_dir().unwrap_or(tracefs::TRACEFS_DIRS[0]);
         // The kprobe programs read the head of struct sock: check it where kprobes exist.
-        let no_kprobes = kprobes_missing(tracefs).or_else(super::btf::sock_head_mismatch);
+        let no_kprobes = kernel::kprobe::missing(tracefs).or_else(super::btf::sock_head_mismatch);
         let wanted: HashSet<&str> = HOOKS
             .iter()
             .filter_map(|h| match h.via {
@@ -279,18 +279,6 @@ impl Caps {
                 .then(|| format!("tracepoint {c}:{n} not in tracefs")),
         }
     }
-}
-
-/// kprobes are attached through the kprobe PMU (perf_event_open) or, on older kernels,
-/// tracefs' kprobe_events; neither exists without CONFIG_KPROBES (+ CONFIG_KPROBE_EVENTS).
-pub fn kprobes_missing(tracefs: &str) -> Option<String> {
-    let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    let events = Path::new(tracefs).join("kprobe_events").exists();
-    (!pmu && !events).then(|| {
-        format!(
-            "kprobes are not compiled into this kernel (no kprobe PMU, no {tracefs}/kprobe_events)"
-        )
-    })
 }
 
 /// The sets to try for one role, in order (the first is the choice; the others are
