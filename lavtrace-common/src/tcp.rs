@@ -76,19 +76,21 @@ pub mod origin {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockInfo {
-    /// `tcp_sock.bytes_acked` and `.bytes_received` as the destroy hook read them (DESTROY
-    /// events, when `sock_read` is 1; zero in the map). Userspace keeps its own figures here:
+    /// `tcp_sock.bytes_acked` and `.bytes_received` as read at the CLOSE transition and at
+    /// destroy, the larger of the two (DESTROY events, when `sock_read` is 1; in the map from
+    /// the CLOSE transition on: tcp_disconnect zeroes the sock's between the two). Userspace
+    /// keeps its own figures here:
     /// the payload acknowledged and received, without the SYN and FIN sequence numbers.
     pub bytes_acked: u64,
     pub bytes_received: u64,
-    /// `tcp_sock.total_retrans` as the destroy hook read it, like the byte counters.
+    /// `tcp_sock.total_retrans`, read like the byte counters.
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
     /// Last state seen (the kprobe on tcp_set_state only gets the new one).
     pub state: u32,
     pub origin: u32,
-    /// 1 when the destroy hook read the byte and retransmit counters from the sock (their
+    /// 1 when the byte and retransmit counters were read from the sock (their
     /// offsets in `struct tcp_sock` were found in the kernel's BTF).
     pub sock_read: u32,
     pub _pad: u32,

@@ -162,6 +162,18 @@ fn on_state(sk: u64, old: u32, new: u32, tuple: impl Fn() -> Tuple) {
         // SAFETY: map value slot, valid for this program run.
         let info = unsafe { &mut *info };
         info.state = new;
+        if new == state::CLOSE {
+            // Final here: a close with SO_LINGER 0 (RabbitMQ's default) goes through
+            // tcp_disconnect, which zeroes the counters after this transition and before
+            // the destroy hook runs.
+            read_counters(sk, info);
+        } else if old == state::CLOSE {
+            // The socket is used again (a connect after a failed one): its counters restart.
+            info.bytes_acked = 0;
+            info.bytes_received = 0;
+            info.retransmits = 0;
+            info.sock_read = 0;
+        }
         let t = tuple();
         if new == state::CLOSE && info.origin == origin::LISTENER {
             let port = u32::from(t.lport);
@@ -277,17 +289,10 @@ fn sock_read<T>(sk: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const T) }.ok()
 }
 
-/// A tracked socket is gone: its final counters go to userspace and its slot is freed (the
-/// kernel may reuse the address for a new socket). The byte counters are read from the sock
-/// here, where they are final: userspace polls them once per interval, and this is what a
-/// socket that closed since the last poll did meanwhile.
+/// Reads the sock's byte and retransmit counters into `info`, never below what an earlier read
+/// (at the CLOSE transition) found: tcp_disconnect zeroes them before the sock is destroyed.
 #[inline(always)]
-fn on_destroy(sk: u64) {
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(mut info) = (unsafe { TCP_SOCKS.get(sk) }).copied() else {
-        return;
-    };
-    let _ = TCP_SOCKS.remove(sk);
+fn read_counters(sk: u64, info: &mut SockInfo) {
     // SAFETY: reads of read-only globals (volatile: set at load time).
     let (acked_at, received_at, retrans_at) = unsafe {
         (
@@ -301,11 +306,25 @@ fn on_destroy(sk: u64) {
         sock_read::<u64>(sk, received_at),
         sock_read::<u32>(sk, retrans_at),
     ) {
-        info.bytes_acked = acked;
-        info.bytes_received = received;
-        info.retransmits = u64::from(retrans);
+        info.bytes_acked = info.bytes_acked.max(acked);
+        info.bytes_received = info.bytes_received.max(received);
+        info.retransmits = info.retransmits.max(u64::from(retrans));
         info.sock_read = 1;
     }
+}
+
+/// A tracked socket is gone: its final counters go to userspace and its slot is freed (the
+/// kernel may reuse the address for a new socket). The byte counters are read from the sock
+/// here, where they are final: userspace polls them once per interval, and this is what a
+/// socket that closed since the last poll did meanwhile.
+#[inline(always)]
+fn on_destroy(sk: u64) {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(mut info) = (unsafe { TCP_SOCKS.get(sk) }).copied() else {
+        return;
+    };
+    let _ = TCP_SOCKS.remove(sk);
+    read_counters(sk, &mut info);
     emit(
         kind::DESTROY,
         sk,

@@ -428,6 +428,10 @@ pub struct ResetsArgs {
     /// Connections accepted and reset, one after the other.
     #[arg(long, default_value_t = 30)]
     pub count: u32,
+    /// Bytes each connection's peer sends, and we read, before the reset: a broker closing
+    /// with SO_LINGER 0 after a transfer (the kernel zeroes the socket's counters on the way).
+    #[arg(long, default_value_t = 0)]
+    pub payload: usize,
 }
 
 /// Mode `resets`: a reset storm. After `go`, `count` connections from the peer (another
@@ -437,11 +441,15 @@ pub struct ResetsArgs {
 pub fn prepare_resets(args: &ResetsArgs) -> Result<impl FnOnce() -> Result<()>> {
     let listener = TcpListener::bind((LOOPBACK, 0))?;
     let mut peer = Peer::start(listener.local_addr()?.port())?;
-    let count = args.count;
+    let (count, payload) = (args.count, args.payload);
     Ok(move || {
         for i in 0..count {
             peer.cmd(&format!("connect X{i}"))?;
-            let (s, _) = listener.accept()?;
+            let (mut s, _) = listener.accept()?;
+            if payload > 0 {
+                peer.cmd(&format!("send X{i} {payload}"))?;
+                recv(&mut s, payload)?;
+            }
             linger_zero(&s)?;
             drop(s);
             peer.cmd(&format!("expect-reset X{i}"))?;

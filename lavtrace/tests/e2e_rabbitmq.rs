@@ -104,7 +104,7 @@ fn traces_a_real_broker_under_a_real_client() {
     // Every body crossed one of them once, plus AMQP framing: same order of magnitude.
     assert!(
         (body..3 * body).contains(&received),
-        "{received} bytes received for {body} bytes of bodies"
+        "{received} bytes received for {body} bytes of bodies: {amqp:#?}"
     );
     for (family, lost) in summary["lost_events"].as_object().unwrap() {
         assert_eq!(lost, 0, "{family} lost events at this rate");

@@ -664,3 +664,44 @@ fn accepts_on_a_port_opened_after_attach_are_the_targets_with_exact_bytes() {
         assert_eq!((s, rcv), (sent, received), "{name} over the intervals");
     }
 }
+
+/// A broker that closes with SO_LINGER 0 after a transfer (RabbitMQ's default): the kernel's
+/// tcp_disconnect zeroes the socket's counters between the CLOSE transition and the destroy
+/// hook, and every byte happened between two polls (one 30 s interval). Each connection's
+/// received bytes must still be exactly what its peer sent, read at the CLOSE transition.
+#[test]
+fn bytes_of_connections_reset_with_linger_zero_between_polls_are_exact() {
+    require_root();
+    const CONNECTIONS: u64 = 5;
+    const PAYLOAD: u64 = 100_000;
+    let mode = hooks_mode();
+    let mut target = Workload::resets()
+        .flag("count", CONNECTIONS)
+        .flag("payload", PAYLOAD)
+        .spawn();
+    let trace = Trace::of(&target)
+        .probes("tcp")
+        .interval("30s")
+        .flag("tcp-hooks", &mode)
+        .spawn();
+    target.go();
+    target.wait_done();
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    target.finish();
+    let summary = records.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let accepted: Vec<&Value> = summary["tcp"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["origin"] == "accept")
+        .collect();
+    assert_eq!(accepted.len() as u64, CONNECTIONS, "{accepted:#?}");
+    for c in &accepted {
+        assert_eq!(u(&c["bytes_received"]), PAYLOAD, "{c}");
+        assert_eq!(u(&c["resets_sent"]), 1, "{c}");
+        assert_eq!(c["state"], "CLOSE", "{c}");
+    }
+    assert_eq!(summary["lost_events"]["tcp"], 0);
+}
