@@ -324,6 +324,25 @@ pub fn select(mode: Mode, syscall_slow_path: bool, caps: &Caps) -> Result<Vec<Se
     }
 }
 
+/// Whether auto may take the kprobe set on this kernel. The kernel matrix proves it exact on
+/// 6.1 and 6.12; in the one-vCPU 5.10 guest it lost calls (2 of 5 madvise, once an open)
+/// with nothing counted as lost, not yet understood. Older kernels get the uprobes
+/// (`--storage-hooks kprobe` still forces the kprobes).
+fn kprobes_proven_here() -> Result<(), String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) >= (6, 1) {
+        Ok(())
+    } else {
+        Err(format!(
+            "kernel {}: the kprobe set is taken by auto from 6.1 on (it lost calls on 5.10)",
+            release.trim()
+        ))
+    }
+}
+
 /// Attaches `own` and the shared programs for `family` (turning its `sink` on), in the first
 /// set of the choice that attaches; a set that fails half-way is unloaded before the next
 /// is tried (auto only).
@@ -352,7 +371,13 @@ pub fn attach(
             Err("not looked for".into())
         },
         syscalls: if looks(Mode::Kprobe) {
-            kprobe::syscall_functions(tracefs)
+            kprobe::syscall_functions(tracefs).and_then(|f| {
+                if mode == Mode::Auto {
+                    kprobes_proven_here().map(|()| f)
+                } else {
+                    Ok(f)
+                }
+            })
         } else {
             Err("not looked for".into())
         },

@@ -533,6 +533,16 @@ pub fn kernel_has_kprobes() -> bool {
             .any(|d| Path::new(d).join("kprobe_events").exists())
 }
 
+/// Whether this kernel is one where the storage kprobe set is proven exact and auto takes it
+/// (6.1 on; it lost calls on 5.10: see `storage::hooks::kprobes_proven_here`).
+pub fn storage_kprobes_proven() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    kernel_has_kprobes() && (major, minor) >= (6, 1)
+}
+
 /// On a kernel without kprobes, `--storage-hooks kprobe` for `probes` exits 5 with the
 /// reason on one line.
 pub fn kprobe_set_is_refused(probes: &str) {
