@@ -17,6 +17,16 @@ const SLEEP_MS: u64 = 10;
 const SPIN_MS: u64 = 400;
 
 /// The sleeper and two spinners on CPU 0; with `fsync_mib`, a blocker too.
+/// One trace at a time: a lavtrace preempted inside a bpf() map operation holds the per-cpu
+/// guard that makes the kernel skip the classic sched_switch program on that CPU (counted in
+/// lost_events, which these tests require to be 0); another test's lavtrace reading its maps
+/// meanwhile would be that lavtrace.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn sched_workload(name: &str, fsync_mib: u64) -> Workload {
     Workload::sched()
         .named(name)
@@ -99,6 +109,7 @@ fn blocked_in_d_on_the_fallback_tracepoints() {
 
 fn blocked_via(hooks: &str) {
     require_root();
+    let _serial = serial();
     let mut target = sched_workload("lt-sched-d", 32);
     let mut bystander = sched_workload("lt-sched-d-other", 32);
     let trace = Trace::of(&target)
@@ -144,6 +155,7 @@ fn assert_sleep_bounds(sleeper: &Value) {
 
 fn each_thread_via(hooks: &str, expected: &[&str]) {
     require_root();
+    let _serial = serial();
     let mut target = sched_workload("lt-sched", 0);
     // The same threads in another process at the same time (its spinners on the same CPU).
     let mut bystander = sched_workload("lt-sched-other", 0);
@@ -269,6 +281,7 @@ fn each_thread_via(hooks: &str, expected: &[&str]) {
 #[test]
 fn text_report_has_a_row_per_thread() {
     require_root();
+    let _serial = serial();
     let mut target = Workload::sched()
         .named("lt-sched-text")
         .flag("sleeps", 5)
@@ -300,6 +313,7 @@ fn text_report_has_a_row_per_thread() {
 #[test]
 fn sched_is_not_in_the_default_probes() {
     require_root();
+    let _serial = serial();
     let mut target = Workload::sched().flag("sleeps", 1).spawn();
     let trace = Trace::of(&target).interval("100ms").spawn();
     assert!(trace.hooks(Some("sched")).is_empty(), "{:?}", trace.vias());
