@@ -3,7 +3,10 @@
 //! (tracepoint and raw tracepoint; uprobes are in `uprobe.rs`, with the library they need).
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, programs::TracePoint};
+use aya::{
+    Ebpf,
+    programs::{Program, TracePoint},
+};
 use serde::Serialize;
 use tracing::debug;
 
@@ -70,6 +73,27 @@ pub fn attach_raw_tracepoint(
         program,
         via: format!("raw_tracepoint {name}"),
     })
+}
+
+/// Unloads `program` if it is loaded, its links with it: an attach that failed half-way must
+/// leave nothing behind that would count a call twice or tax the host.
+pub fn unload(ebpf: &mut Ebpf, program: &str) {
+    let Some(prog) = ebpf.program_mut(program) else {
+        return;
+    };
+    macro_rules! unload_kinds {
+        ($($kind:ident),*) => {
+            match prog {
+                $(Program::$kind(p) if p.fd().is_ok() => p.unload(),)*
+                _ => Ok(()),
+            }
+        };
+    }
+    // The kinds lavtrace's families attach; aya has one `unload` per program type, no trait.
+    let result = unload_kinds!(KProbe, UProbe, TracePoint, RawTracePoint, BtfTracePoint, PerfEvent);
+    if let Err(e) = result {
+        debug!(program, "unload: {e}");
+    }
 }
 
 /// A verifier rejection keeps the verifier's log: it is the only way to know what to fix.

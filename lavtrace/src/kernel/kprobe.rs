@@ -102,18 +102,3 @@ pub fn attach_syscall(
         via,
     })
 }
-
-/// Unloads `program` if it is a loaded kprobe, its links with it.
-pub fn unload(ebpf: &mut Ebpf, program: &str) {
-    let Some(prog) = ebpf.program_mut(program) else {
-        return;
-    };
-    let Ok(prog): Result<&mut KProbe, _> = prog.try_into() else {
-        return;
-    };
-    if prog.fd().is_ok()
-        && let Err(e) = prog.unload()
-    {
-        debug!(program, "unload: {e}");
-    }
-}

@@ -17,7 +17,7 @@ use aya::{Ebpf, EbpfLoader};
 use lavtrace_common::field::FieldSpec;
 use tracing::debug;
 
-pub use attach::{Hook, attach_raw_tracepoint, attach_tracepoint};
+pub use attach::{Hook, attach_raw_tracepoint, attach_tracepoint, unload};
 pub use misses::recursion_misses;
 pub use reach::Bystanders;
 

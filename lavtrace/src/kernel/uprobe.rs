@@ -144,22 +144,6 @@ pub fn attach_uprobe(
     })
 }
 
-/// Unloads `program` if it is a loaded uprobe: its links go with it (an attempt that failed
-/// half-way must leave nothing that would count a call twice).
-pub fn unload_uprobe(ebpf: &mut Ebpf, program: &str) {
-    let Some(prog) = ebpf.program_mut(program) else {
-        return;
-    };
-    let Ok(prog): Result<&mut UProbe, _> = prog.try_into() else {
-        return;
-    };
-    if prog.fd().is_ok()
-        && let Err(e) = prog.unload()
-    {
-        debug!(program, "unload: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -451,7 +451,7 @@ fn attach_uprobes(
         Ok(()) => Ok(hooks),
         Err(e) => {
             for program in loaded {
-                uprobe::unload_uprobe(ebpf, program);
+                crate::kernel::unload(ebpf, program);
             }
             Err(e)
         }
@@ -493,7 +493,7 @@ fn attach_kprobes(
         Ok(()) => Ok(hooks),
         Err(e) => {
             for program in loaded {
-                kprobe::unload(ebpf, program);
+                crate::kernel::unload(ebpf, program);
             }
             Err(e)
         }

@@ -533,14 +533,16 @@ pub fn kernel_has_kprobes() -> bool {
             .any(|d| Path::new(d).join("kprobe_events").exists())
 }
 
-/// Whether this kernel is one where the storage kprobe set is proven exact and auto takes it
-/// (6.1 on; it lost calls on 5.10: see `storage::hooks::kprobes_proven_here`).
+/// Whether auto takes the storage kprobe set on this kernel, as `lavtrace check` reports it:
+/// the product decides (`storage::hooks::kprobes_proven_here`: 6.1 on), the tests follow.
 pub fn storage_kprobes_proven() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    kernel_has_kprobes() && (major, minor) >= (6, 1)
+    let out = Command::new(LAVTRACE)
+        .arg("check")
+        .output()
+        .expect("running lavtrace check");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("fsync ") && l.contains(" via kprobe "))
 }
 
 /// On a kernel without kprobes, `--storage-hooks kprobe` for `probes` exits 5 with the
