@@ -90,7 +90,14 @@ pub fn unload(ebpf: &mut Ebpf, program: &str) {
         };
     }
     // The kinds lavtrace's families attach; aya has one `unload` per program type, no trait.
-    let result = unload_kinds!(KProbe, UProbe, TracePoint, RawTracePoint, BtfTracePoint, PerfEvent);
+    let result = unload_kinds!(
+        KProbe,
+        UProbe,
+        TracePoint,
+        RawTracePoint,
+        BtfTracePoint,
+        PerfEvent
+    );
     if let Err(e) = result {
         debug!(program, "unload: {e}");
     }
