@@ -193,6 +193,19 @@ pub mod sock_offsets {
 pub const SK_BYTES_ACKED: &str = "TCP_SK_BYTES_ACKED";
 pub const SK_BYTES_RECEIVED: &str = "TCP_SK_BYTES_RECEIVED";
 pub const SK_TOTAL_RETRANS: &str = "TCP_SK_TOTAL_RETRANS";
+/// Globals userspace sets at load: the offsets of `skc_v6_daddr` and `skc_v6_rcv_saddr` in this
+/// kernel's `struct sock_common`, from its BTF (0 = not known: the kprobe set then shows IPv6
+/// connections as `[::]` and matches their seeds on ports only). They sit after fields that
+/// depend on the config, so, unlike the head, they are never written down.
+pub const SK_V6_DADDR: &str = "TCP_SK_V6_DADDR";
+pub const SK_V6_RCV_SADDR: &str = "TCP_SK_V6_RCV_SADDR";
+/// Globals userspace sets at load, from BTF: the offset of the `struct net *` in a sock
+/// (`skc_net.net`) and of the namespace's inode number in `struct net` (`ns.inum`); 0 = not
+/// known, then listening ports match in every network namespace. The value of
+/// `TCP_LISTEN_PORTS` is the listener's namespace inode number (0 = any), so that a connection
+/// accepted on the same port number in another namespace (a container) is not the target's.
+pub const SK_NET: &str = "TCP_SK_NET";
+pub const NET_INUM: &str = "TCP_NET_INUM";
 
 crate::pod!(SockInfo, FlowKey, TcpEvent);
 

@@ -46,7 +46,8 @@ use crate::{
 #[map]
 static TCP_SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
 
-/// Local port → 1, for the ports the target listens on.
+/// Local port → the listener's network namespace (inode number; 0 = any), for the ports the
+/// target listens on.
 #[map]
 static TCP_LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
 
@@ -72,7 +73,39 @@ static TCP_SK_BYTES_RECEIVED: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SK_TOTAL_RETRANS: u32 = 0;
 
-/// A connection's addresses as the hooks know them (IPv6 addresses only from tracepoints).
+/// See `lavtrace_common::tcp::SK_V6_DADDR`.
+#[unsafe(no_mangle)]
+static TCP_SK_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_SK_V6_RCV_SADDR: u32 = 0;
+
+/// See `lavtrace_common::tcp::SK_NET`.
+#[unsafe(no_mangle)]
+static TCP_SK_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_NET_INUM: u32 = 0;
+
+/// The network namespace of the sock at `sk` (its inode number), 0 where the offsets are not
+/// known or the read fails.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    // SAFETY: reads of read-only globals (volatile: set at load time).
+    let (net_at, inum_at) = unsafe {
+        (
+            core::ptr::read_volatile(&TCP_SK_NET),
+            core::ptr::read_volatile(&TCP_NET_INUM),
+        )
+    };
+    if inum_at == 0 {
+        return 0;
+    }
+    let Some(net) = sock_read::<u64>(sk, net_at) else {
+        return 0;
+    };
+    sock_read::<u32>(net, inum_at).unwrap_or(0)
+}
+
+/// A connection's addresses as the hooks know them.
 #[derive(Clone, Copy, Default)]
 struct Tuple {
     family: u16,
@@ -195,7 +228,7 @@ fn on_state(sk: u64, old: u32, new: u32, tuple: impl Fn() -> Tuple) {
         }
         let t = tuple();
         if t.lport != 0 {
-            let _ = TCP_LISTEN_PORTS.insert(u32::from(t.lport), 1, 0);
+            let _ = TCP_LISTEN_PORTS.insert(u32::from(t.lport), netns_of(sk), 0);
         }
         origin::LISTENER
     } else if old == state::SYN_RECV && new == state::ESTABLISHED {
@@ -203,7 +236,12 @@ fn on_state(sk: u64, old: u32, new: u32, tuple: impl Fn() -> Tuple) {
         // the listener's local port.
         let port = u32::from(tuple().lport);
         // SAFETY: read-only use of the value.
-        if unsafe { TCP_LISTEN_PORTS.get(port) }.is_none() {
+        let Some(&netns) = (unsafe { TCP_LISTEN_PORTS.get(port) }) else {
+            return;
+        };
+        // The same port number in another network namespace (a container) is not the
+        // target's listener.
+        if netns != 0 && netns_of(sk) != netns {
             return;
         }
         origin::ACCEPT
@@ -251,7 +289,21 @@ fn read_head(sk: u64) -> Option<Head> {
     if family == AF_INET {
         tuple.laddr[..4].copy_from_slice(&raw[so::RCV_SADDR..so::RCV_SADDR + 4]);
         tuple.raddr[..4].copy_from_slice(&raw[so::DADDR..so::DADDR + 4]);
-    } else if family != AF_INET6 {
+    } else if family == AF_INET6 {
+        // SAFETY: reads of read-only globals (volatile: set at load time).
+        let (daddr_at, saddr_at) = unsafe {
+            (
+                core::ptr::read_volatile(&TCP_SK_V6_DADDR),
+                core::ptr::read_volatile(&TCP_SK_V6_RCV_SADDR),
+            )
+        };
+        if let Some(a) = sock_read::<[u8; 16]>(sk, daddr_at) {
+            tuple.raddr = a;
+        }
+        if let Some(a) = sock_read::<[u8; 16]>(sk, saddr_at) {
+            tuple.laddr = a;
+        }
+    } else {
         return None;
     }
     Some(Head {
@@ -599,7 +651,7 @@ pub fn tcp_listen_ret_kp(ctx: RetProbeContext) -> u32 {
     }
     let Some(head) = read_head(sk) else { return 0 };
     if head.tuple.lport != 0 {
-        let _ = TCP_LISTEN_PORTS.insert(u32::from(head.tuple.lport), 1, 0);
+        let _ = TCP_LISTEN_PORTS.insert(u32::from(head.tuple.lport), netns_of(sk), 0);
     }
     // SAFETY: read-only lookup.
     if unsafe { TCP_SOCKS.get(sk) }.is_none() && track(sk, state::LISTEN, origin::LISTENER) {

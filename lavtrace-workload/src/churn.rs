@@ -26,10 +26,14 @@ pub struct Args {
     /// After `done`, wait for stdin to close (a tracer can be read before the target exits).
     #[arg(long)]
     pub hold: bool,
+    /// The listener's port on 127.0.0.1 (0: any free one), e.g. the same port number in two
+    /// network namespaces.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 pub fn prepare(args: &Args) -> Result<impl FnOnce() -> Result<()>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = TcpListener::bind(("127.0.0.1", args.port))?;
     let n = args.connections;
     Ok(move || {
         let addr = listener.local_addr()?;

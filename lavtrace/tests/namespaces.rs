@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::{Trace, Workload, require_root};
 use serde_json::Value;
 
@@ -88,4 +90,77 @@ fn a_target_in_its_own_pid_and_mount_namespaces_is_traced_as_it_sees_itself() {
             .sum();
         assert_eq!(fsyncs, 3);
     }
+}
+
+/// A port number no socket of this namespace has now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn count(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// The target listens on a port; a process in another network namespace (a container)
+/// listens on the same port number and accepts its own connections there. Those complete
+/// their handshake in softirq, where the kernel sees a local port the target listens on: only
+/// the socket's namespace tells them apart. The target's own connections are all there, the
+/// other namespace's none.
+#[test]
+fn connections_on_the_targets_port_number_in_another_network_namespace_are_not_the_targets() {
+    require_root();
+    let port = free_port();
+    let (mine, theirs) = (6, 10);
+    let mut target = Workload::tcp_churn(mine).flag("port", port).spawn();
+    let mut other = Workload::tcp_churn(theirs).flag("port", port).spawn_in(&[
+        "unshare",
+        "--net",
+        "--",
+        "sh",
+        "-c",
+        r#"ip link set lo up && exec "$@""#,
+        "sh",
+    ]);
+    // The premise: another network namespace, and both listening on the same port number.
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let its = std::fs::read_link(format!("/proc/{}/ns/net", other.pid)).unwrap();
+    assert_ne!(
+        own, its,
+        "the other workload is in its own network namespace"
+    );
+
+    let trace = Trace::of(&target).probes("tcp").interval("200ms").spawn();
+    // The other namespace's connections first, while the target's listener is open.
+    other.go();
+    other.wait_done();
+    let records = trace.run(&mut [&mut target]);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["lost_events"]["tcp"], 0);
+    let tcp = &summary["tcp"];
+    // Each of the target's connections is two sockets of the target (connect and accept).
+    assert_eq!(
+        (count(&tcp["opened"]), count(&tcp["closed"])),
+        (2 * mine, 2 * mine),
+        "{tcp}"
+    );
+    let transitions: BTreeMap<&str, u64> = tcp["transitions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str(), count(v)))
+        .collect();
+    assert_eq!(
+        transitions.get("SYN_RECV->ESTABLISHED"),
+        Some(&mine),
+        "{transitions:?}"
+    );
+    assert_eq!(
+        transitions.get("CLOSE->SYN_SENT"),
+        Some(&mine),
+        "{transitions:?}"
+    );
 }

@@ -12,6 +12,9 @@ use lavtrace_common::tcp::sock_offsets as so;
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+/// typedef, volatile, const, restrict: kinds 8 to 11, each standing for one other type.
+const KIND_TYPEDEF: u32 = 8;
+const KIND_RESTRICT: u32 = 11;
 
 struct Member {
     name: u32,
@@ -23,6 +26,8 @@ struct Btf<'a> {
     strings: &'a [u8],
     /// Struct and union types by id: (name offset, members).
     composites: HashMap<u32, (u32, Vec<Member>)>,
+    /// Typedefs and qualifiers by id: the type they stand for.
+    aliases: HashMap<u32, u32>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32> {
@@ -49,6 +54,7 @@ impl<'a> Btf<'a> {
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or_else(|| anyhow::anyhow!("BTF string section out of bounds"))?;
         let mut composites = HashMap::new();
+        let mut aliases = HashMap::new();
         let (mut at, mut id) = (0usize, 1u32);
         while at < types.len() {
             let name = u32_at(types, at)?;
@@ -77,6 +83,8 @@ impl<'a> Btf<'a> {
                     });
                 }
                 composites.insert(id, (name, members));
+            } else if (KIND_TYPEDEF..=KIND_RESTRICT).contains(&kind) {
+                aliases.insert(id, u32_at(types, at - 4)?);
             }
             at += extra;
             id += 1;
@@ -84,6 +92,7 @@ impl<'a> Btf<'a> {
         Ok(Btf {
             strings,
             composites,
+            aliases,
         })
     }
 
@@ -103,18 +112,51 @@ impl<'a> Btf<'a> {
 
     /// Byte offset of member `field` of composite `id`, looking into anonymous members.
     fn offset_of(&self, id: u32, field: &str) -> Option<usize> {
-        let (_, members) = self.composites.get(&id)?;
+        self.member(id, field).map(|(at, _)| at)
+    }
+
+    /// Byte offset and type (typedefs and qualifiers resolved) of member `field` of
+    /// composite `id`, looking into anonymous members.
+    fn member(&self, id: u32, field: &str) -> Option<(usize, u32)> {
+        let (_, members) = self.composites.get(&self.resolve(id))?;
         for m in members {
             if self.name(m.name) == field {
-                return Some(m.bit_offset as usize / 8);
+                return Some((m.bit_offset as usize / 8, self.resolve(m.ty)));
             }
             if m.name == 0
-                && let Some(inner) = self.offset_of(m.ty, field)
+                && let Some((inner, ty)) = self.member(m.ty, field)
             {
-                return Some(m.bit_offset as usize / 8 + inner);
+                return Some((m.bit_offset as usize / 8 + inner, ty));
             }
         }
         None
+    }
+
+    /// Byte offset of `path` (a member, then a member of that member...) in struct `strukt`.
+    fn path_offset(&self, strukt: &str, path: &[&str]) -> Result<usize> {
+        let mut ty = self
+            .struct_id(strukt)
+            .ok_or_else(|| anyhow::anyhow!("no struct {strukt} in BTF"))?;
+        let mut at = 0;
+        for field in path {
+            let (off, inner) = self
+                .member(ty, field)
+                .ok_or_else(|| anyhow::anyhow!("struct {strukt} has no {}", path.join(".")))?;
+            at += off;
+            ty = inner;
+        }
+        Ok(at)
+    }
+
+    fn resolve(&self, mut id: u32) -> u32 {
+        // Bounded: a malformed BTF could make a cycle.
+        for _ in 0..16 {
+            match self.aliases.get(&id) {
+                Some(&to) => id = to,
+                None => break,
+            }
+        }
+        id
     }
 }
 
@@ -176,6 +218,73 @@ pub fn tcp_sock_counters(vmlinux: &[u8]) -> Result<SockCounters> {
     })
 }
 
+/// Offsets of `skc_v6_daddr` and `skc_v6_rcv_saddr` (16-byte addresses, 4-aligned) in this
+/// kernel's `struct sock_common`, for the kprobe set's IPv6 addresses.
+pub fn sock_v6_addrs(vmlinux: &[u8]) -> Result<SockV6> {
+    let btf = Btf::parse(vmlinux)?;
+    let id = btf
+        .struct_id("sock_common")
+        .ok_or_else(|| anyhow::anyhow!("no struct sock_common in BTF"))?;
+    let at = |field: &str| -> Result<u32> {
+        let off = btf
+            .offset_of(id, field)
+            .ok_or_else(|| anyhow::anyhow!("struct sock_common has no {field}"))?;
+        ensure!(
+            off >= so::HEAD_LEN && off % 4 == 0,
+            "struct sock_common.{field} at {off} is not where an address can be read"
+        );
+        Ok(u32::try_from(off)?)
+    };
+    Ok(SockV6 {
+        daddr: at("skc_v6_daddr")?,
+        rcv_saddr: at("skc_v6_rcv_saddr")?,
+    })
+}
+
+/// Where the kprobe set reads a `struct sock_common`'s IPv6 addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct SockV6 {
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+}
+
+/// The kprobe set's IPv6 offsets for this kernel, or why there are none.
+pub fn sock_v6_offsets() -> Result<SockV6> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?;
+    sock_v6_addrs(&data)
+}
+
+/// Where the state hook finds a socket's network namespace: the `struct net *` at `sk_net` in
+/// the sock (`skc_net.net`; absent without CONFIG_NET_NS) and the namespace's inode number at
+/// `inum` in that `struct net` (`ns.inum`, what /proc/PID/ns/net shows).
+#[derive(Debug, Clone, Copy)]
+pub struct SockNetns {
+    pub sk_net: u32,
+    pub inum: u32,
+}
+
+pub fn sock_netns(vmlinux: &[u8]) -> Result<SockNetns> {
+    let btf = Btf::parse(vmlinux)?;
+    let sk_net = btf.path_offset("sock_common", &["skc_net", "net"])?;
+    let inum = btf.path_offset("net", &["ns", "inum"])?;
+    ensure!(
+        sk_net % 8 == 0 && inum % 4 == 0 && inum != 0,
+        "sock_common.skc_net.net at {sk_net} / net.ns.inum at {inum} cannot be read"
+    );
+    Ok(SockNetns {
+        sk_net: u32::try_from(sk_net)?,
+        inum: u32::try_from(inum)?,
+    })
+}
+
+/// The state hook's network-namespace offsets for this kernel, or why there are none.
+pub fn sock_netns_offsets() -> Result<SockNetns> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?;
+    sock_netns(&data)
+}
+
 /// Where the destroy hook reads a `struct tcp_sock`'s counters.
 #[derive(Debug, Clone, Copy)]
 pub struct SockCounters {
@@ -214,7 +323,13 @@ mod tests {
         let btf = Btf::parse(&data).unwrap();
         let id = btf.struct_id("sock_common").unwrap();
         assert_eq!(btf.offset_of(id, "skc_no_such_field"), None);
-        assert!(btf.offset_of(id, "skc_v6_daddr").is_some());
+        let v6 = sock_v6_addrs(&data).unwrap();
+        assert_eq!(Some(v6.daddr as usize), btf.offset_of(id, "skc_v6_daddr"));
+        assert_eq!(
+            v6.rcv_saddr,
+            v6.daddr + 16,
+            "adjacent in every kernel since 3.13"
+        );
         let c = tcp_sock_counters(&data).unwrap();
         assert!(c.bytes_acked > 1000 && c.bytes_received > 1000 && c.total_retrans > 1000);
         assert!(c.bytes_acked != c.bytes_received);
@@ -230,5 +345,7 @@ mod tests {
         hdr.extend([0, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert!(check_sock_head(&hdr).is_err());
         assert!(tcp_sock_counters(&hdr).is_err());
+        assert!(sock_v6_addrs(&hdr).is_err());
+        assert!(sock_netns(&hdr).is_err());
     }
 }

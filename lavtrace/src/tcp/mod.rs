@@ -42,6 +42,9 @@ struct Shared {
     listen_ports: HashMap<MapData, u32, u32>,
     seeds: HashMap<MapData, FlowKey, u32>,
     pid: u32,
+    /// The target's network namespace (inode number of /proc/PID/ns/net; 0 = unknown): the
+    /// value of its ports in `TCP_LISTEN_PORTS`.
+    netns: u32,
     /// None when sock_diag cannot be had (no `inet_diag`/`tcp_diag` module): no byte figures.
     diag: Option<diag::Diag>,
 }
@@ -85,7 +88,10 @@ impl Shared {
 
     fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
         for s in socks.iter().filter(|s| s.state == state::LISTEN) {
-            if let Err(e) = self.listen_ports.insert(u32::from(s.local.port()), 1, 0) {
+            if let Err(e) = self
+                .listen_ports
+                .insert(u32::from(s.local.port()), self.netns, 0)
+            {
                 debug!("tcp: cannot add listening port {}: {e}", s.local.port());
             }
             self.table.listeners.insert(s.local);
@@ -136,6 +142,20 @@ impl Family for Tracer {
             }
             Err(e) => debug!("tcp: the destroy hook reads no byte counters: {e:#}"),
         }
+        match btf::sock_v6_offsets() {
+            Ok(at) => {
+                overrides.global_u32(tcp::SK_V6_DADDR, at.daddr);
+                overrides.global_u32(tcp::SK_V6_RCV_SADDR, at.rcv_saddr);
+            }
+            Err(e) => debug!("tcp: the kprobe set reads no IPv6 address: {e:#}"),
+        }
+        match btf::sock_netns_offsets() {
+            Ok(at) => {
+                overrides.global_u32(tcp::SK_NET, at.sk_net);
+                overrides.global_u32(tcp::NET_INUM, at.inum);
+            }
+            Err(e) => debug!("tcp: listening ports match in every network namespace: {e:#}"),
+        }
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
@@ -182,8 +202,28 @@ impl family::Tracer for Tracer {
                 "the destroy hook reads no byte counters ({e:#}): a socket closed between two polls keeps the last poll's figures"
             ),
         };
-        let mut notes: Vec<(String, String)> =
-            vec![(hooks::SOCK_DIAG.into(), diag), ("*".into(), closing)];
+        let netns = match btf::sock_netns_offsets() {
+            Ok(at) => format!(
+                "connections accepted on the target's ports count only in its network namespace (sock.skc_net.net at {}, net.ns.inum at {}, BTF)",
+                at.sk_net, at.inum
+            ),
+            Err(e) => format!(
+                "listening ports match in every network namespace ({e:#}): a container's connections on the same port number would count as the target's"
+            ),
+        };
+        let v6 = match btf::sock_v6_offsets() {
+            Ok(at) => format!(
+                "the kprobe set reads IPv6 addresses at sock_common.skc_v6_daddr/skc_v6_rcv_saddr {}/{} (BTF)",
+                at.daddr, at.rcv_saddr
+            ),
+            Err(e) => format!("the kprobe set shows IPv6 connections as [::] ({e:#})"),
+        };
+        let mut notes: Vec<(String, String)> = vec![
+            (hooks::SOCK_DIAG.into(), diag),
+            ("*".into(), closing),
+            ("*".into(), netns),
+            ("*".into(), v6),
+        ];
         notes.extend(
             hooks::not_in_use(in_use, &caps)
                 .into_iter()
@@ -222,6 +262,7 @@ impl Tracer {
             listen_ports: HashMap::try_from(take(ebpf, "TCP_LISTEN_PORTS")?)?,
             seeds: HashMap::try_from(take(ebpf, "TCP_SEEDS")?)?,
             pid,
+            netns: procfs::netns_inode(pid),
             diag: diag::Diag::open(pid)
                 .and_then(|mut d| d.check().map(|()| d))
                 .inspect_err(|e| warn!("tcp: no byte counts: {e:#}"))
@@ -234,7 +275,7 @@ impl Tracer {
         for s in existing.iter().filter(|s| s.state != state::LISTEN) {
             let mut keys = vec![s.key()];
             if s.family == tcp::AF_INET6 {
-                // The kprobe set reads no IPv6 address: it looks the seed up by its ports.
+                // Without BTF the kprobe set reads no IPv6 address: it looks the seed up by its ports.
                 keys.push(FlowKey {
                     laddr: [0; 16],
                     raddr: [0; 16],

@@ -166,6 +166,16 @@ fn parse_addr(s: &str, family: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The inode number of `pid`'s network namespace (what the kernel calls its `ns.inum`), 0
+/// when it cannot be read.
+pub fn netns_inode(pid: u32) -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -345,7 +345,8 @@ impl Table {
         let find = |c: &Conn| {
             let family = if c.local.is_ipv6() { AF_INET6 } else { AF_INET };
             let same = by_ports.get(&(family, c.local.port(), c.remote.port()))?;
-            // kprobe-set IPv6 connections carry [::]: their ports decide, when unambiguous.
+            // kprobe-set IPv6 connections carry [::] where BTF gave no address offsets: their ports
+            // decide, when unambiguous.
             let exact = same
                 .iter()
                 .find(|s| s.local == c.local && s.remote == c.remote);
@@ -402,7 +403,7 @@ impl Table {
                     Slot::Conn(i) => {
                         let c = &mut self.conns[i];
                         // A connect's first transition comes before its port is chosen; the
-                        // kprobe set reads no IPv6 address (keep those /proc gave).
+                        // kprobe set without BTF reads no IPv6 address (keep those /proc gave).
                         let v6_unread = e.family == AF_INET6 && e.laddr == [0; 16];
                         if e.lport != 0 && e.rport != 0 && !(v6_unread && c.inode.is_some()) {
                             c.local = local;
@@ -617,9 +618,9 @@ impl Table {
         }
     }
 
-    /// The pre-existing connection with this 4-tuple. The kprobe set sends IPv6 sockets with
-    /// their addresses unknown (it reads only the head of the sock): those match on family
-    /// and ports, when exactly one seed has them.
+    /// The pre-existing connection with this 4-tuple. Without BTF the kprobe set sends IPv6
+    /// sockets with their addresses unknown (it reads only the head of the sock): those match
+    /// on family and ports, when exactly one seed has them.
     fn match_seed(&mut self, e: &TcpEvent, local: SocketAddr, remote: SocketAddr) -> Option<usize> {
         let key = procfs::flow_key(e.family, local, remote);
         if let Some(i) = self.seeds.remove(&key) {

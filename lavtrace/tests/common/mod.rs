@@ -174,7 +174,8 @@ impl Preset {
         let mut started = start::spawn(&mut cmd, WAIT)
             .unwrap_or_else(|e| panic!("starting lavtrace-workload {}: {e}", self.mode));
         let announced = started.pid();
-        let pid = if wrapper.is_empty() {
+        // A wrapper that only execs (no new pid namespace) leaves the workload its pid.
+        let pid = if wrapper.is_empty() || started.child().id() == announced {
             announced
         } else {
             host_pid(started.child().id(), announced)
