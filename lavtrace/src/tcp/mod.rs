@@ -11,7 +11,10 @@ pub mod procfs;
 mod report;
 pub mod table;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -20,7 +23,7 @@ use aya::{
 };
 use lavtrace_common::{
     ring::lost,
-    tcp::{self, FlowKey, SockInfo, TcpEvent, state},
+    tcp::{self, FlowKey, SockInfo, TcpEvent, origin, state},
 };
 use tracing::{debug, info, warn};
 
@@ -45,12 +48,19 @@ struct Shared {
     /// The target's network namespace (inode number of /proc/PID/ns/net; 0 = unknown): the
     /// value of its ports in `TCP_LISTEN_PORTS`.
     netns: u32,
+    /// Ports this side put in `TCP_LISTEN_PORTS` and the kernel has not removed since.
+    ports_in_map: HashSet<u16>,
     /// None when sock_diag cannot be had (no `inet_diag`/`tcp_diag` module): no byte figures.
     diag: Option<diag::Diag>,
 }
 
 impl Shared {
     fn on_event(&mut self, e: &TcpEvent) {
+        if e.kind == tcp::kind::STATE && e.new_state == state::CLOSE && e.origin == origin::LISTENER
+        {
+            // The kernel forgot the port with its listener (see the state hook).
+            self.ports_in_map.remove(&e.lport);
+        }
         self.table.apply(e);
         if std::mem::take(&mut self.table.rescan_listeners) {
             self.poll();
@@ -88,11 +98,17 @@ impl Shared {
 
     fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
         for s in socks.iter().filter(|s| s.state == state::LISTEN) {
-            if let Err(e) = self
-                .listen_ports
-                .insert(u32::from(s.local.port()), self.netns, 0)
-            {
-                debug!("tcp: cannot add listening port {}: {e}", s.local.port());
+            // Each bpf() map update holds the CPU's `bpf_prog_active` while it runs; a
+            // lavtrace preempted inside one makes the kernel skip kprobe and classic
+            // tracepoint programs on that CPU (uncounted before 6.7). Only new ports go in.
+            let port = s.local.port();
+            if !self.ports_in_map.contains(&port) {
+                match self.listen_ports.insert(u32::from(port), self.netns, 0) {
+                    Ok(()) => {
+                        self.ports_in_map.insert(port);
+                    }
+                    Err(e) => debug!("tcp: cannot add listening port {port}: {e}"),
+                }
             }
             self.table.listeners.insert(s.local);
         }
@@ -263,6 +279,7 @@ impl Tracer {
             seeds: HashMap::try_from(take(ebpf, "TCP_SEEDS")?)?,
             pid,
             netns: procfs::netns_inode(pid),
+            ports_in_map: HashSet::new(),
             diag: diag::Diag::open(pid)
                 .and_then(|mut d| d.check().map(|()| d))
                 .inspect_err(|e| warn!("tcp: no byte counts: {e:#}"))
@@ -327,12 +344,12 @@ impl Tracer {
             .stats
             .malformed
             .load(std::sync::atomic::Ordering::Relaxed);
-        let lost_total = kernel_lost + malformed;
         let mut shared = self
             .shared
             .lock()
             .map_err(|_| anyhow::anyhow!("tcp table poisoned"))?;
         let shared = &mut *shared;
+        let lost_total = kernel_lost + malformed + shared.table.unseen_transitions;
         for key in std::mem::take(&mut shared.table.stale_seeds) {
             let _ = shared.seeds.remove(&key);
         }

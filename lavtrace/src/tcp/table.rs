@@ -290,6 +290,11 @@ pub struct Table {
     /// The target listens on a port the kernel did not know at the LISTEN transition (listen
     /// without bind picks it after): rescan its listeners.
     pub rescan_listeners: bool,
+    /// Transitions of a tracked socket that leave a state other than the one its last
+    /// transition entered: at least one transition in between went unseen (a kernel that
+    /// skips a program run without counting it, e.g. kprobes before 6.7 while the CPU's
+    /// `bpf_prog_active` is held). Counted as lost, never filled in.
+    pub unseen_transitions: u64,
 }
 
 impl Table {
@@ -401,6 +406,16 @@ impl Table {
                 };
                 match slot {
                     Slot::Conn(i) => {
+                        let c = &self.conns[i];
+                        if c.state_since.is_some() && c.state != e.old_state {
+                            debug!(
+                                sk = e.sk,
+                                last = c.state,
+                                old = e.old_state,
+                                "tcp: a transition went unseen"
+                            );
+                            self.unseen_transitions += 1;
+                        }
                         let c = &mut self.conns[i];
                         // A connect's first transition comes before its port is chosen; the
                         // kprobe set without BTF reads no IPv6 address (keep those /proc gave).
@@ -701,6 +716,35 @@ mod tests {
         e.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e
+    }
+
+    #[test]
+    fn a_transition_from_a_state_the_last_one_did_not_enter_is_counted_unseen() {
+        let mut t = Table::default();
+        let c = origin::CONNECT;
+        t.apply(&ev(kind::STATE, 1, state::CLOSE, state::SYN_SENT, c, 1));
+        t.apply(&ev(
+            kind::STATE,
+            1,
+            state::SYN_SENT,
+            state::ESTABLISHED,
+            c,
+            2,
+        ));
+        assert_eq!(t.unseen_transitions, 0);
+        // ESTABLISHED -> FIN_WAIT1 -> FIN_WAIT2 went unseen.
+        t.apply(&ev(kind::STATE, 1, state::FIN_WAIT2, state::CLOSE, c, 3));
+        assert_eq!(t.unseen_transitions, 1);
+        // A socket's first event starts from whatever state it reports.
+        t.apply(&ev(
+            kind::STATE,
+            2,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            origin::ACCEPT,
+            4,
+        ));
+        assert_eq!(t.unseen_transitions, 1);
     }
 
     #[test]
