@@ -420,12 +420,12 @@ fn files_are_named_by_vhost_and_queue() {
     assert!(!text.contains("vhost:"), "no hash paths left:\n{text}");
 }
 
-/// Issue 18, hundreds of queues: every segment and ack file of 200 durable queues (500 in the
-/// issue; 200 keeps the run short) is attributed to its own queue, by name.
+/// Issue 18, hundreds of queues: every segment and ack file of 500 durable queues is
+/// attributed to its own queue, by name.
 #[test]
 fn hundreds_of_queues_each_own_their_segments() {
     require_root();
-    const QUEUES: u64 = 200;
+    const QUEUES: u64 = 500;
     let mut target = Workload::lavinmq()
         .flag("queues", QUEUES)
         .segments(1)
