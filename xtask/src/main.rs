@@ -66,6 +66,10 @@ enum Task {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: std::path::PathBuf,
+        /// Only these sections (hooks, spin, broker, pipeline, scale; the targets need spin
+        /// and broker), e.g. to try one: `--only scale --output /tmp/scale.md`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Run a throwaway RabbitMQ on 127.0.0.1 (foreground; Ctrl-C stops it) to trace by hand.
     Broker {
@@ -135,6 +139,7 @@ fn run(task: Task) -> Result<()> {
             spin_calls,
             broker_messages,
             output,
+            only,
         } => {
             setup::run(Job::Run)?;
             bench::run(&bench::Options {
@@ -142,6 +147,7 @@ fn run(task: Task) -> Result<()> {
                 spin_calls,
                 broker_messages,
                 output: workspace_root().join(output),
+                only,
             })
         }
         Task::VmTest(opts) => vm::run(opts),
