@@ -111,6 +111,23 @@ pub trait Section: Any + Debug + Send {
     fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<RawValue>)>>;
     fn write_text(&self, out: &mut String, text: &TextOptions);
     fn as_any(&self) -> &dyn Any;
+    /// Its pane in the live view, for a family the view has no pane of its own for: a table
+    /// of formatted cells, most important row first. None: no pane.
+    fn pane(&self) -> Option<TablePane> {
+        None
+    }
+}
+
+/// A family's table in the live view (`Section::pane`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablePane {
+    /// The pane's name (its title and the focus line), e.g. `scheduling`.
+    pub name: &'static str,
+    /// What the title says after the name, e.g. `· this interval · 3 threads`.
+    pub title: String,
+    pub header: Vec<&'static str>,
+    /// Rows of cells, as many as `header`; the view shows as many as fit.
+    pub rows: Vec<Vec<String>>,
 }
 
 /// Options of the text tables.

@@ -47,6 +47,11 @@ impl Sections {
         self.parts.iter().find_map(|p| p.as_any().downcast_ref())
     }
 
+    /// The live-view tables of the families that offer one (`Section::pane`).
+    pub fn table_panes(&self) -> impl Iterator<Item = crate::family::TablePane> + '_ {
+        self.parts.iter().filter_map(|p| p.pane())
+    }
+
     fn write_text(&self, out: &mut String, args: &ReportArgs, summary: bool) {
         let text = TextOptions {
             sort: args.sort.into(),

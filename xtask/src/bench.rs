@@ -135,7 +135,7 @@ impl Workload {
     /// Started, with `ready` awaited for up to `timeout` (a mode that connects first).
     fn spawn_within(args: &[&str], timeout: Duration) -> Result<Workload> {
         let started = start::spawn(Command::new(workload_binary()).args(args), timeout)
-        .with_context(|| format!("starting lavtrace-workload {}", args.join(" ")))?;
+            .with_context(|| format!("starting lavtrace-workload {}", args.join(" ")))?;
         Ok(Workload {
             pid: started.pid(),
             started,

@@ -98,6 +98,10 @@ impl family::Section for Section {
         )
     }
 
+    fn pane(&self) -> Option<family::TablePane> {
+        Some(report::pane(&self.threads, self.missed))
+    }
+
     fn write_text(&self, out: &mut String, text: &TextOptions) {
         report::write_text(out, &self.threads, text.sort, text.top);
         use std::fmt::Write as _;

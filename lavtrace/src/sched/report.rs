@@ -89,6 +89,42 @@ pub fn sort_default(rows: &mut [ThreadRow]) {
     rows.sort_by(|a, b| b.on_cpu_ns.cmp(&a.on_cpu_ns).then(a.tid.cmp(&b.tid)));
 }
 
+/// The live view's table: the threads that waited longest for a CPU first (the question the
+/// pane answers: is the broker starved), then by on-CPU time.
+pub fn pane(rows: &[ThreadRow], missed: u64) -> crate::family::TablePane {
+    let mut sorted: Vec<&ThreadRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| (Reverse(r.runq_ns.p99_ns), Reverse(r.on_cpu_ns), r.tid));
+    let mut title = format!("· this interval · {} threads ", rows.len());
+    if missed > 0 {
+        title.push_str(&format!("· {missed} switches the kernel skipped "));
+    }
+    crate::family::TablePane {
+        name: "scheduling",
+        title,
+        header: vec![
+            "THREAD", "TID", "STATE", "ON-CPU", "RQ P99", "RQ MAX", "SLEEP", "BLOCKED", "VOL",
+            "INVOL",
+        ],
+        rows: sorted
+            .into_iter()
+            .map(|r| {
+                vec![
+                    r.thread.clone().unwrap_or_else(|| "?".into()),
+                    r.tid.to_string(),
+                    r.state.to_string(),
+                    units::ns(r.on_cpu_ns),
+                    units::ns(r.runq_ns.p99_ns),
+                    units::ns(r.runq_ns.max_ns),
+                    units::ns(r.sleep_ns),
+                    units::ns(r.blocked_ns),
+                    r.switches_voluntary.to_string(),
+                    r.switches_involuntary.to_string(),
+                ]
+            })
+            .collect(),
+    }
+}
+
 /// The table: top `top` threads by `sort` (count: switches; time: on-CPU; max: run-queue
 /// max; errors: blocked time).
 pub fn write_text(out: &mut String, rows: &[ThreadRow], sort: SortKey, top: usize) {

@@ -7,6 +7,7 @@
 mod panes;
 
 use std::{
+    collections::HashMap,
     io,
     time::{Duration, Instant},
 };
@@ -61,8 +62,8 @@ fn action(ev: &Event) -> Option<Action> {
 struct ViewState {
     panes: Vec<Pane>,
     focus: Pane,
-    /// Per pane (by `Pane::index`): index into its `sorts()`.
-    sorts: [usize; 5],
+    /// Per pane: index into its `sorts()` (absent: 0).
+    sorts: HashMap<Pane, usize>,
     paused: bool,
     started: Instant,
     pid: u32,
@@ -145,8 +146,7 @@ impl ViewState {
         let mut families: Vec<&str> = hooks.iter().map(|h| h.family).collect();
         families.dedup();
         let panes = panes::panes_for(families.iter().copied());
-        let mut sorts = [0; 5];
-        sorts[Pane::Syscalls.index()] = panes::syscall_sort_index(sort);
+        let sorts = HashMap::from([(Pane::Syscalls, panes::syscall_sort_index(sort))]);
         ViewState {
             focus: panes.first().copied().unwrap_or(Pane::Syscalls),
             panes,
@@ -177,7 +177,7 @@ impl ViewState {
             's' => {
                 let n = self.focus.sorts().len();
                 if n > 0 {
-                    let i = &mut self.sorts[self.focus.index()];
+                    let i = self.sorts.entry(self.focus).or_default();
                     *i = (*i + 1) % n;
                 }
             }
@@ -209,6 +209,13 @@ impl ViewState {
             let at = usize::from(self.panes.first() == Some(&Pane::Syscalls));
             self.panes.insert(at, Pane::Threads);
         }
+        // A family's own table comes with its first section that offers one.
+        for table in sections.table_panes() {
+            let pane = Pane::Table(table.name);
+            if !self.panes.contains(&pane) {
+                self.panes.push(pane);
+            }
+        }
         let threads = crate::target::thread_count(self.pid);
         if threads > 0 {
             self.threads = threads;
@@ -228,7 +235,7 @@ impl ViewState {
             return;
         };
         for (pane, area) in panes::layout(&self.panes, self.focus, body) {
-            let sort = self.sorts[pane.index()];
+            let sort = self.sort_of(pane);
             let block = self.block(pane, s);
             match pane {
                 Pane::Syscalls => {
@@ -253,6 +260,10 @@ impl ViewState {
                     Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
                     None => f.render_widget(block, area),
                 },
+                Pane::Table(name) => match s.table_panes().find(|t| t.name == name) {
+                    Some(t) => panes::table(f, area, block, &t),
+                    None => f.render_widget(block, area),
+                },
             }
         }
     }
@@ -274,8 +285,14 @@ impl ViewState {
                     ));
                 }
             }
+            Pane::Table(name) => {
+                if let Some(t) = s.table_panes().find(|t| t.name == name) {
+                    title.push_str(&t.title);
+                    title.push(' ');
+                }
+            }
         }
-        if let Some(sort) = pane.sorts().get(self.sorts[pane.index()]) {
+        if let Some(sort) = pane.sorts().get(self.sort_of(pane)) {
             title.push_str(&format!("· by {sort} "));
         }
         let block = Block::bordered().title(title);
@@ -284,6 +301,10 @@ impl ViewState {
         } else {
             block.border_style(Style::new().add_modifier(Modifier::DIM))
         }
+    }
+
+    fn sort_of(&self, pane: Pane) -> usize {
+        self.sorts.get(&pane).copied().unwrap_or(0)
     }
 
     fn header(&self, f: &mut Frame, area: Rect) {
@@ -318,7 +339,7 @@ impl ViewState {
         let sort = self
             .focus
             .sorts()
-            .get(self.sorts[self.focus.index()])
+            .get(self.sort_of(self.focus))
             .copied()
             .unwrap_or("-");
         let limits = match self.last.as_ref().and_then(|(_, _, s)| s.limits.as_ref()) {

@@ -13,7 +13,7 @@ use ratatui::{
 };
 
 use crate::{
-    family::SortKey,
+    family::{SortKey, TablePane},
     fsync::{Bucket, FsyncRow},
     mmap::MmapSection,
     syscalls::{SyscallRow, threads::ThreadRow},
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The panes, in display and focus order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pane {
     Syscalls,
     /// `--per-thread`: the syscalls family per thread.
@@ -30,6 +30,8 @@ pub enum Pane {
     Durability,
     Mappings,
     Connections,
+    /// A family's own table (`Section::pane`), by its pane name; after the others.
+    Table(&'static str),
 }
 
 impl Pane {
@@ -52,10 +54,6 @@ impl Pane {
         })
     }
 
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Pane::Syscalls => "syscalls",
@@ -63,6 +61,7 @@ impl Pane {
             Pane::Durability => "durability",
             Pane::Mappings => "mappings",
             Pane::Connections => "connections",
+            Pane::Table(name) => name,
         }
     }
 
@@ -74,6 +73,7 @@ impl Pane {
             Pane::Durability => &["count", "p99", "max"],
             Pane::Mappings => &[],
             Pane::Connections => &["bytes/s", "age", "state"],
+            Pane::Table(_) => &[],
         }
     }
 }
@@ -417,5 +417,34 @@ pub fn connections(
             row.style(Style::new().add_modifier(Modifier::DIM))
         }
     });
+    f.render_widget(Table::new(body, widths).header(header).block(block), area);
+}
+
+/// A family's own table: its header, then as many rows as fit; each column as wide as its
+/// widest cell (the header included), the last one taking what is left.
+pub fn table(f: &mut Frame, area: Rect, block: Block, pane: &TablePane) {
+    let shown = usize::from(area.height.saturating_sub(3));
+    let rows: Vec<&Vec<String>> = pane.rows.iter().take(shown).collect();
+    let widths: Vec<Constraint> = (0..pane.header.len())
+        .map(|i| {
+            let widest = rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .chain([pane.header[i].len()])
+                .max()
+                .unwrap_or(0);
+            if i + 1 == pane.header.len() {
+                Constraint::Min(widest as u16)
+            } else {
+                Constraint::Length(widest as u16)
+            }
+        })
+        .collect();
+    let header =
+        Row::new(pane.header.iter().copied()).style(Style::new().add_modifier(Modifier::BOLD));
+    let body = rows
+        .into_iter()
+        .map(|r| Row::new(r.iter().map(|c| printable(c).into_owned())));
     f.render_widget(Table::new(body, widths).header(header).block(block), area);
 }

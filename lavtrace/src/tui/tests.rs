@@ -446,3 +446,50 @@ fn the_flight_recorder_shows_its_window_and_d_dumps() {
     let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap();
     assert!(at("LIMITS") < at(kept) && at(kept) < at("[d]ump now") && at("[d]ump now") < 5);
 }
+
+/// A family without a pane of its own in the view (sched here) gets its table as a pane once
+/// its first section offers one, after the others, named and focusable; a hostile thread
+/// name is shown escaped.
+#[test]
+fn a_family_table_becomes_a_pane_of_its_own() {
+    use lavtrace_common::sched::{ThreadSched, state};
+    let mut state = ViewState::new(&target(), &hooks(&["syscalls", "sched"]), SortKey::Count);
+    assert_eq!(state.panes, vec![Pane::Syscalls]);
+    let starved = ThreadSched {
+        on_cpu_ns: 2_000_000,
+        runq_count: 4,
+        runq_max_ns: 9_000_000,
+        voluntary: 7,
+        ..ThreadSched::default()
+    };
+    let mut buckets = starved;
+    buckets.runq_buckets[lavtrace_common::syscalls::latency_bucket(8_000_000)] = 4;
+    let sections = all_sections(false).with(crate::sched::Section {
+        threads: vec![
+            crate::sched::ThreadRow::new(
+                11,
+                Some("idle".into()),
+                &ThreadSched::default(),
+                state::SLEEP,
+            ),
+            crate::sched::ThreadRow::new(12, Some("conf\x1b[2Jirm".into()), &buckets, state::RUNQ),
+        ],
+        table_full: 0,
+        missed: 0,
+    });
+    state.update(1, Duration::from_secs(1), sections);
+    assert_eq!(state.panes.last(), Some(&Pane::Table("scheduling")));
+    state.key('\t');
+    assert_eq!(state.focus, Pane::Table("scheduling"));
+    let (text, _) = draw(&state, 140, 50);
+    assert!(
+        text.contains("scheduling · this interval · 2 threads"),
+        "{text}"
+    );
+    assert!(text.contains("RQ P99"), "{text}");
+    assert!(!text.contains('\x1b'), "{text}");
+    // The starved thread first.
+    let starved_at = text.find("conf").unwrap();
+    let idle_at = text.find("idle").unwrap();
+    assert!(starved_at < idle_at, "{text}");
+}
