@@ -180,6 +180,8 @@ fn init_script(runs: &[Run]) -> String {
         r#"#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp TMPDIR=/tmp RUST_BACKTRACE=1
+# Tests that must see something in the kernel matrix (e.g. IPv6 on the kprobe set) ask for it.
+export LAVTRACE_GUEST=1
 mount -t devtmpfs devtmpfs /dev
 # The kernel found no /dev/console in the archive to give pid 1: take it now.
 exec </dev/console >/dev/console 2>&1
