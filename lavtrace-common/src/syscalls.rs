@@ -89,7 +89,21 @@ pub mod diag {
     pub const LEN: u32 = 3;
 }
 
-crate::pod!(SyscallStats, ErrnoKey, ThreadKey, ThreadStats);
+/// Value of `SYSCALLS_START` (tid → the syscall it is in). The number is kept from the entry
+/// because the raw `sys_exit` tracepoint passes only the return value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallStart {
+    /// Entry time (ns); 0 once consumed, so an exit never pairs with a stale entry.
+    pub ts: u64,
+    pub nr: u64,
+}
+
+/// The calls-in-progress map: the sampled mode empties it while detached, so that an exit
+/// seen after the next attach never pairs with an entry from before.
+pub const START_MAP: &str = "SYSCALLS_START";
+
+crate::pod!(SyscallStats, ErrnoKey, ThreadKey, ThreadStats, SyscallStart);
 
 /// Bucket index of a duration, the same in the kernel and in tests.
 #[inline(always)]

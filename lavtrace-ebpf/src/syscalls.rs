@@ -18,23 +18,15 @@ use aya_ebpf::{
 };
 use lavtrace_common::syscalls::{
     COUNTED_ELSEWHERE_LEN, ErrnoKey, MAX_ERRNO_KEYS, MAX_SYSCALLS, MAX_THREAD_KEYS, MAX_THREADS,
-    STATS_SLOTS, SyscallStats, ThreadHalves, ThreadKey, ThreadStats, diag, latency_bucket,
+    STATS_SLOTS, SyscallStart, SyscallStats, ThreadHalves, ThreadKey, ThreadStats, diag,
+    latency_bucket,
 };
 
 use crate::{cut, field, filter::current_target_task};
 
-/// A thread's syscall in progress. The number is kept from the entry because the raw
-/// `sys_exit` tracepoint passes only the return value.
-#[repr(C)]
-struct Start {
-    /// Entry time (ns); 0 once consumed, so an exit never pairs with a stale entry.
-    ts: u64,
-    nr: u64,
-}
-
 /// tid → the syscall it is in.
 #[map]
-static SYSCALLS_START: HashMap<u32, Start> = HashMap::with_max_entries(MAX_THREADS, 0);
+static SYSCALLS_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 /// Two halves (`lavtrace_common::cut`): `half * MAX_SYSCALLS + nr`.
 #[map]
@@ -132,7 +124,7 @@ fn on_enter(tid: u32, nr: i64) {
             (*slot).nr = nr as u64;
         },
         None => {
-            let start = Start {
+            let start = SyscallStart {
                 ts: now,
                 nr: nr as u64,
             };

@@ -146,6 +146,12 @@ pub struct ReportArgs {
     /// classic raw_syscalls tracepoints (tests use this to cover the fallback).
     #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
     pub syscalls_hooks: SyscallHooks,
+    /// Attach the syscalls family only ON of every EVERY (e.g. 100ms/1s): every process on the
+    /// host pays the syscall slow path only that share of the time, and the syscall table's
+    /// counts and times become estimates, scaled and marked SAMPLED. Not with --per-thread
+    /// or --metrics.
+    #[arg(long, value_name = "ON/EVERY", value_parser = crate::syscalls::sample::parse, conflicts_with_all = ["per_thread", "metrics"])]
+    pub syscalls_sample: Option<crate::syscalls::sample::Duty>,
     /// Hooks of the fsync and mmap families: auto (the syscalls tracepoints when the syscalls
     /// family is on, else kprobes on the syscall functions, else uprobes on the target's
     /// glibc for its pid only, else the tracepoints), or force a set (tests cover each).
@@ -193,6 +199,7 @@ impl ReportArgs {
                 SyscallHooks::Auto => HookChoice::Auto,
                 SyscallHooks::Tracepoint => HookChoice::Tracepoint,
             },
+            syscalls_sample: self.syscalls_sample,
             sched_hooks: match self.sched_hooks {
                 SyscallHooks::Auto => crate::sched::HookChoice::Auto,
                 SyscallHooks::Tracepoint => crate::sched::HookChoice::Tracepoint,

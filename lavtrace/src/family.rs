@@ -170,6 +170,8 @@ pub struct Options {
     /// Records as JSON (the slow calls follow the report's format).
     pub json: bool,
     pub syscalls_hooks: syscalls::HookChoice,
+    /// `--syscalls-sample`: the syscalls family on a duty cycle (its figures estimates).
+    pub syscalls_sample: Option<syscalls::sample::Duty>,
     pub tcp_hooks: tcp::hooks::Mode,
     /// Leave the kernel's BPF run-time statistics off (they are host-wide; see `overhead`).
     pub no_bpf_stats: bool,

@@ -2,6 +2,7 @@
 //! (`lavtrace-ebpf/src/syscalls.rs`), read and differenced here once per interval.
 
 mod report;
+pub mod sample;
 pub mod stats;
 pub mod threads;
 
@@ -45,6 +46,8 @@ pub struct Section {
     pub threads: Option<Vec<threads::ThreadRow>>,
     /// Calls a full kernel table could not hold, in the window.
     pub table_full: TableFull,
+    /// `--syscalls-sample`: the rows are estimates, scaled from this share of the window.
+    pub sampled: Option<sample::Sampled>,
 }
 
 /// Calls that a full kernel table could not hold: shown (JSON `table_full`, a text line)
@@ -110,11 +113,26 @@ impl family::Section for Section {
         if self.table_full.any() {
             keys.extend(family::one_key("table_full", &self.table_full)?);
         }
+        if let Some(sampled) = &self.sampled {
+            keys.extend(family::one_key("syscalls_sampled", sampled)?);
+        }
         Ok(keys)
     }
 
     fn write_text(&self, out: &mut String, text: &TextOptions) {
         write_text(out, &self.rows, text.sort, text.top);
+        if let Some(s) = &self.sampled {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "SAMPLED: the syscall hooks were attached {}ms of every {}ms ({:.1} % of this window): \
+                 counts and times above are estimates, scaled ×{:.2}; latencies are of the calls seen",
+                s.on_ms,
+                s.every_ms,
+                s.attached_share * 100.0,
+                s.scale
+            );
+        }
         if let Some(rows) = &self.threads {
             threads::write_text(out, rows, text.sort, text.top);
         }
@@ -144,7 +162,13 @@ impl Family for Tracer {
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
-        Tracer::start(ebpf, options.per_thread, pid, options.syscalls_hooks)
+        Tracer::start(
+            ebpf,
+            options.per_thread,
+            pid,
+            options.syscalls_hooks,
+            options.syscalls_sample,
+        )
     }
 }
 
@@ -171,6 +195,15 @@ impl family::Tracer for Tracer {
             Window::Whole => (self.summary(), self.full_whole()),
         };
         let threads = self.threads(window == Window::Whole)?;
+        let sampling = self.sampler.as_ref().map(|s| (s.attached_ns(), s.duty()));
+        let (rows, sampled) = match sampling {
+            Some((attached, duty)) => {
+                let (window_ns, attached_ns) = self.sampled_window(attached, window);
+                let (rows, sampled) = sample::scale(rows, window_ns, attached_ns, duty);
+                (rows, Some(sampled))
+            }
+            None => (rows, None),
+        };
         // Lost: syscalls left untimed, (--per-thread) syscalls missing from the thread table,
         // as of the last cut, and program runs the kernel skipped (the session turns it into
         // the window's figure).
@@ -181,6 +214,7 @@ impl family::Tracer for Tracer {
                 rows,
                 threads,
                 table_full,
+                sampled,
             }),
             lost_since_attach: untimed + kernel_lost,
         }))
@@ -217,6 +251,12 @@ pub struct Tracer {
     full_last: [TableFull; 2],
     /// `--per-thread` only.
     threads: Option<threads::Threads>,
+    /// `--syscalls-sample` only.
+    sampler: Option<sample::Sampler>,
+    /// When the family attached, when the last interval ended, and the sampler's attached
+    /// time then: each window's share.
+    attached_at: std::time::Instant,
+    last_window: (std::time::Instant, u64),
 }
 
 impl Tracer {
@@ -227,7 +267,38 @@ impl Tracer {
         per_thread: bool,
         pid: u32,
         hooks: HookChoice,
+        sample: Option<sample::Duty>,
     ) -> Result<(Tracer, Vec<Hook>)> {
+        let (sampler, hooks) = match sample {
+            Some(duty) => {
+                let sampler = sample::Sampler::start(ebpf, duty)?;
+                let via = |tp: &str| {
+                    format!(
+                        "raw tracepoint {tp} (sampled {}ms of every {}ms)",
+                        duty.on.as_millis(),
+                        duty.every.as_millis()
+                    )
+                };
+                let hooks = vec![
+                    Hook {
+                        family: FAMILY,
+                        program: "syscalls_exit_raw",
+                        via: via("sys_exit"),
+                    },
+                    Hook {
+                        family: FAMILY,
+                        program: "syscalls_enter_raw",
+                        via: via("sys_enter"),
+                    },
+                ];
+                (Some(sampler), hooks)
+            }
+            None => (None, Self::attach_exact(ebpf, hooks)?),
+        };
+        Self::with_maps(ebpf, per_thread, pid, sampler, hooks)
+    }
+
+    fn attach_exact(ebpf: &mut Ebpf, hooks: HookChoice) -> Result<Vec<Hook>> {
         let raw = match hooks {
             HookChoice::Auto => attach_raw(ebpf),
             HookChoice::Tracepoint => Err(anyhow::anyhow!("--syscalls-hooks tracepoint")),
@@ -242,6 +313,16 @@ impl Tracer {
                 ]
             }
         };
+        Ok(hooks)
+    }
+
+    fn with_maps(
+        ebpf: &mut Ebpf,
+        per_thread: bool,
+        pid: u32,
+        sampler: Option<sample::Sampler>,
+        hooks: Vec<Hook>,
+    ) -> Result<(Tracer, Vec<Hook>)> {
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
@@ -262,8 +343,30 @@ impl Tracer {
                 )),
                 false => None,
             },
+            sampler,
+            attached_at: std::time::Instant::now(),
+            last_window: (std::time::Instant::now(), 0),
         };
         Ok((tracer, hooks))
+    }
+
+    /// (window length, hooks attached in it), in ns; an interval moves the window on.
+    fn sampled_window(&mut self, attached: u64, window: Window) -> (u64, u64) {
+        let now = std::time::Instant::now();
+        match window {
+            Window::Whole => (
+                now.duration_since(self.attached_at).as_nanos() as u64,
+                attached,
+            ),
+            Window::Interval => {
+                let (since, attached_then) =
+                    std::mem::replace(&mut self.last_window, (now, attached));
+                (
+                    now.duration_since(since).as_nanos() as u64,
+                    attached.saturating_sub(attached_then),
+                )
+            }
+        }
     }
 
     fn read_errnos(&self) -> Result<HashMap<ErrnoKey, u64>> {

@@ -229,6 +229,12 @@ impl Workload {
     pub fn sched() -> Preset {
         Preset::mode("sched")
     }
+    /// msync(MS_ASYNC) at `rate` calls/s for `seconds`; prints `result {"calls","ns"}`.
+    pub fn pace(rate: u64, seconds: f64) -> Preset {
+        Preset::mode("pace")
+            .flag("rate", rate)
+            .flag("seconds", seconds)
+    }
     /// A real AMQP client against the broker at `url`.
     pub fn amqp(url: &str) -> Preset {
         Preset::mode("amqp").flag("url", url)
