@@ -159,6 +159,16 @@ pub struct ReportArgs {
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
 
+    /// Print every GC stop-the-world pause (gc family) at least this long as it ends, e.g. 5ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub slow_gc: Option<Duration>,
+
+    /// The signals the target's GC stops and restarts threads with (gc family): SUSPEND,RESTART
+    /// as names or numbers. bdwgc's (and Crystal's) Linux defaults are SIGPWR,SIGXCPU.
+    #[arg(long, value_name = "SUSPEND,RESTART", default_value = "SIGPWR,SIGXCPU",
+          value_parser = crate::gc::Signals::parse)]
+    pub gc_signals: crate::gc::Signals,
+
     /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics: PORT or :PORT (127.0.0.1),
     /// or ADDRESS:PORT (e.g. 0.0.0.0:9464, [::1]:9464).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::addr::parse)]
@@ -188,6 +198,8 @@ impl ReportArgs {
             per_thread: self.per_thread,
             ring_bytes: self.ring_bytes,
             slow: self.slow,
+            gc_slow: self.slow_gc,
+            gc_signals: self.gc_signals,
             json: self.format == Format::Json,
             syscalls_hooks: match self.syscalls_hooks {
                 SyscallHooks::Auto => HookChoice::Auto,

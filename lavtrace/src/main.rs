@@ -9,6 +9,7 @@ mod family;
 mod floor;
 mod follow;
 mod fsync;
+mod gc;
 #[cfg(test)]
 mod fuzz;
 mod generate;
