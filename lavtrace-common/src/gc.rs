@@ -107,7 +107,13 @@ crate::pod!(GcState, ThreadGc, GcRecord);
 pub const FIELDS: &[FieldSpec] = &[
     FieldSpec::new("GC_GEN_SIG_OFFSET", "signal", "signal_generate", "sig", 4),
     FieldSpec::new("GC_GEN_PID_OFFSET", "signal", "signal_generate", "pid", 4),
-    FieldSpec::new("GC_DELIVER_SIG_OFFSET", "signal", "signal_deliver", "sig", 4),
+    FieldSpec::new(
+        "GC_DELIVER_SIG_OFFSET",
+        "signal",
+        "signal_deliver",
+        "sig",
+        4,
+    ),
 ];
 
 #[cfg(test)]

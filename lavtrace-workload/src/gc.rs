@@ -18,7 +18,6 @@
 use std::{
     io::{self, Write as _},
     sync::{
-        Arc,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -130,8 +129,6 @@ pub fn run(args: &Args) -> io::Result<()> {
     // The late worker's arm signal (one per pause) and its wake times back.
     let (arm_tx, arm_rx) = mpsc::channel::<()>();
     let (woke_tx, woke_rx) = mpsc::channel::<u64>();
-    let (_idle_tx, idle_rx) = mpsc::channel::<()>();
-    let idle_rx = Arc::new(std::sync::Mutex::new(idle_rx));
     let mut arm_rx = Some(arm_rx);
     for k in 0..args.workers {
         let is_late = late && k == 0;
@@ -144,39 +141,40 @@ pub fn run(args: &Args) -> io::Result<()> {
         let late_ms = args.late_ms;
         let arm = if is_late { arm_rx.take() } else { None };
         let woke = woke_tx.clone();
-        let idle = idle_rx.clone();
-        std::thread::Builder::new().name(name.clone()).spawn(move || {
-            // SAFETY: no preconditions.
-            let me = unsafe { libc::pthread_self() };
-            let _ = tx.send((name, gettid(), me));
-            match arm {
-                Some(arm) => {
-                    while arm.recv().is_ok() {
-                        mask_suspend(libc::SIG_BLOCK);
-                        let ts = libc::timespec {
-                            tv_sec: (late_ms / 1000) as libc::time_t,
-                            tv_nsec: ((late_ms % 1000) * 1_000_000) as libc::c_long,
-                        };
-                        // SAFETY: a valid timespec; no remainder wanted. The raw syscall, so the
-                        // syscall the tracer names is exactly nanosleep.
-                        unsafe {
-                            libc::syscall(
-                                libc::SYS_nanosleep,
-                                &ts as *const libc::timespec,
-                                std::ptr::null_mut::<libc::timespec>(),
-                            )
-                        };
-                        let _ = woke.send(now_ns());
-                        // The pending suspend signal is taken here.
-                        mask_suspend(libc::SIG_UNBLOCK);
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                // SAFETY: no preconditions.
+                let me = unsafe { libc::pthread_self() };
+                let _ = tx.send((name, gettid(), me));
+                match arm {
+                    Some(arm) => {
+                        while arm.recv().is_ok() {
+                            mask_suspend(libc::SIG_BLOCK);
+                            let ts = libc::timespec {
+                                tv_sec: (late_ms / 1000) as libc::time_t,
+                                tv_nsec: ((late_ms % 1000) * 1_000_000) as libc::c_long,
+                            };
+                            // SAFETY: a valid timespec; no remainder wanted. The raw syscall, so the
+                            // syscall the tracer names is exactly nanosleep.
+                            unsafe {
+                                libc::syscall(
+                                    libc::SYS_nanosleep,
+                                    &ts as *const libc::timespec,
+                                    std::ptr::null_mut::<libc::timespec>(),
+                                )
+                            };
+                            let _ = woke.send(now_ns());
+                            // The pending suspend signal is taken here.
+                            mask_suspend(libc::SIG_UNBLOCK);
+                        }
                     }
+                    // Parked for good (a futex wait, which the signals break into and restart).
+                    None => loop {
+                        std::thread::park();
+                    },
                 }
-                // Never sent to: an interruptible wait the signals break into and restart.
-                None => {
-                    let _ = idle.lock().map(|rx| rx.recv());
-                }
-            }
-        })?;
+            })?;
     }
     drop(tid_tx);
     let mut workers: Vec<Worker> = tid_rx

@@ -467,8 +467,24 @@ mod tests {
         );
         assert_eq!(
             names(&["lavtrace", "trace"]),
-            ["syscalls", "fsync", "mmap", "tcp"]
+            ["syscalls", "fsync", "mmap", "tcp", "gc"]
         );
+        let Command::Trace(t) = Cli::try_parse_from([
+            "lavtrace",
+            "trace",
+            "--gc-signals",
+            "SIGUSR1,31",
+            "--slow-gc",
+            "5ms",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not trace")
+        };
+        let o = t.report.family_options();
+        assert_eq!((o.gc_signals.suspend, o.gc_signals.restart), (10, 31));
+        assert_eq!(o.gc_slow, Some(Duration::from_millis(5)));
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
             "unknown probe must be rejected"

@@ -9,9 +9,9 @@ mod family;
 mod floor;
 mod follow;
 mod fsync;
-mod gc;
 #[cfg(test)]
 mod fuzz;
+mod gc;
 mod generate;
 mod kernel;
 mod lavinmq;

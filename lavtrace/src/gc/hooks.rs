@@ -61,8 +61,11 @@ pub fn overrides(overrides: &mut Overrides) {
     }
 }
 
-/// Attaches the family; returns its hooks and the (program, status) notes of those not used.
-pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, Vec<(String, String)>)> {
+/// (program, status) lines for `check`: the hooks not in use, and why.
+pub type Notes = Vec<(String, String)>;
+
+/// Attaches the family; returns its hooks and the notes on those not used.
+pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, Notes)> {
     let mut hooks = Vec::new();
     let mut notes = Vec::new();
     match attach_btf(ebpf) {

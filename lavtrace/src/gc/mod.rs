@@ -57,7 +57,9 @@ impl Signals {
             restart: signal_number(b.trim())?,
         };
         if signals.suspend == signals.restart {
-            return Err(format!("{s:?}: the suspend and restart signals must differ"));
+            return Err(format!(
+                "{s:?}: the suspend and restart signals must differ"
+            ));
         }
         Ok(signals)
     }
@@ -165,7 +167,11 @@ impl State {
                 self.pending.entry(seq).or_default().pause = Some(r);
                 // A pause two before this one will get no more records: a thread of it that
                 // never resumed (it exited) must not hold it back.
-                let stale: Vec<u64> = self.pending.range(..seq.saturating_sub(1)).map(|(k, _)| *k).collect();
+                let stale: Vec<u64> = self
+                    .pending
+                    .range(..seq.saturating_sub(1))
+                    .map(|(k, _)| *k)
+                    .collect();
                 for k in stale {
                     self.finish(k);
                 }
@@ -227,8 +233,14 @@ impl Family for Tracer {
 
     fn overrides(options: &Options, overrides: &mut Overrides) {
         overrides.ring(RING_MAP, options.ring_bytes.unwrap_or(RING_BYTES));
-        overrides.global_u32(lavtrace_common::gc::SUSPEND_SIGNAL, options.gc_signals.suspend);
-        overrides.global_u32(lavtrace_common::gc::RESTART_SIGNAL, options.gc_signals.restart);
+        overrides.global_u32(
+            lavtrace_common::gc::SUSPEND_SIGNAL,
+            options.gc_signals.suspend,
+        );
+        overrides.global_u32(
+            lavtrace_common::gc::RESTART_SIGNAL,
+            options.gc_signals.restart,
+        );
         hooks::overrides(overrides);
     }
 
@@ -319,7 +331,10 @@ impl family::Tracer for Tracer {
     fn check_notes(&self, _in_use: &[Hook]) -> Vec<(String, String)> {
         let mut notes = vec![(
             "(signals)".to_string(),
-            format!("{} (--gc-signals to change)", self.signals.describe()),
+            format!(
+                "{} (lavtrace trace --gc-signals SUSPEND,RESTART to change)",
+                self.signals.describe()
+            ),
         )];
         notes.extend(self.notes.iter().cloned());
         notes

@@ -144,7 +144,7 @@ fn keep_longest(log: &mut Vec<Pause>) -> u64 {
         return 0;
     }
     let dropped = (log.len() - LOG_MAX) as u64;
-    log.sort_by(|a, b| b.pause_ns.cmp(&a.pause_ns));
+    log.sort_by_key(|p| std::cmp::Reverse(p.pause_ns));
     log.truncate(LOG_MAX);
     log.sort_by_key(|p| p.begin_ns);
     dropped
@@ -278,7 +278,13 @@ impl family::Section for Section {
             return;
         }
         if text.summary {
-            let peak = p.histogram.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+            let peak = p
+                .histogram
+                .iter()
+                .map(|b| b.count)
+                .max()
+                .unwrap_or(1)
+                .max(1);
             for b in &p.histogram {
                 let bar = "#".repeat((b.count * 40).div_ceil(peak) as usize);
                 let _ = writeln!(
@@ -291,7 +297,7 @@ impl family::Section for Section {
             }
         }
         let mut longest: Vec<&Pause> = self.log.iter().collect();
-        longest.sort_by(|a, b| b.pause_ns.cmp(&a.pause_ns));
+        longest.sort_by_key(|p| std::cmp::Reverse(p.pause_ns));
         let _ = writeln!(
             out,
             "  {:<15} {:>8} {:>7} {:>9} {:>9}  LAGGARD (TID THREAD SYSCALL)",
@@ -425,7 +431,10 @@ mod tests {
         assert_eq!((p.threads_stopped, p.threads_resumed), (3, 3));
         assert_eq!((p.stop_ns, p.pause_ns), (2_050, 4_300));
         let l = p.laggard.unwrap();
-        assert_eq!((l.tid, l.syscall.as_deref(), l.answer_ns), (9, Some("nanosleep"), 2_040));
+        assert_eq!(
+            (l.tid, l.syscall.as_deref(), l.answer_ns),
+            (9, Some("nanosleep"), 2_040)
+        );
         assert_eq!(syscall_name(syscall::UNKNOWN), None);
     }
 
