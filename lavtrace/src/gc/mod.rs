@@ -19,6 +19,8 @@ use lavtrace_common::{
     ring::lost,
 };
 
+#[cfg(test)]
+pub use report::section_of;
 pub use report::{Pause, Section};
 
 use crate::{

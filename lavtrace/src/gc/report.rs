@@ -170,6 +170,9 @@ pub struct Distribution {
     pub max_ns: u64,
     /// Log2 buckets from the lowest to the highest non-empty one.
     pub histogram: Vec<Bucket>,
+    /// Every log2 bucket (the metrics histogram).
+    #[serde(skip)]
+    pub log2: [u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
 }
 
 impl Distribution {
@@ -197,6 +200,7 @@ impl Distribution {
             p999_ns: l.quantile(0.999),
             max_ns: l.max_ns,
             histogram,
+            log2: l.log2,
         }
     }
 }
@@ -388,6 +392,34 @@ impl SlowLog {
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
     }
+}
+
+/// A window of pauses of these lengths, each stopped in half its length (metrics tests).
+#[cfg(test)]
+pub fn section_of(pause_ns: &[u64]) -> Section {
+    let mut names = ThreadNames::seed(u32::MAX);
+    let pauses: Vec<Pause> = pause_ns
+        .iter()
+        .map(|&ns| {
+            let head = GcRecord {
+                kind: lavtrace_common::gc::kind::PAUSE,
+                t0: 1_000,
+                t3: 1_000 + ns / 2,
+                count: 1,
+                ..GcRecord::default()
+            };
+            let t = GcRecord {
+                kind: lavtrace_common::gc::kind::THREAD,
+                t0: 1_000,
+                t1: 1_000 + ns / 2,
+                t3: 1_000 + ns,
+                ..GcRecord::default()
+            };
+            join(&head, &[t], &mut names)
+        })
+        .collect();
+    let totals = Totals::of(&pauses);
+    Section::new(&totals, pauses, 1_000_000_000, Signals::default())
 }
 
 #[cfg(test)]
