@@ -4,8 +4,8 @@
 
 use crate::field::FieldSpec;
 
-/// Threads of the target the kernel table holds at once (an entry per thread ever
-/// signalled; a thread's entry is reused by its next pause).
+/// Threads the kernel table holds (an entry per thread signalled, reused by its next pause;
+/// least recently used entries go first when it is full).
 pub const MAX_THREADS: u32 = 8_192;
 
 /// bdwgc's Linux defaults (`SIG_SUSPEND`, `SIG_THR_RESTART`): SIGPWR and SIGXCPU.

@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::task_struct,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, kprobe, map, tracepoint, uprobe},
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, LruHashMap, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use lavtrace_common::{
@@ -34,8 +34,10 @@ use crate::{
     ring,
 };
 
+/// tid → its part in its latest pause. LRU: the entries of threads that exited (never
+/// removed: nothing tells the family a thread is gone) make room for new ones.
 #[map]
-static GC_THREADS: HashMap<u32, ThreadGc> = HashMap::with_max_entries(MAX_THREADS, 0);
+static GC_THREADS: LruHashMap<u32, ThreadGc> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
 #[map]
 static GC_STATE: Array<GcState> = Array::with_max_entries(1, 0);

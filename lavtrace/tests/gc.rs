@@ -174,14 +174,63 @@ fn boehm_program() -> PathBuf {
     out
 }
 
+/// The Crystal program, built with Debian's `crystal` (installed by `cargo xtask setup
+/// --test`), multi-threaded as LavinMQ is (-Dpreview_mt): a few seconds to build.
+fn crystal_program() -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/gc/alloc.cr");
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = tmp.join("gc-crystal");
+    let status = Command::new("crystal")
+        .args(["build", "-Dpreview_mt", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("CRYSTAL_CACHE_DIR", tmp.join("crystal-cache"))
+        .status()
+        .expect("running crystal (is it installed? cargo xtask setup --test)");
+    assert!(
+        status.success(),
+        "crystal could not build {}",
+        src.display()
+    );
+    out
+}
+
 /// Every collection libgc made (its own GC_get_gc_no) is one pause, each with the program's
 /// other registered threads stopped.
 #[test]
 fn a_real_boehm_gc_every_collection_is_one_pause() {
     require_root();
-    let program = boehm_program();
-    let mut started =
-        start::spawn(&mut Command::new(&program), Duration::from_secs(30)).expect("starting it");
+    let (collections, gc) = trace_collections(Command::new(boehm_program()));
+    assert_eq!(n(&gc["pauses"]), collections, "{gc:#}");
+    for p in gc["log"].as_array().unwrap() {
+        // The 4 workers and main are registered; the collector is one of them (libgc's
+        // marker threads are not registered, so not stopped).
+        assert_eq!(n(&p["threads_stopped"]), 4, "{p:#}");
+        assert_eq!(n(&p["threads_resumed"]), 4, "{p:#}");
+        assert!(n(&p["stop_ns"]) <= n(&p["pause_ns"]), "{p:#}");
+    }
+}
+
+/// LavinMQ's runtime: every collection of a multi-threaded Crystal program (Boehm's own
+/// count, GC.prof_stats.gc_no) is one pause.
+#[test]
+fn a_crystal_program_every_collection_is_one_pause() {
+    require_root();
+    let mut cmd = Command::new(crystal_program());
+    cmd.env("CRYSTAL_WORKERS", "4");
+    let (collections, gc) = trace_collections(cmd);
+    assert_eq!(n(&gc["pauses"]), collections, "{gc:#}");
+    for p in gc["log"].as_array().unwrap() {
+        let stopped = n(&p["threads_stopped"]);
+        assert!(stopped >= 1, "{p:#}");
+        assert_eq!(n(&p["threads_resumed"]), stopped, "{p:#}");
+    }
+}
+
+/// Runs `cmd` (a program following the start protocol that prints `collections N` before
+/// `done`) under `--probes gc`; returns its count and the summary's gc object.
+fn trace_collections(mut cmd: Command) -> (u64, Value) {
+    let mut started = start::spawn(&mut cmd, Duration::from_secs(30)).expect("starting it");
     let trace = Trace::pid(started.pid())
         .probes("gc")
         .interval("200ms")
@@ -204,15 +253,7 @@ fn a_real_boehm_gc_every_collection_is_one_pause() {
     let records = trace.records();
     let summary = records.last().unwrap();
     assert_eq!(summary["lost_events"]["gc"], 0);
-    let gc = &summary["gc"];
-    assert_eq!(n(&gc["pauses"]), collections, "{gc:#}");
-    for p in gc["log"].as_array().unwrap() {
-        // The 4 workers and main are registered; the collector is one of them (libgc's
-        // marker threads are not registered, so not stopped).
-        assert_eq!(n(&p["threads_stopped"]), 4, "{p:#}");
-        assert_eq!(n(&p["threads_resumed"]), 4, "{p:#}");
-        assert!(n(&p["stop_ns"]) <= n(&p["pause_ns"]), "{p:#}");
-    }
+    (collections, summary["gc"].clone())
 }
 
 /// Other signals, named on the command line, are the ones followed; `check` names them.
