@@ -7,13 +7,15 @@
 //! handler acks and waits in libc's sigsuspend for the restart signal, as bdwgc's does.
 //!
 //! One worker, `gc-late`, is late on purpose: before each pause it blocks the suspend
-//! signal and sleeps `--late-ms` in a nanosleep syscall; the collector sends the signals
-//! only once that thread is in the syscall (its /proc syscall file says so), so it takes the
-//! signal when it wakes and unblocks it. The others (`gc-worker-K`) wait on a channel.
+//! signal and reads one byte from a pipe (a read syscall that cannot end by itself); the
+//! collector sends the suspend signals only once that thread is in the read (its /proc
+//! syscall file says so), then waits `--late-ms` before it writes the byte, so that thread
+//! takes its signal at least that long after the first was sent, whatever the machine's
+//! speed. The others (`gc-worker-K`) are parked.
 //!
 //! Before `done` it prints `tid NAME TID` per worker and, per pause, `pause I T0 T0_SENT
-//! LATE_WOKE T1` (CLOCK_MONOTONIC ns): before its first suspend signal, after it, when the
-//! late worker's nanosleep returned, and after every thread had resumed.
+//! RELEASED T1` (CLOCK_MONOTONIC ns): before its first suspend signal, after it, when it
+//! wrote the late worker's byte, and after every thread had resumed.
 
 use std::{
     io::{self, Write as _},
@@ -34,7 +36,8 @@ pub struct Args {
     /// How long the collector holds the stopped world.
     #[arg(long, default_value_t = 5)]
     pub hold_ms: u64,
-    /// How long the late worker sleeps with the suspend signal blocked (0: no late worker).
+    /// How long the late worker is held in its read, from the first suspend signal (0: no
+    /// late worker).
     #[arg(long, default_value_t = 20)]
     pub late_ms: u64,
 }
@@ -128,7 +131,12 @@ pub fn run(args: &Args) -> io::Result<()> {
     let (tid_tx, tid_rx) = mpsc::channel::<(String, i32, libc::pthread_t)>();
     // The late worker's arm signal (one per pause) and its wake times back.
     let (arm_tx, arm_rx) = mpsc::channel::<()>();
-    let (woke_tx, woke_rx) = mpsc::channel::<u64>();
+    let mut fds = [0i32; 2];
+    // SAFETY: a two-int out-array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [pipe_r, pipe_w] = fds;
     let mut arm_rx = Some(arm_rx);
     for k in 0..args.workers {
         let is_late = late && k == 0;
@@ -138,9 +146,7 @@ pub fn run(args: &Args) -> io::Result<()> {
             format!("gc-worker-{k}")
         };
         let tx = tid_tx.clone();
-        let late_ms = args.late_ms;
         let arm = if is_late { arm_rx.take() } else { None };
-        let woke = woke_tx.clone();
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
@@ -151,20 +157,9 @@ pub fn run(args: &Args) -> io::Result<()> {
                     Some(arm) => {
                         while arm.recv().is_ok() {
                             mask_suspend(libc::SIG_BLOCK);
-                            let ts = libc::timespec {
-                                tv_sec: (late_ms / 1000) as libc::time_t,
-                                tv_nsec: ((late_ms % 1000) * 1_000_000) as libc::c_long,
-                            };
-                            // SAFETY: a valid timespec; no remainder wanted. The raw syscall, so the
-                            // syscall the tracer names is exactly nanosleep.
-                            unsafe {
-                                libc::syscall(
-                                    libc::SYS_nanosleep,
-                                    &ts as *const libc::timespec,
-                                    std::ptr::null_mut::<libc::timespec>(),
-                                )
-                            };
-                            let _ = woke.send(now_ns());
+                            let mut byte = 0u8;
+                            // SAFETY: a one-byte buffer of ours; libc's read is the read syscall.
+                            unsafe { libc::read(pipe_r, (&mut byte as *mut u8).cast(), 1) };
                             // The pending suspend signal is taken here.
                             mask_suspend(libc::SIG_UNBLOCK);
                         }
@@ -195,7 +190,7 @@ pub fn run(args: &Args) -> io::Result<()> {
         for i in 0..args.pauses {
             if let Some(tid) = late_tid {
                 let _ = arm_tx.send(());
-                while !in_syscall(tid, libc::SYS_nanosleep) {
+                while !in_syscall(tid, libc::SYS_read) {
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -210,6 +205,13 @@ pub fn run(args: &Args) -> io::Result<()> {
                     t0_sent = now_ns();
                 }
             }
+            let mut released = 0;
+            if late_tid.is_some() {
+                std::thread::sleep(Duration::from_millis(args.late_ms));
+                released = now_ns();
+                // SAFETY: one byte from our buffer into our pipe.
+                unsafe { libc::write(pipe_w, [1u8].as_ptr().cast(), 1) };
+            }
             wait_for(&STOPPED, n);
             std::thread::sleep(Duration::from_millis(args.hold_ms));
             for w in &workers {
@@ -218,12 +220,7 @@ pub fn run(args: &Args) -> io::Result<()> {
             }
             wait_for(&RESUMED, n);
             let t1 = now_ns();
-            let woke = if late_tid.is_some() {
-                woke_rx.recv().unwrap_or(0)
-            } else {
-                0
-            };
-            lines.push(format!("pause {i} {t0} {t0_sent} {woke} {t1}"));
+            lines.push(format!("pause {i} {t0} {t0_sent} {released} {t1}"));
             // Apart, so no pause's tail meets the next one's head.
             std::thread::sleep(Duration::from_millis(5));
         }
