@@ -257,6 +257,30 @@ impl Section {
     }
 }
 
+impl Section {
+    /// One line for the live view's header: the window's pauses, time stopped, the longest,
+    /// and its laggard.
+    pub fn headline(&self) -> String {
+        let mut s = format!(
+            "GC {} pauses, {} stopped ({:.1}%)",
+            self.pauses,
+            units::ns(self.pause_ns.total_ns),
+            self.stopped_share * 100.0
+        );
+        if let Some(p) = self.log.iter().max_by_key(|p| p.pause_ns) {
+            s.push_str(&format!(", max {}", units::ns(p.pause_ns)));
+            if let Some(l) = &p.laggard {
+                s.push_str(&format!(
+                    " (laggard {} {})",
+                    l.thread.as_deref().unwrap_or("?"),
+                    l.syscall.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        s
+    }
+}
+
 impl family::Section for Section {
     fn json(&self) -> serde_json::Result<Vec<(&'static str, Box<serde_json::value::RawValue>)>> {
         family::one_key("gc", self)
@@ -413,6 +437,7 @@ pub fn section_of(pause_ns: &[u64]) -> Section {
                 t0: 1_000,
                 t1: 1_000 + ns / 2,
                 t3: 1_000 + ns,
+                syscall: syscall::UNKNOWN,
                 ..GcRecord::default()
             };
             join(&head, &[t], &mut names)
@@ -468,6 +493,15 @@ mod tests {
             (9, Some("nanosleep"), 2_040)
         );
         assert_eq!(syscall_name(syscall::UNKNOWN), None);
+    }
+
+    #[test]
+    fn the_headline_names_the_longest_pause() {
+        let s = section_of(&[2_000_000, 40_000_000]);
+        assert_eq!(
+            s.headline(),
+            "GC 2 pauses, 42.0ms stopped (4.2%), max 40.0ms (laggard ? ?)"
+        );
     }
 
     #[test]
