@@ -150,7 +150,9 @@ fn attach_btf(ebpf: &mut Ebpf) -> Result<Hook, String> {
         .ok_or("program missing from the eBPF object")?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    // A kernel before 5.15 has no bpf_task_pt_regs: the verifier refuses the program.
+    // Refused where the kernel cannot run it: before 5.15 there is no bpf_task_pt_regs, and
+    // 5.10's verifier already stops at the tracepoint's first argument ("arg#0 type is not a
+    // struct"); the classic tracepoint then carries signal_generate.
     prog.load("signal_generate", &btf)
         .map_err(|e| format!("the kernel rejected it: {e}"))?;
     if let Err(e) = prog.attach() {
