@@ -14,6 +14,7 @@ pub mod dump;
 pub mod field;
 pub mod filter;
 pub mod fsync;
+pub mod gc;
 pub mod mmap;
 pub mod ring;
 pub mod sched;

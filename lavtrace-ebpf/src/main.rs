@@ -15,6 +15,7 @@ mod field;
 mod filter;
 mod floor;
 mod fsync;
+mod gc;
 mod mmap;
 mod ring;
 mod sched;

@@ -7,6 +7,7 @@
 
 mod amqp;
 mod churn;
+mod gc;
 mod lavinmq;
 mod pace;
 mod sched;
@@ -66,6 +67,9 @@ pub enum Mode {
     /// Threads with known scheduling: a sleeper (K nanosleeps), spinners pinned to one CPU,
     /// a blocker in fsync (D state); see sched.rs.
     Sched(sched::Args),
+    /// A Boehm-shaped stop-the-world (SIGPWR, sigsuspend, SIGXCPU) repeated, one worker late
+    /// in a nanosleep with the signal blocked (see gc.rs).
+    Gc(gc::Args),
     /// Fast fsyncs of a clean file at a steady pace and one slow one (after writing many MiB
     /// into it); prints each call's own timing before `done`.
     Slowsync(slowsync::Args),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Mode::Lavinmq(a) => lavinmq::run(a),
         Mode::Slowsync(a) => slowsync::run(a),
         Mode::Sched(a) => sched::run(a),
+        Mode::Gc(a) => gc::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -165,6 +165,16 @@ pub struct ReportArgs {
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
 
+    /// Print every GC stop-the-world pause (gc family) at least this long as it ends, e.g. 5ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub slow_gc: Option<Duration>,
+
+    /// The signals the target's GC stops and restarts threads with (gc family): SUSPEND,RESTART
+    /// as names or numbers. bdwgc's (and Crystal's) Linux defaults are SIGPWR,SIGXCPU.
+    #[arg(long, value_name = "SUSPEND,RESTART", default_value = "SIGPWR,SIGXCPU",
+          value_parser = crate::gc::Signals::parse)]
+    pub gc_signals: crate::gc::Signals,
+
     /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics: PORT or :PORT (127.0.0.1),
     /// or ADDRESS:PORT (e.g. 0.0.0.0:9464, [::1]:9464).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::addr::parse)]
@@ -194,6 +204,8 @@ impl ReportArgs {
             per_thread: self.per_thread,
             ring_bytes: self.ring_bytes,
             slow: self.slow,
+            gc_slow: self.slow_gc,
+            gc_signals: self.gc_signals,
             json: self.format == Format::Json,
             syscalls_hooks: match self.syscalls_hooks {
                 SyscallHooks::Auto => HookChoice::Auto,
@@ -462,8 +474,24 @@ mod tests {
         );
         assert_eq!(
             names(&["lavtrace", "trace"]),
-            ["syscalls", "fsync", "mmap", "tcp"]
+            ["syscalls", "fsync", "mmap", "tcp", "gc"]
         );
+        let Command::Trace(t) = Cli::try_parse_from([
+            "lavtrace",
+            "trace",
+            "--gc-signals",
+            "SIGUSR1,31",
+            "--slow-gc",
+            "5ms",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not trace")
+        };
+        let o = t.report.family_options();
+        assert_eq!((o.gc_signals.suspend, o.gc_signals.restart), (10, 31));
+        assert_eq!(o.gc_slow, Some(Duration::from_millis(5)));
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
             "unknown probe must be rejected"

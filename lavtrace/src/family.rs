@@ -15,7 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use serde_json::value::RawValue;
 
 use crate::{
-    floor, fsync,
+    floor, fsync, gc,
     kernel::{Hook, Overrides},
     mmap, sched, storage, syscalls, tcp,
 };
@@ -27,6 +27,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<mmap::Tracer>(),
     entry::<tcp::Tracer>(),
     entry::<sched::Tracer>(),
+    entry::<gc::Tracer>(),
     entry::<floor::Raw>(),
     entry::<floor::Tracepoint>(),
 ];
@@ -181,6 +182,10 @@ pub struct Options {
     /// path anyway (`Family::SYSCALL_SLOW_PATH`); set by the session, not a flag.
     pub syscall_slow_path: bool,
     pub sched_hooks: sched::HookChoice,
+    /// gc: the runtime's suspend and restart signals (`--gc-signals`).
+    pub gc_signals: gc::Signals,
+    /// gc: print pauses at least this long as they end (`--slow-gc`).
+    pub gc_slow: Option<Duration>,
 }
 
 /// One line of the registry.
@@ -317,8 +322,8 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
-        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "sched"]);
+        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "sched", "gc"]);
         let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
-        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp"]);
+        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "gc"]);
     }
 }

@@ -11,6 +11,7 @@ mod follow;
 mod fsync;
 #[cfg(test)]
 mod fuzz;
+mod gc;
 mod generate;
 mod kernel;
 mod lavinmq;

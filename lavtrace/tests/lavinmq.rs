@@ -159,7 +159,7 @@ fn gc_bursts_are_exact_signal_bursts() {
         .flag("gc-bursts", BURSTS)
         .spawn();
     let trace = Trace::of(&target)
-        .probes("syscalls")
+        .probes("syscalls,gc")
         .interval("200ms")
         .switch("per-thread")
         .spawn();
@@ -173,6 +173,13 @@ fn gc_bursts_are_exact_signal_bursts() {
     assert_eq!(count(summary, "tgkill"), 2 * BURSTS);
     assert_eq!(count(summary, "rt_sigsuspend"), BURSTS);
     assert_eq!(count(summary, "rt_sigreturn"), 2 * BURSTS);
+    // The gc family sees each burst as one stop-the-world of the one other thread (the
+    // syncfs one), whatever the syscalls family beside it does.
+    assert_eq!(summary["gc"]["pauses"], BURSTS, "{:#}", summary["gc"]);
+    for p in summary["gc"]["log"].as_array().unwrap() {
+        assert_eq!(p["threads_stopped"], 1, "{p:#}");
+        assert_eq!(p["threads_resumed"], 1, "{p:#}");
+    }
 
     // SIGXCPU ends each rt_sigsuspend with -ERESTARTNOHAND (seen at sys_exit, before the
     // signal is delivered); the handler's rt_sigreturn then hands back -EINTR, the suspend's

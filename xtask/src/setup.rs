@@ -14,8 +14,16 @@ const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages the tests need: a real AMQP broker for the end-to-end test, Prometheus
 /// (and its promtool) for the exposition and dashboard tests, and a real browser to render the
-/// bundle's report.html (tests/bundle.rs).
-const TEST_PACKAGES: &[&str] = &["rabbitmq-server", "prometheus", "chromium"];
+/// bundle's report.html (tests/bundle.rs), and libgc (Boehm GC) with a C compiler and Crystal
+/// (on libgc, LavinMQ's runtime) for the real-GC programs tests/gc.rs builds.
+const TEST_PACKAGES: &[&str] = &[
+    "rabbitmq-server",
+    "prometheus",
+    "chromium",
+    "libgc-dev",
+    "gcc",
+    "crystal",
+];
 
 /// What the machine is being set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

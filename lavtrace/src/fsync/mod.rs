@@ -4,7 +4,7 @@
 
 mod report;
 pub mod slow;
-mod stats;
+pub(crate) mod stats;
 
 use std::{
     collections::HashMap,

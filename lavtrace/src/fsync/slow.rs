@@ -132,7 +132,7 @@ impl SlowLog {
     }
 }
 
-fn realtime_minus_monotonic() -> i128 {
+pub(crate) fn realtime_minus_monotonic() -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -147,7 +147,7 @@ fn realtime_minus_monotonic() -> i128 {
 }
 
 /// `HH:MM:SS.uuuuuu` (UTC) of a Unix time in ns.
-fn clock(unix_ns: i128) -> String {
+pub(crate) fn clock(unix_ns: i128) -> String {
     let secs = unix_ns.div_euclid(1_000_000_000);
     let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
     let day = secs.rem_euclid(86_400);

@@ -290,6 +290,22 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
             one(Value::Histogram(&sc.runq_latency)),
         )?;
     }
+    if let Some(g) = &i.gc {
+        w.family(
+            "lavtrace_gc_pause",
+            "Stop-the-world pauses of the target's Boehm GC (gc family): first suspend signal \
+             to the last thread resumed (the kernel's log2 buckets; _count is the pauses).",
+            Some(Unit::Seconds),
+            one(Value::Histogram(&g.pause)),
+        )?;
+        w.family(
+            "lavtrace_gc_stop",
+            "Time to stop the world in each GC pause: first suspend signal to the last thread \
+             parked.",
+            Some(Unit::Seconds),
+            one(Value::Histogram(&g.stop)),
+        )?;
+    }
     if let Some(t) = &i.tcp {
         w.family(
             "lavtrace_tcp_connections",

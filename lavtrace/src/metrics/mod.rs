@@ -269,6 +269,33 @@ mod tests {
     }
 
     #[test]
+    fn gc_pauses_are_a_histogram_whose_count_is_the_pauses() {
+        let e = Exporter {
+            current: Current::default(),
+        };
+        let mut s = Sections::default().with(crate::gc::section_of(&[2_000_000, 40_000_000]));
+        s.lost_events.insert("gc", 0);
+        e.observe(&target(42), &s);
+        let mut s = Sections::default().with(crate::gc::section_of(&[3_000_000]));
+        s.lost_events.insert("gc", 0);
+        e.observe(&target(42), &s);
+        let text = scrape(&e, true);
+        let c = r#"comm="lavinmq""#;
+        assert!(
+            text.contains(&format!("lavtrace_gc_pause_seconds_count{{{c}}} 3")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("lavtrace_gc_pause_seconds_sum{{{c}}} 0.045")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("lavtrace_gc_stop_seconds_count{{{c}}} 3")),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn sched_threads_add_up_into_series_with_bounded_labels() {
         use lavtrace_common::sched::{ThreadSched, state};
         let e = Exporter {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lavtrace_common::syscalls::{LATENCY_BUCKETS, latency_bucket};
 
 use crate::{
-    fsync, mmap::MmapSection, output::Sections, sched, storage::lavinmq::Kind, syscalls,
+    fsync, gc, mmap::MmapSection, output::Sections, sched, storage::lavinmq::Kind, syscalls,
     tcp::TcpSection,
 };
 
@@ -119,6 +119,13 @@ pub struct Sched {
     pub runq_latency: Log2Histogram,
 }
 
+/// The gc family's stop-the-world pauses.
+#[derive(Debug, Clone, Default)]
+pub struct Gc {
+    pub pause: Log2Histogram,
+    pub stop: Log2Histogram,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Cost {
     pub cpu_ns: u64,
@@ -139,6 +146,7 @@ pub struct Instance {
     pub mmap: Option<Mmap>,
     pub tcp: Option<Tcp>,
     pub sched: Option<Sched>,
+    pub gc: Option<Gc>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
     /// The latest window's limits (gauges).
@@ -218,6 +226,12 @@ impl Instance {
                 all.runq_latency
                     .add(r.runq_ns.count, r.runq_ns.total_ns, &r.runq_ns.buckets);
             }
+        }
+        if let Some(section) = s.get::<gc::Section>() {
+            let g = self.gc.get_or_insert_default();
+            let (p, st) = (&section.pause_ns, &section.stop_ns);
+            g.pause.add(p.count, p.total_ns, &p.log2);
+            g.stop.add(st.count, st.total_ns, &st.log2);
         }
         if let Some(section) = s.get::<TcpSection>() {
             let t = self.tcp.get_or_insert_default();

@@ -1,6 +1,6 @@
 //! The live view: a full-screen display redrawn in place each interval when stdout is a
-//! terminal. A header, then one pane per traced family (syscalls, durability calls, mappings,
-//! connections). Keys: q / Ctrl-C quit (the summary is then printed to the normal screen),
+//! terminal. A header (with the interval's GC pauses when the gc family runs), then one pane
+//! per traced family (syscalls, durability calls, mappings, connections). Keys: q / Ctrl-C quit (the summary is then printed to the normal screen),
 //! Tab moves the focus (the focused pane grows), s cycles the focused pane's sort, p pauses
 //! the display.
 
@@ -322,9 +322,12 @@ impl ViewState {
         if self.paused {
             first.push_str(" · PAUSED");
         }
-        let (lost, cost) = match &self.last {
+        let (lost, gc, cost) = match &self.last {
             Some((_, _, s)) => (
                 s.lost_events.values().sum::<u64>(),
+                s.get::<crate::gc::Section>()
+                    .map(|g| format!("{} · ", g.headline()))
+                    .unwrap_or_default(),
                 // The totals; the per-program detail does not fit a line.
                 s.overhead
                     .as_ref()
@@ -334,7 +337,7 @@ impl ViewState {
                     })
                     .unwrap_or_default(),
             ),
-            None => (0, String::new()),
+            None => (0, String::new(), String::new()),
         };
         let sort = self
             .focus
@@ -374,7 +377,7 @@ impl ViewState {
         );
         let mut lines = vec![
             Line::from(first).bold(),
-            Line::from(format!("lost events: {lost} · {cost}")),
+            Line::from(format!("lost events: {lost} · {gc}{cost}")),
             limits,
         ];
         // Its own line (the header has room for five): the bound must not be cut off.

@@ -235,6 +235,11 @@ impl Workload {
             .flag("rate", rate)
             .flag("seconds", seconds)
     }
+    /// A Boehm-shaped stop-the-world, repeated, one worker late; prints `tid NAME TID` and
+    /// `pause I T0 T0_SENT LATE_WOKE T1` before `done`.
+    pub fn gc() -> Preset {
+        Preset::mode("gc")
+    }
     /// A real AMQP client against the broker at `url`.
     pub fn amqp(url: &str) -> Preset {
         Preset::mode("amqp").flag("url", url)
