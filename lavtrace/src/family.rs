@@ -15,7 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use serde_json::value::RawValue;
 
 use crate::{
-    floor, fsync,
+    faults, floor, fsync,
     kernel::{Hook, Overrides},
     mmap, sched, storage, syscalls, tcp,
 };
@@ -27,6 +27,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<mmap::Tracer>(),
     entry::<tcp::Tracer>(),
     entry::<sched::Tracer>(),
+    entry::<faults::Tracer>(),
     entry::<floor::Raw>(),
     entry::<floor::Tracepoint>(),
 ];
