@@ -124,9 +124,13 @@ fn write_touched_pages_fault_once_each_on_their_file_and_again_after_dontneed() 
         None => println!("write_faults null: no exceptions tracepoint on this kernel"),
     }
     if let (Some(major), Some(minor)) = (touched["major"].as_u64(), touched["minor"].as_u64()) {
-        // The kernel's own split, as the workload's getrusage saw it.
-        assert_eq!(major, touch.1 + retouch.1, "{touched}");
-        assert_eq!(minor, touch.0 + retouch.0, "{touched}");
+        // The kernel's own split (a write fault on a hole of a sparse file can be major:
+        // ext4 reads the block map), within what the workload's getrusage saw.
+        assert_eq!(major + minor, PAGES + RETOUCH, "{touched}");
+        assert!(
+            major <= touch.1 + retouch.1,
+            "{touched} {touch:?} {retouch:?}"
+        );
     }
     assert!(
         file(&faults, &said.files["untouched"]).is_none(),
@@ -142,15 +146,16 @@ fn reading_a_file_dropped_from_the_page_cache_takes_major_faults() {
     let w = Workload::faults().flag("major", MAJOR).spawn();
     let (said, faults) = trace(w, Vec::new());
     let phase = said.phases["major"];
-    assert_eq!(phase.0 + phase.1, MAJOR, "getrusage of the read phase");
+    assert!(phase.1 >= MAJOR, "getrusage of the read phase: {phase:?}");
     let row = file(&faults, &said.files["major"])
         .unwrap_or_else(|| panic!("no row for the dropped file in {faults:#}"));
     // MADV_RANDOM: no readahead, so fault-around finds no neighbour cached: one fault a page.
     assert_eq!(n(row, "faults"), MAJOR, "{row}");
     match row["major"].as_u64() {
         Some(major) => {
-            assert_eq!(major, phase.1, "major as the kernel counted it: {row}");
-            assert_eq!(n(row, "minor"), phase.0, "{row}");
+            // Each page was read from the disk: the kernel accounts every one as major.
+            assert_eq!(major, MAJOR, "{row}");
+            assert_eq!(n(row, "minor"), 0, "{row}");
         }
         None => {
             assert!(row["minor"].is_null(), "{row}");
