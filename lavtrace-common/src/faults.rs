@@ -174,6 +174,21 @@ pub const FIELDS: &[FieldSpec] = &[
         "ino",
         8,
     ),
+    // Their names before 5.16 / 5.17 (one kernel has one name or the other).
+    FieldSpec::new(
+        "FAULTS_FOLIO_INO_OFFSET",
+        "writeback",
+        "wait_on_page_writeback",
+        "ino",
+        8,
+    ),
+    FieldSpec::new(
+        "FAULTS_FOLIO_INO_OFFSET",
+        "writeback",
+        "writeback_dirty_page",
+        "ino",
+        8,
+    ),
     FieldSpec::new(
         "FAULTS_GDS_DIRTY_OFFSET",
         "writeback",

@@ -154,7 +154,7 @@ fn page(address: u64) -> Option<*mut PageFaults> {
 }
 
 #[tracepoint]
-pub fn faults_balance_dirty_pages(ctx: TracePointContext) -> u32 {
+pub fn faults_throttle(ctx: TracePointContext) -> u32 {
     if current_target_task().is_none() {
         return 0;
     }
@@ -197,12 +197,12 @@ pub fn faults_balance_dirty_pages(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn faults_folio_wait_writeback(ctx: TracePointContext) -> u32 {
+pub fn faults_stable_wait(ctx: TracePointContext) -> u32 {
     count_inode(&ctx, &FAULTS_STABLE)
 }
 
 #[tracepoint]
-pub fn faults_writeback_dirty_folio(ctx: TracePointContext) -> u32 {
+pub fn faults_dirtied(ctx: TracePointContext) -> u32 {
     count_inode(&ctx, &FAULTS_DIRTIED)
 }
 
@@ -225,7 +225,7 @@ fn count_inode(ctx: &TracePointContext, map: &HashMap<u64, u64>) -> u32 {
 }
 
 #[tracepoint]
-pub fn faults_global_dirty_state(ctx: TracePointContext) -> u32 {
+pub fn faults_dirty_state(ctx: TracePointContext) -> u32 {
     let Some(s) = FAULTS_DIRTY_STATE.get_ptr_mut(0) else {
         return 0;
     };

@@ -15,7 +15,7 @@
 //! - `--dirty-mib X`: X MiB written with write(2) to a file (dirty throttling under a low
 //!   `vm.dirty_bytes`), then fsynced and removed.
 //!
-//! Each phase prints `phase NAME minflt A majflt B` (its own getrusage(RUSAGE_THREAD)
+//! With `--in-thread` the phases run in a thread started after go. Each phase prints `phase NAME minflt A majflt B` (its own getrusage(RUSAGE_THREAD)
 //! deltas: ground truth), and each file `file ROLE PATH`. After `done` the mappings stay
 //! until stdin closes, so a tracer reads them while they exist.
 
@@ -45,6 +45,10 @@ pub struct Args {
     pub msg_bytes: usize,
     #[arg(long, default_value_t = 0)]
     pub dirty_mib: usize,
+    /// Run the phases in a thread started after go (a thread the tracer did not see at
+    /// attach).
+    #[arg(long)]
+    pub in_thread: bool,
     /// Where the files go: a real disk (major faults need pages that can be dropped).
     #[arg(long, default_value = "/var/tmp")]
     pub dir: PathBuf,
@@ -112,6 +116,12 @@ impl Mapped {
         sum
     }
 }
+
+// SAFETY: the mapping is owned by the process; one thread at a time touches it (the phase
+// thread, while the main thread waits for it in `thread::scope`).
+unsafe impl Sync for Mapped {}
+// SAFETY: as above.
+unsafe impl Send for Mapped {}
 
 impl Drop for Mapped {
     fn drop(&mut self) {
@@ -202,66 +212,78 @@ pub fn run(args: &Args) -> io::Result<()> {
     let dirty_path = args.dir.join(format!("{tag}-dirty"));
     let chunk = vec![0x11u8; 1024 * 1024];
     lavtrace_common::start::ready_then(|| {
-        for (role, path) in &files {
-            file_line(role, path)?;
-        }
-        if let Some((t, _)) = &touched {
-            phase("touch", || {
-                t.write_touch(args.pages);
-                Ok(())
-            })?;
-            if args.retouch > 0 {
-                phase("retouch", || {
-                    // SAFETY: our own mapping.
-                    let rc = unsafe { libc::madvise(t.addr.cast(), t.len, libc::MADV_DONTNEED) };
-                    check(rc.into(), "madvise(MADV_DONTNEED)")?;
-                    t.write_touch(args.retouch);
+        let work = || -> io::Result<()> {
+            for (role, path) in &files {
+                file_line(role, path)?;
+            }
+            if let Some((t, _)) = &touched {
+                phase("touch", || {
+                    t.write_touch(args.pages);
+                    Ok(())
+                })?;
+                if args.retouch > 0 {
+                    phase("retouch", || {
+                        // SAFETY: our own mapping.
+                        let rc =
+                            unsafe { libc::madvise(t.addr.cast(), t.len, libc::MADV_DONTNEED) };
+                        check(rc.into(), "madvise(MADV_DONTNEED)")?;
+                        t.write_touch(args.retouch);
+                        Ok(())
+                    })?;
+                }
+            }
+            if let Some(m) = &major {
+                phase("major", || {
+                    std::hint::black_box(m.read_touch());
                     Ok(())
                 })?;
             }
-        }
-        if let Some(m) = &major {
-            phase("major", || {
-                std::hint::black_box(m.read_touch());
-                Ok(())
-            })?;
-        }
-        if let Some(s) = &segment {
-            phase("segment", || {
-                // SAFETY: the segment is 8 MiB; the copies stay inside it (checked).
-                unsafe { std::ptr::write_volatile(s.addr.cast::<u32>(), 1) };
-                let mut at = 4;
-                for _ in 0..args.segment_msgs {
-                    if at + message.len() > s.len {
-                        break;
+            if let Some(s) = &segment {
+                phase("segment", || {
+                    // SAFETY: the segment is 8 MiB; the copies stay inside it (checked).
+                    unsafe { std::ptr::write_volatile(s.addr.cast::<u32>(), 1) };
+                    let mut at = 4;
+                    for _ in 0..args.segment_msgs {
+                        if at + message.len() > s.len {
+                            break;
+                        }
+                        // SAFETY: inside the mapping, as checked above.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                message.as_ptr(),
+                                s.addr.add(at),
+                                message.len(),
+                            )
+                        };
+                        at += message.len();
                     }
-                    // SAFETY: inside the mapping, as checked above.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            message.as_ptr(),
-                            s.addr.add(at),
-                            message.len(),
-                        )
-                    };
-                    at += message.len();
-                }
-                let mut out = io::stdout().lock();
-                writeln!(out, "segment pages {}", at.div_ceil(PAGE))?;
-                Ok(())
-            })?;
+                    let mut out = io::stdout().lock();
+                    writeln!(out, "segment pages {}", at.div_ceil(PAGE))?;
+                    Ok(())
+                })?;
+            }
+            if args.dirty_mib > 0 {
+                phase("dirty", || {
+                    let mut f = std::fs::File::create(&dirty_path)?;
+                    for _ in 0..args.dirty_mib {
+                        f.write_all(&chunk)?;
+                    }
+                    f.sync_all()?;
+                    drop(f);
+                    std::fs::remove_file(&dirty_path)
+                })?;
+            }
+            Ok(())
+        };
+        if args.in_thread {
+            std::thread::scope(|s| {
+                s.spawn(work)
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the phase thread panicked")))
+            })
+        } else {
+            work()
         }
-        if args.dirty_mib > 0 {
-            phase("dirty", || {
-                let mut f = std::fs::File::create(&dirty_path)?;
-                for _ in 0..args.dirty_mib {
-                    f.write_all(&chunk)?;
-                }
-                f.sync_all()?;
-                drop(f);
-                std::fs::remove_file(&dirty_path)
-            })?;
-        }
-        Ok(())
     })?;
     crate::wait_for_eof()?;
     drop((touched, major, segment));

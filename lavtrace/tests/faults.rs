@@ -42,6 +42,36 @@ fn said(lines: &[String]) -> Said {
     s
 }
 
+/// Where the workload's files go: a disk-backed filesystem, or the reason there is none
+/// (the vm-test guests' root is in RAM: no page can be dropped from the page cache there,
+/// so no major fault, and nothing is written back, so no dirty throttling).
+fn disk_dir() -> Result<&'static str, String> {
+    const DIR: &str = "/var/tmp";
+    // SAFETY: statfs fills the struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c"/var/tmp".as_ptr(), &mut st) } != 0 {
+        return Err(format!("{DIR}: {}", std::io::Error::last_os_error()));
+    }
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    match st.f_type as i64 {
+        TMPFS_MAGIC | RAMFS_MAGIC => Err(format!("{DIR} is in RAM (tmpfs or ramfs)")),
+        _ => Ok(DIR),
+    }
+}
+
+/// The disk dir, or None after printing why the test cannot run here.
+fn disk_or_skip(test: &str) -> Option<&'static str> {
+    match disk_dir() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            println!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
 /// One test at a time: the throttling test lowers the host's dirty limit, and the writeback
 /// it forces would write-protect another test's dirty pages (a second write fault on a page:
 /// real, but not the figure those tests assert).
@@ -100,9 +130,11 @@ const RETOUCH: u64 = 16;
 fn write_touched_pages_fault_once_each_on_their_file_and_again_after_dontneed() {
     require_root();
     let _serial = serial();
+    // Any filesystem will do (a write fault maps one page, wherever it is).
     let w = Workload::faults()
         .flag("pages", PAGES)
         .flag("retouch", RETOUCH)
+        .flag("dir", std::env::temp_dir().display())
         .spawn();
     let (said, faults) = trace(w, Vec::new());
     // Ground truth: the workload's own counters for each phase.
@@ -141,9 +173,15 @@ fn write_touched_pages_fault_once_each_on_their_file_and_again_after_dontneed() 
 #[test]
 fn reading_a_file_dropped_from_the_page_cache_takes_major_faults() {
     require_root();
+    let Some(dir) = disk_or_skip("major faults") else {
+        return;
+    };
     let _serial = serial();
     const MAJOR: u64 = 32;
-    let w = Workload::faults().flag("major", MAJOR).spawn();
+    let w = Workload::faults()
+        .flag("major", MAJOR)
+        .flag("dir", dir)
+        .spawn();
     let (said, faults) = trace(w, Vec::new());
     let phase = said.phases["major"];
     assert!(phase.1 >= MAJOR, "getrusage of the read phase: {phase:?}");
@@ -164,6 +202,30 @@ fn reading_a_file_dropped_from_the_page_cache_takes_major_faults() {
     }
     if let Some(writes) = row["write_faults"].as_u64() {
         assert_eq!(writes, 0, "reads only");
+    }
+}
+
+/// The perf events are opened per thread at attach and inherited: a thread started later
+/// is counted through its creator's event.
+#[test]
+fn a_thread_started_after_attach_is_counted_with_its_major_faults() {
+    require_root();
+    let Some(dir) = disk_or_skip("major faults in a late thread") else {
+        return;
+    };
+    let _serial = serial();
+    const MAJOR: u64 = 16;
+    let w = Workload::faults()
+        .flag("major", MAJOR)
+        .flag("dir", dir)
+        .switch("in-thread")
+        .spawn();
+    let (said, faults) = trace(w, Vec::new());
+    let row = file(&faults, &said.files["major"])
+        .unwrap_or_else(|| panic!("no row for the dropped file in {faults:#}"));
+    assert_eq!(n(row, "faults"), MAJOR, "{row}");
+    if !row["major"].is_null() {
+        assert_eq!(n(row, "major"), MAJOR, "{row}");
     }
 }
 
@@ -236,8 +298,14 @@ impl Drop for DirtyLimit {
 #[test]
 fn a_writer_over_a_tiny_dirty_limit_is_throttled_and_a_bystander_is_not_counted() {
     require_root();
+    let Some(dir) = disk_or_skip("dirty throttling") else {
+        return;
+    };
     let _serial = serial();
-    let w = Workload::faults().flag("dirty-mib", 64).spawn();
+    let w = Workload::faults()
+        .flag("dirty-mib", 64)
+        .flag("dir", dir)
+        .spawn();
     let bystander = Workload::faults().flag("pages", PAGES).spawn();
     // As the workload names its files.
     let bystander_file = format!("/var/tmp/lavtrace-faults-{}-touched", bystander.pid);

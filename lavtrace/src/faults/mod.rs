@@ -135,6 +135,14 @@ impl Tracer {
             hooks.push(h);
         } else {
             known.writes = true;
+            for h in &exceptions {
+                notes.push((
+                    h.program.to_string(),
+                    "fallback: perf page-faults per thread (every accounted fault, no write bit; \
+                     throttled above perf_event_max_sample_rate)"
+                        .to_string(),
+                ));
+            }
             hooks.extend(exceptions);
         }
         match attach_perf(
@@ -147,6 +155,10 @@ impl Tracer {
         ) {
             Ok(h) => {
                 known.major = true;
+                notes.push((
+                    h.program.to_string(),
+                    "fallback: none (faults reported as major/minor unknown: null)".to_string(),
+                ));
                 hooks.push(h);
             }
             Err(e) => notes.push((
@@ -234,6 +246,7 @@ impl family::Tracer for Tracer {
     }
 }
 
+/// Unloads a tracepoint program a failed or half-done attach left loaded.
 fn unload_tracepoint(ebpf: &mut Ebpf, program: &str) {
     let Some(prog) = ebpf.program_mut(program) else {
         return;
@@ -297,7 +310,10 @@ fn attach_perf(
     Ok(Hook {
         family: FAMILY,
         program,
-        via: format!("perf_event software:{event_name} (pid {pid}, {attached} threads, inherited)"),
+        via: format!(
+            "perf_event software:{event_name} (pid {pid}, {attached} thread{}, inherited)",
+            if attached == 1 { "" } else { "s" }
+        ),
     })
 }
 

@@ -22,26 +22,28 @@ use crate::{
     kernel::{Hook, attach_tracepoint},
 };
 
-/// (program, writeback event, what the operator loses without it).
-const HOOKS: [(&str, &str, &str); 4] = [
+/// (program, writeback events in order of preference, what the operator loses without it).
+/// Before 5.16/5.17 the folio events were page events with the same fields
+/// (`wait_on_page_writeback`, `writeback_dirty_page`).
+const HOOKS: [(&str, &[&str], &str); 4] = [
     (
-        "faults_balance_dirty_pages",
-        "balance_dirty_pages",
+        "faults_throttle",
+        &["balance_dirty_pages"],
         "no dirty-throttling figures",
     ),
     (
-        "faults_folio_wait_writeback",
-        "folio_wait_writeback",
+        "faults_stable_wait",
+        &["folio_wait_writeback", "wait_on_page_writeback"],
         "no stable-page waits",
     ),
     (
-        "faults_writeback_dirty_folio",
-        "writeback_dirty_folio",
+        "faults_dirtied",
+        &["writeback_dirty_folio", "writeback_dirty_page"],
         "no pages dirtied per file",
     ),
     (
-        "faults_global_dirty_state",
-        "global_dirty_state",
+        "faults_dirty_state",
+        &["global_dirty_state"],
         "no global dirty state",
     ),
 ];
@@ -119,18 +121,34 @@ impl Writeback {
         let mut hooks = Vec::new();
         let mut notes = Vec::new();
         let mut ok = [false; 4];
-        for (i, (program, event, loss)) in HOOKS.iter().enumerate() {
-            match attach_tracepoint(ebpf, FAMILY, program, "writeback", event) {
-                Ok(h) => {
-                    hooks.push(h);
-                    ok[i] = true;
+        for (i, (program, events, loss)) in HOOKS.iter().enumerate() {
+            let mut why = Vec::new();
+            for (k, event) in events.iter().enumerate() {
+                match attach_tracepoint(ebpf, FAMILY, program, "writeback", event) {
+                    Ok(h) => {
+                        let fallback = match events.get(k + 1) {
+                            Some(next) => {
+                                format!("fallback: tracepoint writeback:{next} (older kernels)")
+                            }
+                            None => format!("fallback: none ({loss})"),
+                        };
+                        notes.push((h.program.to_string(), fallback));
+                        hooks.push(h);
+                        ok[i] = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // Loaded by the failed attempt: the next event's attach loads it again.
+                        super::unload_tracepoint(ebpf, program);
+                        why.push(format!("writeback:{event}: {e:#}"));
+                    }
                 }
-                Err(e) => notes.push((
+            }
+            if !ok[i] {
+                notes.push((
                     program.to_string(),
-                    format!(
-                        "unavailable: tracepoint writeback:{event}: {e:#}; no fallback ({loss})"
-                    ),
-                )),
+                    format!("unavailable: {}; no fallback ({loss})", why.join("; ")),
+                ));
             }
         }
         let mut take = |name: &str, on: bool| -> Result<Option<aya::maps::Map>> {
