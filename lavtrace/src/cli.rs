@@ -115,7 +115,7 @@ pub struct ReportArgs {
     #[arg(short, long, default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
-    /// Probe families to load, comma-separated (default: all but sched, which is opt-in).
+    /// Probe families to load, comma-separated (default: all but the opt-in sched and faults).
     #[arg(long, value_delimiter = ',', default_values_t = Probe::all().to_vec())]
     pub probes: Vec<Probe>,
 

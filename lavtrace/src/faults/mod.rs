@@ -26,6 +26,8 @@ use lavtrace_common::faults::{DIAG_MAP, PAGES_MAP, PageFaults, diag};
 use tracing::debug;
 
 pub use report::FaultsSection;
+#[cfg(test)]
+pub use report::FileRow;
 
 use crate::{
     family::{self, Family, Options, Part, TextOptions, Window},
@@ -81,9 +83,13 @@ pub struct Tracer {
     /// The kernel's own counters of the process (/proc/PID/stat minflt, majflt) at the
     /// previous reading, and at attach.
     proc_last: Option<(u64, u64)>,
-    proc_whole: (u64, u64),
+    /// Summed over the windows read; None until one reading succeeded.
+    proc_whole: Option<(u64, u64)>,
     /// Per file, every window read (the summary is what the intervals showed).
     whole: BTreeMap<String, pages::Counts>,
+    /// inode → path of the target's open files, as last seen (a file written with write(2)
+    /// and closed before the reading keeps its name).
+    fd_inodes: HashMap<u64, String>,
     /// Resident pages per path at the last reading (/proc/PID/smaps).
     resident: HashMap<String, u64>,
     /// (program, status) lines for `check`.
@@ -177,9 +183,10 @@ impl Tracer {
             namer: Namer::seed(pid),
             known,
             proc_last: proc_faults(pid),
-            proc_whole: (0, 0),
+            proc_whole: None,
             whole: BTreeMap::new(),
             resident: HashMap::new(),
+            fd_inodes: HashMap::new(),
             notes,
         };
         Ok((tracer, hooks))
@@ -195,8 +202,9 @@ impl Tracer {
         let now = proc_faults(self.pid)?;
         let last = self.proc_last.replace(now).unwrap_or(now);
         let w = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
-        self.proc_whole.0 += w.0;
-        self.proc_whole.1 += w.1;
+        let whole = self.proc_whole.get_or_insert((0, 0));
+        whole.0 += w.0;
+        whole.1 += w.1;
         Some(w)
     }
 }
@@ -211,7 +219,7 @@ impl family::Tracer for Tracer {
                 }
                 (by_file, self.proc_window())
             }
-            Window::Whole => (self.whole.clone(), Some(self.proc_whole)),
+            Window::Whole => (self.whole.clone(), self.proc_whole),
         };
         // Read while the target lives (an interval with faults): the summary, after it
         // exited, shows the last figures seen.
@@ -232,7 +240,9 @@ impl family::Tracer for Tracer {
             files: report::sorted(rows),
             kernel_counted: kernel_counted
                 .map(|(minor, major)| report::KernelCounted { minor, major }),
-            writeback: self.writeback.section(window, &self.pages.inode_paths()),
+            writeback: self
+                .writeback
+                .section(window, &self.pages.inode_paths(&mut self.fd_inodes)),
             table_full,
         };
         Ok(Some(Part {

@@ -121,14 +121,33 @@ impl Pages {
         out
     }
 
-    /// inode → path of the target's file mappings (for the writeback records, which carry an
-    /// inode number only).
-    pub fn inode_paths(&self) -> HashMap<u64, String> {
-        self.regions
-            .iter()
-            .filter(|r| r.inode != 0 && r.name.starts_with('/'))
-            .map(|r| (r.inode, r.name.clone()))
-            .collect()
+    /// inode → path of the target's file mappings and open files (for the writeback
+    /// records, which carry an inode number only). `fds` keeps the open files seen at
+    /// earlier readings.
+    pub fn inode_paths(&self, fds: &mut HashMap<u64, String>) -> HashMap<u64, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) {
+            for e in dir.flatten() {
+                // The link's target as the target sees it; its inode through the fd itself.
+                let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), e.path().metadata())
+                else {
+                    continue;
+                };
+                if meta.is_file() {
+                    let path = target.to_string_lossy();
+                    let path = path.strip_suffix(" (deleted)").unwrap_or(&path);
+                    fds.insert(meta.ino(), path.to_string());
+                }
+            }
+        }
+        let mut out = fds.clone();
+        out.extend(
+            self.regions
+                .iter()
+                .filter(|r| r.inode != 0 && r.name.starts_with('/'))
+                .map(|r| (r.inode, r.name.clone())),
+        );
+        out
     }
 }
 

@@ -157,7 +157,7 @@ pub fn write_text(out: &mut String, s: &FaultsSection, top: usize) {
     }
     for (title, rows) in [
         ("STABLE-PAGE WAITS", &wb.stable_page_waits),
-        ("PAGES DIRTIED", &wb.dirtied),
+        ("FOLIOS DIRTIED", &wb.dirtied),
     ] {
         let Some(rows) = rows else { continue };
         for r in rows.iter().take(top.max(1)) {

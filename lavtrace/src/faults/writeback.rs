@@ -80,7 +80,8 @@ pub struct WritebackSection {
     /// folio_wait_writeback: a thread of the target waited for a page under writeback
     /// (stable pages) before it could write it. Null: the hook is not attached.
     pub stable_page_waits: Option<Vec<InodeRow>>,
-    /// writeback_dirty_folio: pages the target dirtied, per file.
+    /// writeback_dirty_folio: folios the target dirtied, per file (a large folio is one:
+    /// 6.18's ext4 dirtied 64 MiB written with write(2) as 64 of them).
     pub dirtied: Option<Vec<InodeRow>>,
     /// The last global dirty state sampled (pages), host-wide; null: none seen in the
     /// window (it is reported only while someone writes).

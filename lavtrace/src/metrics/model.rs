@@ -119,6 +119,18 @@ pub struct Sched {
     pub runq_latency: Log2Histogram,
 }
 
+/// The faults family's figures summed per kind of mapping (`segment`, `heap`...: a bounded
+/// set; the files themselves are in the JSON and text reports).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// kind → (faults, major, write faults); major and write are None where the kernel
+    /// cannot tell.
+    pub by_kind: BTreeMap<String, (u64, Option<u64>, Option<u64>)>,
+    pub throttled: u64,
+    pub throttle_pause_ms: u64,
+    pub stable_page_waits: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Cost {
     pub cpu_ns: u64,
@@ -139,6 +151,7 @@ pub struct Instance {
     pub mmap: Option<Mmap>,
     pub tcp: Option<Tcp>,
     pub sched: Option<Sched>,
+    pub faults: Option<Faults>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
     /// The latest window's limits (gauges).
@@ -217,6 +230,22 @@ impl Instance {
                 all.involuntary += r.switches_involuntary;
                 all.runq_latency
                     .add(r.runq_ns.count, r.runq_ns.total_ns, &r.runq_ns.buckets);
+            }
+        }
+        if let Some(section) = s.get::<crate::faults::FaultsSection>() {
+            let all = self.faults.get_or_insert_default();
+            for f in &section.files {
+                let e = all.by_kind.entry(f.kind.clone()).or_default();
+                e.0 += f.faults;
+                e.1 = f.major.map(|m| e.1.unwrap_or(0) + m);
+                e.2 = f.write_faults.map(|w| e.2.unwrap_or(0) + w);
+            }
+            for t in &section.writeback.throttle {
+                all.throttled += t.count;
+                all.throttle_pause_ms += t.pause_ms;
+            }
+            if let Some(w) = &section.writeback.stable_page_waits {
+                all.stable_page_waits += w.iter().map(|r| r.count).sum::<u64>();
             }
         }
         if let Some(section) = s.get::<TcpSection>() {
