@@ -165,7 +165,10 @@ pub fn write_text(out: &mut String, s: &FaultsSection, top: usize) {
                 out,
                 "{title}: {} on {}",
                 r.count,
-                r.path.as_deref().unwrap_or(&format!("inode {}", r.ino))
+                r.path.as_deref().map_or_else(
+                    || format!("inode {}", r.ino),
+                    crate::storage::lavinmq::display
+                )
             );
         }
     }
