@@ -20,6 +20,10 @@ pub const BDI_NAME: usize = 32;
 
 /// page address (the fault address with the low 12 bits cleared) → `PageFaults`.
 pub const PAGES_MAP: &str = "FAULTS_PAGES";
+/// tid → the fault in progress (`[start ns, address]`), kprobe to kretprobe.
+pub const INFLIGHT_MAP: &str = "FAULTS_INFLIGHT";
+/// Threads of the target in a fault at once.
+pub const MAX_INFLIGHT: u32 = 4_096;
 /// bdi name → `Throttle`.
 pub const THROTTLE_MAP: &str = "FAULTS_THROTTLE";
 /// inode → waits for writeback of one of its pages (`folio_wait_writeback`).
@@ -56,6 +60,8 @@ pub struct PageFaults {
     /// throttles a sampling event above `perf_event_max_sample_rate` / HZ samples per tick
     /// (400 at 100000 and HZ 250), which minor faults easily pass and major faults do not.
     pub major: u64,
+    /// Time in handle_mm_fault (kprobe to kretprobe; `--fault-time` where kprobes exist).
+    pub time_ns: u64,
 }
 
 /// Dirty throttling of the target's threads on one backing device.
@@ -99,7 +105,9 @@ pub mod diag {
     pub const INODES_FULL: u32 = 1;
     /// A bdi could not be added to the throttling table.
     pub const BDIS_FULL: u32 = 2;
-    pub const LEN: u32 = 3;
+    /// A fault's start could not be kept: its time is missing.
+    pub const INFLIGHT_FULL: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// The log2 bucket of a pause of `ms`.
@@ -232,7 +240,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<PageFaults>(), 24);
+        assert_eq!(core::mem::size_of::<PageFaults>(), 32);
         assert_eq!(core::mem::size_of::<Throttle>(), 8 * 4 + 8 * PAUSE_BUCKETS);
         assert_eq!(core::mem::size_of::<DirtyState>(), 7 * 8);
     }

@@ -18,19 +18,22 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{map, perf_event, tracepoint},
+    macros::{kprobe, kretprobe, map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray},
-    programs::{PerfEventContext, TracePointContext},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use lavtrace_common::faults::{
-    BDI_NAME, DIRTY_STATE_EVERY_NS, DirtyState, MAX_BDIS, MAX_INODES, MAX_PAGES, PAGE_SHIFT,
-    PageFaults, Throttle, USER_END, X86_PF_WRITE, diag, pause_bucket,
+    BDI_NAME, DIRTY_STATE_EVERY_NS, DirtyState, MAX_BDIS, MAX_INFLIGHT, MAX_INODES, MAX_PAGES,
+    PAGE_SHIFT, PageFaults, Throttle, USER_END, X86_PF_WRITE, diag, pause_bucket,
 };
 
 use crate::{field, filter::current_target_task};
 
 #[map]
 static FAULTS_PAGES: HashMap<u64, PageFaults> = HashMap::with_max_entries(MAX_PAGES, 0);
+
+#[map]
+static FAULTS_INFLIGHT: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map]
 static FAULTS_THROTTLE: HashMap<[u8; BDI_NAME], Throttle> = HashMap::with_max_entries(MAX_BDIS, 0);
@@ -134,6 +137,43 @@ fn on_perf(ctx: &PerfEventContext, what: Accounted) -> u32 {
         add(counter, 1);
     }
     // 0: the perf core records no sample (no ring buffer is mapped anyway).
+    0
+}
+
+/// `handle_mm_fault(vma, address, flags, regs)`: the start of one attempt at a fault (a
+/// retried fault calls it again; both attempts' times add up).
+#[kprobe]
+pub fn faults_mm_enter(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    let Some(address) = ctx.arg::<u64>(1) else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if FAULTS_INFLIGHT.insert(tid, [now, address], 0).is_err() {
+        bump_diag(diag::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn faults_mm_exit(_ctx: RetProbeContext) -> u32 {
+    let Some((_, tid)) = current_target_task() else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a copy of the value is taken before the entry is removed.
+    let Some(&[start, address]) = (unsafe { FAULTS_INFLIGHT.get(tid) }) else {
+        return 0;
+    };
+    let _ = FAULTS_INFLIGHT.remove(tid);
+    if let Some(p) = page(address) {
+        // SAFETY: a live map value of this program run.
+        add(unsafe { &raw mut (*p).time_ns }, now.saturating_sub(start));
+    }
     0
 }
 

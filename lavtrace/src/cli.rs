@@ -155,6 +155,10 @@ pub struct ReportArgs {
     /// the classic sched:* tracepoints (tests use this to cover the fallback).
     #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
     pub sched_hooks: SyscallHooks,
+    /// faults family: time each page fault of the target (kprobe and kretprobe on
+    /// handle_mm_fault; every page fault on the host then runs them, so it is off by default).
+    #[arg(long)]
+    pub fault_time: bool,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -203,6 +207,7 @@ impl ReportArgs {
                 TcpHooks::Tracepoint => Mode::Tracepoint,
             },
             no_bpf_stats: self.no_bpf_stats,
+            fault_time: self.fault_time,
             storage_hooks: match self.storage_hooks {
                 StorageHooks::Auto => storage::hooks::Mode::Auto,
                 StorageHooks::Kprobe => storage::hooks::Mode::Kprobe,

@@ -163,6 +163,8 @@ pub struct Options {
     /// path anyway (`Family::SYSCALL_SLOW_PATH`); set by the session, not a flag.
     pub syscall_slow_path: bool,
     pub sched_hooks: sched::HookChoice,
+    /// faults: time each fault (kprobe + kretprobe on handle_mm_fault).
+    pub fault_time: bool,
 }
 
 /// One line of the registry.

@@ -84,11 +84,26 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Traces `target` (and lets `bystanders` run beside it) through `done`, reads a few
 /// intervals while the mappings exist, ends the workloads and returns what the target said
 /// and the summary's `faults` object.
-fn trace(mut target: Workload, mut bystanders: Vec<Workload>) -> (Said, Value) {
-    let t = Trace::of(&target)
-        .probes("faults")
-        .interval("200ms")
-        .spawn();
+fn trace(target: Workload, bystanders: Vec<Workload>) -> (Said, Value) {
+    trace_with(target, bystanders, false).0
+}
+
+/// `trace`, with `--fault-time` when `fault_time`; also gives the attached hooks' programs.
+fn trace_with(
+    mut target: Workload,
+    mut bystanders: Vec<Workload>,
+    fault_time: bool,
+) -> ((Said, Value), Vec<String>) {
+    let mut args = Trace::of(&target).probes("faults").interval("200ms");
+    if fault_time {
+        args = args.switch("fault-time");
+    }
+    let t = args.spawn();
+    let programs: Vec<String> = t
+        .hooks(Some("faults"))
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
     assert!(!t.vias().is_empty(), "no faults hook attached");
     target.go();
     for b in bystanders.iter_mut() {
@@ -106,7 +121,10 @@ fn trace(mut target: Workload, mut bystanders: Vec<Workload>) -> (Said, Value) {
     // Closing its stdin ends the target, and lavtrace with it.
     target.finish();
     let records = t.records();
-    (said(&lines), records.last().unwrap()["faults"].clone())
+    (
+        (said(&lines), records.last().unwrap()["faults"].clone()),
+        programs,
+    )
 }
 
 fn file<'a>(faults: &'a Value, path: &str) -> Option<&'a Value> {
@@ -202,6 +220,35 @@ fn reading_a_file_dropped_from_the_page_cache_takes_major_faults() {
     }
     if let Some(writes) = row["write_faults"].as_u64() {
         assert_eq!(writes, 0, "reads only");
+    }
+}
+
+/// `--fault-time` times each fault with a kprobe and kretprobe on handle_mm_fault where the
+/// kernel has kprobes (the vm-test guests); elsewhere the figure is null, not 0.
+#[test]
+fn fault_time_is_measured_where_kprobes_exist_and_null_elsewhere() {
+    require_root();
+    let _serial = serial();
+    let w = Workload::faults()
+        .flag("pages", PAGES)
+        .flag("dir", std::env::temp_dir().display())
+        .spawn();
+    let ((said, faults), programs) = trace_with(w, Vec::new(), true);
+    let touched = file(&faults, &said.files["touched"])
+        .unwrap_or_else(|| panic!("no row for the touched file in {faults:#}"));
+    assert_eq!(n(touched, "faults"), PAGES, "{touched}");
+    let timed = programs.iter().any(|p| p == "faults_mm_exit");
+    assert_eq!(
+        timed,
+        common::kernel_has_kprobes(),
+        "the kprobe pair is attached exactly where kprobes exist: {programs:?}"
+    );
+    if timed {
+        // 64 faults of a page each: more than nothing, less than the whole run.
+        let ns = n(touched, "fault_time_ns");
+        assert!(ns > 0 && ns < 10_000_000_000, "{touched}");
+    } else {
+        assert!(touched["fault_time_ns"].is_null(), "{touched}");
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Known {
     pub writes: bool,
     /// The kernel's major accounting (perf major-faults).
     pub major: bool,
+    /// Time in handle_mm_fault (kprobes, `--fault-time`).
+    pub time: bool,
 }
 
 impl family::Section for FaultsSection {
@@ -68,8 +70,8 @@ impl Family for Tracer {
     const DEFAULT: bool = false;
     const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::faults::FIELDS;
 
-    fn attach(ebpf: &mut Ebpf, pid: u32, _options: &Options) -> Result<(Self, Vec<Hook>)> {
-        Tracer::start(ebpf, pid)
+    fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        Tracer::start(ebpf, pid, options.fault_time)
     }
 }
 
@@ -103,7 +105,7 @@ const EXCEPTIONS: [(&str, &str); 2] = [
 ];
 
 impl Tracer {
-    fn start(ebpf: &mut Ebpf, pid: u32) -> Result<(Tracer, Vec<Hook>)> {
+    fn start(ebpf: &mut Ebpf, pid: u32, fault_time: bool) -> Result<(Tracer, Vec<Hook>)> {
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
@@ -170,6 +172,22 @@ impl Tracer {
             Err(e) => notes.push((
                 "faults_perf_major".to_string(),
                 format!("unavailable: {e:#}; faults are reported as major/minor unknown (null)"),
+            )),
+        }
+        match fault_time.then(|| attach_fault_time(ebpf)) {
+            Some(Ok(h)) => {
+                known.time = true;
+                hooks.extend(h);
+            }
+            Some(Err(why)) => notes.push((
+                "faults_mm_enter".to_string(),
+                format!("unavailable: {why}; fault_time_ns null"),
+            )),
+            None => notes.push((
+                "faults_mm_enter".to_string(),
+                "not in use (--fault-time: kprobe and kretprobe on handle_mm_fault, run by \
+                 every page fault on the host)"
+                    .to_string(),
             )),
         }
         let (writeback, wb_hooks, wb_notes) = writeback::Writeback::attach(ebpf)?;
@@ -254,6 +272,44 @@ impl family::Tracer for Tracer {
     fn check_notes(&self, _in_use: &[Hook]) -> Vec<(String, String)> {
         self.notes.clone()
     }
+}
+
+/// kprobe and kretprobe on handle_mm_fault, both or neither (an entry without its return
+/// would fill the in-flight table).
+fn attach_fault_time(ebpf: &mut Ebpf) -> Result<Vec<Hook>, String> {
+    if let Some(why) =
+        crate::kernel::tracefs::tracefs_dir().and_then(crate::kernel::kprobe::missing)
+    {
+        return Err(why);
+    }
+    let mut hooks = Vec::new();
+    for (program, kind) in [
+        ("faults_mm_enter", "kprobe"),
+        ("faults_mm_exit", "kretprobe"),
+    ] {
+        let attached = (|| -> Result<()> {
+            let prog: &mut aya::programs::KProbe = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            prog.attach("handle_mm_fault", 0)
+                .with_context(|| format!("{kind} handle_mm_fault"))?;
+            Ok(())
+        })();
+        if let Err(e) = attached {
+            crate::kernel::kprobe::unload(ebpf, "faults_mm_enter");
+            crate::kernel::kprobe::unload(ebpf, "faults_mm_exit");
+            return Err(format!("{e:#}"));
+        }
+        hooks.push(Hook {
+            family: FAMILY,
+            program,
+            via: format!("{kind} handle_mm_fault"),
+        });
+    }
+    Ok(hooks)
 }
 
 /// Unloads a tracepoint program a failed or half-done attach left loaded.

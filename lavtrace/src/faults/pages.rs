@@ -18,6 +18,7 @@ pub struct Counts {
     pub major: u64,
     /// Distinct pages that faulted.
     pub pages: u64,
+    pub time_ns: u64,
 }
 
 impl Counts {
@@ -26,6 +27,7 @@ impl Counts {
         self.writes += o.writes;
         self.major += o.major;
         self.pages += o.pages;
+        self.time_ns += o.time_ns;
     }
 }
 
@@ -100,6 +102,7 @@ impl Pages {
                     faults: cur.faults - prev.faults,
                     writes: cur.writes.saturating_sub(prev.writes),
                     major: cur.major - prev.major,
+                    time_ns: cur.time_ns.saturating_sub(prev.time_ns),
                 }
             };
             seen.insert(page, cur);
@@ -111,6 +114,7 @@ impl Pages {
             c.faults += w.faults;
             c.writes += w.writes;
             c.major += w.major;
+            c.time_ns += w.time_ns;
             c.pages += 1;
         }
         for page in idle {

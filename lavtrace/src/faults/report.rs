@@ -30,6 +30,9 @@ pub struct FileRow {
     pub write_faults: Option<u64>,
     /// Distinct pages that faulted.
     pub pages_faulted: u64,
+    /// Time the kernel spent in handle_mm_fault for them (`--fault-time`, kprobes); null
+    /// without.
+    pub fault_time_ns: Option<u64>,
     /// Pages of the mapping resident (/proc/PID/smaps Rss) at the last interval with faults.
     pub resident_pages: Option<u64>,
 }
@@ -90,6 +93,7 @@ pub fn row(
         minor: known.major.then_some(c.faults.saturating_sub(c.major)),
         write_faults: known.writes.then_some(c.writes),
         pages_faulted: c.pages,
+        fault_time_ns: known.time.then_some(c.time_ns),
     }
 }
 
@@ -117,15 +121,28 @@ pub fn write_text(out: &mut String, s: &FaultsSection, top: usize) {
     if s.files.is_empty() {
         let _ = writeln!(out, "  (none)");
     } else {
+        let timed = s.files.iter().any(|f| f.fault_time_ns.is_some());
         let _ = writeln!(
             out,
-            "  {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}  {:<10} FILE",
-            "FAULTS", "MAJOR", "MINOR", "WRITE", "PAGES", "RESIDENT", "KIND"
+            "  {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}{}  {:<10} FILE",
+            "FAULTS",
+            "MAJOR",
+            "MINOR",
+            "WRITE",
+            "PAGES",
+            "RESIDENT",
+            if timed { "      TIME" } else { "" },
+            "KIND"
         );
         for f in s.files.iter().take(top.max(1)) {
+            let time = match f.fault_time_ns {
+                Some(ns) if timed => format!(" {:>9}", crate::units::ns(ns)),
+                _ if timed => format!(" {:>9}", "-"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}  {:<10} {}",
+                "  {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}{time}  {:<10} {}",
                 f.faults,
                 opt(f.major),
                 opt(f.minor),

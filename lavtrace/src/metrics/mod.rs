@@ -337,6 +337,7 @@ mod tests {
                 minor: major.map(|m| faults - m),
                 write_faults: Some(faults),
                 pages_faulted: faults,
+                fault_time_ns: None,
                 resident_pages: None,
             };
         let mut s = Sections::default().with(crate::faults::FaultsSection {
