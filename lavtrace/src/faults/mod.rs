@@ -9,7 +9,7 @@
 
 mod pages;
 mod report;
-mod writeback;
+pub mod writeback;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,9 +25,7 @@ use aya::{
 use lavtrace_common::faults::{DIAG_MAP, PAGES_MAP, PageFaults, diag};
 use tracing::debug;
 
-pub use report::FaultsSection;
-#[cfg(test)]
-pub use report::FileRow;
+pub use report::{FaultsSection, FileRow};
 
 use crate::{
     family::{self, Family, Options, Part, TextOptions, Window},

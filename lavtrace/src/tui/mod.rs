@@ -62,7 +62,7 @@ struct ViewState {
     panes: Vec<Pane>,
     focus: Pane,
     /// Per pane (by `Pane::index`): index into its `sorts()`.
-    sorts: [usize; 5],
+    sorts: [usize; Pane::ALL.len()],
     paused: bool,
     started: Instant,
     pid: u32,
@@ -145,7 +145,7 @@ impl ViewState {
         let mut families: Vec<&str> = hooks.iter().map(|h| h.family).collect();
         families.dedup();
         let panes = panes::panes_for(families.iter().copied());
-        let mut sorts = [0; 5];
+        let mut sorts = [0; Pane::ALL.len()];
         sorts[Pane::Syscalls.index()] = panes::syscall_sort_index(sort);
         ViewState {
             focus: panes.first().copied().unwrap_or(Pane::Syscalls),
@@ -249,6 +249,10 @@ impl ViewState {
                     Some(m) => panes::mappings(f, area, block, m),
                     None => f.render_widget(block, area),
                 },
+                Pane::Faults => match s.get::<crate::faults::FaultsSection>() {
+                    Some(x) => panes::faults(f, area, block, x),
+                    None => f.render_widget(block, area),
+                },
                 Pane::Connections => match s.get::<TcpSection>() {
                     Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
                     None => f.render_widget(block, area),
@@ -262,6 +266,7 @@ impl ViewState {
         match pane {
             Pane::Syscalls | Pane::Threads | Pane::Durability => title.push_str("· this interval "),
             Pane::Mappings => title.push_str("· rates over this interval "),
+            Pane::Faults => title.push_str("· per mapped file, this interval "),
             Pane::Connections => {
                 if let Some(t) = s.get::<TcpSection>() {
                     let open = crate::tcp::open_by_state(t)
