@@ -45,6 +45,10 @@ pub struct Args {
     pub msg_bytes: usize,
     #[arg(long, default_value_t = 0)]
     pub dirty_mib: usize,
+    /// Benchmark: N write faults on anonymous memory (1024-page rounds, MADV_DONTNEED between),
+    /// timed; prints `result {"faults":N,"ns":T}` and exits (no wait for stdin).
+    #[arg(long, default_value_t = 0)]
+    pub anon_faults: u64,
     /// Run the phases in a thread started after go (a thread the tracer did not see at
     /// attach).
     #[arg(long)]
@@ -160,7 +164,48 @@ fn file_line(role: &str, path: &Path) -> io::Result<()> {
     out.flush()
 }
 
+/// The benchmark mode: what tracing adds to one page fault of the process.
+fn anon_faults(n: u64) -> io::Result<()> {
+    const ROUND: usize = 1024;
+    // SAFETY: a fresh anonymous mapping of ROUND pages.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ROUND * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let p = addr.cast::<u8>();
+    lavtrace_common::start::announce_ready_then_wait_go()?;
+    let start = std::time::Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        let pages = (n - done).min(ROUND as u64) as usize;
+        for i in 0..pages {
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::write_volatile(p.add(i * PAGE), 1) };
+        }
+        // SAFETY: our own mapping; its pages are dropped, so the next round faults again.
+        let rc = unsafe { libc::madvise(addr, ROUND * PAGE, libc::MADV_DONTNEED) };
+        check(rc.into(), "madvise(MADV_DONTNEED)")?;
+        done += pages as u64;
+    }
+    let ns = start.elapsed().as_nanos();
+    let mut out = io::stdout().lock();
+    writeln!(out, "result {{\"faults\":{n},\"ns\":{ns}}}")?;
+    out.flush()
+}
+
 pub fn run(args: &Args) -> io::Result<()> {
+    if args.anon_faults > 0 {
+        return anon_faults(args.anon_faults);
+    }
     let tag = format!("lavtrace-faults-{}", std::process::id());
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let mut files = Vec::new();
