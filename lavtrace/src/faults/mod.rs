@@ -108,8 +108,16 @@ impl Tracer {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
-        let pages: BpfHashMap<MapData, u64, PageFaults> =
-            BpfHashMap::try_from(take(ebpf, PAGES_MAP)?)?;
+        let pages_map = take(ebpf, PAGES_MAP)?;
+        // A descriptor of its own for the batch reads aya does not offer.
+        let pages_fd = match &pages_map {
+            aya::maps::Map::HashMap(data) => {
+                use std::os::fd::AsFd as _;
+                data.fd().as_fd().try_clone_to_owned().ok()
+            }
+            _ => None,
+        };
+        let pages: BpfHashMap<MapData, u64, PageFaults> = BpfHashMap::try_from(pages_map)?;
         let mut hooks = Vec::new();
         let mut notes = Vec::new();
         let mut known = Known::default();
@@ -193,7 +201,7 @@ impl Tracer {
         notes.extend(wb_notes);
         let tracer = Tracer {
             pid,
-            pages: pages::Pages::new(pages, pid),
+            pages: pages::Pages::new(pages, pages_fd, pid),
             writeback,
             diag: PerCpuArray::try_from(take(ebpf, DIAG_MAP)?)?,
             namer: Namer::seed(pid),

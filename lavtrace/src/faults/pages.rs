@@ -1,7 +1,11 @@
 //! The per-page fault table: read once per interval, differenced against the previous
 //! reading, and resolved to the mapping each page is in now.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lavtrace_common::faults::PageFaults;
@@ -42,6 +46,9 @@ struct Region {
 
 pub struct Pages {
     map: BpfHashMap<MapData, u64, PageFaults>,
+    /// The same map, for BPF_MAP_LOOKUP_AND_DELETE_BATCH (5.6+); None once the kernel
+    /// refused it (the entries are then walked one by one).
+    batch_fd: Option<OwnedFd>,
     pid: u32,
     /// Each page's figures at the previous reading.
     last: HashMap<u64, PageFaults>,
@@ -51,9 +58,14 @@ pub struct Pages {
 }
 
 impl Pages {
-    pub fn new(map: BpfHashMap<MapData, u64, PageFaults>, pid: u32) -> Pages {
+    pub fn new(
+        map: BpfHashMap<MapData, u64, PageFaults>,
+        batch_fd: Option<OwnedFd>,
+        pid: u32,
+    ) -> Pages {
         let mut p = Pages {
             map,
+            batch_fd,
             pid,
             last: HashMap::new(),
             regions: Vec::new(),
@@ -70,21 +82,52 @@ impl Pages {
         }
     }
 
-    fn lookup(&self, addr: u64) -> &str {
-        let i = self.regions.partition_point(|r| r.start <= addr);
-        match i.checked_sub(1).map(|i| &self.regions[i]) {
-            Some(r) if addr < r.end => &r.name,
-            _ => UNMAPPED,
-        }
+    /// The index of the region holding `addr`.
+    fn region_of(&self, addr: u64) -> Option<usize> {
+        let i = self
+            .regions
+            .partition_point(|r| r.start <= addr)
+            .checked_sub(1)?;
+        (addr < self.regions[i].end).then_some(i)
     }
 
-    /// The faults since the previous reading, per file. A page read without change for a
-    /// whole interval is removed from the kernel table (its figures are accounted for), so
-    /// the table holds the pages of about two intervals. A fault between the lookup and that
-    /// delete would be lost; the window is one map operation on a page idle for an interval.
+    /// The faults since the previous reading, per file.
     pub fn read(&mut self) -> BTreeMap<String, Counts> {
         self.refresh_regions();
+        let window = match self.batch_fd.as_ref().map(drain) {
+            Some(Ok(entries)) => entries,
+            Some(Err(e)) => {
+                debug!("faults: no batch reads ({e}); walking the page table");
+                self.batch_fd = None;
+                self.walk()
+            }
+            None => self.walk(),
+        };
+        // Per region first (no name allocated per page), then per name.
+        let mut by_region: HashMap<Option<usize>, Counts> = HashMap::new();
+        for (page, w) in window {
+            let c = by_region.entry(self.region_of(page)).or_default();
+            c.faults += w.faults;
+            c.writes += w.writes;
+            c.major += w.major;
+            c.time_ns += w.time_ns;
+            c.pages += 1;
+        }
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+        for (region, c) in by_region {
+            let name = region.map_or(UNMAPPED, |i| self.regions[i].name.as_str());
+            out.entry(name.to_string()).or_default().add(&c);
+        }
+        out
+    }
+
+    /// Without batch reads: every entry's change since the previous reading. A page read
+    /// without change for a whole interval is removed from the kernel table (its figures are
+    /// accounted for), so the table holds the pages of about two intervals. A fault between
+    /// the lookup and that delete would be lost; the window is one map operation on a page
+    /// idle for an interval.
+    fn walk(&mut self) -> Vec<(u64, PageFaults)> {
+        let mut window = Vec::new();
         let mut idle = Vec::new();
         let mut seen = HashMap::with_capacity(self.last.len());
         for entry in self.map.iter() {
@@ -108,23 +151,17 @@ impl Pages {
             seen.insert(page, cur);
             if w == PageFaults::default() {
                 idle.push(page);
-                continue;
+            } else {
+                window.push((page, w));
             }
-            let c = out.entry(self.lookup(page).to_string()).or_default();
-            c.faults += w.faults;
-            c.writes += w.writes;
-            c.major += w.major;
-            c.time_ns += w.time_ns;
-            c.pages += 1;
         }
         for page in idle {
             let _ = self.map.remove(&page);
             seen.remove(&page);
         }
         self.last = seen;
-        out
+        window
     }
-
     /// inode → path of the target's file mappings and open files (for the writeback
     /// records, which carry an inode number only). `fds` keeps the open files seen at
     /// earlier readings.
@@ -152,6 +189,77 @@ impl Pages {
                 .map(|r| (r.inode, r.name.clone())),
         );
         out
+    }
+}
+
+/// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+/// Entries per batch call.
+const BATCH: usize = 4096;
+
+/// Every entry of the page table, each removed as it is copied (so each page's figures are
+/// this window's): one bpf() call per 4,096 pages instead of two per page. A program that
+/// looked a page up just before its removal adds to the removed copy: that fault is lost
+/// (a window of a few instructions on a page faulting at the very moment of the reading).
+fn drain(fd: &OwnedFd) -> io::Result<Vec<(u64, PageFaults)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![0u64; BATCH];
+    let mut values = vec![PageFaults::default(); BATCH];
+    // The hash table's batch token is the next bucket's index (a u32).
+    let mut token: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut next: u32 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const token) as u64 },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: bpf(2) with a batch attr whose buffers hold BATCH keys (8 bytes, the
+        // map's key size) and values (PageFaults, its value size: a multiple of 8) and whose
+        // tokens point at live u32s; the kernel writes only within them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        let n = (attr.count as usize).min(BATCH);
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match err {
+            None => {}
+            // The end of the table (the last entries come with it).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            // Refused before anything was removed (no batch ops on this kernel): the caller
+            // walks the table instead.
+            Some(e) if first && n == 0 => return Err(e),
+            Some(e) => {
+                debug!("faults: batch read stopped after {} pages: {e}", out.len());
+                return Ok(out);
+            }
+        }
+        token = next;
+        first = false;
     }
 }
 
