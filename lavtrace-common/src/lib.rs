@@ -11,6 +11,7 @@ pub mod start;
 
 pub mod cut;
 pub mod dump;
+pub mod faults;
 pub mod field;
 pub mod filter;
 pub mod fsync;

@@ -11,6 +11,7 @@
 
 mod cut;
 mod dump;
+mod faults;
 mod field;
 mod filter;
 mod floor;

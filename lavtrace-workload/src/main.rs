@@ -7,6 +7,7 @@
 
 mod amqp;
 mod churn;
+mod faults;
 mod gc;
 mod lavinmq;
 mod pace;
@@ -73,6 +74,9 @@ pub enum Mode {
     /// Fast fsyncs of a clean file at a steady pace and one slow one (after writing many MiB
     /// into it); prints each call's own timing before `done`.
     Slowsync(slowsync::Args),
+    /// Page faults whose number is known (write-touched pages, MADV_DONTNEED re-touch, major
+    /// faults on a dropped file, a LavinMQ-shaped segment, dirty throttling); see faults.rs.
+    Faults(faults::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Mode::Slowsync(a) => slowsync::run(a),
         Mode::Sched(a) => sched::run(a),
         Mode::Gc(a) => gc::run(a),
+        Mode::Faults(a) => faults::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

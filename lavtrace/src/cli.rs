@@ -115,7 +115,7 @@ pub struct ReportArgs {
     #[arg(short, long, default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
-    /// Probe families to load, comma-separated (default: all but sched, which is opt-in).
+    /// Probe families to load, comma-separated (default: all but the opt-in sched and faults).
     #[arg(long, value_delimiter = ',', default_values_t = Probe::all().to_vec())]
     pub probes: Vec<Probe>,
 
@@ -161,6 +161,10 @@ pub struct ReportArgs {
     /// the classic sched:* tracepoints (tests use this to cover the fallback).
     #[arg(long, hide = true, value_enum, default_value_t = SyscallHooks::Auto)]
     pub sched_hooks: SyscallHooks,
+    /// faults family: time each page fault of the target (kprobe and kretprobe on
+    /// handle_mm_fault; every page fault on the host then runs them, so it is off by default).
+    #[arg(long)]
+    pub fault_time: bool,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -222,6 +226,7 @@ impl ReportArgs {
                 TcpHooks::Tracepoint => Mode::Tracepoint,
             },
             no_bpf_stats: self.no_bpf_stats,
+            fault_time: self.fault_time,
             storage_hooks: match self.storage_hooks {
                 StorageHooks::Auto => storage::hooks::Mode::Auto,
                 StorageHooks::Kprobe => storage::hooks::Mode::Kprobe,

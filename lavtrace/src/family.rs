@@ -15,7 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use serde_json::value::RawValue;
 
 use crate::{
-    floor, fsync, gc,
+    faults, floor, fsync, gc,
     kernel::{Hook, Overrides},
     mmap, sched, storage, syscalls, tcp,
 };
@@ -28,6 +28,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<tcp::Tracer>(),
     entry::<sched::Tracer>(),
     entry::<gc::Tracer>(),
+    entry::<faults::Tracer>(),
     entry::<floor::Raw>(),
     entry::<floor::Tracepoint>(),
 ];
@@ -186,6 +187,8 @@ pub struct Options {
     pub gc_signals: gc::Signals,
     /// gc: print pauses at least this long as they end (`--slow-gc`).
     pub gc_slow: Option<Duration>,
+    /// faults: time each fault (kprobe + kretprobe on handle_mm_fault).
+    pub fault_time: bool,
 }
 
 /// One line of the registry.
@@ -322,7 +325,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
-        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "sched", "gc"]);
+        assert_eq!(
+            visible,
+            ["syscalls", "fsync", "mmap", "tcp", "sched", "gc", "faults"]
+        );
         let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
         assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "gc"]);
     }

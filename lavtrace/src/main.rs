@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod error;
 mod family;
+mod faults;
 mod floor;
 mod follow;
 mod fsync;

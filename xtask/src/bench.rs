@@ -60,6 +60,9 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.wants("pipeline") {
         pipeline(&mut md, &lavtrace, opts)?;
     }
+    if opts.wants("faults") {
+        faults(&mut md, &lavtrace, opts)?;
+    }
     itself(&mut md, &fig)?;
     if opts.wants("scale") {
         scale(&mut md, &lavtrace)?;
@@ -639,6 +642,7 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
         Tracer::Lavtrace("mmap"),
         Tracer::Lavtrace("tcp"),
         Tracer::Lavtrace(ALL),
+        Tracer::Lavtrace("faults"),
         Tracer::Bpftrace,
         Tracer::PerfTrace,
         Tracer::Strace,
@@ -735,6 +739,77 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
         .position(|&t| t == Tracer::Lavtrace(ALL))
         .map(|i| own[i].clone())
         .unwrap_or_default();
+    Ok(())
+}
+
+/// Scenario 5: what the faults family adds to a page fault, of the target and of a bystander.
+fn faults(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
+    const FAULTS: u64 = 1_000_000;
+    let tracers = [
+        Tracer::None,
+        Tracer::Lavtrace("faults"),
+        Tracer::LavtraceNoStats("faults"),
+        Tracer::LavtraceOther("faults"),
+    ];
+    let n = FAULTS.to_string();
+    let mut ns_per_fault: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    for run in 0..opts.runs {
+        for (i, &tracer) in tracers.iter().enumerate() {
+            eprintln!(
+                "xtask bench: faults run {}/{} {}",
+                run + 1,
+                opts.runs,
+                tracer.label()
+            );
+            let mut wl = Workload::spawn(&["faults", "--anon-faults", &n])?;
+            // The bystander row traces this idle process, never given go.
+            let decoy = Workload::spawn(&["spin", "--calls", "0"])?;
+            let traced_pid = if matches!(tracer, Tracer::LavtraceOther(_)) {
+                decoy.pid
+            } else {
+                wl.pid
+            };
+            let running = tracer.attach(lavtrace, traced_pid)?;
+            let result = wl.go("result ", Duration::from_secs(600))?;
+            if let Some(r) = running {
+                r.stop()?;
+            }
+            drop(decoy);
+            ns_per_fault[i].push(result["ns"].as_f64().unwrap_or(0.0) / FAULTS as f64);
+        }
+    }
+    let base = median_min_max(ns_per_fault[0].clone()).0;
+    writeln!(
+        md,
+        "## 5. Page faults
+"
+    )?;
+    writeln!(
+        md,
+        "`lavtrace-workload faults --anon-faults {FAULTS}`: write faults on anonymous memory, 1024 pages \
+         at a time with MADV_DONTNEED between, as fast as one thread can. ns per fault (wall time / faults). \
+         The `(tracing another process)` row is the bystander: the exceptions and writeback tracepoints run \
+         for every process's faults; the perf events only for the target's.\n"
+    )?;
+    writeln!(
+        md,
+        "| tracer | ns/fault median | min–max | added ns/fault | command |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---|")?;
+    for (i, &tracer) in tracers.iter().enumerate() {
+        let (med, min, max) = median_min_max(ns_per_fault[i].clone());
+        let cmd = tracer.command(Path::new("lavtrace"), 0).map_or_else(
+            || "(none)".to_string(),
+            |c| shell_words(&c).replace(" 0", " PID"),
+        );
+        writeln!(
+            md,
+            "| {} | {med:.0} | {min:.0}–{max:.0} | {:.0} | `{cmd}` |",
+            tracer.label(),
+            med - base
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 

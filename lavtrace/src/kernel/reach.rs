@@ -47,7 +47,8 @@ impl Hook {
             {
                 Reach::EverySyscall
             }
-            "uprobe" | "uretprobe" if via.contains("(pid ") => Reach::Target,
+            // A uprobe or a perf event opened for the target's threads runs for them only.
+            "uprobe" | "uretprobe" | "perf_event" if via.contains("(pid ") => Reach::Target,
             _ => Reach::Callers(point.to_string()),
         }
     }

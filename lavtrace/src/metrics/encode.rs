@@ -306,6 +306,52 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
             one(Value::Histogram(&g.stop)),
         )?;
     }
+    if let Some(f) = &i.faults {
+        w.family(
+            "lavtrace_page_faults",
+            "Page faults of the target (faults family), by the kind of mapping they hit \
+             (segment, ack file, file, heap, stack, anonymous...).",
+            None,
+            f.by_kind
+                .iter()
+                .map(|(kind, n)| (vec![("kind", kind.clone())], Value::Counter(n.0))),
+        )?;
+        w.family(
+            "lavtrace_page_faults_major",
+            "Of them, the faults the kernel accounted as major (it read the page from disk); \
+             absent where the kernel cannot tell.",
+            None,
+            f.by_kind.iter().filter_map(|(kind, n)| {
+                n.1.map(|m| (vec![("kind", kind.clone())], Value::Counter(m)))
+            }),
+        )?;
+        w.family(
+            "lavtrace_page_faults_write",
+            "Of them, the faults on a write access; absent where the kernel cannot tell.",
+            None,
+            f.by_kind.iter().filter_map(|(kind, n)| {
+                n.2.map(|m| (vec![("kind", kind.clone())], Value::Counter(m)))
+            }),
+        )?;
+        w.family(
+            "lavtrace_dirty_throttled",
+            "balance_dirty_pages records of the target's threads (over their dirty limit).",
+            None,
+            one(Value::Counter(f.throttled)),
+        )?;
+        w.family(
+            "lavtrace_dirty_throttle_pause",
+            "Time the kernel paused the target's writers in balance_dirty_pages.",
+            Some(Unit::Seconds),
+            one(Value::Seconds(f.throttle_pause_ms as f64 / 1e3)),
+        )?;
+        w.family(
+            "lavtrace_stable_page_waits",
+            "Waits of the target's threads for a page under writeback before writing it.",
+            None,
+            one(Value::Counter(f.stable_page_waits)),
+        )?;
+    }
     if let Some(t) = &i.tcp {
         w.family(
             "lavtrace_tcp_connections",

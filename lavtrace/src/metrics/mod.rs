@@ -349,6 +349,56 @@ mod tests {
     }
 
     #[test]
+    fn faults_add_up_per_kind_of_mapping() {
+        let e = Exporter {
+            current: Current::default(),
+        };
+        let row =
+            |path: &str, kind: &str, faults: u64, major: Option<u64>| crate::faults::FileRow {
+                path: path.into(),
+                kind: kind.into(),
+                display: path.into(),
+                queue: None,
+                faults,
+                major,
+                minor: major.map(|m| faults - m),
+                write_faults: Some(faults),
+                pages_faulted: faults,
+                fault_time_ns: None,
+                resident_pages: None,
+            };
+        let mut s = Sections::default().with(crate::faults::FaultsSection {
+            files: vec![
+                row("/d/q1/msgs.0000000001", "segment", 10, Some(1)),
+                row("/d/q2/msgs.0000000001", "segment", 5, Some(0)),
+                row("[heap]", "heap", 3, Some(0)),
+            ],
+            kernel_counted: None,
+            writeback: Default::default(),
+            table_full: 0,
+        });
+        s.lost_events.insert("faults", 0);
+        e.observe(&target(42), &s);
+        let text = scrape(&e, true);
+        let c = r#"comm="lavinmq""#;
+        assert_eq!(
+            lines_of(&text, "lavtrace_page_faults_total"),
+            [
+                format!(r#"lavtrace_page_faults_total{{{c},kind="heap"}} 3"#),
+                format!(r#"lavtrace_page_faults_total{{{c},kind="segment"}} 15"#),
+            ]
+        );
+        assert!(
+            text.contains(&format!(
+                r#"lavtrace_page_faults_major_total{{{c},kind="segment"}} 1"#
+            )),
+            "{text}"
+        );
+        // No path label: files are unbounded.
+        assert!(!text.contains("msgs."), "{text}");
+    }
+
+    #[test]
     fn intervals_add_up_into_counters_and_a_cumulative_histogram() {
         let e = Exporter {
             current: Current::default(),

@@ -126,6 +126,18 @@ pub struct Gc {
     pub stop: Log2Histogram,
 }
 
+/// The faults family's figures summed per kind of mapping (`segment`, `heap`...: a bounded
+/// set; the files themselves are in the JSON and text reports).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// kind → (faults, major, write faults); major and write are None where the kernel
+    /// cannot tell.
+    pub by_kind: BTreeMap<String, (u64, Option<u64>, Option<u64>)>,
+    pub throttled: u64,
+    pub throttle_pause_ms: u64,
+    pub stable_page_waits: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Cost {
     pub cpu_ns: u64,
@@ -147,6 +159,7 @@ pub struct Instance {
     pub tcp: Option<Tcp>,
     pub sched: Option<Sched>,
     pub gc: Option<Gc>,
+    pub faults: Option<Faults>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
     /// The latest window's limits (gauges).
@@ -232,6 +245,22 @@ impl Instance {
             let (p, st) = (&section.pause_ns, &section.stop_ns);
             g.pause.add(p.count, p.total_ns, &p.log2);
             g.stop.add(st.count, st.total_ns, &st.log2);
+        }
+        if let Some(section) = s.get::<crate::faults::FaultsSection>() {
+            let all = self.faults.get_or_insert_default();
+            for f in &section.files {
+                let e = all.by_kind.entry(f.kind.clone()).or_default();
+                e.0 += f.faults;
+                e.1 = f.major.map(|m| e.1.unwrap_or(0) + m);
+                e.2 = f.write_faults.map(|w| e.2.unwrap_or(0) + w);
+            }
+            for t in &section.writeback.throttle {
+                all.throttled += t.count;
+                all.throttle_pause_ms += t.pause_ms;
+            }
+            if let Some(w) = &section.writeback.stable_page_waits {
+                all.stable_page_waits += w.iter().map(|r| r.count).sum::<u64>();
+            }
         }
         if let Some(section) = s.get::<TcpSection>() {
             let t = self.tcp.get_or_insert_default();

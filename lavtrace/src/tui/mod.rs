@@ -256,6 +256,10 @@ impl ViewState {
                     Some(m) => panes::mappings(f, area, block, m),
                     None => f.render_widget(block, area),
                 },
+                Pane::Faults => match s.get::<crate::faults::FaultsSection>() {
+                    Some(x) => panes::faults(f, area, block, x),
+                    None => f.render_widget(block, area),
+                },
                 Pane::Connections => match s.get::<TcpSection>() {
                     Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
                     None => f.render_widget(block, area),
@@ -273,6 +277,7 @@ impl ViewState {
         match pane {
             Pane::Syscalls | Pane::Threads | Pane::Durability => title.push_str("· this interval "),
             Pane::Mappings => title.push_str("· rates over this interval "),
+            Pane::Faults => title.push_str("· per mapped file, this interval "),
             Pane::Connections => {
                 if let Some(t) = s.get::<TcpSection>() {
                     let open = crate::tcp::open_by_state(t)

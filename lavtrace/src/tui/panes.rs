@@ -14,6 +14,7 @@ use ratatui::{
 
 use crate::{
     family::{SortKey, TablePane},
+    faults::{FaultsSection, FileRow},
     fsync::{Bucket, FsyncRow},
     mmap::MmapSection,
     syscalls::{SyscallRow, threads::ThreadRow},
@@ -29,17 +30,20 @@ pub enum Pane {
     Threads,
     Durability,
     Mappings,
+    /// The faults family: page faults per mapped file, dirty throttling.
+    Faults,
     Connections,
     /// A family's own table (`Section::pane`), by its pane name; after the others.
     Table(&'static str),
 }
 
 impl Pane {
-    pub const ALL: [Pane; 5] = [
+    pub const ALL: [Pane; 6] = [
         Pane::Syscalls,
         Pane::Threads,
         Pane::Durability,
         Pane::Mappings,
+        Pane::Faults,
         Pane::Connections,
     ];
 
@@ -49,6 +53,7 @@ impl Pane {
             "syscalls" => Pane::Syscalls,
             "fsync" => Pane::Durability,
             "mmap" => Pane::Mappings,
+            "faults" => Pane::Faults,
             "tcp" => Pane::Connections,
             _ => return None,
         })
@@ -60,6 +65,7 @@ impl Pane {
             Pane::Threads => "threads",
             Pane::Durability => "durability",
             Pane::Mappings => "mappings",
+            Pane::Faults => "faults",
             Pane::Connections => "connections",
             Pane::Table(name) => name,
         }
@@ -71,7 +77,7 @@ impl Pane {
             Pane::Syscalls => &["count", "time", "errors", "max"],
             Pane::Threads => &["count", "time", "errors"],
             Pane::Durability => &["count", "p99", "max"],
-            Pane::Mappings => &[],
+            Pane::Mappings | Pane::Faults => &[],
             Pane::Connections => &["bytes/s", "age", "state"],
             Pane::Table(_) => &[],
         }
@@ -328,6 +334,58 @@ pub fn mappings(f: &mut Frame, area: Rect, block: Block, s: &MmapSection) {
             units::bytes(r.bytes),
         ])
     });
+    f.render_widget(Table::new(body, widths).header(header), table);
+}
+
+/// A faults row's cells: faults, major, write, pages, kind, file.
+pub fn fault_cells(r: &FileRow) -> Vec<String> {
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    vec![
+        r.faults.to_string(),
+        opt(r.major),
+        opt(r.write_faults),
+        r.pages_faulted.to_string(),
+        r.kind.clone(),
+        r.display.clone(),
+    ]
+}
+
+/// Page faults per mapped file this interval, most first, and a throttling line.
+pub fn faults(f: &mut Frame, area: Rect, block: Block, s: &FaultsSection) {
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let [line, table] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(inner);
+    let throttled: u64 = s.writeback.throttle.iter().map(|t| t.count).sum();
+    let paused_ms: u64 = s.writeback.throttle.iter().map(|t| t.pause_ms).sum();
+    let waits: u64 = s
+        .writeback
+        .stable_page_waits
+        .iter()
+        .flatten()
+        .map(|r| r.count)
+        .sum();
+    let style = if throttled > 0 {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new()
+    };
+    f.render_widget(
+        ratatui::widgets::Paragraph::new(format!(
+            "dirty throttling: {throttled} ({paused_ms} ms paused) · stable-page waits: {waits}"
+        ))
+        .style(style),
+        line,
+    );
+    let header = Row::new(["FAULTS", "MAJOR", "WRITE", "PAGES", "KIND", "FILE"]).bold();
+    let widths = [
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Fill(1),
+    ];
+    let body = s.files.iter().map(|r| Row::new(fault_cells(r)));
     f.render_widget(Table::new(body, widths).header(header), table);
 }
 

@@ -211,6 +211,10 @@ fn one_pane_per_traced_family_in_a_fixed_order() {
         panes::panes_for(["fsync", "tcp"]),
         vec![Pane::Durability, Pane::Connections]
     );
+    assert_eq!(
+        panes::panes_for(["tcp", "faults", "mmap"]),
+        vec![Pane::Mappings, Pane::Faults, Pane::Connections]
+    );
     assert!(panes::panes_for(["floor"]).is_empty());
 }
 
@@ -492,4 +496,72 @@ fn a_family_table_becomes_a_pane_of_its_own() {
     let starved_at = text.find("conf").unwrap();
     let idle_at = text.find("idle").unwrap();
     assert!(starved_at < idle_at, "{text}");
+}
+#[test]
+fn the_faults_pane_lists_files_and_turns_red_when_a_writer_is_throttled() {
+    let mut state = ViewState::new(&target(), &hooks(&["faults"]), SortKey::Count);
+    let row = crate::faults::FileRow {
+        path: "/d/q/msgs.0000000001".into(),
+        kind: "segment".into(),
+        display: "vhost:42099b4a/queue:8c6e326c/msgs.0000000001".into(),
+        queue: None,
+        faults: 245,
+        major: Some(1),
+        minor: Some(244),
+        write_faults: Some(245),
+        pages_faulted: 245,
+        fault_time_ns: None,
+        resident_pages: None,
+    };
+    let mut writeback = crate::faults::writeback::WritebackSection::default();
+    writeback
+        .throttle
+        .push(crate::faults::writeback::ThrottleRow {
+            bdi: "254:0".into(),
+            count: 14,
+            paused: 14,
+            pause_ms: 184,
+            max_pause_ms: 16,
+            histogram: Default::default(),
+        });
+    state.update(
+        1,
+        Duration::from_secs(1),
+        Sections::default().with(crate::faults::FaultsSection {
+            files: vec![row],
+            kernel_counted: None,
+            writeback,
+            table_full: 0,
+        }),
+    );
+    let (text, buf) = draw(&state, 120, 30);
+    assert!(
+        text.contains(" faults · per mapped file, this interval "),
+        "{text}"
+    );
+    assert!(
+        text.contains("dirty throttling: 14 (184 ms paused)"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("msgs.0000000001"))
+        .unwrap_or_else(|| panic!("no segment row:\n{text}"));
+    let cells: Vec<&str> = line
+        .split_whitespace()
+        .map(|c| c.trim_matches(|ch: char| !ch.is_ascii()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert!(
+        cells.starts_with(&["245", "1", "245", "245", "segment"]),
+        "{line}"
+    );
+    let y = text
+        .lines()
+        .position(|l| l.contains("dirty throttling"))
+        .unwrap() as u16;
+    // A column of the buffer counts characters, not bytes (the borders are multi-byte).
+    let l = text.lines().nth(y as usize).unwrap();
+    let x = l[..l.find("dirty").unwrap()].chars().count() as u16;
+    assert_eq!(buf[(x, y)].fg, Color::Red);
 }

@@ -240,6 +240,11 @@ impl Workload {
     pub fn gc() -> Preset {
         Preset::mode("gc")
     }
+    /// Page faults whose number is known; prints `file ROLE PATH` and `phase ...` lines
+    /// before `done`, then keeps its mappings until stdin closes.
+    pub fn faults() -> Preset {
+        Preset::mode("faults")
+    }
     /// A real AMQP client against the broker at `url`.
     pub fn amqp(url: &str) -> Preset {
         Preset::mode("amqp").flag("url", url)
