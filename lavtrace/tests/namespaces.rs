@@ -12,20 +12,22 @@ use serde_json::Value;
 const NAME: &str = "lt-contained";
 
 /// `unshare` with a private tmpfs over `dir` that only the namespace sees, and the
-/// workload's temp dir (its data dir) on it.
+/// workload's temp dir (its data dir) on it. On the host `--kill-child` ends the workload with
+/// its wrapper; the kernel matrix's busybox `unshare` has no such option, and its guest ends
+/// with the run anyway.
 fn contained(dir: &str) -> Vec<&str> {
-    vec![
-        "unshare",
-        "--pid",
-        "--mount",
-        "--fork",
-        "--kill-child",
+    let mut cmd = vec!["unshare", "--pid", "--mount", "--fork"];
+    if std::env::var_os("LAVTRACE_GUEST").is_none() {
+        cmd.push("--kill-child");
+    }
+    cmd.extend([
         "--",
         "sh",
         "-c",
         r#"mount -t tmpfs lt-ns "$0" && TMPDIR="$0" exec "$@""#,
         dir,
-    ]
+    ]);
+    cmd
 }
 
 fn syncfs_row(summary: &Value) -> &Value {

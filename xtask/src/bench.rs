@@ -641,8 +641,10 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
         Tracer::Lavtrace("fsync"),
         Tracer::Lavtrace("mmap"),
         Tracer::Lavtrace("tcp"),
+        Tracer::Lavtrace("gc"),
         Tracer::Lavtrace(ALL),
         Tracer::Lavtrace("faults"),
+        Tracer::Lavtrace("sched"),
         Tracer::Bpftrace,
         Tracer::PerfTrace,
         Tracer::Strace,
@@ -686,13 +688,17 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
                         o.cpu.as_secs_f64() / secs * 100.0,
                         o.max_rss_kib as f64 / 1024.0,
                     ));
-                    if tracer == Tracer::Lavtrace(ALL)
-                        && let Ok(summary) = summary_of(&out)
-                    {
-                        fig.programs = summary["overhead"]["programs"]
+                    // Each program's cost from the last run of every lavtrace row: the
+                    // opt-in families' programs are only in their own rows.
+                    if let (Tracer::Lavtrace(families), Ok(summary)) = (tracer, summary_of(&out)) {
+                        for p in summary["overhead"]["programs"]
                             .as_array()
-                            .cloned()
-                            .unwrap_or_default();
+                            .into_iter()
+                            .flatten()
+                        {
+                            let name = p["name"].as_str().unwrap_or("?").to_string();
+                            fig.programs.insert(name, (families, p.clone()));
+                        }
                     }
                 }
                 rates[i].push(stats["confirmed"].as_f64().unwrap_or(0.0) / secs);
@@ -832,16 +838,16 @@ fn itself(md: &mut String, fig: &Figures) -> Result<()> {
     if !fig.programs.is_empty() {
         writeln!(
             md,
-            "Per kernel program, over the last such run (the kernel's own run-time statistics, \
-             `BPF_ENABLE_STATS`; the summary's `overhead.programs`):\n"
+            "Per kernel program, over the last broker run of the row that loaded it (the kernel's \
+             own run-time statistics, `BPF_ENABLE_STATS`; the summary's `overhead.programs`). Runs \
+             count every process's events a hook sees, not only the broker's:\n"
         )?;
-        writeln!(md, "| program | runs | ns per run |")?;
-        writeln!(md, "|---|---:|---:|")?;
-        for p in &fig.programs {
+        writeln!(md, "| program | row (`--probes`) | runs | ns per run |")?;
+        writeln!(md, "|---|---|---:|---:|")?;
+        for (name, (families, p)) in &fig.programs {
             writeln!(
                 md,
-                "| `{}` | {} | {} |",
-                p["name"].as_str().unwrap_or("?"),
+                "| `{name}` | {families} | {} | {} |",
                 p["runs"].as_u64().unwrap_or(0),
                 p["ns_per_run"].as_u64().unwrap_or(0)
             )?;
@@ -1065,8 +1071,9 @@ struct Figures {
     broker_ratio: Vec<(Tracer, f64)>,
     /// Broker scenario, all families: lavtrace's (CPU % of a core, peak RSS MiB) per run.
     own: Vec<(f64, f64)>,
-    /// Broker scenario, all families: `overhead.programs` of the last run.
-    programs: Vec<serde_json::Value>,
+    /// Broker scenario: each program's `overhead.programs` entry from the last run of a row
+    /// that had it, with that row's `--probes`.
+    programs: std::collections::BTreeMap<String, (&'static str, serde_json::Value)>,
 }
 
 impl Figures {
