@@ -6,6 +6,7 @@ pub mod lost {
     pub const FSYNC: u32 = 0;
     pub const MMAP: u32 = 1;
     pub const TCP: u32 = 2;
+    pub const AMQP: u32 = 3;
     pub const LEN: u32 = 4;
 }
 

@@ -15,7 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use serde_json::value::RawValue;
 
 use crate::{
-    floor, fsync,
+    amqp, floor, fsync,
     kernel::{Hook, Overrides},
     mmap, sched, storage, syscalls, tcp,
 };
@@ -26,6 +26,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<fsync::Tracer>(),
     entry::<mmap::Tracer>(),
     entry::<tcp::Tracer>(),
+    entry::<amqp::Tracer>(),
     entry::<sched::Tracer>(),
     entry::<floor::Raw>(),
     entry::<floor::Tracepoint>(),
@@ -162,6 +163,9 @@ pub struct Options {
     /// path anyway (`Family::SYSCALL_SLOW_PATH`); set by the session, not a flag.
     pub syscall_slow_path: bool,
     pub sched_hooks: sched::HookChoice,
+    /// amqp: listening ports besides 5672 (`--amqp-port`), and its hook set.
+    pub amqp_ports: Vec<u16>,
+    pub amqp_hooks: amqp::hooks::Mode,
 }
 
 /// One line of the registry.
@@ -298,8 +302,8 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
-        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "sched"]);
+        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "amqp", "sched"]);
         let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
-        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp"]);
+        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "amqp"]);
     }
 }
