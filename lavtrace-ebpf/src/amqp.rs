@@ -105,9 +105,16 @@ fn now() -> u64 {
 /// rare; userspace drains the ring on its own every few tens of ms too).
 #[inline(always)]
 fn send<T>(ev: &T) {
+    send_flags(ev, false);
+}
+
+/// `urgent`: wake the reader now (an accept: userspace reads the new socket's addresses from
+/// /proc while it is open).
+#[inline(always)]
+fn send_flags<T>(ev: &T, urgent: bool) {
     let waiting = AMQP_EVENTS.query(BPF_RB_AVAIL_DATA.into());
     let size = AMQP_EVENTS.query(BPF_RB_RING_SIZE.into());
-    let flags = if waiting.saturating_mul(4) >= size {
+    let flags = if urgent || waiting.saturating_mul(4) >= size {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -306,7 +313,7 @@ fn accepted(fd: u32) {
         text_full: 0,
         text: [0; TEXT_BYTES],
     };
-    send(&ev);
+    send_flags(&ev, true);
 }
 
 // The walk.

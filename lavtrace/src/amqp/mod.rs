@@ -84,9 +84,10 @@ impl Shared {
         };
         let pid = self.pid;
         let k = self.conns.entry((e.fd, e.since_ns)).or_default();
+        // None: the shortstr was not read (its frame came in pieces).
         let text = || {
             let n = (e.text_len as usize).min(e.text.len());
-            String::from_utf8_lossy(&e.text[..n]).into_owned()
+            (n > 0 || e.text_full == 0).then(|| String::from_utf8_lossy(&e.text[..n]).into_owned())
         };
         match e.kind {
             event::ACCEPTED => {
@@ -95,8 +96,8 @@ impl Shared {
                     k.remote = Some(remote);
                 }
             }
-            event::CONN_OPEN => k.vhost = Some(text()),
-            event::CONN_CLOSE => k.close = Some((e.code, text())),
+            event::CONN_OPEN => k.vhost = text(),
+            event::CONN_CLOSE => k.close = Some((e.code, text().unwrap_or_default())),
             event::BLOCKED => k.blocked += 1,
             event::UNBLOCKED => k.unblocked += 1,
             event::CHANNEL_OPEN => k.channels_opened += 1,
