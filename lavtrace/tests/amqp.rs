@@ -118,3 +118,57 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     assert_eq!(vh["connections"], 1);
     assert_eq!(vh["published"], ex["published"]);
 }
+
+/// RabbitMQ (Debian's package) under the project's own lapin client: N persistent publishes
+/// in confirm mode with a window of W, then all N consumed with manual acks, on one
+/// connection opened after attach.
+#[test]
+fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
+    require_root();
+    const N: u64 = 300;
+    let broker = common::rabbitmq::RabbitMq::start();
+    let mut client = Workload::amqp(&broker.url())
+        .flag("connections", 1)
+        .flag("messages", N)
+        .flag("size", 512)
+        .flag("confirm-window", 25)
+        .spawn();
+    let trace = Trace::pid(broker.pid)
+        .probes("amqp")
+        .flag("amqp-port", broker.port)
+        .flag("amqp-hooks", hooks_mode())
+        .spawn();
+    client.go();
+    let stats: Value = serde_json::from_str(
+        client
+            .next_line()
+            .expect("client stats")
+            .strip_prefix("stats ")
+            .expect("stats line"),
+    )
+    .unwrap();
+    client.wait_done();
+    client.finish();
+    assert_eq!(stats["published"], N);
+    assert_eq!(stats["confirmed"], N);
+    assert_eq!(stats["consumed"], N);
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let conn = row(summary, |c| c["before_attach"] == false);
+    assert_eq!(conn["published"], N, "{conn:#}");
+    assert_eq!(conn["confirmed"], N, "{conn:#}");
+    assert_eq!(conn["nacked"], 0);
+    assert_eq!(conn["delivered"], N, "{conn:#}");
+    assert_eq!(conn["acked"], N, "{conn:#}");
+    assert_eq!(conn["unsynced_bytes"], 0, "{conn:#}");
+    assert_eq!(conn["desyncs"], 0);
+    assert_eq!(conn["methods"]["in"]["basic.publish"], N);
+    assert_eq!(conn["methods"]["out"]["basic.deliver"], N);
+    assert_eq!(conn["body_bytes_in"], N * 512);
+    assert_eq!(conn["body_bytes_out"], N * 512);
+    assert_eq!(conn["vhost"], "/");
+    assert_eq!(conn["methods"]["in"]["connection.start-ok"], 1);
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    assert!(!text.contains("guest"), "the PLAIN credentials reached the output");
+}
