@@ -293,12 +293,12 @@ pub const METHOD_SLOTS: usize = 112;
 /// 10*a + b, b ≤ 2 in 0-9-1); slot 0 counts every method of no known class or id.
 pub const fn method_slot(class: u16, method: u16) -> usize {
     let base = match class {
-        10 => 1,  // connection: 10..61, 18 slots
-        20 => 19, // channel: 10..41, 12 slots
-        40 => 31, // exchange: 10..51, 15 slots
-        50 => 46, // queue: 10..51, 15 slots
-        60 => 61, // basic: 10..120, 36 slots
-        85 => 97, // confirm: 10..11, 3 slots
+        10 => 1,   // connection: 10..61, 18 slots
+        20 => 19,  // channel: 10..41, 12 slots
+        40 => 31,  // exchange: 10..51, 15 slots
+        50 => 46,  // queue: 10..51, 15 slots
+        60 => 61,  // basic: 10..120, 36 slots
+        85 => 97,  // confirm: 10..11, 3 slots
         90 => 100, // tx: 10..31, 9 slots
         _ => return 0,
     };
@@ -367,7 +367,9 @@ mod tests {
             (50, &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51]),
             (
                 60,
-                &[10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120],
+                &[
+                    10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+                ],
             ),
             (85, &[10, 11]),
             (90, &[10, 11, 20, 21, 30, 31]),

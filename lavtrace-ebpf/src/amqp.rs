@@ -296,7 +296,13 @@ fn accepted(fd: u32) {
         w.with_end = 0;
         w.skip = 0;
     }
-    if AMQP_CONNS.insert(fd, &*conn, 0).is_err() || AMQP_WALKS.insert(fd, &*walks, 0).is_err() {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 1 KiB Conn would be copied onto the 512-byte BPF stack"
+    )]
+    let failed =
+        AMQP_CONNS.insert(fd, &*conn, 0).is_err() || AMQP_WALKS.insert(fd, &*walks, 0).is_err();
+    if failed {
         let _ = AMQP_CONNS.remove(fd);
         count_diag(diag::CONNS_FULL);
         return;
@@ -361,8 +367,7 @@ pub extern "C" fn amqp_walk_step() -> u32 {
     // SAFETY: this CPU's slot (see `exit`).
     let t = unsafe { &mut *t };
     let fd = t.fd;
-    let (Some(conn), Some(walks)) = (AMQP_CONNS.get_ptr_mut(fd), AMQP_WALKS.get_ptr_mut(fd))
-    else {
+    let (Some(conn), Some(walks)) = (AMQP_CONNS.get_ptr_mut(fd), AMQP_WALKS.get_ptr_mut(fd)) else {
         return 0;
     };
     // SAFETY: live map values; only this direction's thread writes this walker and this
@@ -531,7 +536,10 @@ fn collect(t: &mut Transfer, w: &mut Walker, conn: &mut Conn, dir: u32) -> Colle
 
 #[inline(always)]
 fn frame_type_ok(kind: u8) -> bool {
-    kind == frame::METHOD || kind == frame::HEADER || kind == frame::BODY || kind == frame::HEARTBEAT
+    kind == frame::METHOD
+        || kind == frame::HEADER
+        || kind == frame::BODY
+        || kind == frame::HEARTBEAT
 }
 
 #[inline(always)]
@@ -605,7 +613,14 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
     } else if id == method::BASIC_RETURN && out {
         c.returned += 1;
     } else if id == method::BASIC_ACK || id == method::BASIC_NACK || id == method::BASIC_REJECT {
-        let n = settle(t.fd, channel, out, tag, multiple && id != method::BASIC_REJECT, c);
+        let n = settle(
+            t.fd,
+            channel,
+            out,
+            tag,
+            multiple && id != method::BASIC_REJECT,
+            c,
+        );
         if out && id == method::BASIC_ACK {
             c.confirmed += n;
         } else if out {
@@ -626,17 +641,77 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
             ..Chan::default()
         };
         let _ = AMQP_CHANS.insert(chan_key(t.fd, channel), fresh, 0);
-        rare(t, w, conn.since_ns, d, e, event::CHANNEL_OPEN, channel, 0, None);
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::CHANNEL_OPEN,
+            channel,
+            0,
+            None,
+        );
     } else if id == method::CHANNEL_CLOSE {
-        rare(t, w, conn.since_ns, d, e, event::CHANNEL_CLOSE, channel, code, Some(6));
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::CHANNEL_CLOSE,
+            channel,
+            code,
+            Some(6),
+        );
     } else if id == method::CONNECTION_OPEN && !out {
-        rare(t, w, conn.since_ns, d, e, event::CONN_OPEN, channel, 0, Some(4));
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::CONN_OPEN,
+            channel,
+            0,
+            Some(4),
+        );
     } else if id == method::CONNECTION_CLOSE {
-        rare(t, w, conn.since_ns, d, e, event::CONN_CLOSE, channel, code, Some(6));
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::CONN_CLOSE,
+            channel,
+            code,
+            Some(6),
+        );
     } else if id == method::CONNECTION_BLOCKED && out {
-        rare(t, w, conn.since_ns, d, e, event::BLOCKED, channel, 0, Some(4));
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::BLOCKED,
+            channel,
+            0,
+            Some(4),
+        );
     } else if id == method::CONNECTION_UNBLOCKED && out {
-        rare(t, w, conn.since_ns, d, e, event::UNBLOCKED, channel, 0, None);
+        rare(
+            t,
+            w,
+            conn.since_ns,
+            d,
+            e,
+            event::UNBLOCKED,
+            channel,
+            0,
+            None,
+        );
     }
     // The argument bytes have served: they do not stay in the map.
     let mut i = 0;

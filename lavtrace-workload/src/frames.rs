@@ -477,7 +477,9 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     let reader = drain(peer);
     server_reads(fd, inbound.bytes.len(), inbound.handshake, a.one_byte)?;
     server_writes(fd, &outbound.bytes, a.one_byte)?;
-    writer.join().map_err(|_| std::io::Error::other("peer writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("peer writer panicked"))??;
     drop(conn);
     let got = reader
         .join()

@@ -302,7 +302,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
-        assert_eq!(visible, ["syscalls", "fsync", "mmap", "tcp", "amqp", "sched"]);
+        assert_eq!(
+            visible,
+            ["syscalls", "fsync", "mmap", "tcp", "amqp", "sched"]
+        );
         let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
         assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "amqp"]);
     }

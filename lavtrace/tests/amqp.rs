@@ -19,7 +19,7 @@ fn hooks_mode() -> String {
     std::env::var("LAVTRACE_AMQP_HOOKS").unwrap_or_else(|_| "auto".into())
 }
 
-fn row<'a>(summary: &'a Value, pred: impl Fn(&Value) -> bool) -> &'a Value {
+fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
     let conns = summary["amqp"]["connections"]
         .as_array()
         .expect("amqp.connections");
@@ -81,8 +81,14 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     assert_eq!(main["frames_out"], stats["main_out"]["frames"], "{main:#}");
     assert_eq!(main["body_bytes_in"], stats["main_in"]["body_bytes"]);
     assert_eq!(main["body_bytes_out"], stats["main_out"]["body_bytes"]);
-    assert_eq!(main["methods"]["in"], stats["main_in"]["methods"], "{main:#}");
-    assert_eq!(main["methods"]["out"], stats["main_out"]["methods"], "{main:#}");
+    assert_eq!(
+        main["methods"]["in"], stats["main_in"]["methods"],
+        "{main:#}"
+    );
+    assert_eq!(
+        main["methods"]["out"], stats["main_out"]["methods"],
+        "{main:#}"
+    );
     assert_eq!(main["heartbeats_in"], 1);
     assert_eq!(main["heartbeats_out"], 1);
     assert_eq!(main["vhost"], stats["vhost"]);
@@ -91,15 +97,24 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     assert_eq!(main["channels_opened"], 1);
     assert_eq!(main["open"], false);
     assert!(
-        main["local"].as_str().unwrap().ends_with(&format!(":{port}")),
+        main["local"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
         "{main:#}"
     );
 
     // The connection open before attach: counted from its first whole frame.
     let pre = row(summary, |c| c["before_attach"] == true);
     assert_eq!(pre["published"], stats["pre_published"], "{pre:#}");
-    assert_eq!(pre["unsynced_bytes"], stats["pre_unsynced_bytes"], "{pre:#}");
-    assert_eq!(pre["methods"]["in"]["basic.publish"], stats["pre_published"]);
+    assert_eq!(
+        pre["unsynced_bytes"], stats["pre_unsynced_bytes"],
+        "{pre:#}"
+    );
+    assert_eq!(
+        pre["methods"]["in"]["basic.publish"],
+        stats["pre_published"]
+    );
     assert_eq!(pre["open"], false);
     assert_eq!(pre["vhost"], Value::Null);
 
@@ -170,5 +185,8 @@ fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
     assert_eq!(conn["vhost"], "/");
     assert_eq!(conn["methods"]["in"]["connection.start-ok"], 1);
     let text: String = records.iter().map(|r| r.to_string()).collect();
-    assert!(!text.contains("guest"), "the PLAIN credentials reached the output");
+    assert!(
+        !text.contains("guest"),
+        "the PLAIN credentials reached the output"
+    );
 }

@@ -15,11 +15,7 @@
 use std::collections::HashSet;
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::ProgramArray,
-    programs::KProbe,
-};
+use aya::{Ebpf, maps::ProgramArray, programs::KProbe};
 use lavtrace_common::amqp::{WALK_PROGRAM, WALK_PROGRAMS};
 use tracing::{info, warn};
 
@@ -109,7 +105,8 @@ fn install_walk(ebpf: &mut Ebpf) -> Result<()> {
         .context("program amqp_walk missing")?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load().context("the kernel rejected program amqp_walk")?;
+        prog.load()
+            .context("the kernel rejected program amqp_walk")?;
     }
     let fd = prog.fd()?.try_clone()?;
     let mut progs = ProgramArray::try_from(
@@ -137,7 +134,9 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: Mode) -> Result<Result<Vec<Hook>,
                 Err(e) => return Err(e),
             },
             Err(e) if mode == Mode::Kprobe => {
-                return Err(crate::error::Fatal::Unsupported(format!("--amqp-hooks kprobe: {e}")).into());
+                return Err(
+                    crate::error::Fatal::Unsupported(format!("--amqp-hooks kprobe: {e}")).into(),
+                );
             }
             Err(e) => why.push(format!("no kprobes: {e}")),
         }
@@ -150,7 +149,9 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: Mode) -> Result<Result<Vec<Hook>,
                 Err(e) => return Err(e),
             },
             Err(e) if mode == Mode::Uprobe => {
-                return Err(crate::error::Fatal::Unsupported(format!("--amqp-hooks uprobe: {e}")).into());
+                return Err(
+                    crate::error::Fatal::Unsupported(format!("--amqp-hooks uprobe: {e}")).into(),
+                );
             }
             Err(e) => why.push(format!("no uprobes: {e}")),
         }
@@ -168,7 +169,12 @@ fn attach_kprobes(ebpf: &mut Ebpf, functions: &HashSet<String>) -> Result<Vec<Ho
                 anyhow::bail!("no {}{missing} in /proc/kallsyms", kprobe::SYSCALL_PREFIX);
             }
             for syscall in *syscalls {
-                hooks.push(kprobe::attach_syscall(ebpf, super::FAMILY, program, syscall)?);
+                hooks.push(kprobe::attach_syscall(
+                    ebpf,
+                    super::FAMILY,
+                    program,
+                    syscall,
+                )?);
             }
         }
         Ok(())
@@ -256,7 +262,8 @@ mod tests {
         for spec in TABLE.uprobes {
             let prog: &mut aya::programs::UProbe =
                 ebpf.program_mut(spec.program).unwrap().try_into().unwrap();
-            prog.load().unwrap_or_else(|e| panic!("{}: {e:#}", spec.program));
+            prog.load()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", spec.program));
         }
     }
 }

@@ -185,7 +185,8 @@ impl Family for Tracer {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
-        let mut conns: HashMap<MapData, u32, Conn> = HashMap::try_from(take(ebpf, wire::CONNS_MAP)?)?;
+        let mut conns: HashMap<MapData, u32, Conn> =
+            HashMap::try_from(take(ebpf, wire::CONNS_MAP)?)?;
         let mut walks: HashMap<MapData, u32, Walks> =
             HashMap::try_from(take(ebpf, wire::WALKS_MAP)?)?;
         let mut listeners: HashMap<MapData, u32, u32> =
@@ -275,10 +276,9 @@ impl family::Tracer for Tracer {
     fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
         let whole = window == Window::Whole;
         let live: Vec<(u32, Conn)> = self.conns.iter().flatten().collect();
-        let malformed = self
-            .drain
-            .as_ref()
-            .map_or(0, |d| d.stats.malformed.load(std::sync::atomic::Ordering::Relaxed));
+        let malformed = self.drain.as_ref().map_or(0, |d| {
+            d.stats.malformed.load(std::sync::atomic::Ordering::Relaxed)
+        });
         let mut shared = self
             .shared
             .lock()
@@ -313,7 +313,12 @@ impl family::Tracer for Tracer {
             } else {
                 report::minus(&now, &k.reported)
             };
-            rows.push(report::conn_row(key.0, k_view(k), &figures, k.closed.is_none()));
+            rows.push(report::conn_row(
+                key.0,
+                k_view(k),
+                &figures,
+                k.closed.is_none(),
+            ));
             if !whole {
                 k.reported = now;
                 if k.closed.is_some() {

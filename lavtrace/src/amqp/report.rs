@@ -277,7 +277,15 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
     let _ = writeln!(
         out,
         "  {:<22} {:<22} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>10}",
-        "local", "remote", "published", "confirmed", "nacked", "delivered", "acked", "reject", "unsynced"
+        "local",
+        "remote",
+        "published",
+        "confirmed",
+        "nacked",
+        "delivered",
+        "acked",
+        "reject",
+        "unsynced"
     );
     let mut rows: Vec<&ConnRow> = s.connections.iter().collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.figures.frames_in + r.figures.frames_out));
@@ -295,7 +303,11 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
             f.acked,
             f.rejected,
             f.unsynced_bytes,
-            if r.before_attach { "  (open before attach)" } else { "" }
+            if r.before_attach {
+                "  (open before attach)"
+            } else {
+                ""
+            }
         );
     }
     if rows.len() > top.max(1) {
