@@ -5,7 +5,11 @@
 /// Connections the kernel table holds at once (accepted or seeded; removed at close).
 pub const MAX_CONNS: u32 = 4_096;
 /// Channels the kernel table holds at once (LRU: a channel of a closed connection goes).
-pub const MAX_CHANNELS: u32 = 16_384;
+pub const MAX_CHANNELS: u32 = 8_192;
+/// Publish (and delivery) times kept per channel: a confirm (ack) of a publish (delivery)
+/// more than this many behind the channel's newest is counted as untimed, never guessed.
+pub const TIMES_PER_CHANNEL: usize = 32;
+pub use crate::syscalls::LATENCY_BUCKETS;
 /// Threads with a socket call in progress.
 pub const MAX_THREADS: u32 = 8_192;
 /// Listening sockets (fds) whose accepts are AMQP connections.
@@ -124,6 +128,16 @@ pub struct Counters {
     pub beyond_walk: [u64; 2],
     /// A multiple ack/nack on a channel whose start was not seen: its range is unknown.
     pub ranges_unknown: u64,
+    /// Publishes on channels in confirm mode (confirm.select seen): in flight is this less
+    /// `confirmed` and `nacked`.
+    pub confirm_published: u64,
+    /// publish → confirm (ack or nack), log2 buckets of ns (`syscalls::latency_bucket`), and
+    /// the confirmed publishes whose publish time was not in the channel's ring.
+    pub confirm_latency: [u64; LATENCY_BUCKETS],
+    pub confirm_untimed: u64,
+    /// deliver → ack/nack/reject, likewise.
+    pub ack_latency: [u64; LATENCY_BUCKETS],
+    pub ack_untimed: u64,
     /// Method frames by `method_slot` ([in, out]).
     pub methods: [[u32; METHOD_SLOTS]; 2],
 }
@@ -145,6 +159,11 @@ impl Default for Counters {
             desyncs: [0; 2],
             beyond_walk: [0; 2],
             ranges_unknown: 0,
+            confirm_published: 0,
+            confirm_latency: [0; LATENCY_BUCKETS],
+            confirm_untimed: 0,
+            ack_latency: [0; LATENCY_BUCKETS],
+            ack_untimed: 0,
             methods: [[0; METHOD_SLOTS]; 2],
         }
     }
@@ -170,7 +189,7 @@ pub struct Walks {
 
 /// One channel (key: `chan_key(fd, channel)`): the ack ranges of its two sides.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chan {
     /// Opened while traced (channel.open seen): delivery tags and publish sequence numbers
     /// are known from 1. 0: a multiple ack's range is unknown (counted as such).
@@ -183,6 +202,30 @@ pub struct Chan {
     /// Likewise for the consumer's acks/nacks/rejects (client → broker).
     pub settle_upto: u64,
     pub settle_singles: u64,
+    /// Publishes since confirm.select (the next one's sequence number is this + 1), and
+    /// deliveries (basic.deliver, basic.get-ok) since channel.open (the delivery tags).
+    pub pub_seq: u64,
+    pub deliver_seq: u64,
+    /// The time of publish (delivery) `n` at `n % TIMES_PER_CHANNEL`, 0 once settled.
+    pub pub_ts: [u64; TIMES_PER_CHANNEL],
+    pub deliver_ts: [u64; TIMES_PER_CHANNEL],
+}
+
+impl Default for Chan {
+    fn default() -> Self {
+        Chan {
+            known: 0,
+            confirm_mode: 0,
+            confirm_upto: 0,
+            confirm_singles: 0,
+            settle_upto: 0,
+            settle_singles: 0,
+            pub_seq: 0,
+            deliver_seq: 0,
+            pub_ts: [0; TIMES_PER_CHANNEL],
+            deliver_ts: [0; TIMES_PER_CHANNEL],
+        }
+    }
 }
 
 pub const fn chan_key(fd: u32, channel: u16) -> u64 {
@@ -223,8 +266,8 @@ pub struct Transfer {
     /// The iovec array (0 for a plain buffer) and the next iovec's index.
     pub iov: u64,
     pub iov_cnt: u64,
-    /// Where `hdr[0]` of the collection in progress is in the target's memory, when the
-    /// whole collection came from the current segment (0: it did not).
+    /// Where `hdr[0]` of the collection in progress would be in the target's memory if it
+    /// all came from the current segment (0: unknown).
     pub hdr_at: u64,
     pub iov_next: u32,
     pub fd: u32,
@@ -232,6 +275,11 @@ pub struct Transfer {
     pub runs: u32,
     /// Start of the transfer (a resync is only tried there).
     pub at_start: u32,
+    /// The current segment has not been collected from yet.
+    pub fresh: u32,
+    /// Bytes of the collection in progress that came from earlier segments: `hdr_at` is
+    /// valid from this offset of `hdr` on.
+    pub hdr_from: u32,
     pub _pad: u32,
 }
 
@@ -348,14 +396,17 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Walker>(), 8 + 4 * 4 + HDR_BYTES);
-        assert_eq!(size_of::<Counters>(), 7 * 8 + 6 * 16 + 8 + METHOD_SLOTS * 8);
+        assert_eq!(
+            size_of::<Counters>(),
+            7 * 8 + 6 * 16 + 8 + 3 * 8 + 2 * LATENCY_BUCKETS * 8 + METHOD_SLOTS * 8
+        );
         assert_eq!(size_of::<Conn>(), 8 + size_of::<Counters>());
         assert_eq!(size_of::<Walks>(), 2 * size_of::<Walker>());
         assert_eq!(size_of::<Event>(), 40 + TEXT_BYTES);
         assert_eq!(size_of::<Closed>(), 24 + size_of::<Counters>());
         assert_eq!(size_of::<Pending>(), 32);
-        assert_eq!(size_of::<Transfer>(), 6 * 8 + 6 * 4);
-        assert_eq!(size_of::<Chan>(), 8 + 32);
+        assert_eq!(size_of::<Transfer>(), 6 * 8 + 8 * 4);
+        assert_eq!(size_of::<Chan>(), 8 + 48 + 2 * TIMES_PER_CHANNEL * 8);
     }
 
     #[test]

@@ -31,12 +31,13 @@ use aya_ebpf::{
 };
 use lavtrace_common::{
     amqp::{
-        Chan, Closed, Conn, Event, FRAME_END, HDR_BYTES, HDR_USED, MAX_CHANNELS, MAX_CONNS,
-        MAX_FRAME, MAX_IOVECS, MAX_LISTENERS, MAX_THREADS, METHOD_PREFIX, METHOD_SLOTS, Pending,
-        RUNS_PER_TRANSFER, STEPS_PER_RUN, TEXT_BYTES, Transfer, Walker, Walks, call, chan_key,
-        diag, event, frame, method, method_slot, phase,
+        Chan, Closed, Conn, Event, FRAME_END, HDR_BYTES, HDR_USED, LATENCY_BUCKETS, MAX_CHANNELS,
+        MAX_CONNS, MAX_FRAME, MAX_IOVECS, MAX_LISTENERS, MAX_THREADS, METHOD_PREFIX, METHOD_SLOTS,
+        Pending, RUNS_PER_TRANSFER, STEPS_PER_RUN, TEXT_BYTES, TIMES_PER_CHANNEL, Transfer, Walker,
+        Walks, call, chan_key, diag, event, frame, method, method_slot, phase,
     },
     ring::lost,
+    syscalls::latency_bucket,
 };
 
 use crate::{filter::current_target_task, ring, storage::kargs};
@@ -67,6 +68,10 @@ static AMQP_CLOSED_SCRATCH: PerCpuArray<Closed> = PerCpuArray::with_max_entries(
 /// `accepted` sets are ever written.
 #[map]
 static AMQP_NEW_CONN: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed channel, never written (too big for the stack).
+#[map]
+static AMQP_NEW_CHAN: PerCpuArray<Chan> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static AMQP_NEW_WALKS: PerCpuArray<Walks> = PerCpuArray::with_max_entries(1, 0);
@@ -268,6 +273,8 @@ fn exit<C: EbpfContext>(ctx: &C, ret: i64) {
             dir: p.dir,
             runs: 0,
             at_start: 1,
+            fresh: 1,
+            hdr_from: 0,
             _pad: 0,
         };
     }
@@ -427,6 +434,7 @@ fn step(t: &mut Transfer, w: &mut Walker, conn: &mut Conn, dir: u32) -> bool {
         t.seg = iov[0];
         t.seg_left = iov[1].min(t.left);
         t.hdr_at = 0;
+        t.fresh = 1;
         return true;
     }
     if w.phase == phase::UNSYNCED {
@@ -477,9 +485,13 @@ fn collect(t: &mut Transfer, w: &mut Walker, conn: &mut Conn, dir: u32) -> Colle
     let d = dir as usize & 1;
     let have = w.have & 31;
     let want = u64::from(w.need.saturating_sub(have).min(HDR_USED));
-    let n = want.min(t.seg_left) as u32 & 31;
-    if have == 0 {
-        t.hdr_at = t.seg;
+    // black_box: LLVM knows `want` ≤ 21 and drops the mask, and 6.1's verifier then sees a
+    // signed range ("R2 min value is negative, either use unsigned or 'var &= const'").
+    let n = core::hint::black_box(want.min(t.seg_left) as u32) & 31;
+    if have == 0 || t.fresh != 0 {
+        t.hdr_at = t.seg.wrapping_sub(u64::from(have));
+        t.hdr_from = have;
+        t.fresh = 0;
     }
     if n > 0 {
         // have ≤ 31 and n ≤ 31: the read stays in the 64-byte `hdr`.
@@ -526,7 +538,7 @@ fn collect(t: &mut Transfer, w: &mut Walker, conn: &mut Conn, dir: u32) -> Colle
         }
     }
     let prefix = w.need - header_end;
-    counted(t, w, conn, d, e, kind, size);
+    amqp_count_frame(e as u32, u32::from(kind), size);
     w.skip = u64::from(size - prefix);
     w.have = 0;
     w.with_end = 1;
@@ -565,7 +577,29 @@ fn resyncs(t: &Transfer) -> bool {
     read_user_val::<u8>(t.seg + 7 + u64::from(size)) == Some(FRAME_END)
 }
 
-/// A frame whose header (and method prefix) is collected: its counters and events.
+/// A frame whose header (and method prefix) is collected: its counters and events. A global
+/// function, verified once (see `amqp_walk_step`): inlined into both collections of a step,
+/// the step went past the verifier's limit again.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn amqp_count_frame(e: u32, kind: u32, size: u32) -> u32 {
+    let Some(t) = AMQP_XFER.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot (see `exit`).
+    let t = unsafe { &*t };
+    let fd = t.fd;
+    let (Some(conn), Some(walks)) = (AMQP_CONNS.get_ptr_mut(fd), AMQP_WALKS.get_ptr_mut(fd)) else {
+        return 0;
+    };
+    // SAFETY: live map values (see `amqp_walk_step`).
+    let (conn, walks) = unsafe { (&mut *conn, &mut *walks) };
+    let d = (t.dir & 1) as usize;
+    let w = &mut walks.walk[d];
+    counted(t, w, conn, d, (e & 1) as usize, kind as u8, size);
+    0
+}
+
 #[inline(always)]
 fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, kind: u8, size: u32) {
     let c = &mut conn.counters;
@@ -608,8 +642,19 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
     let code = u16::from_be_bytes([h[e + 11], h[e + 12]]);
     if id == method::BASIC_PUBLISH && !out {
         c.published += 1;
+        if let Some(ch) = channel_of(t.fd, channel)
+            && ch.confirm_mode != 0
+        {
+            ch.pub_seq += 1;
+            ch.pub_ts[(ch.pub_seq as usize) % TIMES_PER_CHANNEL] = now();
+            c.confirm_published += 1;
+        }
     } else if (id == method::BASIC_DELIVER || id == method::BASIC_GET_OK) && out {
         c.delivered += 1;
+        if let Some(ch) = channel_of(t.fd, channel) {
+            ch.deliver_seq += 1;
+            ch.deliver_ts[(ch.deliver_seq as usize) % TIMES_PER_CHANNEL] = now();
+        }
     } else if id == method::BASIC_RETURN && out {
         c.returned += 1;
     } else if id == method::BASIC_ACK || id == method::BASIC_NACK || id == method::BASIC_REJECT {
@@ -631,16 +676,15 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
             c.rejected += n;
         }
     } else if id == method::CONFIRM_SELECT && !out {
-        if let Some(ch) = AMQP_CHANS.get_ptr_mut(chan_key(t.fd, channel)) {
-            // SAFETY: live map value.
-            unsafe { (*ch).confirm_mode = 1 };
+        if let Some(ch) = channel_of(t.fd, channel) {
+            ch.confirm_mode = 1;
         }
     } else if id == method::CHANNEL_OPEN && !out {
-        let fresh = Chan {
-            known: 1,
-            ..Chan::default()
-        };
-        let _ = AMQP_CHANS.insert(chan_key(t.fd, channel), fresh, 0);
+        // A fresh channel: its tags and sequence numbers count from 1.
+        let _ = AMQP_CHANS.remove(chan_key(t.fd, channel));
+        if let Some(ch) = channel_of(t.fd, channel) {
+            ch.known = 1;
+        }
         rare(
             t,
             w,
@@ -721,6 +765,91 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
     }
 }
 
+/// The channel's entry, added (zeroed: not known from its start) when missing.
+#[inline(always)]
+fn channel_of(fd: u32, channel: u16) -> Option<&'static mut Chan> {
+    let key = chan_key(fd, channel);
+    if AMQP_CHANS.get_ptr_mut(key).is_none() {
+        let zero = AMQP_NEW_CHAN.get_ptr(0)?;
+        // SAFETY: the template slot, never written.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the Chan would be copied onto the BPF stack"
+        )]
+        let _ = AMQP_CHANS.insert(key, unsafe { &*zero }, 0);
+    }
+    // SAFETY: live map value; each side's fields are written by that direction only.
+    AMQP_CHANS.get_ptr_mut(key).map(|c| unsafe { &mut *c })
+}
+
+/// Times the settled sequence numbers `lo..=hi` (`n` of them settled) of channel `key`'s
+/// publishes (`out`: confirms) or deliveries (consumer acks): the ring's slots of those still
+/// in it and not settled yet; the rest is untimed. A global function, verified once (its
+/// loop, inlined into the frame count, took that past the verifier's limit).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn amqp_time_range(key: u64, out: u32, lo: u64, hi: u64, n: u64) -> u32 {
+    let Some(t) = AMQP_XFER.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot (see `exit`).
+    let fd = unsafe { (*t).fd };
+    let (Some(conn), Some(ch)) = (AMQP_CONNS.get_ptr_mut(fd), AMQP_CHANS.get_ptr_mut(key)) else {
+        return 0;
+    };
+    // SAFETY: live map values; each side's fields are written by that direction only.
+    let (c, ch) = unsafe { (&mut (*conn).counters, &mut *ch) };
+    let (ts, newest, hist, untimed) = if out != 0 {
+        (
+            &mut ch.pub_ts,
+            ch.pub_seq,
+            &mut c.confirm_latency,
+            &mut c.confirm_untimed,
+        )
+    } else {
+        (
+            &mut ch.deliver_ts,
+            ch.deliver_seq,
+            &mut c.ack_latency,
+            &mut c.ack_untimed,
+        )
+    };
+    let now = now();
+    let mut timed = 0;
+    let ring = TIMES_PER_CHANNEL as u64;
+    let start = if hi >= ring {
+        lo.max(hi - ring + 1)
+    } else {
+        lo
+    };
+    // The counter stays the loop's bound (black_box): counting `seq` from an unknown `start`
+    // instead, as LLVM would, the verifier sees no bound ("BPF program is too large.
+    // Processed 1000001 insn").
+    let mut i = 0u64;
+    while i < ring {
+        let seq = start + i;
+        i = core::hint::black_box(i + 1);
+        if seq > hi {
+            break;
+        }
+        // Slot `seq` holds seq's time only while fewer than a ring's worth came after it.
+        if seq == 0 || seq > newest || newest - seq >= ring {
+            continue;
+        }
+        let slot = &mut ts[(seq % ring) as usize];
+        if *slot != 0 {
+            let b = latency_bucket(now.saturating_sub(*slot));
+            if b < LATENCY_BUCKETS {
+                hist[b] += 1;
+            }
+            *slot = 0;
+            timed += 1;
+        }
+    }
+    *untimed += n.saturating_sub(timed);
+    0
+}
+
 /// How many deliveries (or publishes) an ack/nack/reject settles: 1, or for a multiple one
 /// the tags up to `tag` not settled yet, when the channel's start was seen (else 0, counted
 /// as an unknown range).
@@ -733,38 +862,41 @@ fn settle(
     multiple: bool,
     c: &mut lavtrace_common::amqp::Counters,
 ) -> u64 {
-    let key = chan_key(fd, channel);
-    if AMQP_CHANS.get_ptr_mut(key).is_none() {
-        let _ = AMQP_CHANS.insert(key, Chan::default(), 0);
-    }
-    let Some(ch) = AMQP_CHANS.get_ptr_mut(key) else {
+    let Some(ch) = channel_of(fd, channel) else {
         return u64::from(!multiple);
     };
-    // SAFETY: live map value; each side's fields are written by that direction only.
-    let ch = unsafe { &mut *ch };
+    let known = ch.known != 0;
     let (upto, singles) = if out {
         (&mut ch.confirm_upto, &mut ch.confirm_singles)
     } else {
         (&mut ch.settle_upto, &mut ch.settle_singles)
     };
-    if !multiple {
+    let (lo, n) = if !multiple {
         if tag > *upto {
             *singles += 1;
         }
-        return 1;
-    }
-    if ch.known == 0 && *upto == 0 {
+        (tag, 1)
+    } else if !known && *upto == 0 {
         *upto = tag;
         *singles = 0;
         c.ranges_unknown += 1;
         return 0;
-    }
-    if tag <= *upto {
+    } else if tag <= *upto {
         return 0;
+    } else {
+        let n = (tag - *upto).saturating_sub(*singles);
+        let lo = *upto + 1;
+        *upto = tag;
+        *singles = 0;
+        (lo, n)
+    };
+    if known {
+        amqp_time_range(chan_key(fd, channel), u32::from(out), lo, tag, n);
+    } else if out {
+        c.confirm_untimed += n;
+    } else {
+        c.ack_untimed += n;
     }
-    let n = (tag - *upto).saturating_sub(*singles);
-    *upto = tag;
-    *singles = 0;
     n
 }
 
@@ -797,24 +929,25 @@ fn rare(
     ev.code = code;
     ev.text_len = 0;
     ev.text_full = 0;
-    if let Some(off) = text_at
-        && t.hdr_at != 0
-    {
-        // The shortstr's length octet is in the prefix (payload offsets 4 or 6 < 13).
+    if let Some(off) = text_at {
+        // The shortstr's length octet is in the prefix (payload offsets 4 or 6 < 13); its
+        // text is read from the target's memory when it follows in the current segment.
         let len_at = e + 7 + off;
         if len_at < HDR_USED as usize {
             let full = u32::from(w.hdr[len_at]);
-            let src = t.hdr_at + len_at as u64 + 1;
-            let end = t.seg + t.seg_left;
-            let avail = end.saturating_sub(src);
-            let mut n = u64::from(full).min(avail);
-            if n > TEXT_BYTES as u64 {
-                n = TEXT_BYTES as u64;
-            }
-            if n > 0 && read_user(ev.text.as_mut_ptr(), n as u32, src) {
-                ev.text_len = n as u32;
-            }
             ev.text_full = full;
+            if t.hdr_at != 0 && len_at as u32 + 1 >= t.hdr_from {
+                let src = t.hdr_at + len_at as u64 + 1;
+                let end = t.seg + t.seg_left;
+                let avail = end.saturating_sub(src);
+                let mut n = u64::from(full).min(avail);
+                if n > TEXT_BYTES as u64 {
+                    n = TEXT_BYTES as u64;
+                }
+                if n > 0 && read_user(ev.text.as_mut_ptr(), n as u32, src) {
+                    ev.text_len = n as u32;
+                }
+            }
         }
     }
     send(ev);

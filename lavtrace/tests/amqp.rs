@@ -95,6 +95,22 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     assert_eq!(main["close"]["code"], 200);
     assert_eq!(main["close"]["text"], stats["close_text"]);
     assert_eq!(main["channels_opened"], 1);
+    // publish → confirm: the server confirms after reading all 100 publishes, so only the
+    // last 32 (the channel's ring) have their publish time: exactly those are timed, the
+    // other confirmed or nacked ones untimed, none guessed.
+    assert_eq!(main["confirm_latency"]["count"], 32, "{main:#}");
+    assert_eq!(
+        main["confirm_untimed"].as_u64().unwrap(),
+        ex["confirmed"].as_u64().unwrap() + ex["nacked"].as_u64().unwrap() - 32
+    );
+    // The peer's acks were read before the deliveries were written: none is timed.
+    assert_eq!(main["ack_latency"]["count"], 0);
+    assert_eq!(
+        main["ack_untimed"].as_u64().unwrap(),
+        ex["acked"].as_u64().unwrap() + ex["rejected"].as_u64().unwrap()
+    );
+    assert_eq!(main["unconfirmed"], 0);
+    assert_eq!(main["unacked"], 0);
     assert_eq!(main["open"], false);
     assert!(
         main["local"]
@@ -117,6 +133,7 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     );
     assert_eq!(pre["open"], false);
     assert_eq!(pre["vhost"], Value::Null);
+    assert_eq!(pre["unconfirmed"], Value::Null);
 
     let totals = &amqp["totals"];
     assert_eq!(
@@ -184,6 +201,16 @@ fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
     assert_eq!(conn["body_bytes_out"], N * 512);
     assert_eq!(conn["vhost"], "/");
     assert_eq!(conn["methods"]["in"]["connection.start-ok"], 1);
+    // A window of 25 stays inside the channel's ring of 32 publish times: every confirm is
+    // timed. The consumer's prefetch of 100 can outrun the ring: timed + untimed = acked.
+    assert_eq!(conn["confirm_latency"]["count"], N, "{conn:#}");
+    assert_eq!(conn["confirm_untimed"], 0);
+    assert_eq!(
+        conn["ack_latency"]["count"].as_u64().unwrap() + conn["ack_untimed"].as_u64().unwrap(),
+        N
+    );
+    assert_eq!(conn["unconfirmed"], 0);
+    assert_eq!(conn["unacked"], 0);
     let text: String = records.iter().map(|r| r.to_string()).collect();
     assert!(
         !text.contains("guest"),

@@ -317,6 +317,7 @@ impl family::Tracer for Tracer {
                 key.0,
                 k_view(k),
                 &figures,
+                &now,
                 k.closed.is_none(),
             ));
             if !whole {

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
-use lavtrace_common::amqp::{Counters, METHOD_SLOTS};
+use lavtrace_common::amqp::{Counters, LATENCY_BUCKETS, METHOD_SLOTS};
 use serde::Serialize;
 
 use super::names::slot_names;
@@ -31,8 +31,58 @@ pub struct Figures {
     pub beyond_walk_bytes: u64,
     /// Multiple acks on channels opened before attach: range unknown, not counted.
     pub ranges_unknown: u64,
+    /// publish → confirm (the broker's ack or nack) of publishes on confirm channels.
+    pub confirm_latency: Latency,
+    /// Confirmed publishes not timed: their publish time had left the channel's ring of 32,
+    /// or their channel was opened before attach.
+    pub confirm_untimed: u64,
+    /// deliver (or get-ok) → the client's ack, nack or reject.
+    pub ack_latency: Latency,
+    pub ack_untimed: u64,
     /// Method frames by name, per direction (client → broker is `in`).
     pub methods: Methods,
+}
+
+/// A log2 latency histogram with its percentiles (bucket-interpolated, as the syscall rows').
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    /// Upper bound of the highest bucket with a sample.
+    pub max_ns: u64,
+    #[serde(rename = "histogram", serialize_with = "crate::syscalls::histogram")]
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency::of(&[0; LATENCY_BUCKETS])
+    }
+}
+
+impl Latency {
+    fn of(b: &[u64; LATENCY_BUCKETS]) -> Latency {
+        let max_ns = b
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, crate::syscalls::stats::bucket_upper);
+        Latency {
+            count: b.iter().sum(),
+            p50_ns: crate::syscalls::stats::percentile(b, max_ns, 0.50),
+            p99_ns: crate::syscalls::stats::percentile(b, max_ns, 0.99),
+            max_ns,
+            buckets: *b,
+        }
+    }
+
+    fn add(&mut self, o: &Latency) {
+        let mut b = self.buckets;
+        for (x, y) in b.iter_mut().zip(o.buckets) {
+            *x += y;
+        }
+        *self = Latency::of(&b);
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -75,6 +125,10 @@ impl Figures {
             desyncs: c.desyncs.iter().sum(),
             beyond_walk_bytes: c.beyond_walk.iter().sum(),
             ranges_unknown: c.ranges_unknown,
+            confirm_latency: Latency::of(&c.confirm_latency),
+            confirm_untimed: c.confirm_untimed,
+            ack_latency: Latency::of(&c.ack_latency),
+            ack_untimed: c.ack_untimed,
             methods: Methods {
                 inbound: methods(0),
                 outbound: methods(1),
@@ -100,6 +154,10 @@ impl Figures {
         self.desyncs += o.desyncs;
         self.beyond_walk_bytes += o.beyond_walk_bytes;
         self.ranges_unknown += o.ranges_unknown;
+        self.confirm_latency.add(&o.confirm_latency);
+        self.confirm_untimed += o.confirm_untimed;
+        self.ack_latency.add(&o.ack_latency);
+        self.ack_untimed += o.ack_untimed;
         for (mine, theirs) in [
             (&mut self.methods.inbound, &o.methods.inbound),
             (&mut self.methods.outbound, &o.methods.outbound),
@@ -136,6 +194,11 @@ pub fn minus(a: &Counters, b: &Counters) -> Counters {
         desyncs: s2(a.desyncs, b.desyncs),
         beyond_walk: s2(a.beyond_walk, b.beyond_walk),
         ranges_unknown: s(a.ranges_unknown, b.ranges_unknown),
+        confirm_published: s(a.confirm_published, b.confirm_published),
+        confirm_latency: std::array::from_fn(|i| s(a.confirm_latency[i], b.confirm_latency[i])),
+        confirm_untimed: s(a.confirm_untimed, b.confirm_untimed),
+        ack_latency: std::array::from_fn(|i| s(a.ack_latency[i], b.ack_latency[i])),
+        ack_untimed: s(a.ack_untimed, b.ack_untimed),
         methods,
     }
 }
@@ -178,11 +241,24 @@ pub struct ConnRow {
     pub channels_closed: u64,
     pub blocked: u64,
     pub unblocked: u64,
+    /// At the end of the window: publishes on confirm channels not confirmed (nor nacked)
+    /// yet, and deliveries not acked, nacked or rejected yet (null for a connection open
+    /// before attach: its earlier ones are unknown).
+    pub unconfirmed: Option<u64>,
+    pub unacked: Option<u64>,
     #[serde(flatten)]
     pub figures: Figures,
 }
 
-pub fn conn_row(fd: u32, id: Identity<'_>, c: &Counters, open: bool) -> ConnRow {
+pub fn conn_row(
+    fd: u32,
+    id: Identity<'_>,
+    c: &Counters,
+    cumulative: &Counters,
+    open: bool,
+) -> ConnRow {
+    let k = cumulative;
+    let known = !id.seeded;
     ConnRow {
         local: id.local.map(|a| a.to_string()),
         remote: id.remote.map(|a| a.to_string()),
@@ -198,6 +274,8 @@ pub fn conn_row(fd: u32, id: Identity<'_>, c: &Counters, open: bool) -> ConnRow 
         channels_closed: id.channels_closed,
         blocked: id.blocked,
         unblocked: id.unblocked,
+        unconfirmed: known.then(|| k.confirm_published.saturating_sub(k.confirmed + k.nacked)),
+        unacked: known.then(|| k.delivered.saturating_sub(k.acked + k.rejected)),
         figures: Figures::of(c),
     }
 }
