@@ -770,13 +770,9 @@ fn counted(t: &Transfer, w: &mut Walker, conn: &mut Conn, d: usize, e: usize, ki
 fn channel_of(fd: u32, channel: u16) -> Option<&'static mut Chan> {
     let key = chan_key(fd, channel);
     if AMQP_CHANS.get_ptr_mut(key).is_none() {
-        let zero = AMQP_NEW_CHAN.get_ptr(0)?;
         // SAFETY: the template slot, never written.
-        #[expect(
-            clippy::needless_borrows_for_generic_args,
-            reason = "by value, the Chan would be copied onto the BPF stack"
-        )]
-        let _ = AMQP_CHANS.insert(key, unsafe { &*zero }, 0);
+        let zero: &Chan = unsafe { &*AMQP_NEW_CHAN.get_ptr(0)? };
+        let _ = AMQP_CHANS.insert(key, zero, 0);
     }
     // SAFETY: live map value; each side's fields are written by that direction only.
     AMQP_CHANS.get_ptr_mut(key).map(|c| unsafe { &mut *c })
