@@ -6,7 +6,7 @@
 
 pub mod hooks;
 mod names;
-mod report;
+pub(crate) mod report;
 
 use std::{
     collections::{BTreeMap, HashMap as StdMap},
@@ -360,6 +360,19 @@ impl family::Tracer for Tracer {
         )];
         if let Some(why) = &self.not_traced {
             notes.push(("*".into(), format!("amqp: no hooks, not traced: {why}")));
+        }
+        if self.kind == "uprobe" {
+            let tracefs =
+                kernel::tracefs::tracefs_dir().unwrap_or(kernel::tracefs::TRACEFS_DIRS[0]);
+            let kprobes = match kernel::kprobe::syscall_functions(tracefs) {
+                Ok(_) => "available (not in use)".to_string(),
+                Err(e) => format!("unavailable: {e}"),
+            };
+            notes.push(("amqp_k*".into(), format!("the kprobe set: {kprobes}")));
+            notes.push((
+                "*".into(),
+                "uprobes see the target's calls through libc only (a raw syscall or a static binary goes past them)".into(),
+            ));
         }
         notes
     }
