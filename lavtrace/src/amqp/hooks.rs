@@ -124,7 +124,17 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: Mode) -> Result<Result<Vec<Hook>,
     let tracefs = tracefs::tracefs_dir().unwrap_or(tracefs::TRACEFS_DIRS[0]);
     let mut why = Vec::new();
     if matches!(mode, Mode::Auto | Mode::Kprobe) {
-        match kprobe::syscall_functions(tracefs) {
+        // Auto takes kprobes from 6.1 on only, as the storage families do: in the 5.10
+        // guest the kretprobes of blocking reads missed every inbound transfer of the target
+        // (frames_in 0, nothing counted as lost; the outbound ones were exact).
+        let functions = kprobe::syscall_functions(tracefs).and_then(|f| {
+            if mode == Mode::Auto {
+                crate::storage::hooks::kprobes_proven_here().map(|()| f)
+            } else {
+                Ok(f)
+            }
+        });
+        match functions {
             Ok(functions) => match attach_kprobes(ebpf, &functions) {
                 Ok(hooks) => return Ok(Ok(hooks)),
                 Err(e) if mode == Mode::Auto => {
