@@ -407,6 +407,22 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
         t.body_bytes_out,
         t.unsynced_bytes
     );
+    for (what, l, untimed) in [
+        ("publish→confirm", &t.confirm_latency, t.confirm_untimed),
+        ("deliver→ack", &t.ack_latency, t.ack_untimed),
+    ] {
+        if l.count + untimed > 0 {
+            let _ = writeln!(
+                out,
+                "  {what}: p50 {} p99 {} max ≤{} ({} timed, {} untimed)",
+                crate::units::ns(l.p50_ns),
+                crate::units::ns(l.p99_ns),
+                crate::units::ns(l.max_ns),
+                l.count,
+                untimed
+            );
+        }
+    }
     for v in &s.vhosts {
         let _ = writeln!(
             out,
