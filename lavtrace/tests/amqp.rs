@@ -153,7 +153,9 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
 
 /// RabbitMQ (Debian's package) under the project's own lapin client: N persistent publishes
 /// in confirm mode with a window of W, then all N consumed with manual acks, on one
-/// connection opened after attach.
+/// connection opened after attach; then (`--extras`) 3 publishes to a queue with
+/// x-max-length 1 and x-overflow reject-publish (1 confirmed, 2 nacked by the broker), 3 more
+/// publishes, and 4 basic.gets: 2 acked, 1 rejected, 1 nacked.
 #[test]
 fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
     require_root();
@@ -164,6 +166,7 @@ fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
         .flag("messages", N)
         .flag("size", 512)
         .flag("confirm-window", 25)
+        .switch("extras")
         .spawn();
     let trace = Trace::pid(broker.pid)
         .probes("amqp")
@@ -181,33 +184,44 @@ fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
     .unwrap();
     client.wait_done();
     client.finish();
-    assert_eq!(stats["published"], N);
-    assert_eq!(stats["confirmed"], N);
+    // The client's own view: the broker nacked 2 (the overflow), 4 gets came back.
+    assert_eq!(stats["published"], N + 6);
+    assert_eq!(stats["confirmed"], N + 4);
+    assert_eq!(stats["nacked"], 2);
     assert_eq!(stats["consumed"], N);
+    assert_eq!(stats["got"], 4);
+    assert_eq!(stats["get_acked"], 2);
+    assert_eq!(stats["get_rejected"], 2);
     trace.signal(libc::SIGINT);
     let records = trace.records();
     let summary = records.last().unwrap();
     let conn = row(summary, |c| c["before_attach"] == false);
-    assert_eq!(conn["published"], N, "{conn:#}");
-    assert_eq!(conn["confirmed"], N, "{conn:#}");
-    assert_eq!(conn["nacked"], 0);
-    assert_eq!(conn["delivered"], N, "{conn:#}");
-    assert_eq!(conn["acked"], N, "{conn:#}");
+    assert_eq!(conn["published"], N + 6, "{conn:#}");
+    assert_eq!(conn["confirmed"], N + 4, "{conn:#}");
+    assert_eq!(conn["nacked"], 2, "{conn:#}");
+    assert_eq!(conn["delivered"], N + 4, "{conn:#}");
+    assert_eq!(conn["acked"], N + 2, "{conn:#}");
+    assert_eq!(conn["rejected"], 2, "{conn:#}");
     assert_eq!(conn["unsynced_bytes"], 0, "{conn:#}");
     assert_eq!(conn["desyncs"], 0);
-    assert_eq!(conn["methods"]["in"]["basic.publish"], N);
-    assert_eq!(conn["methods"]["out"]["basic.deliver"], N);
-    assert_eq!(conn["body_bytes_in"], N * 512);
-    assert_eq!(conn["body_bytes_out"], N * 512);
+    let (m_in, m_out) = (&conn["methods"]["in"], &conn["methods"]["out"]);
+    assert_eq!(m_in["basic.publish"], N + 6);
+    assert_eq!(m_in["basic.get"], 4);
+    assert_eq!(m_in["basic.reject"], 1);
+    assert_eq!(m_in["basic.nack"], 1);
+    assert_eq!(m_out["basic.deliver"], N);
+    assert_eq!(m_out["basic.get-ok"], 4);
+    assert_eq!(conn["body_bytes_in"], (N + 6) * 512);
+    assert_eq!(conn["body_bytes_out"], (N + 4) * 512);
     assert_eq!(conn["vhost"], "/");
     assert_eq!(conn["methods"]["in"]["connection.start-ok"], 1);
     // A window of 25 stays inside the channel's ring of 32 publish times: every confirm is
     // timed. The consumer's prefetch of 100 can outrun the ring: timed + untimed = acked.
-    assert_eq!(conn["confirm_latency"]["count"], N, "{conn:#}");
+    assert_eq!(conn["confirm_latency"]["count"], N + 6, "{conn:#}");
     assert_eq!(conn["confirm_untimed"], 0);
     assert_eq!(
         conn["ack_latency"]["count"].as_u64().unwrap() + conn["ack_untimed"].as_u64().unwrap(),
-        N
+        N + 4
     );
     assert_eq!(conn["unconfirmed"], 0);
     assert_eq!(conn["unacked"], 0);
