@@ -160,7 +160,7 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
 fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
     require_root();
     const N: u64 = 300;
-    let broker = common::rabbitmq::RabbitMq::start();
+    let broker = common::rabbitmq::RabbitMq::start_with_management();
     let mut client = Workload::amqp(&broker.url())
         .flag("connections", 1)
         .flag("messages", N)
