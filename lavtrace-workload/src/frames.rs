@@ -45,6 +45,10 @@ pub struct Args {
     pub one_byte: usize,
     #[arg(long, default_value = "LAVTRACE-BODY-MARKER-7f3a")]
     pub marker: String,
+    /// Also hold, from before `ready` to the end, one connection accepted on this port that
+    /// carries TLS records (an AMQPS connection: to be counted, not parsed).
+    #[arg(long)]
+    pub tls_port: Option<u16>,
 }
 
 const FRAME_MAX: usize = 131_072;
@@ -427,6 +431,18 @@ fn drain(mut s: TcpStream) -> std::thread::JoinHandle<std::io::Result<u64>> {
     })
 }
 
+/// A connection accepted on `port` whose peer sends the start of a TLS ClientHello, read by
+/// the server; both ends held by the caller.
+fn tls_connection(port: u16) -> std::io::Result<(TcpListener, TcpStream, TcpStream)> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let mut peer = TcpStream::connect(("127.0.0.1", port))?;
+    let (mut conn, _) = listener.accept()?;
+    peer.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00])?;
+    let mut hello = [0u8; 9];
+    conn.read_exact(&mut hello)?;
+    Ok((listener, peer, conn))
+}
+
 pub fn run(a: &Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", a.port))?;
     // The pre connection, before ready.
@@ -453,6 +469,8 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     pre_peer.write_all(&pre_in.bytes[..split_at])?;
     let mut sink = vec![0u8; split_at];
     read_exact_with(pre_fd, &mut sink, CHUNK)?;
+
+    let _tls = a.tls_port.map(tls_connection).transpose()?;
 
     lavtrace_common::start::announce_ready_then_wait_go()?;
 

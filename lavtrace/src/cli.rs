@@ -159,6 +159,10 @@ pub struct ReportArgs {
     /// the connections accepted on them. Repeat or comma-separate.
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqp_port: Vec<u16>,
+    /// More AMQPS (TLS) ports of the target (5671 is always one): their connections are
+    /// counted as TLS, not parsed.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub amqps_port: Vec<u16>,
     /// Hooks of the amqp family: kprobes on the syscall functions where the kernel has them
     /// (auto), else uprobes on the target's glibc; or force a set (tests cover each).
     #[arg(long, hide = true, value_enum, default_value_t = AmqpHooks::Auto)]
@@ -218,6 +222,7 @@ impl ReportArgs {
                 StorageHooks::Tracepoint => storage::hooks::Mode::Tracepoint,
             },
             amqp_ports: self.amqp_port.clone(),
+            amqps_ports: self.amqps_port.clone(),
             amqp_hooks: match self.amqp_hooks {
                 AmqpHooks::Auto => crate::amqp::hooks::Mode::Auto,
                 AmqpHooks::Kprobe => crate::amqp::hooks::Mode::Kprobe,

@@ -165,6 +165,8 @@ pub struct Options {
     pub sched_hooks: sched::HookChoice,
     /// amqp: listening ports besides 5672 (`--amqp-port`), and its hook set.
     pub amqp_ports: Vec<u16>,
+    /// AMQPS ports besides 5671 (`--amqps-port`): counted as TLS, not parsed.
+    pub amqps_ports: Vec<u16>,
     pub amqp_hooks: amqp::hooks::Mode,
 }
 

@@ -31,11 +31,15 @@ fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
 #[test]
 fn a_broker_shaped_server_is_counted_frame_by_frame() {
     require_root();
-    let port = free_port();
-    let mut w = Workload::amqp_frames(port).flag("marker", MARKER).spawn();
+    let (port, tls_port) = (free_port(), free_port());
+    let mut w = Workload::amqp_frames(port)
+        .flag("marker", MARKER)
+        .flag("tls-port", tls_port)
+        .spawn();
     let trace = Trace::of(&w)
         .probes("amqp")
         .flag("amqp-port", port)
+        .flag("amqps-port", tls_port)
         .flag("amqp-hooks", hooks_mode())
         .spawn();
     let hooks = trace.hooks(Some("amqp"));
@@ -60,6 +64,9 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
     let amqp = &summary["amqp"];
     assert_eq!(amqp["lost"].as_u64().unwrap_or(0), 0, "{amqp:#}");
     assert_eq!(amqp["kernel"]["walk_limit"], 0, "{amqp:#}");
+    // The AMQPS connection: counted as TLS, not parsed (no row).
+    assert_eq!(amqp["tls_not_parsed"], 1, "{amqp:#}");
+    assert_eq!(amqp["connections"].as_array().unwrap().len(), 2);
 
     // The main connection, accepted while traced.
     let main = row(summary, |c| c["before_attach"] == false);

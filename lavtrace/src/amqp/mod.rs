@@ -9,7 +9,7 @@ mod names;
 pub(crate) mod report;
 
 use std::{
-    collections::{BTreeMap, HashMap as StdMap},
+    collections::{BTreeMap, HashMap as StdMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -155,6 +155,11 @@ pub struct Tracer {
     /// Why nothing is traced, when no hook set could be had.
     not_traced: Option<String>,
     ports: Vec<u16>,
+    /// AMQPS ports (5671, `--amqps-port`): their connections are counted, not parsed.
+    tls_ports: Vec<u16>,
+    /// TLS connections seen (at attach or at a poll) since attach, and in this window.
+    tls_seen: HashSet<(SocketAddr, SocketAddr)>,
+    tls_window: HashSet<(SocketAddr, SocketAddr)>,
     pid: u32,
 }
 
@@ -172,10 +177,16 @@ impl Family for Tracer {
     }
 
     fn attach(ebpf: &mut Ebpf, pid: u32, options: &Options) -> Result<(Self, Vec<Hook>)> {
+        let mut tls_ports = vec![TLS_PORT];
+        tls_ports.extend(options.amqps_ports.iter().copied());
+        tls_ports.sort_unstable();
+        tls_ports.dedup();
         let mut ports = vec![DEFAULT_PORT];
         ports.extend(options.amqp_ports.iter().copied());
         ports.sort_unstable();
         ports.dedup();
+        // A port given as both is TLS: never parsed.
+        ports.retain(|p| !tls_ports.contains(p));
         let (hooks, not_traced) = match hooks::attach(ebpf, pid, options.amqp_hooks)? {
             Ok(h) => (h, None),
             Err(why) => (Vec::new(), Some(why)),
@@ -235,19 +246,21 @@ impl Family for Tracer {
             sink.lock().is_ok_and(|mut s| s.on_record(bytes))
         })?;
         info!(kind, ?ports, "amqp hooks attached");
-        Ok((
-            Tracer {
-                shared,
-                conns,
-                diag,
-                drain: Some(drain),
-                kind,
-                not_traced,
-                ports,
-                pid,
-            },
-            hooks,
-        ))
+        let mut tracer = Tracer {
+            shared,
+            conns,
+            diag,
+            drain: Some(drain),
+            kind,
+            not_traced,
+            ports,
+            tls_ports,
+            tls_seen: HashSet::new(),
+            tls_window: HashSet::new(),
+            pid,
+        };
+        tracer.see_tls();
+        Ok((tracer, hooks))
     }
 }
 
@@ -275,6 +288,12 @@ impl family::Tracer for Tracer {
 
     fn section(&mut self, window: Window, kernel_lost: u64) -> Result<Option<Part>> {
         let whole = window == Window::Whole;
+        self.see_tls();
+        let tls = if whole {
+            self.tls_seen.len()
+        } else {
+            std::mem::take(&mut self.tls_window).len()
+        } as u64;
         let live: Vec<(u32, Conn)> = self.conns.iter().flatten().collect();
         let malformed = self.drain.as_ref().map_or(0, |d| {
             d.stats.malformed.load(std::sync::atomic::Ordering::Relaxed)
@@ -328,10 +347,6 @@ impl family::Tracer for Tracer {
             }
         }
         let diag = |i: u32| self.diag.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
-        let tls = procfs::target_sockets(self.pid)
-            .iter()
-            .filter(|s| s.state == state::ESTABLISHED && s.local.port() == TLS_PORT)
-            .count() as u64;
         let section = report::section(
             self.kind,
             self.not_traced.clone(),
@@ -354,8 +369,8 @@ impl family::Tracer for Tracer {
         let mut notes = vec![(
             "*".to_string(),
             format!(
-                "AMQP ports {:?}; connections on {TLS_PORT} are counted as TLS, not parsed",
-                self.ports
+                "AMQP ports {:?}; connections on {:?} are counted as TLS, not parsed",
+                self.ports, self.tls_ports
             ),
         )];
         if let Some(why) = &self.not_traced {
@@ -375,6 +390,18 @@ impl family::Tracer for Tracer {
             ));
         }
         notes
+    }
+}
+
+impl Tracer {
+    /// Notes the target's connections on its AMQPS ports now open.
+    fn see_tls(&mut self) {
+        for s in procfs::target_sockets(self.pid) {
+            if s.state == state::ESTABLISHED && self.tls_ports.contains(&s.local.port()) {
+                self.tls_seen.insert((s.local, s.remote));
+                self.tls_window.insert((s.local, s.remote));
+            }
+        }
     }
 }
 

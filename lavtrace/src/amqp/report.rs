@@ -309,7 +309,8 @@ pub struct AmqpSection {
     pub connections: Vec<ConnRow>,
     pub totals: Figures,
     pub vhosts: Vec<VhostRow>,
-    /// Established connections on the AMQPS port (5671) now: TLS, not parsed.
+    /// Connections on the AMQPS ports (5671, `--amqps-port`) seen in the window (at attach or
+    /// at a poll): TLS, not parsed.
     pub tls_not_parsed: u64,
     pub kernel: KernelDiag,
 }
