@@ -147,14 +147,18 @@ fn line_channel(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Stri
     rx
 }
 
-/// Every probe family.
+/// Every probe family of the spin scenarios (amqp has no socket there).
 const ALL: &str = "syscalls,fsync,mmap,tcp";
+/// Every default family, on the broker.
+const ALL_AMQP: &str = "syscalls,fsync,mmap,tcp,amqp";
 
 /// One way of tracing a process (or none).
 #[derive(Clone, Copy, PartialEq)]
 enum Tracer {
     None,
     Lavtrace(&'static str),
+    /// lavtrace with `--amqp-port PORT` (the broker's AMQP port, for the amqp family).
+    LavtraceAmqp(&'static str, u16),
     /// lavtrace attached to another (idle) process: the tax its hooks put on everyone.
     LavtraceOther(&'static str),
     /// lavtrace without the kernel's BPF run-time statistics (`--no-bpf-stats`): what holding
@@ -174,6 +178,7 @@ impl Tracer {
         match self {
             Tracer::None => "untraced".into(),
             Tracer::Lavtrace(p) => format!("lavtrace --probes {p}"),
+            Tracer::LavtraceAmqp(p, _) => format!("lavtrace --probes {p} --amqp-port PORT"),
             Tracer::LavtraceOther(p) => format!("lavtrace --probes {p} (tracing another process)"),
             Tracer::LavtraceNoStats(p) => format!("lavtrace --probes {p} --no-bpf-stats"),
             Tracer::Strace => "strace -f -c".into(),
@@ -194,6 +199,20 @@ impl Tracer {
                 &pid.to_string(),
                 "--probes",
                 p,
+                "--format",
+                "json",
+                "--interval",
+                "1s",
+            ]),
+            Tracer::LavtraceAmqp(p, port) => v(&[
+                &lt,
+                "trace",
+                "--pid",
+                &pid.to_string(),
+                "--probes",
+                p,
+                "--amqp-port",
+                &port.to_string(),
                 "--format",
                 "json",
                 "--interval",
@@ -262,7 +281,10 @@ impl Tracer {
             }
         };
         match self {
-            Tracer::Lavtrace(_) | Tracer::LavtraceOther(_) | Tracer::LavtraceNoStats(_) => {
+            Tracer::Lavtrace(_)
+            | Tracer::LavtraceAmqp(..)
+            | Tracer::LavtraceOther(_)
+            | Tracer::LavtraceNoStats(_) => {
                 wait_for(&out, &|l| l.contains("\"type\":\"attached\""))?
             }
             Tracer::Strace => wait_for(&err, &|l| l.contains("attached"))?,
@@ -558,19 +580,21 @@ fn pipeline(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
 /// Scenario 2: RabbitMQ with a real client, persistent messages with confirms.
 /// Returns lavtrace's own (CPU s, peak RSS MiB) per run of the `--probes syscalls` row.
 fn broker(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<Vec<(f64, f64)>> {
+    let port = 25000 + (std::process::id() % 5000) as u16;
     let tracers = [
         Tracer::None,
         Tracer::Lavtrace("syscalls"),
         Tracer::Lavtrace("fsync"),
         Tracer::Lavtrace("mmap"),
         Tracer::Lavtrace("tcp"),
-        Tracer::Lavtrace(ALL),
+        // Every frame of the confirm load walked in the kernel: its cost per parsed write.
+        Tracer::LavtraceAmqp("amqp", port),
+        Tracer::LavtraceAmqp(ALL_AMQP, port),
         Tracer::Bpftrace,
         Tracer::PerfTrace,
         Tracer::Strace,
     ];
     let dir = tempdir()?;
-    let port = 25000 + (std::process::id() % 5000) as u16;
     let mut launcher = Command::new(workspace_root().join("scripts/rabbitmq-local"))
         .arg(&dir)
         .arg(port.to_string())
