@@ -253,6 +253,10 @@ impl ViewState {
                     Some(t) => panes::connections(f, area, block, t, sort, &self.transitions),
                     None => f.render_widget(block, area),
                 },
+                Pane::Amqp => match s.get::<crate::amqp::AmqpSection>() {
+                    Some(a) => panes::amqp(f, area, block, a, sort),
+                    None => f.render_widget(block, area),
+                },
             }
         }
     }
@@ -272,6 +276,18 @@ impl ViewState {
                         t.closed,
                         t.listening.len()
                     ));
+                }
+            }
+            Pane::Amqp => {
+                if let Some(a) = s.get::<crate::amqp::AmqpSection>() {
+                    let t = &a.totals;
+                    title.push_str(&format!(
+                        "· this interval: {} published, {} confirmed, {} delivered, {} acked ",
+                        t.published, t.confirmed, t.delivered, t.acked
+                    ));
+                    if a.tls_not_parsed > 0 {
+                        title.push_str(&format!("· {} TLS, not parsed ", a.tls_not_parsed));
+                    }
                 }
             }
         }

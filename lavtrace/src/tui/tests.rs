@@ -446,3 +446,43 @@ fn the_flight_recorder_shows_its_window_and_d_dumps() {
     let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap();
     assert!(at("LIMITS") < at(kept) && at(kept) < at("[d]ump now") && at("[d]ump now") < 5);
 }
+
+#[test]
+fn the_amqp_pane_shows_each_connection() {
+    use crate::amqp::report;
+    use lavtrace_common::amqp::Counters;
+    assert_eq!(
+        panes::panes_for(["tcp", "amqp"]),
+        vec![Pane::Connections, Pane::Amqp]
+    );
+    let mut c = Counters {
+        published: 10,
+        confirmed: 9,
+        nacked: 1,
+        delivered: 4,
+        acked: 3,
+        rejected: 1,
+        confirm_published: 10,
+        ..Counters::default()
+    };
+    c.confirm_latency[10] = 10; // 1024..2047 ns
+    let id = report::Identity {
+        local: Some("127.0.0.1:5672".parse().unwrap()),
+        remote: Some("127.0.0.1:40000".parse().unwrap()),
+        seeded: false,
+        vhost: Some("/"),
+        close: None,
+        channels_opened: 1,
+        channels_closed: 0,
+        blocked: 0,
+        unblocked: 0,
+    };
+    let row = report::conn_row(5, id, &c, &c, true);
+    let cells = panes::amqp_cells(&row);
+    assert_eq!(
+        cells[..6],
+        ["127.0.0.1:5672", "127.0.0.1:40000", "/", "10", "9/1", "0"]
+    );
+    assert_eq!(cells[7..], ["4", "3/1", "0", "0"]);
+    assert!(cells[6].contains('/'), "{cells:?}");
+}
