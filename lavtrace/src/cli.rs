@@ -484,7 +484,7 @@ mod tests {
         );
         assert_eq!(
             names(&["lavtrace", "trace"]),
-            ["syscalls", "fsync", "mmap", "tcp"]
+            ["syscalls", "fsync", "mmap", "tcp", "amqp"]
         );
         assert!(
             Cli::try_parse_from(["lavtrace", "trace", "--probes", "nosuch"]).is_err(),
