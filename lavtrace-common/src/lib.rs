@@ -9,6 +9,7 @@ pub mod disk;
 #[cfg(feature = "std")]
 pub mod start;
 
+pub mod amqp;
 pub mod cut;
 pub mod dump;
 pub mod faults;

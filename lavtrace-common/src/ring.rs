@@ -7,7 +7,8 @@ pub mod lost {
     pub const MMAP: u32 = 1;
     pub const TCP: u32 = 2;
     pub const GC: u32 = 3;
-    pub const LEN: u32 = 4;
+    pub const AMQP: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 /// Name of the per-cpu lost-event counter in the eBPF object.

@@ -9,6 +9,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod amqp;
 mod cut;
 mod dump;
 mod faults;

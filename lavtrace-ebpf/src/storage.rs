@@ -475,7 +475,7 @@ pub fn kenter<const F: usize, const N: usize>(ctx: &ProbeContext, owner: Owner) 
 }
 
 #[inline(always)]
-fn kargs<const N: usize>(ctx: &ProbeContext) -> [u64; MAX_ARGS] {
+pub(crate) fn kargs<const N: usize>(ctx: &ProbeContext) -> [u64; MAX_ARGS] {
     let regs = ctx.arg::<u64>(0).unwrap_or(0);
     let mut args = [0u64; MAX_ARGS];
     let mut i = 0;

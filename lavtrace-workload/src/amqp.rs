@@ -17,8 +17,9 @@ use futures_lite::StreamExt as _;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -51,6 +52,12 @@ pub struct Args {
     /// connections (a tracer can look at them all still open).
     #[arg(long)]
     pub wait_before_close: bool,
+    /// After consuming, on a new confirm channel: 3 publishes to a queue with
+    /// x-max-length 1 and x-overflow reject-publish (1 confirmed, 2 nacked), a basic.get of
+    /// its message (acked), 3 publishes to a third queue (confirmed) and 3 basic.gets from
+    /// it: one rejected, one nacked, one acked.
+    #[arg(long)]
+    pub extras: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -61,6 +68,12 @@ struct Stats {
     published: u64,
     confirmed: u64,
     consumed: u64,
+    /// `--extras`: publishes nacked by the broker, basic.get-ok received, and the gets'
+    /// acks, rejects and nacks.
+    nacked: u64,
+    got: u64,
+    get_acked: u64,
+    get_rejected: u64,
     body_bytes: u64,
     /// Wall time of the whole exchange (connect to close).
     elapsed_ns: u64,
@@ -92,6 +105,109 @@ pub fn run(args: &Args) -> std::io::Result<()> {
     stdout.flush()?;
     drop(stdout);
     lavtrace_common::start::announce_done()
+}
+
+/// See `Args::extras`.
+async fn extras(args: &Args, conn: &Connection, stats: &mut Stats) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let overflow = format!("{}-overflow", args.queue);
+    let mut limits = FieldTable::default();
+    limits.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    limits.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(
+        overflow.as_str().into(),
+        QueueDeclareOptions::default(),
+        limits,
+    )
+    .await?;
+    let body = vec![b'e'; args.size];
+    let publish = |queue: String| {
+        let ch = ch.clone();
+        let body = body.clone();
+        async move {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await?
+            .await
+        }
+    };
+    for _ in 0..3 {
+        let confirmation = publish(overflow.clone()).await?;
+        stats.published += 1;
+        if confirmation.is_ack() {
+            stats.confirmed += 1;
+        } else {
+            stats.nacked += 1;
+        }
+    }
+    let get = |queue: String| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+        }
+    };
+    // A queue of its own: the main one still has the consumer, which would take them.
+    let gets = format!("{}-gets", args.queue);
+    ch.queue_declare(
+        gets.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    if let Some(m) = get(overflow.clone()).await? {
+        stats.got += 1;
+        m.delivery.ack(BasicAckOptions::default()).await?;
+        stats.get_acked += 1;
+    }
+    for _ in 0..3 {
+        if publish(gets.clone()).await?.is_ack() {
+            stats.confirmed += 1;
+        }
+        stats.published += 1;
+    }
+    for i in 0..3 {
+        let Some(m) = get(gets.clone()).await? else {
+            continue;
+        };
+        stats.got += 1;
+        match i {
+            0 => {
+                m.delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                stats.get_rejected += 1;
+            }
+            1 => {
+                m.delivery
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: false,
+                    })
+                    .await?;
+                stats.get_rejected += 1;
+            }
+            _ => {
+                m.delivery.ack(BasicAckOptions::default()).await?;
+                stats.get_acked += 1;
+            }
+        }
+    }
+    for q in [&overflow, &gets] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    ch.close(200, "extras".into()).await?;
+    Ok(())
 }
 
 /// A socket per connection, and the few fds of the process besides.
@@ -198,6 +314,9 @@ async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Er
         };
         delivery?.ack(BasicAckOptions::default()).await?;
         stats.consumed += 1;
+    }
+    if args.extras {
+        extras(args, &connections[0], &mut stats).await?;
     }
     channel
         .queue_delete(args.queue.as_str().into(), QueueDeleteOptions::default())

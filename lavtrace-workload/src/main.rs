@@ -8,6 +8,7 @@
 mod amqp;
 mod churn;
 mod faults;
+mod frames;
 mod gc;
 mod lavinmq;
 mod pace;
@@ -46,6 +47,9 @@ pub enum Mode {
     Pace(pace::Args),
     /// A real AMQP client: connections, persistent publishes with confirms, consume + ack.
     Amqp(amqp::Args),
+    /// A broker-shaped AMQP 0-9-1 server of known frames with its own plain TCP peer
+    /// (see frames.rs): exact figures for the amqp family.
+    AmqpFrames(frames::Args),
     /// TCP connections with known histories on 127.0.0.1 (see tcp.rs); after
     /// `done`, waits for stdin to close.
     Tcp,
@@ -97,6 +101,8 @@ fn main() -> ExitCode {
         Mode::Syscalls(a) => syscalls::run(a),
         // Its own start: --held connections are opened before ready.
         Mode::Amqp(a) => amqp::run(a),
+        // Its own start: the pre connection is opened before ready.
+        Mode::AmqpFrames(a) => frames::run(a),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()

@@ -165,6 +165,18 @@ pub struct ReportArgs {
     /// handle_mm_fault; every page fault on the host then runs them, so it is off by default).
     #[arg(long)]
     pub fault_time: bool,
+    /// More AMQP listening ports of the target (5672 is always one): the amqp family parses
+    /// the connections accepted on them. Repeat or comma-separate.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub amqp_port: Vec<u16>,
+    /// More AMQPS (TLS) ports of the target (5671 is always one): their connections are
+    /// counted as TLS, not parsed.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub amqps_port: Vec<u16>,
+    /// Hooks of the amqp family: kprobes on the syscall functions where the kernel has them
+    /// (auto), else uprobes on the target's glibc; or force a set (tests cover each).
+    #[arg(long, hide = true, value_enum, default_value_t = AmqpHooks::Auto)]
+    pub amqp_hooks: AmqpHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
     #[arg(long, value_parser = parse_duration)]
     pub slow: Option<Duration>,
@@ -232,6 +244,13 @@ impl ReportArgs {
                 StorageHooks::Kprobe => storage::hooks::Mode::Kprobe,
                 StorageHooks::Uprobe => storage::hooks::Mode::Uprobe,
                 StorageHooks::Tracepoint => storage::hooks::Mode::Tracepoint,
+            },
+            amqp_ports: self.amqp_port.clone(),
+            amqps_ports: self.amqps_port.clone(),
+            amqp_hooks: match self.amqp_hooks {
+                AmqpHooks::Auto => crate::amqp::hooks::Mode::Auto,
+                AmqpHooks::Kprobe => crate::amqp::hooks::Mode::Kprobe,
+                AmqpHooks::Uprobe => crate::amqp::hooks::Mode::Uprobe,
             },
             // Set by the session from the families it loads.
             syscall_slow_path: false,
@@ -371,6 +390,16 @@ pub enum TcpHooks {
     Tracepoint,
 }
 
+/// `--amqp-hooks` (`amqp::hooks::Mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum AmqpHooks {
+    /// kprobes on the syscall functions, else uprobes on the target's glibc.
+    #[default]
+    Auto,
+    Kprobe,
+    Uprobe,
+}
+
 /// `--storage-hooks` (the storage families' `hooks::Mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum StorageHooks {
@@ -479,7 +508,7 @@ mod tests {
         );
         assert_eq!(
             names(&["lavtrace", "trace"]),
-            ["syscalls", "fsync", "mmap", "tcp", "gc"]
+            ["syscalls", "fsync", "mmap", "tcp", "amqp", "gc"]
         );
         let Command::Trace(t) = Cli::try_parse_from([
             "lavtrace",

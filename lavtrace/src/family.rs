@@ -15,7 +15,7 @@ use lavtrace_common::field::FieldSpec;
 use serde_json::value::RawValue;
 
 use crate::{
-    faults, floor, fsync, gc,
+    amqp, faults, floor, fsync, gc,
     kernel::{Hook, Overrides},
     mmap, sched, storage, syscalls, tcp,
 };
@@ -26,6 +26,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<fsync::Tracer>(),
     entry::<mmap::Tracer>(),
     entry::<tcp::Tracer>(),
+    entry::<amqp::Tracer>(),
     entry::<sched::Tracer>(),
     entry::<gc::Tracer>(),
     entry::<faults::Tracer>(),
@@ -189,6 +190,11 @@ pub struct Options {
     pub gc_slow: Option<Duration>,
     /// faults: time each fault (kprobe + kretprobe on handle_mm_fault).
     pub fault_time: bool,
+    /// amqp: listening ports besides 5672 (`--amqp-port`), and its hook set.
+    pub amqp_ports: Vec<u16>,
+    /// AMQPS ports besides 5671 (`--amqps-port`): counted as TLS, not parsed.
+    pub amqps_ports: Vec<u16>,
+    pub amqp_hooks: amqp::hooks::Mode,
 }
 
 /// One line of the registry.
@@ -327,9 +333,11 @@ mod tests {
         let visible: Vec<&str> = visible().map(|e| e.name).collect();
         assert_eq!(
             visible,
-            ["syscalls", "fsync", "mmap", "tcp", "sched", "gc", "faults"]
+            [
+                "syscalls", "fsync", "mmap", "tcp", "amqp", "sched", "gc", "faults"
+            ]
         );
         let defaults: Vec<&str> = defaults().map(|e| e.name).collect();
-        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "gc"]);
+        assert_eq!(defaults, ["syscalls", "fsync", "mmap", "tcp", "amqp", "gc"]);
     }
 }

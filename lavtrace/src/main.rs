@@ -1,5 +1,6 @@
 //! lavtrace: live eBPF tracer for a running LavinMQ broker.
 
+mod amqp;
 mod bundle;
 mod check;
 mod cli;

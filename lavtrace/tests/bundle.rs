@@ -489,7 +489,7 @@ fn bundle_of_the_lavinmq_workload_holds_its_dump_resources_and_trace() {
     assert_eq!(records[0]["type"], "attached");
     assert_eq!(
         records[0]["probes"],
-        serde_json::json!(["syscalls", "fsync", "mmap", "tcp", "gc"])
+        serde_json::json!(["syscalls", "fsync", "mmap", "tcp", "amqp", "gc"])
     );
     let summary = records.last().unwrap();
     assert_eq!(summary["type"], "summary");

@@ -107,7 +107,9 @@ fn check_says_what_each_family_costs_other_processes() {
     require_root();
     let (code, out, err) = check(&[]);
     assert_eq!(code, 0, "{err}\n{out}");
-    for family in ["syscalls", "fsync", "mmap", "tcp", "sched", "gc", "faults"] {
+    for family in [
+        "syscalls", "fsync", "mmap", "tcp", "amqp", "sched", "gc", "faults",
+    ] {
         let rows: Vec<&str> = out
             .lines()
             .filter(|l| l.split_whitespace().next() == Some(family))

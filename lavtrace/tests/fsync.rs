@@ -407,7 +407,7 @@ fn demo_shows_both_storage_families() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(
         attached["probes"],
-        serde_json::json!(["syscalls", "fsync", "mmap", "tcp", "gc"])
+        serde_json::json!(["syscalls", "fsync", "mmap", "tcp", "amqp", "gc"])
     );
     assert!(total(&summary, "syncfs") > 0, "{summary}");
     let mmaps = summary["mmap"]["files"]

@@ -193,8 +193,10 @@ fn line_channel(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Stri
     rx
 }
 
-/// Every probe family.
+/// Every probe family of the spin scenarios (amqp has no socket there).
 const ALL: &str = "syscalls,fsync,mmap,tcp";
+/// Every default family, on the broker.
+const DEFAULT: &str = "syscalls,fsync,mmap,tcp,amqp,gc";
 
 /// The sampled mode's duty cycle in the spin rows.
 const SAMPLE: &str = "100ms/1s";
@@ -204,6 +206,8 @@ const SAMPLE: &str = "100ms/1s";
 enum Tracer {
     None,
     Lavtrace(&'static str),
+    /// lavtrace with `--amqp-port PORT` (the broker's AMQP port, for the amqp family).
+    LavtraceAmqp(&'static str, u16),
     /// lavtrace attached to another (idle) process: the tax its hooks put on everyone.
     LavtraceOther(&'static str),
     /// lavtrace without the kernel's BPF run-time statistics (`--no-bpf-stats`): what holding
@@ -225,6 +229,7 @@ impl Tracer {
         match self {
             Tracer::None => "untraced".into(),
             Tracer::Lavtrace(p) => format!("lavtrace --probes {p}"),
+            Tracer::LavtraceAmqp(p, _) => format!("lavtrace --probes {p} --amqp-port PORT"),
             Tracer::LavtraceOther(p) => format!("lavtrace --probes {p} (tracing another process)"),
             Tracer::LavtraceNoStats(p) => format!("lavtrace --probes {p} --no-bpf-stats"),
             Tracer::LavtraceSampled(d) => {
@@ -248,6 +253,20 @@ impl Tracer {
                 &pid.to_string(),
                 "--probes",
                 p,
+                "--format",
+                "json",
+                "--interval",
+                "1s",
+            ]),
+            Tracer::LavtraceAmqp(p, port) => v(&[
+                &lt,
+                "trace",
+                "--pid",
+                &pid.to_string(),
+                "--probes",
+                p,
+                "--amqp-port",
+                &port.to_string(),
                 "--format",
                 "json",
                 "--interval",
@@ -331,6 +350,7 @@ impl Tracer {
         };
         match self {
             Tracer::Lavtrace(_)
+            | Tracer::LavtraceAmqp(..)
             | Tracer::LavtraceOther(_)
             | Tracer::LavtraceNoStats(_)
             | Tracer::LavtraceSampled(_) => {
@@ -635,6 +655,8 @@ fn pipeline(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
 /// Scenario 2: RabbitMQ with a real client, persistent messages with confirms.
 /// Returns lavtrace's own (CPU s, peak RSS MiB) per run of the `--probes syscalls` row.
 fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -> Result<()> {
+    let rabbit = Rabbit::start()?;
+    let (broker_pid, url, port) = (rabbit.pid, rabbit.url(), rabbit.port);
     let tracers = [
         Tracer::None,
         Tracer::Lavtrace("syscalls"),
@@ -642,15 +664,17 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
         Tracer::Lavtrace("mmap"),
         Tracer::Lavtrace("tcp"),
         Tracer::Lavtrace("gc"),
+        // Every frame of the confirm load walked in the kernel: its cost per parsed write.
+        Tracer::LavtraceAmqp("amqp", port),
         Tracer::Lavtrace(ALL),
+        Tracer::LavtraceAmqp(DEFAULT, port),
         Tracer::Lavtrace("faults"),
         Tracer::Lavtrace("sched"),
         Tracer::Bpftrace,
         Tracer::PerfTrace,
         Tracer::Strace,
     ];
-    let rabbit = Rabbit::start()?;
-    let (broker_pid, url) = (rabbit.pid, rabbit.url());
+
     let messages = opts.broker_messages.to_string();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
@@ -690,7 +714,11 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
                     ));
                     // Each program's cost from the last run of every lavtrace row: the
                     // opt-in families' programs are only in their own rows.
-                    if let (Tracer::Lavtrace(families), Ok(summary)) = (tracer, summary_of(&out)) {
+                    let families = match tracer {
+                        Tracer::Lavtrace(f) | Tracer::LavtraceAmqp(f, _) => Some(f),
+                        _ => None,
+                    };
+                    if let (Some(families), Ok(summary)) = (families, summary_of(&out)) {
                         for p in summary["overhead"]["programs"]
                             .as_array()
                             .into_iter()
@@ -740,9 +768,10 @@ fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -
         fig.broker_ratio.push((tracer, med / base));
     }
     writeln!(md)?;
+    fig.default = Some(Tracer::LavtraceAmqp(DEFAULT, port));
     fig.own = tracers
         .iter()
-        .position(|&t| t == Tracer::Lavtrace(ALL))
+        .position(|&t| Some(t) == fig.default)
         .map(|i| own[i].clone())
         .unwrap_or_default();
     Ok(())
@@ -830,7 +859,7 @@ fn itself(md: &mut String, fig: &Figures) -> Result<()> {
     writeln!(
         md,
         "## 4. lavtrace itself\n\n\
-         While tracing the broker scenario with `--probes {ALL}`: CPU of the lavtrace process over \
+         While tracing the broker scenario with `--probes {DEFAULT}`: CPU of the lavtrace process over \
          the time it was attached (attach and final drain included), as a share of one core over the \
          exchange's wall time, median {cpu_med:.1} % (max {cpu_max:.1} %); peak RSS (VmHWM) median \
          {rss_med:.1} MiB, max {rss_max:.1} MiB. Attach time is under scenario 1.\n"
@@ -1019,7 +1048,7 @@ fn scale(md: &mut String, lavtrace: &Path) -> Result<()> {
         ],
         Duration::from_secs(300),
     )?;
-    let running = Tracer::Lavtrace(ALL)
+    let running = Tracer::LavtraceAmqp(DEFAULT, rabbit.port)
         .attach(lavtrace, rabbit.pid)?
         .context("lavtrace did not start")?;
     let attach_ms = running.attach.as_secs_f64() * 1e3;
@@ -1041,8 +1070,8 @@ fn scale(md: &mut String, lavtrace: &Path) -> Result<()> {
         md,
         "**A thousand connections.** RabbitMQ with `lavtrace-workload amqp --held {HELD} --connections 10 \
          --messages 2000 --confirm-window 100`: {HELD} connections opened before lavtrace attaches, 2,000 \
-         persistent confirmed messages on 10 of them, traced by `lavtrace trace --pid BROKER_PID --probes {ALL} \
-         --format json --interval 1s`:\n"
+         persistent confirmed messages on 10 of them, traced by `lavtrace trace --pid BROKER_PID --probes {DEFAULT} \
+         --amqp-port PORT --format json --interval 1s`:\n"
     )?;
     writeln!(
         md,
@@ -1069,6 +1098,8 @@ struct Figures {
     attach_ms: Option<f64>,
     /// Broker scenario: throughput as a share of untraced, per tracer.
     broker_ratio: Vec<(Tracer, f64)>,
+    /// Broker scenario: the row of the default families.
+    default: Option<Tracer>,
     /// Broker scenario, all families: lavtrace's (CPU % of a core, peak RSS MiB) per run.
     own: Vec<(f64, f64)>,
     /// Broker scenario: each program's `overhead.programs` entry from the last run of a row
@@ -1127,9 +1158,9 @@ fn targets(md: &mut String, fig: &Figures) -> Result<()> {
     let mut judge = |target: &str, figure: String, holds: bool| {
         rows.push((target.to_string(), figure, holds));
     };
-    if let Some(r) = fig.ratio(Tracer::Lavtrace(ALL)) {
+    if let Some(r) = fig.default.and_then(|t| fig.ratio(t)) {
         judge(
-            "broker scenario: all families ≥ 0.98 of untraced",
+            &format!("broker scenario: the default families ({DEFAULT}) ≥ 0.98 of untraced"),
             format!("{r:.3}"),
             r >= 0.98,
         );

@@ -255,6 +255,49 @@ fn encode(enc: &mut DescriptorEncoder, i: &Instance) -> Result<(), std::fmt::Err
     if let Some(r) = &i.limits {
         limits(&mut w, r, i.mmap.is_none())?;
     }
+    if let Some(a) = &i.amqp {
+        w.family(
+            "lavtrace_amqp_messages",
+            "AMQP messages of the target's connections by kind (amqp family): published, \
+             confirmed, nacked, returned (by the broker), delivered (deliver and get-ok), acked, \
+             rejected (by consumers); a multiple ack counts the tags it covers.",
+            None,
+            a.messages
+                .iter()
+                .map(|(k, &n)| (vec![("kind", k.to_string())], Value::Counter(n))),
+        )?;
+        w.family(
+            "lavtrace_amqp_methods",
+            "AMQP method frames of the target's connections, by direction (in: client to \
+             broker) and method name.",
+            None,
+            a.methods.iter().map(|((d, m), &n)| {
+                (
+                    vec![("direction", d.to_string()), ("method", m.to_string())],
+                    Value::Counter(n),
+                )
+            }),
+        )?;
+        w.family(
+            "lavtrace_amqp_unsynced",
+            "Bytes of the target's AMQP connections not parsed: before a connection was in \
+             sync (open before attach, or after a desync), or past the walk's bound.",
+            Some(Unit::Bytes),
+            one(Value::Counter(a.unsynced_bytes)),
+        )?;
+        w.family(
+            "lavtrace_amqp_connections",
+            "AMQP connections of the target open now (amqp family).",
+            None,
+            one(Value::Gauge(a.connections)),
+        )?;
+        w.family(
+            "lavtrace_amqp_tls_connections",
+            "Connections of the target on the AMQPS port (5671): TLS, not parsed.",
+            None,
+            one(Value::Gauge(a.tls_not_parsed)),
+        )?;
+    }
     if let Some(sc) = &i.sched {
         w.family(
             "lavtrace_sched_thread",

@@ -399,6 +399,63 @@ mod tests {
     }
 
     #[test]
+    fn amqp_connections_add_up_into_series_with_bounded_labels() {
+        use crate::amqp::report;
+        use lavtrace_common::amqp::{Counters, method_slot};
+        let e = Exporter {
+            current: Current::default(),
+        };
+        let conn = |published: u64| {
+            let mut c = Counters {
+                published,
+                confirmed: published,
+                unsynced_bytes: [3, 4],
+                ..Counters::default()
+            };
+            c.methods[0][method_slot(60, 40)] = published as u32;
+            let id = report::Identity {
+                local: None,
+                remote: None,
+                seeded: false,
+                vhost: Some("/"),
+                close: None,
+                channels_opened: 1,
+                channels_closed: 0,
+                blocked: 0,
+                unblocked: 0,
+            };
+            report::conn_row(9, id, &c, &c, true)
+        };
+        let section = report::section(
+            "uprobe",
+            None,
+            &[5672],
+            vec![conn(5), conn(7)],
+            report::KernelDiag::default(),
+            1,
+        );
+        let mut s = Sections::default().with(section);
+        s.lost_events.insert("amqp", 0);
+        e.observe(&target(42), &s);
+        let text = scrape(&e, true);
+        let c = r#"comm="lavinmq""#;
+        for want in [
+            format!(r#"lavtrace_amqp_messages_total{{{c},kind="published"}} 12"#),
+            format!(r#"lavtrace_amqp_messages_total{{{c},kind="confirmed"}} 12"#),
+            format!(
+                r#"lavtrace_amqp_methods_total{{{c},direction="in",method="basic.publish"}} 12"#
+            ),
+            format!("lavtrace_amqp_unsynced_bytes_total{{{c}}} 14"),
+            format!("lavtrace_amqp_connections{{{c}}} 2"),
+            format!("lavtrace_amqp_tls_connections{{{c}}} 1"),
+        ] {
+            assert!(text.contains(&want), "{want} in {text}");
+        }
+        // No per-connection label anywhere.
+        assert!(!text.contains("fd="), "{text}");
+    }
+
+    #[test]
     fn intervals_add_up_into_counters_and_a_cumulative_histogram() {
         let e = Exporter {
             current: Current::default(),

@@ -138,6 +138,21 @@ pub struct Faults {
     pub stable_page_waits: u64,
 }
 
+/// The amqp family's figures summed over the target's connections (no per-connection label:
+/// connections are unbounded; the JSON has each one). Methods are labelled by name from the
+/// spec's table (at most 62 names per direction).
+#[derive(Debug, Clone, Default)]
+pub struct Amqp {
+    /// (kind, count): published, confirmed, nacked, returned, delivered, acked, rejected.
+    pub messages: BTreeMap<&'static str, u64>,
+    /// (direction, method) → frames.
+    pub methods: BTreeMap<(&'static str, &'static str), u64>,
+    pub unsynced_bytes: u64,
+    /// Connections in the latest window's report (open or closed in it).
+    pub connections: u64,
+    pub tls_not_parsed: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Cost {
     pub cpu_ns: u64,
@@ -160,6 +175,7 @@ pub struct Instance {
     pub sched: Option<Sched>,
     pub gc: Option<Gc>,
     pub faults: Option<Faults>,
+    pub amqp: Option<Amqp>,
     pub lost: BTreeMap<&'static str, u64>,
     pub cost: Option<Cost>,
     /// The latest window's limits (gauges).
@@ -261,6 +277,29 @@ impl Instance {
             if let Some(w) = &section.writeback.stable_page_waits {
                 all.stable_page_waits += w.iter().map(|r| r.count).sum::<u64>();
             }
+        }
+        if let Some(section) = s.get::<crate::amqp::AmqpSection>() {
+            let a = self.amqp.get_or_insert_default();
+            let t = &section.totals;
+            for (kind, n) in [
+                ("published", t.published),
+                ("confirmed", t.confirmed),
+                ("nacked", t.nacked),
+                ("returned", t.returned),
+                ("delivered", t.delivered),
+                ("acked", t.acked),
+                ("rejected", t.rejected),
+            ] {
+                *a.messages.entry(kind).or_default() += n;
+            }
+            for (dir, m) in [("in", &t.methods.inbound), ("out", &t.methods.outbound)] {
+                for (name, n) in m {
+                    *a.methods.entry((dir, *name)).or_default() += n;
+                }
+            }
+            a.unsynced_bytes += t.unsynced_bytes;
+            a.connections = section.connections.iter().filter(|c| c.open).count() as u64;
+            a.tls_not_parsed = section.tls_not_parsed;
         }
         if let Some(section) = s.get::<TcpSection>() {
             let t = self.tcp.get_or_insert_default();

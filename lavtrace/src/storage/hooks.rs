@@ -328,7 +328,7 @@ pub fn select(mode: Mode, syscall_slow_path: bool, caps: &Caps) -> Result<Vec<Se
 /// 6.1 and 6.12; in the one-vCPU 5.10 guest it lost calls (2 of 5 madvise, once an open)
 /// with nothing counted as lost, not yet understood. Older kernels get the uprobes
 /// (`--storage-hooks kprobe` still forces the kprobes).
-fn kprobes_proven_here() -> Result<(), String> {
+pub(crate) fn kprobes_proven_here() -> Result<(), String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release.trim().split(['.', '-']);
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);

@@ -268,6 +268,10 @@ impl ViewState {
                     Some(t) => panes::table(f, area, block, &t),
                     None => f.render_widget(block, area),
                 },
+                Pane::Amqp => match s.get::<crate::amqp::AmqpSection>() {
+                    Some(a) => panes::amqp(f, area, block, a, sort),
+                    None => f.render_widget(block, area),
+                },
             }
         }
     }
@@ -294,6 +298,18 @@ impl ViewState {
                 if let Some(t) = s.table_panes().find(|t| t.name == name) {
                     title.push_str(&t.title);
                     title.push(' ');
+                }
+            }
+            Pane::Amqp => {
+                if let Some(a) = s.get::<crate::amqp::AmqpSection>() {
+                    let t = &a.totals;
+                    title.push_str(&format!(
+                        "· this interval: {} published, {} confirmed, {} delivered, {} acked ",
+                        t.published, t.confirmed, t.delivered, t.acked
+                    ));
+                    if a.tls_not_parsed > 0 {
+                        title.push_str(&format!("· {} TLS, not parsed ", a.tls_not_parsed));
+                    }
                 }
             }
         }

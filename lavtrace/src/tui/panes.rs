@@ -13,6 +13,7 @@ use ratatui::{
 };
 
 use crate::{
+    amqp::{AmqpSection, report::ConnRow as AmqpRow},
     family::{SortKey, TablePane},
     faults::{FaultsSection, FileRow},
     fsync::{Bucket, FsyncRow},
@@ -35,16 +36,19 @@ pub enum Pane {
     Connections,
     /// A family's own table (`Section::pane`), by its pane name; after the others.
     Table(&'static str),
+    /// The amqp family: per AMQP connection.
+    Amqp,
 }
 
 impl Pane {
-    pub const ALL: [Pane; 6] = [
+    pub const ALL: [Pane; 7] = [
         Pane::Syscalls,
         Pane::Threads,
         Pane::Durability,
         Pane::Mappings,
         Pane::Faults,
         Pane::Connections,
+        Pane::Amqp,
     ];
 
     /// The pane showing probe family `family` (none for `floor`).
@@ -55,6 +59,7 @@ impl Pane {
             "mmap" => Pane::Mappings,
             "faults" => Pane::Faults,
             "tcp" => Pane::Connections,
+            "amqp" => Pane::Amqp,
             _ => return None,
         })
     }
@@ -68,6 +73,7 @@ impl Pane {
             Pane::Faults => "faults",
             Pane::Connections => "connections",
             Pane::Table(name) => name,
+            Pane::Amqp => "amqp",
         }
     }
 
@@ -80,6 +86,7 @@ impl Pane {
             Pane::Mappings | Pane::Faults => &[],
             Pane::Connections => &["bytes/s", "age", "state"],
             Pane::Table(_) => &[],
+            Pane::Amqp => &["published", "delivered", "confirm p99"],
         }
     }
 }
@@ -504,5 +511,78 @@ pub fn table(f: &mut Frame, area: Rect, block: Block, pane: &TablePane) {
     let body = rows
         .into_iter()
         .map(|r| Row::new(r.iter().map(|c| printable(c).into_owned())));
+    f.render_widget(Table::new(body, widths).header(header).block(block), area);
+}
+
+/// One AMQP connection's cells: its ends, messages each way, in flight, confirm latency.
+pub fn amqp_cells(c: &AmqpRow) -> Vec<String> {
+    let f = &c.figures;
+    let in_flight = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+    vec![
+        c.local.clone().unwrap_or_else(|| "?".into()),
+        c.remote.clone().unwrap_or_else(|| "?".into()),
+        c.vhost.clone().unwrap_or_else(|| "?".into()),
+        f.published.to_string(),
+        format!("{}/{}", f.confirmed, f.nacked),
+        in_flight(c.unconfirmed),
+        if f.confirm_latency.count > 0 {
+            format!(
+                "{}/{}",
+                units::ns(f.confirm_latency.p50_ns),
+                units::ns(f.confirm_latency.p99_ns)
+            )
+        } else {
+            "-".into()
+        },
+        f.delivered.to_string(),
+        format!("{}/{}", f.acked, f.rejected),
+        in_flight(c.unacked),
+        f.unsynced_bytes.to_string(),
+    ]
+}
+
+pub fn amqp(f: &mut Frame, area: Rect, block: Block, s: &AmqpSection, sort: usize) {
+    let mut sorted: Vec<&AmqpRow> = s.connections.iter().collect();
+    match sort {
+        1 => sorted.sort_by_key(|c| Reverse(c.figures.delivered)),
+        2 => sorted.sort_by_key(|c| Reverse(c.figures.confirm_latency.p99_ns)),
+        _ => sorted.sort_by_key(|c| Reverse(c.figures.published)),
+    }
+    sorted.sort_by_key(|c| !c.open);
+    let header = Row::new([
+        "LOCAL",
+        "REMOTE",
+        "VHOST",
+        "PUB",
+        "CONF/NACK",
+        "UNCONF",
+        "CONFIRM p50/p99",
+        "DELIV",
+        "ACK/REJ",
+        "UNACKED",
+        "UNSYNCED",
+    ])
+    .bold();
+    let widths = [
+        Constraint::Length(22),
+        Constraint::Length(22),
+        Constraint::Length(12),
+        Constraint::Length(8),
+        Constraint::Length(11),
+        Constraint::Length(7),
+        Constraint::Length(17),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Fill(1),
+    ];
+    let body = sorted.iter().map(|c| {
+        let row = Row::new(amqp_cells(c));
+        if c.open {
+            row
+        } else {
+            row.style(Style::new().add_modifier(Modifier::DIM))
+        }
+    });
     f.render_widget(Table::new(body, widths).header(header).block(block), area);
 }

@@ -565,3 +565,43 @@ fn the_faults_pane_lists_files_and_turns_red_when_a_writer_is_throttled() {
     let x = l[..l.find("dirty").unwrap()].chars().count() as u16;
     assert_eq!(buf[(x, y)].fg, Color::Red);
 }
+
+#[test]
+fn the_amqp_pane_shows_each_connection() {
+    use crate::amqp::report;
+    use lavtrace_common::amqp::Counters;
+    assert_eq!(
+        panes::panes_for(["tcp", "amqp"]),
+        vec![Pane::Connections, Pane::Amqp]
+    );
+    let mut c = Counters {
+        published: 10,
+        confirmed: 9,
+        nacked: 1,
+        delivered: 4,
+        acked: 3,
+        rejected: 1,
+        confirm_published: 10,
+        ..Counters::default()
+    };
+    c.confirm_latency[10] = 10; // 1024..2047 ns
+    let id = report::Identity {
+        local: Some("127.0.0.1:5672".parse().unwrap()),
+        remote: Some("127.0.0.1:40000".parse().unwrap()),
+        seeded: false,
+        vhost: Some("/"),
+        close: None,
+        channels_opened: 1,
+        channels_closed: 0,
+        blocked: 0,
+        unblocked: 0,
+    };
+    let row = report::conn_row(5, id, &c, &c, true);
+    let cells = panes::amqp_cells(&row);
+    assert_eq!(
+        cells[..6],
+        ["127.0.0.1:5672", "127.0.0.1:40000", "/", "10", "9/1", "0"]
+    );
+    assert_eq!(cells[7..], ["4", "3/1", "0", "0"]);
+    assert!(cells[6].contains('/'), "{cells:?}");
+}

@@ -250,6 +250,12 @@ impl Workload {
         Preset::mode("amqp").flag("url", url)
     }
 
+    /// A broker-shaped AMQP server of known frames on `port`, with its own plain TCP peer;
+    /// prints `stats {json}` (what it built) before `done`.
+    pub fn amqp_frames(port: u16) -> Preset {
+        Preset::mode("amqp-frames").flag("port", port)
+    }
+
     pub fn go(&mut self) {
         self.started.go().expect("sending go to the workload");
     }

@@ -14,12 +14,23 @@ pub struct RabbitMq {
     /// The broker process (beam.smp), the one to trace.
     pub pid: u32,
     pub port: u16,
+    /// The management plugin's HTTP port (`start_with_management`).
+    pub management: Option<u16>,
     pub dir: tempfile::TempDir,
     launcher: Child,
 }
 
 impl RabbitMq {
     pub fn start() -> RabbitMq {
+        RabbitMq::launch(false)
+    }
+
+    /// With the management plugin: its HTTP API is the ground truth of `api`.
+    pub fn start_with_management() -> RabbitMq {
+        RabbitMq::launch(true)
+    }
+
+    fn launch(management: bool) -> RabbitMq {
         assert!(
             Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists(),
             "rabbitmq-server is not installed: run `cargo xtask setup` (it installs Debian's package)"
@@ -28,10 +39,12 @@ impl RabbitMq {
         let (port, dist_port) = (super::free_port(), super::free_port());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-local");
         let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
+        let management = management.then(super::free_port);
         let launcher = Command::new(script)
             .arg(dir.path())
             .arg(port.to_string())
             .arg(dist_port.to_string())
+            .args(management.map(|p| p.to_string()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -40,6 +53,7 @@ impl RabbitMq {
         let mut broker = RabbitMq {
             pid: 0,
             port,
+            management,
             dir,
             launcher,
         };
@@ -53,6 +67,7 @@ impl RabbitMq {
                 .and_then(|p| p.trim().parse().ok());
             if let Some(pid) = pid
                 && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && management.is_none_or(|m| TcpStream::connect(("127.0.0.1", m)).is_ok())
             {
                 broker.pid = pid;
                 return broker;
@@ -68,6 +83,24 @@ impl RabbitMq {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `GET /api/PATH` of the management API (guest/guest), as JSON.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read as _, Write as _};
+        let port = self.management.expect("started with the management plugin");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("management port");
+        // guest:guest, base64.
+        write!(
+            s,
+            "GET /api/{path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+        assert!(head.contains(" 200 "), "{head}");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,0 +1,240 @@
+//! Family `amqp` against the real kernel: the frames of a broker-shaped server of known
+//! traffic (`lavtrace-workload amqp-frames`) must come out exactly, per connection and
+//! method, through every socket call it uses, with frames split down to one byte per
+//! syscall and 16 KiB writes of hundreds of frames; a connection open before attach is
+//! counted from its first whole frame with its unsynced bytes reported; and no body byte or
+//! password reaches the output.
+//!
+//! `LAVTRACE_AMQP_HOOKS` (kprobe|uprobe|auto, default auto) is passed as `--amqp-hooks`, so the
+//! same binary checks the kprobe set on kernels that have kprobes.
+
+mod common;
+
+use common::{Trace, Workload, free_port, require_root};
+use serde_json::Value;
+
+const MARKER: &str = "LAVTRACE-BODY-MARKER-7f3a";
+
+fn hooks_mode() -> String {
+    std::env::var("LAVTRACE_AMQP_HOOKS").unwrap_or_else(|_| "auto".into())
+}
+
+fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
+    let conns = summary["amqp"]["connections"]
+        .as_array()
+        .expect("amqp.connections");
+    let found: Vec<&Value> = conns.iter().filter(|c| pred(c)).collect();
+    assert_eq!(found.len(), 1, "rows: {conns:#?}");
+    found[0]
+}
+
+#[test]
+fn a_broker_shaped_server_is_counted_frame_by_frame() {
+    require_root();
+    let (port, tls_port) = (free_port(), free_port());
+    let mut w = Workload::amqp_frames(port)
+        .flag("marker", MARKER)
+        .flag("tls-port", tls_port)
+        .spawn();
+    let trace = Trace::of(&w)
+        .probes("amqp")
+        .flag("amqp-port", port)
+        .flag("amqps-port", tls_port)
+        .flag("amqp-hooks", hooks_mode())
+        .spawn();
+    let hooks = trace.hooks(Some("amqp"));
+    assert!(!hooks.is_empty(), "no amqp hooks: {:?}", trace.attached);
+    w.go();
+    let lines = w.lines_until_done();
+    let stats: Value = serde_json::from_str(
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("stats "))
+            .expect("stats line"),
+    )
+    .unwrap();
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    assert!(
+        !text.contains(MARKER),
+        "the body/password marker reached the output"
+    );
+    assert!(!text.contains("guest"), "the PLAIN user reached the output");
+    let amqp = &summary["amqp"];
+    assert_eq!(amqp["lost"].as_u64().unwrap_or(0), 0, "{amqp:#}");
+    assert_eq!(amqp["kernel"]["walk_limit"], 0, "{amqp:#}");
+    // The AMQPS connection: counted as TLS, not parsed (no row).
+    assert_eq!(amqp["tls_not_parsed"], 1, "{amqp:#}");
+    assert_eq!(amqp["connections"].as_array().unwrap().len(), 2);
+
+    // The main connection, accepted while traced.
+    let main = row(summary, |c| c["before_attach"] == false);
+    let ex = &stats["main"];
+    for k in [
+        "published",
+        "confirmed",
+        "nacked",
+        "returned",
+        "delivered",
+        "acked",
+        "rejected",
+    ] {
+        assert_eq!(main[k], ex[k], "{k}: {main:#}");
+    }
+    assert_eq!(main["unsynced_bytes"], 0, "{main:#}");
+    assert_eq!(main["desyncs"], 0);
+    assert_eq!(main["frames_in"], stats["main_in"]["frames"], "{main:#}");
+    assert_eq!(main["frames_out"], stats["main_out"]["frames"], "{main:#}");
+    assert_eq!(main["body_bytes_in"], stats["main_in"]["body_bytes"]);
+    assert_eq!(main["body_bytes_out"], stats["main_out"]["body_bytes"]);
+    assert_eq!(
+        main["methods"]["in"], stats["main_in"]["methods"],
+        "{main:#}"
+    );
+    assert_eq!(
+        main["methods"]["out"], stats["main_out"]["methods"],
+        "{main:#}"
+    );
+    assert_eq!(main["heartbeats_in"], 1);
+    assert_eq!(main["heartbeats_out"], 1);
+    assert_eq!(main["vhost"], stats["vhost"]);
+    assert_eq!(main["close"]["code"], 200);
+    assert_eq!(main["close"]["text"], stats["close_text"]);
+    assert_eq!(main["channels_opened"], 1);
+    // publish → confirm: the server confirms after reading all 100 publishes, so only the
+    // last 32 (the channel's ring) have their publish time: exactly those are timed, the
+    // other confirmed or nacked ones untimed, none guessed.
+    assert_eq!(main["confirm_latency"]["count"], 32, "{main:#}");
+    assert_eq!(
+        main["confirm_untimed"].as_u64().unwrap(),
+        ex["confirmed"].as_u64().unwrap() + ex["nacked"].as_u64().unwrap() - 32
+    );
+    // The peer's acks were read before the deliveries were written: none is timed.
+    assert_eq!(main["ack_latency"]["count"], 0);
+    assert_eq!(
+        main["ack_untimed"].as_u64().unwrap(),
+        ex["acked"].as_u64().unwrap() + ex["rejected"].as_u64().unwrap()
+    );
+    assert_eq!(main["unconfirmed"], 0);
+    assert_eq!(main["unacked"], 0);
+    assert_eq!(main["open"], false);
+    assert!(
+        main["local"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
+        "{main:#}"
+    );
+
+    // The connection open before attach: counted from its first whole frame.
+    let pre = row(summary, |c| c["before_attach"] == true);
+    assert_eq!(pre["published"], stats["pre_published"], "{pre:#}");
+    assert_eq!(
+        pre["unsynced_bytes"], stats["pre_unsynced_bytes"],
+        "{pre:#}"
+    );
+    assert_eq!(
+        pre["methods"]["in"]["basic.publish"],
+        stats["pre_published"]
+    );
+    assert_eq!(pre["open"], false);
+    assert_eq!(pre["vhost"], Value::Null);
+    assert_eq!(pre["unconfirmed"], Value::Null);
+
+    let totals = &amqp["totals"];
+    assert_eq!(
+        totals["published"].as_u64().unwrap(),
+        ex["published"].as_u64().unwrap() + stats["pre_published"].as_u64().unwrap()
+    );
+    assert_eq!(totals["delivered"], ex["delivered"]);
+    let vh = amqp["vhosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vhost"] == stats["vhost"])
+        .expect("the vhost roll-up");
+    assert_eq!(vh["connections"], 1);
+    assert_eq!(vh["published"], ex["published"]);
+}
+
+/// RabbitMQ (Debian's package) under the project's own lapin client: N persistent publishes
+/// in confirm mode with a window of W, then all N consumed with manual acks, on one
+/// connection opened after attach; then (`--extras`) 3 publishes to a queue with
+/// x-max-length 1 and x-overflow reject-publish (1 confirmed, 2 nacked by the broker), 3 more
+/// publishes, and 4 basic.gets: 2 acked, 1 rejected, 1 nacked.
+#[test]
+fn rabbitmq_publishes_confirms_deliveries_and_acks_are_exact() {
+    require_root();
+    const N: u64 = 300;
+    let broker = common::rabbitmq::RabbitMq::start_with_management();
+    let mut client = Workload::amqp(&broker.url())
+        .flag("connections", 1)
+        .flag("messages", N)
+        .flag("size", 512)
+        .flag("confirm-window", 25)
+        .switch("extras")
+        .spawn();
+    let trace = Trace::pid(broker.pid)
+        .probes("amqp")
+        .flag("amqp-port", broker.port)
+        .flag("amqp-hooks", hooks_mode())
+        .spawn();
+    client.go();
+    let stats: Value = serde_json::from_str(
+        client
+            .next_line()
+            .expect("client stats")
+            .strip_prefix("stats ")
+            .expect("stats line"),
+    )
+    .unwrap();
+    client.wait_done();
+    client.finish();
+    // The client's own view: the broker nacked 2 (the overflow), 4 gets came back.
+    assert_eq!(stats["published"], N + 6);
+    assert_eq!(stats["confirmed"], N + 4);
+    assert_eq!(stats["nacked"], 2);
+    assert_eq!(stats["consumed"], N);
+    assert_eq!(stats["got"], 4);
+    assert_eq!(stats["get_acked"], 2);
+    assert_eq!(stats["get_rejected"], 2);
+    trace.signal(libc::SIGINT);
+    let records = trace.records();
+    let summary = records.last().unwrap();
+    let conn = row(summary, |c| c["before_attach"] == false);
+    assert_eq!(conn["published"], N + 6, "{conn:#}");
+    assert_eq!(conn["confirmed"], N + 4, "{conn:#}");
+    assert_eq!(conn["nacked"], 2, "{conn:#}");
+    assert_eq!(conn["delivered"], N + 4, "{conn:#}");
+    assert_eq!(conn["acked"], N + 2, "{conn:#}");
+    assert_eq!(conn["rejected"], 2, "{conn:#}");
+    assert_eq!(conn["unsynced_bytes"], 0, "{conn:#}");
+    assert_eq!(conn["desyncs"], 0);
+    let (m_in, m_out) = (&conn["methods"]["in"], &conn["methods"]["out"]);
+    assert_eq!(m_in["basic.publish"], N + 6);
+    assert_eq!(m_in["basic.get"], 4);
+    assert_eq!(m_in["basic.reject"], 1);
+    assert_eq!(m_in["basic.nack"], 1);
+    assert_eq!(m_out["basic.deliver"], N);
+    assert_eq!(m_out["basic.get-ok"], 4);
+    assert_eq!(conn["body_bytes_in"], (N + 6) * 512);
+    assert_eq!(conn["body_bytes_out"], (N + 4) * 512);
+    assert_eq!(conn["vhost"], "/");
+    assert_eq!(conn["methods"]["in"]["connection.start-ok"], 1);
+    // A window of 25 stays inside the channel's ring of 32 publish times: every confirm is
+    // timed. The consumer's prefetch of 100 can outrun the ring: timed + untimed = acked.
+    assert_eq!(conn["confirm_latency"]["count"], N + 6, "{conn:#}");
+    assert_eq!(conn["confirm_untimed"], 0);
+    assert_eq!(
+        conn["ack_latency"]["count"].as_u64().unwrap() + conn["ack_untimed"].as_u64().unwrap(),
+        N + 4
+    );
+    assert_eq!(conn["unconfirmed"], 0);
+    assert_eq!(conn["unacked"], 0);
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    assert!(
+        !text.contains("guest"),
+        "the PLAIN credentials reached the output"
+    );
+}
