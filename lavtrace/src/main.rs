@@ -34,6 +34,7 @@ mod tcp;
 mod threads;
 mod tui;
 mod units;
+mod waits;
 
 use std::process::ExitCode;
 

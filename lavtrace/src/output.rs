@@ -61,6 +61,9 @@ impl Sections {
         for part in &self.parts {
             part.write_text(out, &text);
         }
+        if let Some(w) = crate::waits::DiskWaits::of(self) {
+            w.write_text(out);
+        }
         if let Some(l) = &self.limits {
             let connections = self
                 .get::<crate::tcp::TcpSection>()
@@ -90,6 +93,9 @@ impl Serialize for Sections {
             for (key, value) in part.json().map_err(serde::ser::Error::custom)? {
                 map.serialize_entry(key, &value)?;
             }
+        }
+        if let Some(w) = crate::waits::DiskWaits::of(self) {
+            map.serialize_entry("disk_waits", &w)?;
         }
         if let Some(l) = &self.limits {
             map.serialize_entry("limits", l)?;
