@@ -48,30 +48,45 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut md = String::new();
     header(&mut md, opts)?;
     let mut fig = Figures::default();
-    if opts.wants("hooks") {
-        hooks(&mut md, &lavtrace)?;
-    }
-    if opts.wants("spin") {
-        spin(&mut md, &lavtrace, opts, &mut fig)?;
-    }
-    if opts.wants("broker") {
-        broker(&mut md, &lavtrace, opts, &mut fig)?;
-    }
-    if opts.wants("pipeline") {
-        pipeline(&mut md, &lavtrace, opts)?;
-    }
-    if opts.wants("faults") {
-        faults(&mut md, &lavtrace, opts)?;
-    }
+    // Each section goes to the file as soon as it is measured, and a section that fails says
+    // so there: a broker that does not start late in the run loses nothing measured before.
+    let save = |md: &str| {
+        std::fs::write(&opts.output, md)
+            .with_context(|| format!("writing {}", opts.output.display()))
+    };
+    let mut failed = Vec::new();
+    let mut section = |name: &str,
+                       md: &mut String,
+                       run: &mut dyn FnMut(&mut String) -> Result<()>|
+     -> Result<()> {
+        if opts.wants(name) {
+            if let Err(e) = run(md) {
+                eprintln!("xtask bench: section {name} failed: {e:#}");
+                writeln!(md, "## Section `{name}` failed\n\n`{e:#}`\n")?;
+                failed.push(name.to_string());
+            }
+            save(md)?;
+        }
+        Ok(())
+    };
+    section("hooks", &mut md, &mut |md| hooks(md, &lavtrace))?;
+    section("spin", &mut md, &mut |md| {
+        spin(md, &lavtrace, opts, &mut fig)
+    })?;
+    section("broker", &mut md, &mut |md| {
+        broker(md, &lavtrace, opts, &mut fig)
+    })?;
+    section("pipeline", &mut md, &mut |md| pipeline(md, &lavtrace, opts))?;
+    section("faults", &mut md, &mut |md| faults(md, &lavtrace, opts))?;
     itself(&mut md, &fig)?;
-    if opts.wants("scale") {
-        scale(&mut md, &lavtrace)?;
-    }
+    section("scale", &mut md, &mut |md| scale(md, &lavtrace))?;
     if opts.wants("spin") && opts.wants("broker") {
         targets(&mut md, &fig)?;
     }
-    std::fs::write(&opts.output, md)
-        .with_context(|| format!("writing {}", opts.output.display()))?;
+    save(&md)?;
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join(", "));
+    }
     eprintln!("xtask bench: wrote {}", opts.output.display());
     Ok(())
 }
@@ -655,7 +670,7 @@ fn pipeline(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
 /// Scenario 2: RabbitMQ with a real client, persistent messages with confirms.
 /// Returns lavtrace's own (CPU s, peak RSS MiB) per run of the `--probes syscalls` row.
 fn broker(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -> Result<()> {
-    let rabbit = Rabbit::start()?;
+    let rabbit = Rabbit::start(0)?;
     let (broker_pid, url, port) = (rabbit.pid, rabbit.url(), rabbit.port);
     let tracers = [
         Tracer::None,
@@ -915,9 +930,11 @@ struct Rabbit {
 }
 
 impl Rabbit {
-    fn start() -> Result<Rabbit> {
-        let dir = tempdir()?.join("rabbit");
-        let port = 25000 + (std::process::id() % 5000) as u16;
+    /// `instance`: a broker started after another stopped gets a port and node name of its
+    /// own (the last one's Erlang node may still be going away).
+    fn start(instance: u16) -> Result<Rabbit> {
+        let dir = tempdir()?.join(format!("rabbit-{instance}"));
+        let port = 25000 + (std::process::id() % 2000) as u16 + 2 * instance;
         let mut launcher = Command::new(workspace_root().join("scripts/rabbitmq-local"))
             .arg(&dir)
             .arg(port.to_string())
@@ -1028,7 +1045,7 @@ fn scale(md: &mut String, lavtrace: &Path) -> Result<()> {
     )?;
 
     eprintln!("xtask bench: scale, {HELD} connections held");
-    let rabbit = Rabbit::start()?;
+    let rabbit = Rabbit::start(1)?;
     let url = rabbit.url();
     let held = HELD.to_string();
     let mut wl = Workload::spawn_within(
