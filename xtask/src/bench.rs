@@ -938,7 +938,9 @@ impl Rabbit {
         let mut launcher = Command::new(workspace_root().join("scripts/rabbitmq-local"))
             .arg(&dir)
             .arg(port.to_string())
-            .arg((port + 20000).to_string())
+            // Below the ephemeral range (32768+): a client socket there made the second
+            // broker fail with `dist_port_already_used ... not_erlang`.
+            .arg((port - 10000).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
