@@ -19,7 +19,7 @@ use lavtrace_common::{
     storage::sink,
 };
 
-pub use report::{Bucket, FsyncRow, write_text};
+pub use report::{Bucket, FsyncRow, histogram, write_text};
 use slow::{SlowCall, SlowLog};
 use stats::Latency;
 

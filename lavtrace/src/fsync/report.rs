@@ -63,21 +63,26 @@ pub struct FsyncRow {
     pub display: String,
 }
 
+/// The non-empty range of a latency's log2 buckets, as the JSON rows carry it (the gc
+/// family's distributions too).
+pub fn histogram(l: &Latency) -> Vec<Bucket> {
+    if l.count == 0 {
+        return Vec::new();
+    }
+    let first = l.log2.iter().position(|&n| n > 0).unwrap_or(0);
+    let last = l.log2.iter().rposition(|&n| n > 0).unwrap_or(0);
+    (first..=last)
+        .map(|i| Bucket {
+            lo_ns: bucket_lower(i),
+            hi_ns: bucket_upper(i),
+            count: l.log2[i],
+        })
+        .collect()
+}
+
 impl FsyncRow {
     pub fn new(nr: u32, path: &str, flags: Option<u64>, info: &PathInfo, l: &Latency) -> FsyncRow {
-        let first = l.log2.iter().position(|&n| n > 0).unwrap_or(0);
-        let last = l.log2.iter().rposition(|&n| n > 0).unwrap_or(0);
-        let histogram = if l.count == 0 {
-            Vec::new()
-        } else {
-            (first..=last)
-                .map(|i| Bucket {
-                    lo_ns: bucket_lower(i),
-                    hi_ns: bucket_upper(i),
-                    count: l.log2[i],
-                })
-                .collect()
-        };
+        let histogram = histogram(l);
         FsyncRow {
             syscall: syscall_name(nr),
             path: path.to_string(),

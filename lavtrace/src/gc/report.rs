@@ -13,7 +13,6 @@ use crate::{
         slow::{clock, realtime_minus_monotonic},
         stats::Latency,
     },
-    syscalls::stats::{bucket_lower, bucket_upper},
     threads::ThreadNames,
     units,
 };
@@ -150,13 +149,6 @@ fn keep_longest(log: &mut Vec<Pause>) -> u64 {
     dropped
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Bucket {
-    pub lo_ns: u64,
-    pub hi_ns: u64,
-    pub count: u64,
-}
-
 /// A latency's figures as JSON shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Distribution {
@@ -169,7 +161,7 @@ pub struct Distribution {
     pub p999_ns: u64,
     pub max_ns: u64,
     /// Log2 buckets from the lowest to the highest non-empty one.
-    pub histogram: Vec<Bucket>,
+    pub histogram: Vec<crate::fsync::Bucket>,
     /// Every log2 bucket (the metrics histogram).
     #[serde(skip)]
     pub log2: [u64; lavtrace_common::syscalls::LATENCY_BUCKETS],
@@ -177,19 +169,7 @@ pub struct Distribution {
 
 impl Distribution {
     fn of(l: &Latency) -> Distribution {
-        let first = l.log2.iter().position(|&n| n > 0).unwrap_or(0);
-        let last = l.log2.iter().rposition(|&n| n > 0).unwrap_or(0);
-        let histogram = if l.count == 0 {
-            Vec::new()
-        } else {
-            (first..=last)
-                .map(|i| Bucket {
-                    lo_ns: bucket_lower(i),
-                    hi_ns: bucket_upper(i),
-                    count: l.log2[i],
-                })
-                .collect()
-        };
+        let histogram = crate::fsync::histogram(l);
         Distribution {
             count: l.count,
             total_ns: l.total_ns,
