@@ -33,6 +33,10 @@ pub const LISTEN_MAP: &str = "AMQP_LISTENERS";
 pub const WALK_PROGRAMS: &str = "AMQP_WALK_PROGS";
 /// The tail-called walk (a kprobe-type program: uprobes and kprobes share the type).
 pub const WALK_PROGRAM: &str = "amqp_walk";
+/// The same walk as a tracepoint program, for the tracepoint set, in its own array (a
+/// program array holds programs of one type).
+pub const WALK_PROGRAMS_TP: &str = "AMQP_WALK_PROGS_TP";
+pub const WALK_PROGRAM_TP: &str = "amqp_walk_tp";
 pub const DIAG_MAP: &str = "AMQP_DIAG";
 
 /// The per-cpu diagnostic counters (`DIAG_MAP`).

@@ -17,17 +17,19 @@
 //! are the vhost of connection.open and the reply text of a close (`Event::text`).
 //!
 //! Hook sets (userspace picks one, as for the storage families): kprobes on the syscall
-//! functions (`amqp_k*`, arguments read from the caller's `pt_regs` as `storage::kargs` does)
-//! or uprobes on the target's libc (`amqp_u*`). Both are kprobe-type programs, so both
-//! tail-call the same walk.
+//! functions (`amqp_k*`, arguments read from the caller's `pt_regs` as `storage::kargs` does),
+//! uprobes on the target's libc (`amqp_u*`), or the `syscalls:` tracepoints (`amqp_t*`) for a
+//! session that pays the syscall slow path anyway. The first two are kprobe-type programs and
+//! tail-call `amqp_walk`; a tail call stays within one program type, so the tracepoints
+//! tail-call `amqp_walk_tp`, the same walk.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, generated},
-    macros::{kprobe, kretprobe, map, uprobe, uretprobe},
+    macros::{kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use lavtrace_common::{
     amqp::{
@@ -40,7 +42,11 @@ use lavtrace_common::{
     syscalls::latency_bucket,
 };
 
-use crate::{filter::current_target_task, ring, storage::kargs};
+use crate::{
+    filter::current_target_task,
+    ring,
+    storage::{kargs, tp_args, tp_ret},
+};
 
 #[map]
 static AMQP_CONNS: HashMap<u32, Conn> = HashMap::with_max_entries(MAX_CONNS, 0);
@@ -82,6 +88,10 @@ static AMQP_EVENT_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1,
 
 #[map]
 static AMQP_WALK_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The walk again, as a tracepoint program, for the tracepoint set.
+#[map]
+static AMQP_WALK_PROGS_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[map]
 static AMQP_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::LEN, 0);
@@ -233,8 +243,9 @@ fn enter_close(fd: u64) {
 
 // Exit: sets up the transfer, then the walk.
 
+/// `walk`: the program array holding the walk of the caller's program type.
 #[inline(always)]
-fn exit<C: EbpfContext>(ctx: &C, ret: i64) {
+fn exit<C: EbpfContext>(ctx: &C, walk: &ProgramArray, ret: i64) {
     let Some((_, tid)) = current_target_task() else {
         return;
     };
@@ -278,8 +289,8 @@ fn exit<C: EbpfContext>(ctx: &C, ret: i64) {
             _pad: 0,
         };
     }
-    // SAFETY: the slot holds `amqp_walk` (userspace sets it before any attach).
-    unsafe { AMQP_WALK_PROGS.tail_call(ctx, 0) };
+    // SAFETY: the slot holds the walk (userspace sets it before any attach).
+    unsafe { walk.tail_call(ctx, 0) };
     count_diag(diag::WALK_LIMIT);
 }
 
@@ -334,6 +345,18 @@ fn accepted(fd: u32) {
 /// One run of the walk over the transfer in `AMQP_XFER`.
 #[kprobe]
 pub fn amqp_walk(ctx: ProbeContext) -> u32 {
+    walk_run(&ctx, &AMQP_WALK_PROGS)
+}
+
+/// `amqp_walk` for the tracepoint set.
+#[tracepoint]
+pub fn amqp_walk_tp(ctx: TracePointContext) -> u32 {
+    walk_run(&ctx, &AMQP_WALK_PROGS_TP)
+}
+
+/// `progs` holds the calling program itself.
+#[inline(always)]
+fn walk_run<C: EbpfContext>(ctx: &C, progs: &ProgramArray) -> u32 {
     for _ in 0..STEPS_PER_RUN {
         if amqp_walk_step() == 0 {
             return 0;
@@ -347,7 +370,7 @@ pub fn amqp_walk(ctx: ProbeContext) -> u32 {
     t.runs += 1;
     if t.runs < RUNS_PER_TRANSFER {
         // SAFETY: the slot holds this program.
-        unsafe { AMQP_WALK_PROGS.tail_call(&ctx, 0) };
+        unsafe { progs.tail_call(ctx, 0) };
     }
     // Out of runs (or the tail call failed): what is left is not walked.
     count_diag(diag::WALK_LIMIT);
@@ -1008,7 +1031,7 @@ pub fn amqp_kclose(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn amqp_kexit(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<i64>();
-    exit(&ctx, ret);
+    exit(&ctx, &AMQP_WALK_PROGS, ret);
     0
 }
 
@@ -1082,13 +1105,76 @@ pub fn amqp_uclose(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn amqp_uexit(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<i64>();
-    exit(&ctx, ret);
+    exit(&ctx, &AMQP_WALK_PROGS, ret);
     0
 }
 
 #[uretprobe]
 pub fn amqp_uexit_accept(ctx: RetProbeContext) -> u32 {
     let ret = i64::from(ctx.ret::<i32>());
-    exit(&ctx, ret);
+    exit(&ctx, &AMQP_WALK_PROGS, ret);
+    0
+}
+
+// The tracepoint set: `syscalls:sys_{enter,exit}_*` (one record layout for all of them, see
+// `storage`). recv and send are recvfrom and sendto in the kernel.
+
+#[tracepoint]
+pub fn amqp_tenter_read(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], IN, call::PLAIN);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_write(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], OUT, call::PLAIN);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_readv(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], IN, call::IOV);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_writev(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], OUT, call::IOV);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_recvmsg(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<2>(&ctx);
+    enter(a[0], a[1], 0, IN | 2, call::IOV);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_sendmsg(ctx: TracePointContext) -> u32 {
+    let a = tp_args::<2>(&ctx);
+    enter(a[0], a[1], 0, OUT | 2, call::IOV);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_accept(ctx: TracePointContext) -> u32 {
+    enter_accept(tp_args::<1>(&ctx)[0]);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tclose(ctx: TracePointContext) -> u32 {
+    enter_close(tp_args::<1>(&ctx)[0]);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_texit(ctx: TracePointContext) -> u32 {
+    exit(&ctx, &AMQP_WALK_PROGS_TP, tp_ret(&ctx));
     0
 }

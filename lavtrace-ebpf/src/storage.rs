@@ -171,14 +171,22 @@ pub fn enter<const N: usize>(ctx: &TracePointContext, owner: Owner) {
         return;
     };
     let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
-    save(tid, nr, 0, read_args::<N>(ctx), owner);
+    save(tid, nr, 0, tp_args::<N>(ctx), owner);
 }
 
+/// The first `N` arguments of a `syscalls:sys_enter_*` record (the amqp family's tracepoints
+/// read them too).
 #[inline(always)]
-fn read_args<const N: usize>(ctx: &TracePointContext) -> [u64; MAX_ARGS] {
+pub(crate) fn tp_args<const N: usize>(ctx: &TracePointContext) -> [u64; MAX_ARGS] {
     let mut args = [0u64; MAX_ARGS];
     field::read_u64s::<N>(ctx, &STORAGE_ARGS_OFFSET, &mut args);
     args
+}
+
+/// `ret` of a `syscalls:sys_exit_*` record.
+#[inline(always)]
+pub(crate) fn tp_ret(ctx: &TracePointContext) -> i64 {
+    field::read(ctx, &STORAGE_RET_OFFSET)
 }
 
 #[inline(always)]
@@ -209,7 +217,7 @@ pub fn finish(ctx: &TracePointContext) -> Option<CallEvent> {
     // SAFETY: as above.
     unsafe { (*slot).start_ns = 0 };
     let nr = field::read::<i32>(ctx, &STORAGE_NR_OFFSET) as u32;
-    let ret: i64 = field::read(ctx, &STORAGE_RET_OFFSET);
+    let ret = tp_ret(ctx);
     if nr != entry.nr {
         return None; // an entry whose exit we never saw (attached mid-call)
     }
@@ -327,7 +335,7 @@ pub fn storage_fd_fcntl(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };
-    let args = read_args::<2>(&ctx);
+    let args = tp_args::<2>(&ctx);
     if args[1] == F_DUPFD || args[1] == F_DUPFD_CLOEXEC {
         let nr = field::read::<i32>(&ctx, &STORAGE_NR_OFFSET) as u32;
         save(tid, nr, 0, args, Owner::Shared);
@@ -364,7 +372,7 @@ pub fn storage_fd_close(ctx: TracePointContext) -> u32 {
     let Some((_, tid)) = current_target_task() else {
         return 0;
     };
-    closed(tid, read_args::<1>(&ctx)[0]);
+    closed(tid, tp_args::<1>(&ctx)[0]);
     0
 }
 

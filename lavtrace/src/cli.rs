@@ -173,8 +173,9 @@ pub struct ReportArgs {
     /// counted as TLS, not parsed.
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqps_port: Vec<u16>,
-    /// Hooks of the amqp family: kprobes on the syscall functions where the kernel has them
-    /// (auto), else uprobes on the target's glibc; or force a set (tests cover each).
+    /// Hooks of the amqp family: the syscall tracepoints when the syscalls family is on
+    /// (auto), else kprobes on the syscall functions where the kernel has them, else uprobes on
+    /// the target's glibc; or force a set (tests cover each).
     #[arg(long, hide = true, value_enum, default_value_t = AmqpHooks::Auto)]
     pub amqp_hooks: AmqpHooks,
     /// Print every durability call (fsync family) slower than this as it happens, e.g. 10ms.
@@ -251,6 +252,7 @@ impl ReportArgs {
                 AmqpHooks::Auto => crate::amqp::hooks::Mode::Auto,
                 AmqpHooks::Kprobe => crate::amqp::hooks::Mode::Kprobe,
                 AmqpHooks::Uprobe => crate::amqp::hooks::Mode::Uprobe,
+                AmqpHooks::Tracepoint => crate::amqp::hooks::Mode::Tracepoint,
             },
             // Set by the session from the families it loads.
             syscall_slow_path: false,
@@ -393,11 +395,14 @@ pub enum TcpHooks {
 /// `--amqp-hooks` (`amqp::hooks::Mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum AmqpHooks {
-    /// kprobes on the syscall functions, else uprobes on the target's glibc.
+    /// The syscall tracepoints when the syscalls family is on, else kprobes on the syscall
+    /// functions, else uprobes on the target's glibc.
     #[default]
     Auto,
     Kprobe,
     Uprobe,
+    /// `syscalls:*` tracepoints: every thread of the host on the syscall slow path.
+    Tracepoint,
 }
 
 /// `--storage-hooks` (the storage families' `hooks::Mode`).

@@ -84,7 +84,10 @@ impl Session {
             .filter(|e| entries.iter().any(|w| w.name == e.name))
             .collect();
         let options = &Options {
-            syscall_slow_path: entries.iter().any(|e| e.syscall_slow_path),
+            // On a duty cycle the slow path is paid only part of the time: another family's
+            // syscall tracepoints would pin it on for good.
+            syscall_slow_path: options.syscalls_sample.is_none()
+                && entries.iter().any(|e| e.syscall_slow_path),
             ..options.clone()
         };
         let mut overrides = Overrides::default();

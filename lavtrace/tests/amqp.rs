@@ -5,7 +5,7 @@
 //! counted from its first whole frame with its unsynced bytes reported; and no body byte or
 //! password reaches the output.
 //!
-//! `LAVTRACE_AMQP_HOOKS` (kprobe|uprobe|auto, default auto) is passed as `--amqp-hooks`, so the
+//! `LAVTRACE_AMQP_HOOKS` (kprobe|uprobe|tracepoint|auto, default auto) is passed as `--amqp-hooks`, so the
 //! same binary checks the kprobe set on kernels that have kprobes.
 
 mod common;
@@ -31,19 +31,50 @@ fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
 #[test]
 fn a_broker_shaped_server_is_counted_frame_by_frame() {
     require_root();
+    broker_shaped_server_exact("amqp", &hooks_mode());
+}
+
+/// With the syscalls family on, the session pays the syscall slow path anyway and auto takes
+/// the `syscalls:` tracepoints (a program run per data call, where a uprobe traps): the same
+/// figures, exactly.
+#[test]
+fn with_the_syscalls_family_on_auto_takes_the_syscall_tracepoints_and_stays_exact() {
+    require_root();
+    let vias = broker_shaped_server_exact("syscalls,amqp", "auto");
+    assert!(
+        vias.iter().all(|v| v.starts_with("tracepoint syscalls:")),
+        "{vias:?}"
+    );
+}
+
+/// The tracepoint set forced on its own (every thread of the host on the slow path).
+#[test]
+fn the_forced_tracepoint_set_is_exact() {
+    require_root();
+    broker_shaped_server_exact("amqp", "tracepoint");
+}
+
+/// Runs `lavtrace-workload amqp-frames` under `--probes probes --amqp-hooks hooks`, checks
+/// every figure against the workload's own account, and returns how the amqp hooks were
+/// attached.
+fn broker_shaped_server_exact(probes: &str, hooks: &str) -> Vec<String> {
     let (port, tls_port) = (free_port(), free_port());
     let mut w = Workload::amqp_frames(port)
         .flag("marker", MARKER)
         .flag("tls-port", tls_port)
         .spawn();
     let trace = Trace::of(&w)
-        .probes("amqp")
+        .probes(probes)
         .flag("amqp-port", port)
         .flag("amqps-port", tls_port)
-        .flag("amqp-hooks", hooks_mode())
+        .flag("amqp-hooks", hooks)
         .spawn();
-    let hooks = trace.hooks(Some("amqp"));
-    assert!(!hooks.is_empty(), "no amqp hooks: {:?}", trace.attached);
+    let vias: Vec<String> = trace
+        .hooks(Some("amqp"))
+        .into_iter()
+        .map(|(_, via)| via.to_string())
+        .collect();
+    assert!(!vias.is_empty(), "no amqp hooks: {:?}", trace.attached);
     w.go();
     let lines = w.lines_until_done();
     let stats: Value = serde_json::from_str(
@@ -156,6 +187,7 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
         .expect("the vhost roll-up");
     assert_eq!(vh["connections"], 1);
     assert_eq!(vh["published"], ex["published"]);
+    vias
 }
 
 /// RabbitMQ (Debian's package) under the project's own lapin client: N persistent publishes

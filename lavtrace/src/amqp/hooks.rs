@@ -8,23 +8,31 @@
 //! - **uprobes** on the target's glibc, for its pid only: nothing for other processes; calls
 //!   that bypass libc (a raw `syscall`, a static binary) are not seen.
 //!
-//! No syscall tracepoint set: it would put every thread of the host on the slow syscall path
-//! for a family in the default set. Where neither set can be had, the family says so in its
-//! section and in `check` (never silent), and traces nothing.
-
-use std::collections::HashSet;
+//! - **tracepoints** `syscalls:sys_{enter,exit}_*`: only when the session pays the syscall
+//!   slow path anyway (the syscalls family): they then add one program run per data call to
+//!   other processes, against a trap per call for the target with uprobes. On their own they
+//!   would put every thread of the host on the slow syscall path, so auto never takes them
+//!   then.
+//!
+//! Where no set can be had, the family says so in its section and in `check` (never
+//! silent), and traces nothing.
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, maps::ProgramArray, programs::KProbe};
-use lavtrace_common::amqp::{WALK_PROGRAM, WALK_PROGRAMS};
+use aya::{
+    Ebpf,
+    maps::ProgramArray,
+    programs::{Program, ProgramError, ProgramFd},
+};
+use lavtrace_common::amqp::{WALK_PROGRAM, WALK_PROGRAM_TP, WALK_PROGRAMS, WALK_PROGRAMS_TP};
 use tracing::{info, warn};
 
 use crate::{
-    kernel::{
-        Hook, kprobe, tracefs,
-        uprobe::{self, Library},
+    error::Fatal,
+    kernel::{Hook, kprobe, tracefs, uprobe::Library},
+    storage::{
+        self,
+        hooks::{Table, UprobeSpec},
     },
-    storage::hooks::{Table, UprobeSpec, places},
 };
 
 const READ: &[&str] = &["read", "__read", "__libc_read"];
@@ -51,7 +59,40 @@ const fn u(program: &'static str, functions: &'static [&'static [&'static str]])
 
 /// Exits before entries: attached in that order, no entry is saved without its exit.
 pub const TABLE: Table = Table {
-    tracepoints: &[],
+    tracepoints: &[
+        (
+            "amqp_texit",
+            &[
+                "sys_exit_read",
+                "sys_exit_write",
+                "sys_exit_readv",
+                "sys_exit_writev",
+                "sys_exit_recvfrom",
+                "sys_exit_sendto",
+                "sys_exit_recvmsg",
+                "sys_exit_sendmsg",
+                "sys_exit_accept",
+                "sys_exit_accept4",
+            ],
+        ),
+        (
+            "amqp_tenter_read",
+            &["sys_enter_read", "sys_enter_recvfrom"],
+        ),
+        (
+            "amqp_tenter_write",
+            &["sys_enter_write", "sys_enter_sendto"],
+        ),
+        ("amqp_tenter_readv", &["sys_enter_readv"]),
+        ("amqp_tenter_writev", &["sys_enter_writev"]),
+        ("amqp_tenter_recvmsg", &["sys_enter_recvmsg"]),
+        ("amqp_tenter_sendmsg", &["sys_enter_sendmsg"]),
+        (
+            "amqp_tenter_accept",
+            &["sys_enter_accept", "sys_enter_accept4"],
+        ),
+        ("amqp_tclose", &["sys_enter_close"]),
+    ],
     uprobes: &[
         u(
             "amqp_uexit",
@@ -91,77 +132,124 @@ pub const TABLE: Table = Table {
 /// Which set (`--amqp-hooks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
-    /// kprobes where the kernel has them, else uprobes on the target's glibc.
+    /// The tracepoints when the session pays the syscall slow path anyway (the syscalls
+    /// family is on); else kprobes where the kernel has them, else uprobes on the target's
+    /// glibc.
     #[default]
     Auto,
     Kprobe,
     Uprobe,
+    Tracepoint,
 }
 
-/// The walk is tail-called by every exit program: loaded and in its slot before any attach.
-fn install_walk(ebpf: &mut Ebpf) -> Result<()> {
-    let prog: &mut KProbe = ebpf
-        .program_mut(WALK_PROGRAM)
-        .context("program amqp_walk missing")?
-        .try_into()?;
-    if prog.fd().is_err() {
-        prog.load()
-            .context("the kernel rejected program amqp_walk")?;
+/// The walk is tail-called by every exit program: loaded and in the slot of each program
+/// type's array before any attach.
+fn install_walks(ebpf: &mut Ebpf) -> Result<()> {
+    for (program, array) in [
+        (WALK_PROGRAM, WALK_PROGRAMS),
+        (WALK_PROGRAM_TP, WALK_PROGRAMS_TP),
+    ] {
+        let fd = walk_fd(ebpf, program)?;
+        let mut progs = ProgramArray::try_from(
+            ebpf.map_mut(array)
+                .with_context(|| format!("map {array} missing"))?,
+        )?;
+        progs.set(0, &fd, 0).context("installing the frame walk")?;
     }
-    let fd = prog.fd()?.try_clone()?;
-    let mut progs = ProgramArray::try_from(
-        ebpf.map_mut(WALK_PROGRAMS)
-            .context("map AMQP_WALK_PROGS missing")?,
-    )?;
-    progs.set(0, &fd, 0).context("installing the frame walk")?;
     Ok(())
 }
 
-/// Attaches the first set of `mode` that attaches. Ok(Err(why)): no set could be had (auto
-/// only: the family then traces nothing and says why).
-pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: Mode) -> Result<Result<Vec<Hook>, String>> {
-    install_walk(ebpf)?;
+/// `program` loaded (once), and its fd.
+fn walk_fd(ebpf: &mut Ebpf, program: &str) -> Result<ProgramFd> {
+    let prog = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing"))?;
+    let loaded = |r: Result<(), ProgramError>| {
+        r.with_context(|| format!("the kernel rejected program {program}"))
+    };
+    // aya has one `load` per program type, no trait: one arm per type of walk.
+    let fd = match prog {
+        Program::KProbe(p) => {
+            if p.fd().is_err() {
+                loaded(p.load())?;
+            }
+            p.fd()?
+        }
+        Program::TracePoint(p) => {
+            if p.fd().is_err() {
+                loaded(p.load())?;
+            }
+            p.fd()?
+        }
+        _ => anyhow::bail!("program {program} is of an unexpected type"),
+    };
+    Ok(fd.try_clone()?)
+}
+
+/// Attaches the first set of `mode` that attaches. `syscall_slow_path`: another family of the
+/// session already puts every thread on the slow syscall path, so the tracepoints cost the
+/// host nothing more (and a target-only hook would cost the target more: a uprobe traps).
+/// Ok(Err(why)): no set could be had (auto only: the family then traces nothing and says
+/// why).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    mode: Mode,
+    syscall_slow_path: bool,
+) -> Result<Result<Vec<Hook>, String>> {
+    install_walks(ebpf)?;
     let tracefs = tracefs::tracefs_dir().unwrap_or(tracefs::TRACEFS_DIRS[0]);
+    let tables = &[&TABLE];
     let mut why = Vec::new();
+    if mode == Mode::Tracepoint || (mode == Mode::Auto && syscall_slow_path) {
+        match storage::hooks::attach_tracepoints(ebpf, super::FAMILY, tables) {
+            Ok(hooks) => return Ok(Ok(hooks)),
+            Err(e) if mode == Mode::Auto => {
+                warn!("amqp: the tracepoint set failed, trying the others: {e:#}");
+                why.push(format!("tracepoints: {e:#}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     if matches!(mode, Mode::Auto | Mode::Kprobe) {
         // Auto takes kprobes from 6.1 on only, as the storage families do: in the 5.10
         // guest the kretprobes of blocking reads missed every inbound transfer of the target
         // (frames_in 0, nothing counted as lost; the outbound ones were exact).
         let functions = kprobe::syscall_functions(tracefs).and_then(|f| {
             if mode == Mode::Auto {
-                crate::storage::hooks::kprobes_proven_here().map(|()| f)
+                storage::hooks::kprobes_proven_here().map(|()| f)
             } else {
                 Ok(f)
             }
         });
         match functions {
-            Ok(functions) => match attach_kprobes(ebpf, &functions) {
-                Ok(hooks) => return Ok(Ok(hooks)),
-                Err(e) if mode == Mode::Auto => {
-                    warn!("amqp: the kprobe set failed, trying uprobes: {e:#}");
-                    why.push(format!("kprobes: {e:#}"));
+            Ok(functions) => {
+                match storage::hooks::attach_kprobes(ebpf, super::FAMILY, tables, &functions) {
+                    Ok(hooks) => return Ok(Ok(hooks)),
+                    Err(e) if mode == Mode::Auto => {
+                        warn!("amqp: the kprobe set failed, trying uprobes: {e:#}");
+                        why.push(format!("kprobes: {e:#}"));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
             Err(e) if mode == Mode::Kprobe => {
-                return Err(
-                    crate::error::Fatal::Unsupported(format!("--amqp-hooks kprobe: {e}")).into(),
-                );
+                return Err(Fatal::Unsupported(format!("--amqp-hooks kprobe: {e}")).into());
             }
             Err(e) => why.push(format!("no kprobes: {e}")),
         }
     }
     if matches!(mode, Mode::Auto | Mode::Uprobe) {
         match Library::of(pid, "libc.so.6") {
-            Ok(lib) => match attach_uprobes(ebpf, &lib, pid) {
-                Ok(hooks) => return Ok(Ok(hooks)),
-                Err(e) if mode == Mode::Auto => why.push(format!("uprobes: {e:#}")),
-                Err(e) => return Err(e),
-            },
+            Ok(lib) => {
+                match storage::hooks::attach_uprobes(ebpf, super::FAMILY, tables, &lib, pid) {
+                    Ok(hooks) => return Ok(Ok(hooks)),
+                    Err(e) if mode == Mode::Auto => why.push(format!("uprobes: {e:#}")),
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) if mode == Mode::Uprobe => {
-                return Err(
-                    crate::error::Fatal::Unsupported(format!("--amqp-hooks uprobe: {e}")).into(),
-                );
+                return Err(Fatal::Unsupported(format!("--amqp-hooks uprobe: {e}")).into());
             }
             Err(e) => why.push(format!("no uprobes: {e}")),
         }
@@ -171,76 +259,24 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, mode: Mode) -> Result<Result<Vec<Hook>,
     Ok(Err(why))
 }
 
-fn attach_kprobes(ebpf: &mut Ebpf, functions: &HashSet<String>) -> Result<Vec<Hook>> {
-    let mut hooks = Vec::new();
-    let result = (|| -> Result<()> {
-        for (program, syscalls) in TABLE.kprobes {
-            if let Some(missing) = syscalls.iter().find(|s| !functions.contains(**s)) {
-                anyhow::bail!("no {}{missing} in /proc/kallsyms", kprobe::SYSCALL_PREFIX);
-            }
-            for syscall in *syscalls {
-                hooks.push(kprobe::attach_syscall(
-                    ebpf,
-                    super::FAMILY,
-                    program,
-                    syscall,
-                )?);
-            }
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(hooks),
-        Err(e) => {
-            for (program, _) in TABLE.kprobes {
-                crate::kernel::unload(ebpf, program);
-            }
-            Err(e)
-        }
-    }
-}
-
-fn attach_uprobes(ebpf: &mut Ebpf, lib: &Library, pid: u32) -> Result<Vec<Hook>> {
-    let mut hooks = Vec::new();
-    let result = (|| -> Result<()> {
-        for spec in TABLE.uprobes {
-            for (name, offset) in places(spec, lib)? {
-                hooks.push(uprobe::attach_uprobe(
-                    ebpf,
-                    super::FAMILY,
-                    spec.program,
-                    lib,
-                    name,
-                    offset,
-                    pid,
-                )?);
-            }
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(hooks),
-        Err(e) => {
-            for spec in TABLE.uprobes {
-                crate::kernel::unload(ebpf, spec.program);
-            }
-            Err(e)
-        }
-    }
-}
-
-/// `kprobe`, `uprobe`, or `none`.
+/// `kprobe`, `uprobe`, `tracepoint`, or `none`.
 pub fn set_kind(hooks: &[Hook]) -> &'static str {
     match hooks.first().map(|h| h.via.as_str()) {
         Some(v) if v.starts_with('k') => "kprobe",
-        Some(_) => "uprobe",
+        Some(v) if v.starts_with('u') => "uprobe",
+        Some(_) => "tracepoint",
         None => "none",
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use aya::programs::{KProbe, TracePoint, UProbe};
+
     use super::*;
+    use crate::storage::hooks::places;
 
     /// Every libc function of the uprobe set is in this process's glibc, each address once
     /// per program.
@@ -263,17 +299,21 @@ mod tests {
             lavtrace_common::storage::SYSCALL_ARG_OFFSETS,
             &kprobe::SYSCALL_ARG_OFFSETS,
         );
+        overrides.fields(super::super::FAMILY, lavtrace_common::storage::FIELDS);
         let mut ebpf = crate::kernel::load(&overrides).unwrap();
-        install_walk(&mut ebpf).unwrap();
+        install_walks(&mut ebpf).unwrap();
         for (program, _) in TABLE.kprobes {
             let prog: &mut KProbe = ebpf.program_mut(program).unwrap().try_into().unwrap();
             prog.load().unwrap_or_else(|e| panic!("{program}: {e:#}"));
         }
         for spec in TABLE.uprobes {
-            let prog: &mut aya::programs::UProbe =
-                ebpf.program_mut(spec.program).unwrap().try_into().unwrap();
+            let prog: &mut UProbe = ebpf.program_mut(spec.program).unwrap().try_into().unwrap();
             prog.load()
                 .unwrap_or_else(|e| panic!("{}: {e:#}", spec.program));
+        }
+        for (program, _) in TABLE.tracepoints {
+            let prog: &mut TracePoint = ebpf.program_mut(program).unwrap().try_into().unwrap();
+            prog.load().unwrap_or_else(|e| panic!("{program}: {e:#}"));
         }
     }
 }

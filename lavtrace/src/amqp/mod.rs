@@ -165,6 +165,8 @@ pub struct Tracer {
 
 impl Family for Tracer {
     const NAME: &'static str = FAMILY;
+    /// The tracepoint set's records (`hooks`): the storage families' syscall record layout.
+    const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::storage::FIELDS;
     const ABOUT: &'static str = "AMQP 0-9-1 per connection from the kernel: methods, publishes, confirms, deliveries, acks (no body leaves the kernel)";
     const LOST_SLOT: Option<u32> = Some(lost::AMQP);
 
@@ -187,10 +189,11 @@ impl Family for Tracer {
         ports.dedup();
         // A port given as both is TLS: never parsed.
         ports.retain(|p| !tls_ports.contains(p));
-        let (hooks, not_traced) = match hooks::attach(ebpf, pid, options.amqp_hooks)? {
-            Ok(h) => (h, None),
-            Err(why) => (Vec::new(), Some(why)),
-        };
+        let (hooks, not_traced) =
+            match hooks::attach(ebpf, pid, options.amqp_hooks, options.syscall_slow_path)? {
+                Ok(h) => (h, None),
+                Err(why) => (Vec::new(), Some(why)),
+            };
         let kind = hooks::set_kind(&hooks);
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)

@@ -386,9 +386,11 @@ pub fn attach(
     let mut last_err = None;
     for set in sets {
         let attempt = match (set, &caps.libc, &caps.syscalls) {
-            (Set::Kprobe, _, Ok(syscalls)) => attach_kprobes(ebpf, family, own, syscalls),
-            (Set::Uprobe, Ok(lib), _) => attach_uprobes(ebpf, family, own, lib, pid),
-            (Set::Tracepoint, _, _) => attach_tracepoints(ebpf, family, own),
+            (Set::Kprobe, _, Ok(syscalls)) => {
+                attach_kprobes(ebpf, family, &[own, &SHARED], syscalls)
+            }
+            (Set::Uprobe, Ok(lib), _) => attach_uprobes(ebpf, family, &[own, &SHARED], lib, pid),
+            (Set::Tracepoint, _, _) => attach_tracepoints(ebpf, family, &[own, &SHARED]),
             _ => Err(anyhow::anyhow!("{set:?}: not available")),
         };
         match attempt {
@@ -403,101 +405,91 @@ pub fn attach(
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{family}: no hook set to attach")))
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, family: &'static str, own: &Table) -> Result<Vec<Hook>> {
-    let mut hooks = Vec::new();
-    for table in [own, &SHARED] {
-        for (program, tps) in table.tracepoints {
-            hooks.extend(super::attach(ebpf, family, program, tps)?);
-        }
-    }
-    Ok(hooks)
-}
-
-/// The uprobe set of `own` and the shared programs not loaded yet (the other family's
-/// attach may have loaded them). On failure, what this call loaded is unloaded again.
-fn attach_uprobes(
+/// The tracepoint set of `tables`' programs not loaded yet (the other storage family's attach
+/// may have loaded the shared ones). On failure, what this call loaded is unloaded again.
+pub(crate) fn attach_tracepoints(
     ebpf: &mut Ebpf,
     family: &'static str,
-    own: &Table,
+    tables: &[&Table],
+) -> Result<Vec<Hook>> {
+    let programs = tables.iter().flat_map(|t| t.tracepoints.iter().copied());
+    all_or_none(ebpf, programs, |ebpf, program, tps| {
+        super::attach(ebpf, family, program, tps)
+    })
+}
+
+/// The uprobe set of `tables`' programs not loaded yet, for `pid` only; on failure, what this
+/// call loaded is unloaded again.
+pub(crate) fn attach_uprobes(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    tables: &[&Table],
     lib: &Library,
     pid: u32,
 ) -> Result<Vec<Hook>> {
-    let mut hooks = Vec::new();
-    let mut loaded: Vec<&'static str> = Vec::new();
-    let result = (|| -> Result<()> {
-        for table in [own, &SHARED] {
-            for spec in table.uprobes {
-                if is_loaded(ebpf, spec.program) && !loaded.contains(&spec.program) {
-                    continue;
-                }
-                let places = places(spec, lib)?;
-                loaded.push(spec.program);
-                for (name, offset) in places {
-                    hooks.push(uprobe::attach_uprobe(
-                        ebpf,
-                        family,
-                        spec.program,
-                        lib,
-                        name,
-                        offset,
-                        pid,
-                    )?);
-                }
-            }
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(hooks),
-        Err(e) => {
-            for program in loaded {
-                crate::kernel::unload(ebpf, program);
-            }
-            Err(e)
-        }
-    }
+    let programs = tables
+        .iter()
+        .flat_map(|t| t.uprobes.iter().map(|spec| (spec.program, spec)));
+    all_or_none(ebpf, programs, |ebpf, program, spec| {
+        places(spec, lib)?
+            .into_iter()
+            .map(|(name, offset)| {
+                uprobe::attach_uprobe(ebpf, family, program, lib, name, offset, pid)
+            })
+            .collect()
+    })
 }
 
-/// The kprobe set of `own` and the shared programs not loaded yet; on failure, what this call
-/// loaded is unloaded again.
-fn attach_kprobes(
+/// The kprobe set of `tables`' programs not loaded yet; on failure, what this call loaded is
+/// unloaded again.
+pub(crate) fn attach_kprobes(
     ebpf: &mut Ebpf,
     family: &'static str,
-    own: &Table,
+    tables: &[&Table],
     functions: &HashSet<String>,
+) -> Result<Vec<Hook>> {
+    let programs = tables.iter().flat_map(|t| t.kprobes.iter().copied());
+    all_or_none(ebpf, programs, |ebpf, program, syscalls| {
+        if let Some(missing) = syscalls.iter().find(|s| !functions.contains(**s)) {
+            return Err(Fatal::Unsupported(format!(
+                "no {}{missing} in /proc/kallsyms (program {program})",
+                kprobe::SYSCALL_PREFIX
+            ))
+            .into());
+        }
+        syscalls
+            .iter()
+            .map(|syscall| kprobe::attach_syscall(ebpf, family, program, syscall))
+            .collect()
+    })
+}
+
+/// Attaches each of `programs` that is not loaded yet with `attach_one`. When one fails, every
+/// program this call loaded is unloaded again before the error returns: a set that failed
+/// half-way must leave nothing attached (the next set tried would count a call twice).
+fn all_or_none<T>(
+    ebpf: &mut Ebpf,
+    programs: impl IntoIterator<Item = (&'static str, T)>,
+    mut attach_one: impl FnMut(&mut Ebpf, &'static str, T) -> Result<Vec<Hook>>,
 ) -> Result<Vec<Hook>> {
     let mut hooks = Vec::new();
     let mut loaded: Vec<&'static str> = Vec::new();
-    let result = (|| -> Result<()> {
-        for table in [own, &SHARED] {
-            for (program, syscalls) in table.kprobes {
-                if is_loaded(ebpf, program) && !loaded.contains(program) {
-                    continue;
-                }
-                if let Some(missing) = syscalls.iter().find(|s| !functions.contains(**s)) {
-                    return Err(Fatal::Unsupported(format!(
-                        "no {}{missing} in /proc/kallsyms (program {program})",
-                        kprobe::SYSCALL_PREFIX
-                    ))
-                    .into());
-                }
-                loaded.push(program);
-                for syscall in *syscalls {
-                    hooks.push(kprobe::attach_syscall(ebpf, family, program, syscall)?);
-                }
-            }
+    for (program, what) in programs {
+        if is_loaded(ebpf, program) && !loaded.contains(&program) {
+            continue;
         }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(hooks),
-        Err(e) => {
-            for program in loaded {
-                crate::kernel::unload(ebpf, program);
+        loaded.push(program);
+        match attach_one(ebpf, program, what) {
+            Ok(h) => hooks.extend(h),
+            Err(e) => {
+                for program in loaded {
+                    crate::kernel::unload(ebpf, program);
+                }
+                return Err(e);
             }
-            Err(e)
         }
     }
+    Ok(hooks)
 }
 
 fn is_loaded(ebpf: &Ebpf, program: &str) -> bool {
