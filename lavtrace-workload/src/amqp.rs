@@ -6,6 +6,9 @@
 //! queue with publisher confirms; then the first connection consumes and acks them all; then
 //! every connection is closed by the client. Prints one `stats {json}` line before `done`.
 //!
+//! With `--transient`, lavinmqperf's default load: non-persistent messages, a non-durable
+//! queue, no confirms.
+//!
 //! With `--held N`, N connections are opened before `ready` (a broker with many long-lived
 //! connections when the tracer attaches): the publishing load then runs on the first
 //! `--connections` of them, and all N are closed at the end. Their client ports are in
@@ -58,6 +61,10 @@ pub struct Args {
     /// it: one rejected, one nacked, one acked.
     #[arg(long)]
     pub extras: bool,
+    /// lavinmqperf's default load instead: non-persistent messages to a non-durable queue,
+    /// without publisher confirms (`confirmed` stays 0).
+    #[arg(long)]
+    pub transient: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -253,7 +260,11 @@ async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Er
     let idle = connections.split_off(wanted.min(connections.len()));
     stats.connections = connections.len() as u32;
     let body = vec![b'm'; args.size];
-    let properties = BasicProperties::default().with_delivery_mode(2); // persistent
+    let properties = BasicProperties::default().with_delivery_mode(if args.transient {
+        1
+    } else {
+        2 // persistent
+    });
     let per_connection = args.messages.div_ceil(stats.connections);
     let mut remaining = args.messages;
     for (i, conn) in connections.iter().enumerate() {
@@ -262,14 +273,21 @@ async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Er
             channel
                 .queue_declare(
                     args.queue.as_str().into(),
-                    QueueDeclareOptions::durable(),
+                    if args.transient {
+                        QueueDeclareOptions::default()
+                    } else {
+                        QueueDeclareOptions::durable()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
         }
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        // Without confirm mode, each publish's confirmation resolves at once as not requested.
+        if !args.transient {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
         let n = per_connection.min(remaining);
         remaining -= n;
         let mut in_flight = Vec::with_capacity(args.confirm_window.max(1));

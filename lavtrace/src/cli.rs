@@ -203,10 +203,16 @@ pub struct ReportArgs {
 
     /// Leave the kernel's BPF run-time statistics off. They are host-wide: while lavtrace
     /// holds them, every BPF program on the host (not only lavtrace's) reads the clock twice
-    /// per run. Without them the COST line and the lavtrace_bpf_program_* series have no
-    /// per-program kernel figures.
-    #[arg(long)]
+    /// per run. By default they are on 100ms of every 1s, and the COST line's runs and run
+    /// times are estimates scaled from that share (its time per run is measured). Without
+    /// them the COST line and the lavtrace_bpf_program_* series have no per-program kernel
+    /// figures.
+    #[arg(long, conflicts_with = "bpf_stats_full")]
     pub no_bpf_stats: bool,
+    /// Hold the kernel's BPF run-time statistics on for the whole trace (exact run counts and
+    /// times, at the host-wide price above); `--metrics` implies it.
+    #[arg(long)]
+    pub bpf_stats_full: bool,
 }
 
 impl ReportArgs {
@@ -238,7 +244,14 @@ impl ReportArgs {
                 TcpHooks::Kprobe => Mode::Kprobe,
                 TcpHooks::Tracepoint => Mode::Tracepoint,
             },
-            no_bpf_stats: self.no_bpf_stats,
+            bpf_stats: if self.no_bpf_stats {
+                crate::overhead::StatsMode::Off
+            } else if self.bpf_stats_full || self.metrics.is_some() {
+                // Counters must not carry estimates.
+                crate::overhead::StatsMode::Full
+            } else {
+                crate::overhead::StatsMode::Sampled
+            },
             fault_time: self.fault_time,
             storage_hooks: match self.storage_hooks {
                 StorageHooks::Auto => storage::hooks::Mode::Auto,

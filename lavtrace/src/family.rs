@@ -176,8 +176,9 @@ pub struct Options {
     /// `--syscalls-sample`: the syscalls family on a duty cycle (its figures estimates).
     pub syscalls_sample: Option<syscalls::sample::Duty>,
     pub tcp_hooks: tcp::hooks::Mode,
-    /// Leave the kernel's BPF run-time statistics off (they are host-wide; see `overhead`).
-    pub no_bpf_stats: bool,
+    /// How the kernel's BPF run-time statistics are held (they are host-wide; see
+    /// `overhead`).
+    pub bpf_stats: crate::overhead::StatsMode,
     /// The storage families' hook set (`--storage-hooks`).
     pub storage_hooks: storage::hooks::Mode,
     /// A family of this session puts every thread of the host on the kernel's slow syscall

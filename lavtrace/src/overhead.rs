@@ -2,16 +2,44 @@
 //! run time of each of its programs (the cost added to the traced system), from the kernel's
 //! BPF statistics. Statistics are switched on with BPF_ENABLE_STATS, which lasts only while
 //! lavtrace holds the returned descriptor: however lavtrace ends, the setting is restored.
+//!
+//! The statistics are host-wide: while they are on, every BPF program on the host reads the
+//! clock twice per run (on the project's VM: 232 ns added per syscall by the syscalls family
+//! with them, 122 without). So by default they are on a duty cycle (`SAMPLE_ON` of every
+//! `SAMPLE_EVERY`): a program's time per run is measured as it is, its runs and run time in
+//! a window are the sampled ones scaled by the window over the time the statistics were on
+//! in it, and the record says so (`kernel_stats_share`). `--bpf-stats-full` (and
+//! `--metrics`, whose counters must not carry estimates) holds them all the time.
 
 use std::{
     collections::BTreeMap,
     os::fd::OwnedFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use aya::Ebpf;
 use serde::Serialize;
 use tracing::debug;
+
+/// How the kernel's run-time statistics are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatsMode {
+    /// On `SAMPLE_ON` of every `SAMPLE_EVERY`.
+    #[default]
+    Sampled,
+    /// On for the whole trace.
+    Full,
+    /// Never switched on (no per-program kernel figures).
+    Off,
+}
+
+/// The duty cycle of `StatsMode::Sampled`: a tenth of the time, once per default interval.
+pub const SAMPLE_ON: Duration = Duration::from_millis(100);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgramCost {
@@ -36,7 +64,11 @@ pub struct Overhead {
     pub lavtrace_rss_bytes: u64,
     /// Whether the kernel counted program run time (false: kernel too old or refused).
     pub kernel_stats: bool,
-    /// Run time of all lavtrace programs in the kernel, and share of one CPU (None as above).
+    /// The share of the window the statistics were on (1: all of it; below 1 the runs and
+    /// run times are estimates scaled from that share; None: off, or not on in this window).
+    pub kernel_stats_share: Option<f64>,
+    /// Run time of all lavtrace programs in the kernel, and share of one CPU (None as above,
+    /// or when the statistics were not on in the window).
     pub kernel_ns: u64,
     pub kernel_cpu_pct: Option<f64>,
     pub programs: Vec<ProgramCost>,
@@ -46,42 +78,153 @@ pub struct Overhead {
 struct Sample {
     at: Instant,
     cpu: Duration,
+    /// How long the statistics had been on by `at`, since the meter started.
+    stats_on: Duration,
     programs: BTreeMap<String, (u64, u64)>,
 }
 
+/// Who holds the statistics' descriptor.
+enum Holder {
+    Off,
+    Full { _fd: OwnedFd, since: Instant },
+    Sampled(Arc<Duty>),
+}
+
+/// The sampler thread's account: time on so far, and since when it is on now.
+struct Duty {
+    stop: AtomicBool,
+    on: Mutex<(Duration, Option<Instant>)>,
+}
+
+impl Duty {
+    fn on_by(&self, at: Instant) -> Duration {
+        let on = self.on.lock().unwrap_or_else(|e| e.into_inner());
+        on.0 + on
+            .1
+            .map_or(Duration::ZERO, |since| at.saturating_duration_since(since))
+    }
+
+    /// The sampler: the descriptor is held `SAMPLE_ON`, then closed (the host leaves the
+    /// statistics off) until the next period. Sleeps in short steps so a stop is prompt.
+    fn run(&self) {
+        const STEP: Duration = Duration::from_millis(10);
+        let mut period = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    debug!("kernel BPF run-time statistics unavailable: {e}");
+                    return;
+                }
+            };
+            let since = Instant::now();
+            self.lock().1 = Some(since);
+            while since.elapsed() < SAMPLE_ON && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(STEP.min(SAMPLE_ON.saturating_sub(since.elapsed())));
+            }
+            drop(fd);
+            {
+                let mut on = self.lock();
+                on.0 += since.elapsed();
+                on.1 = None;
+            }
+            period += SAMPLE_EVERY;
+            while Instant::now() < period && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(STEP.min(period.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Duration, Option<Instant>)> {
+        self.on.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct Meter {
-    _stats: Option<OwnedFd>,
+    holder: Holder,
     first: Sample,
     last: Sample,
 }
 
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if let Holder::Sampled(duty) = &self.holder {
+            duty.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Meter {
-    /// `kernel_stats`: switch on the kernel's per-program run statistics (BPF_ENABLE_STATS).
-    /// They are global: every BPF program on the host, lavtrace's and everyone else's, then
-    /// reads the clock twice per run, for as long as lavtrace holds the descriptor.
-    pub fn start(ebpf: &Ebpf, kernel_stats: bool) -> Meter {
-        let stats = if kernel_stats {
-            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => Some(fd),
+    /// Switches on the kernel's per-program run statistics (BPF_ENABLE_STATS) as `mode`
+    /// says. They are global: every BPF program on the host, lavtrace's and everyone else's,
+    /// then reads the clock twice per run, for as long as lavtrace holds the descriptor.
+    pub fn start(ebpf: &Ebpf, mode: StatsMode) -> Meter {
+        let holder = match mode {
+            StatsMode::Off => Holder::Off,
+            // Tried once here, so a kernel without them says so at once (the sampler would
+            // only find out in its thread).
+            _ => match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Err(e) => {
                     debug!("kernel BPF run-time statistics unavailable: {e}");
-                    None
+                    Holder::Off
                 }
-            }
-        } else {
-            None
+                Ok(fd) if mode == StatsMode::Full => Holder::Full {
+                    _fd: fd,
+                    since: Instant::now(),
+                },
+                Ok(fd) => {
+                    drop(fd);
+                    let duty = Arc::new(Duty {
+                        stop: AtomicBool::new(false),
+                        on: Mutex::new((Duration::ZERO, None)),
+                    });
+                    let sampler = duty.clone();
+                    match std::thread::Builder::new()
+                        .name("bpf-stats".into())
+                        .spawn(move || sampler.run())
+                    {
+                        Ok(_) => Holder::Sampled(duty),
+                        Err(e) => {
+                            debug!("no thread for the statistics' duty cycle: {e}");
+                            Holder::Off
+                        }
+                    }
+                }
+            },
         };
-        let first = sample(ebpf);
-        Meter {
-            _stats: stats,
-            last: first.clone(),
-            first,
-        }
+        let mut meter = Meter {
+            holder,
+            first: Sample {
+                at: Instant::now(),
+                cpu: Duration::ZERO,
+                stats_on: Duration::ZERO,
+                programs: BTreeMap::new(),
+            },
+            last: Sample {
+                at: Instant::now(),
+                cpu: Duration::ZERO,
+                stats_on: Duration::ZERO,
+                programs: BTreeMap::new(),
+            },
+        };
+        meter.first = meter.sample(ebpf);
+        meter.last = meter.first.clone();
+        meter
+    }
+
+    fn sample(&self, ebpf: &Ebpf) -> Sample {
+        let mut s = sample(ebpf);
+        s.stats_on = match &self.holder {
+            Holder::Off => Duration::ZERO,
+            Holder::Full { since, .. } => s.at.saturating_duration_since(*since),
+            Holder::Sampled(duty) => duty.on_by(s.at),
+        };
+        s
     }
 
     /// Costs since the previous call.
     pub fn interval(&mut self, ebpf: &Ebpf) -> Overhead {
-        let now = sample(ebpf);
+        let now = self.sample(ebpf);
         let o = self.between(&self.last, &now);
         self.last = now;
         o
@@ -89,7 +232,7 @@ impl Meter {
 
     /// Costs since the start.
     pub fn whole(&self, ebpf: &Ebpf) -> Overhead {
-        self.between(&self.first, &sample(ebpf))
+        self.between(&self.first, &self.sample(ebpf))
     }
 
     fn between(&self, a: &Sample, b: &Sample) -> Overhead {
@@ -99,6 +242,15 @@ impl Meter {
                 .then(|| round2(ns as f64 / window.as_nanos() as f64 * 100.0))
         };
         let cpu = b.cpu.saturating_sub(a.cpu).as_nanos() as u64;
+        let kernel_stats = !matches!(self.holder, Holder::Off);
+        let on = b.stats_on.saturating_sub(a.stats_on);
+        // Full: 1 (the clocks of the two reads differ by microseconds, never more than 1).
+        let stats_share =
+            (kernel_stats && !window.is_zero() && !on.is_zero()).then(|| match self.holder {
+                Holder::Full { .. } => 1.0,
+                _ => (on.as_secs_f64() / window.as_secs_f64()).min(1.0),
+            });
+        let scale = |v: u64| stats_share.map_or(0, |s| (v as f64 / s).round() as u64);
         let programs: Vec<ProgramCost> = b
             .programs
             .iter()
@@ -107,8 +259,8 @@ impl Meter {
                 let (runs, ns) = (runs.saturating_sub(runs0), ns.saturating_sub(ns0));
                 ProgramCost {
                     name: name.clone(),
-                    runs,
-                    run_time_ns: ns,
+                    runs: scale(runs),
+                    run_time_ns: scale(ns),
                     ns_per_run: ns.checked_div(runs).unwrap_or(0),
                 }
             })
@@ -118,9 +270,10 @@ impl Meter {
             lavtrace_cpu_ns: cpu,
             lavtrace_cpu_pct: share(cpu),
             lavtrace_rss_bytes: rss_bytes(),
-            kernel_stats: self._stats.is_some(),
+            kernel_stats,
+            kernel_stats_share: stats_share.map(round2),
             kernel_ns,
-            kernel_cpu_pct: share(kernel_ns),
+            kernel_cpu_pct: stats_share.and(share(kernel_ns)),
             programs,
         }
     }
@@ -144,6 +297,7 @@ fn sample(ebpf: &Ebpf) -> Sample {
     Sample {
         at: Instant::now(),
         cpu: self_cpu(),
+        stats_on: Duration::ZERO,
         programs,
     }
 }
@@ -178,8 +332,13 @@ pub fn text(o: &Overhead) -> String {
             .filter(|p| p.runs > 0)
             .map(|p| format!("{} {}ns×{}", p.name, p.ns_per_run, p.runs))
             .collect();
+        let sampled = match o.kernel_stats_share {
+            Some(s) if s < 1.0 => format!(", sampled {:.0}% of the window", s * 100.0),
+            Some(_) => String::new(),
+            None => ", statistics not on in this window".into(),
+        };
         format!(
-            "kernel{} ({})",
+            "kernel{} ({}{sampled})",
             pct(o.kernel_cpu_pct),
             if per.is_empty() {
                 "no runs".into()
@@ -204,23 +363,29 @@ pub fn text(o: &Overhead) -> String {
 mod tests {
     use super::*;
 
+    /// A meter on a duty cycle whose samples the tests make up (no thread, no kernel).
     fn meter() -> Meter {
         let s = Sample {
             at: Instant::now(),
             cpu: Duration::ZERO,
+            stats_on: Duration::ZERO,
             programs: BTreeMap::from([("p".to_string(), (0, 0))]),
         };
         Meter {
-            _stats: None,
+            holder: Holder::Sampled(Arc::new(Duty {
+                stop: AtomicBool::new(true),
+                on: Mutex::new((Duration::ZERO, None)),
+            })),
             first: s.clone(),
             last: s,
         }
     }
 
-    fn after(m: &Meter, wall: Duration, cpu: Duration, kernel_ns: u64) -> Sample {
+    fn after(m: &Meter, wall: Duration, cpu: Duration, on: Duration, kernel_ns: u64) -> Sample {
         Sample {
             at: m.first.at + wall,
             cpu,
+            stats_on: on,
             programs: BTreeMap::from([("p".to_string(), (10, kernel_ns))]),
         }
     }
@@ -228,10 +393,8 @@ mod tests {
     #[test]
     fn a_vanishing_window_has_no_shares() {
         let m = meter();
-        let o = m.between(
-            &m.first,
-            &after(&m, Duration::from_millis(3), Duration::from_millis(4), 0),
-        );
+        let ms = Duration::from_millis;
+        let o = m.between(&m.first, &after(&m, ms(3), ms(4), ms(3), 0));
         assert_eq!((o.lavtrace_cpu_pct, o.kernel_cpu_pct), (None, None));
         assert_eq!(o.lavtrace_cpu_ns, 4_000_000);
         let line = text(&o);
@@ -242,24 +405,57 @@ mod tests {
     }
 
     #[test]
-    fn a_full_window_has_exact_shares() {
+    fn a_window_with_the_statistics_on_throughout_has_exact_shares() {
         let m = meter();
-        let b = after(
-            &m,
-            Duration::from_secs(2),
-            Duration::from_millis(50),
-            20_000_000,
-        );
+        let two = Duration::from_secs(2);
+        let b = after(&m, two, Duration::from_millis(50), two, 20_000_000);
         let o = m.between(&m.first, &b);
         assert_eq!(o.lavtrace_cpu_pct, Some(2.5));
         assert_eq!(o.kernel_cpu_pct, Some(1.0));
+        assert_eq!(o.kernel_stats_share, Some(1.0));
         assert_eq!(
             text(&Overhead {
-                kernel_stats: true,
                 lavtrace_rss_bytes: 0,
                 ..o
             }),
             "COST: lavtrace 2.50% CPU, 0B RSS; kernel 1.00% CPU (p 2000000ns×10)"
         );
+    }
+
+    /// On a tenth of the window: the time per run as measured, runs and run time scaled up
+    /// by ten, and the record says it is sampled.
+    #[test]
+    fn a_sampled_window_scales_runs_and_time_and_says_so() {
+        let m = meter();
+        let b = after(
+            &m,
+            Duration::from_secs(2),
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+            20_000_000,
+        );
+        let o = m.between(&m.first, &b);
+        assert_eq!(o.kernel_stats_share, Some(0.1));
+        let p = &o.programs[0];
+        assert_eq!(
+            (p.runs, p.run_time_ns, p.ns_per_run),
+            (100, 200_000_000, 2_000_000)
+        );
+        assert_eq!(o.kernel_cpu_pct, Some(10.0));
+        let line = text(&o);
+        assert!(
+            line.ends_with("(p 2000000ns×100, sampled 10% of the window)"),
+            "{line}"
+        );
+    }
+
+    /// Not on at all in a window: no kernel figures for it, rather than zeros.
+    #[test]
+    fn a_window_the_statistics_missed_has_no_kernel_figures() {
+        let m = meter();
+        let s = Duration::from_secs(1);
+        let o = m.between(&m.first, &after(&m, s, s, Duration::ZERO, 0));
+        assert_eq!((o.kernel_stats_share, o.kernel_cpu_pct), (None, None));
+        assert!(text(&o).contains("statistics not on in this window"));
     }
 }

@@ -107,7 +107,7 @@ impl Session {
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
         Ok(Session {
-            meter: Meter::start(&ebpf, !options.no_bpf_stats),
+            meter: Meter::start(&ebpf, options.bpf_stats),
             ebpf: std::mem::ManuallyDrop::new(ebpf),
             hooks,
             lost,

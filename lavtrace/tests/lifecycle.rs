@@ -209,38 +209,57 @@ fn stats_fds(pid: u32) -> usize {
 }
 
 /// The kernel's BPF run-time statistics are host-wide: while anyone holds them, every
-/// program's runs are counted and timed. A default trace holds them (one `bpf-stats`
-/// descriptor, and its programs, which run for every syscall on the host, show runs in their
-/// fdinfo); `--no-bpf-stats` holds none, and its records say there are no kernel figures.
-/// (The run counts are not asserted to stay 0 then: another tracer on the host may hold the
-/// statistics.)
+/// program's runs are counted and timed. A default trace holds them on a duty cycle (one
+/// `bpf-stats` descriptor some of the time, none the rest, and its programs, which run for
+/// every syscall on the host, show runs in their fdinfo), and its records give the share;
+/// `--bpf-stats-full` holds them all the time (share 1); `--no-bpf-stats` never, and its
+/// records say there are no kernel figures. (The run counts are not asserted to stay 0 then:
+/// another tracer on the host may hold the statistics.)
 #[test]
-fn bpf_stats_are_on_by_default_and_off_with_no_bpf_stats() {
+fn bpf_stats_are_sampled_by_default_full_on_request_and_off_with_no_bpf_stats() {
     require_root();
     let _serial = serial();
     let mut target = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
-    for (stats, flags) in [(true, &[][..]), (false, &["no-bpf-stats"][..])] {
-        let mut trace = Trace::pid(target.id()).probes("syscalls").interval("200ms");
-        for f in flags {
+    for (flag, held) in [
+        (None, [0, 1]),
+        (Some("bpf-stats-full"), [1, 1]),
+        (Some("no-bpf-stats"), [0, 0]),
+    ] {
+        let mut trace = Trace::pid(target.id()).probes("syscalls").interval("1s");
+        if let Some(f) = flag {
             trace = trace.switch(f);
         }
         let trace = trace.spawn();
-        assert_eq!(stats_fds(trace.child.id()), usize::from(stats), "{flags:?}");
-        if stats {
+        // What it holds over 1.5 s: every SAMPLE_EVERY (1 s) has an on and an off part.
+        let mut seen = std::collections::BTreeSet::new();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            seen.insert(stats_fds(trace.child.id()));
             // Any syscalls of this process run the programs (they filter inside).
-            for _ in 0..1000 {
+            for _ in 0..100 {
                 // SAFETY: no arguments.
                 unsafe { libc::getppid() };
             }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let expected: std::collections::BTreeSet<usize> = held.into_iter().collect();
+        assert_eq!(seen, expected, "{flag:?}");
+        if held[1] == 1 {
             assert!(program_runs(trace.child.id()) > 0, "runs counted");
         }
         trace.signal(libc::SIGINT);
         let records = trace.records();
-        let summary = records.last().unwrap();
-        assert_eq!(summary["overhead"]["kernel_stats"], stats, "{flags:?}");
+        let o = &records.last().unwrap()["overhead"];
+        assert_eq!(o["kernel_stats"], held[1] == 1, "{flag:?}: {o}");
+        let share = o["kernel_stats_share"].as_f64();
+        match flag {
+            None => assert!(share.is_some_and(|s| s > 0.02 && s < 0.5), "{o}"),
+            Some("bpf-stats-full") => assert_eq!(share, Some(1.0), "{o}"),
+            _ => assert_eq!(share, None, "{o}"),
+        }
     }
     let _ = (target.kill(), target.wait());
 }

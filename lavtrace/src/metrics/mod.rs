@@ -243,6 +243,7 @@ mod tests {
             lavtrace_cpu_pct: Some(0.15),
             lavtrace_rss_bytes: 4096,
             kernel_stats: true,
+            kernel_stats_share: Some(1.0),
             kernel_ns: 300,
             kernel_cpu_pct: Some(0.0),
             programs: vec![ProgramCost {
