@@ -16,7 +16,8 @@
 //!   `--deliveries` deliveries of small bodies (LavinMQ-sized batches: hundreds of frames per
 //!   16 KiB write), a get-ok, a return, a delivery of a body larger than frame_max, and
 //!   close-ok: the first `--one-byte` bytes one byte per write(2), then writev, sendmsg and
-//!   16 KiB writes.
+//!   16 KiB writes. Before all that, one connection.blocked, 40 ms, one
+//!   connection.unblocked (`blocked_ns` in the stats: between the two writes' returns).
 //!
 //! Every body (and the PLAIN password of start-ok) holds `--marker`. Prints `stats {json}`
 //! with the frames and methods of each direction as built, then `done`.
@@ -160,6 +161,8 @@ struct Stats {
     pre_unsynced_bytes: u64,
     vhost: &'static str,
     close_text: &'static str,
+    /// Between the returns of the connection.blocked and connection.unblocked writes.
+    blocked_ns: u64,
 }
 
 const VHOST: &str = "/lavtrace-vh";
@@ -494,7 +497,23 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     let writer = std::thread::spawn(move || peer_w.write_all(&bytes));
     let reader = drain(peer);
     server_reads(fd, inbound.bytes.len(), inbound.handshake, a.one_byte)?;
+    // Flow control first: connection.blocked, a pause, connection.unblocked, one write each.
+    // The time between the two writes' returns is the time blocked a tracer must report.
+    let mut gate = Stream::default();
+    gate.method("connection.blocked", 0, 10, 60, &shortstr("low on disk"));
+    let blocked_len = gate.bytes.len();
+    gate.method("connection.unblocked", 0, 10, 61, &[]);
+    write_all_with(fd, &gate.bytes[..blocked_len], CHUNK)?;
+    let blocked_at = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    write_all_with(fd, &gate.bytes[blocked_len..], CHUNK)?;
+    let blocked_ns = blocked_at.elapsed().as_nanos() as u64;
     server_writes(fd, &outbound.bytes, a.one_byte)?;
+    let mut outbound = outbound;
+    outbound.frames += gate.frames;
+    for (name, n) in gate.methods {
+        *outbound.methods.entry(name).or_default() += n;
+    }
     writer
         .join()
         .map_err(|_| std::io::Error::other("peer writer panicked"))??;
@@ -502,10 +521,10 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     let got = reader
         .join()
         .map_err(|_| std::io::Error::other("peer reader panicked"))??;
-    if got != outbound.bytes.len() as u64 {
+    let sent = (outbound.bytes.len() + gate.bytes.len()) as u64;
+    if got != sent {
         return Err(std::io::Error::other(format!(
-            "the peer read {got} of {} bytes",
-            outbound.bytes.len()
+            "the peer read {got} of {sent} bytes"
         )));
     }
     let stats = Stats {
@@ -517,6 +536,7 @@ pub fn run(a: &Args) -> std::io::Result<()> {
         pre_unsynced_bytes: split_rest,
         vhost: VHOST,
         close_text: CLOSE_TEXT,
+        blocked_ns,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "stats {}", serde_json::to_string(&stats)?)?;

@@ -58,6 +58,10 @@ struct Known {
     channels_closed: u64,
     blocked: u64,
     unblocked: u64,
+    /// Time between connection.blocked and connection.unblocked, summed; and when the
+    /// current block began (kernel clock), while blocked.
+    blocked_ns: u64,
+    blocked_since: Option<u64>,
     /// The counters at the end of the last interval.
     reported: Counters,
     /// Reported as closed already (kept for the summary only).
@@ -98,8 +102,16 @@ impl Shared {
             }
             event::CONN_OPEN => k.vhost = text(),
             event::CONN_CLOSE => k.close = Some((e.code, text().unwrap_or_default())),
-            event::BLOCKED => k.blocked += 1,
-            event::UNBLOCKED => k.unblocked += 1,
+            event::BLOCKED => {
+                k.blocked += 1;
+                k.blocked_since.get_or_insert(e.at_ns);
+            }
+            event::UNBLOCKED => {
+                k.unblocked += 1;
+                if let Some(since) = k.blocked_since.take() {
+                    k.blocked_ns += e.at_ns.saturating_sub(since);
+                }
+            }
             event::CHANNEL_OPEN => k.channels_opened += 1,
             event::CHANNEL_CLOSE => k.channels_closed += u64::from(e.dir == 0),
             _ => {
@@ -419,5 +431,10 @@ fn k_view(k: &Known) -> report::Identity<'_> {
         channels_closed: k.channels_closed,
         blocked: k.blocked,
         unblocked: k.unblocked,
+        // A block still on counts up to now.
+        blocked_ns: k.blocked_ns
+            + k.blocked_since.map_or(0, |since| {
+                crate::kernel::cut::now_ns().saturating_sub(since)
+            }),
     }
 }

@@ -214,6 +214,7 @@ pub struct Identity<'a> {
     pub channels_closed: u64,
     pub blocked: u64,
     pub unblocked: u64,
+    pub blocked_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +242,9 @@ pub struct ConnRow {
     pub channels_closed: u64,
     pub blocked: u64,
     pub unblocked: u64,
+    /// Time spent blocked (connection.blocked to connection.unblocked, a block still on up
+    /// to the end of the window), since the connection was first seen.
+    pub blocked_ns: u64,
     /// At the end of the window: publishes on confirm channels not confirmed (nor nacked)
     /// yet, and deliveries not acked, nacked or rejected yet (null for a connection open
     /// before attach: its earlier ones are unknown).
@@ -274,6 +278,7 @@ pub fn conn_row(
         channels_closed: id.channels_closed,
         blocked: id.blocked,
         unblocked: id.unblocked,
+        blocked_ns: id.blocked_ns,
         unconfirmed: known.then(|| k.confirm_published.saturating_sub(k.confirmed + k.nacked)),
         unacked: known.then(|| k.delivered.saturating_sub(k.acked + k.rejected)),
         figures: Figures::of(c),
@@ -423,6 +428,24 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
                 untimed
             );
         }
+    }
+    // Blocked connections: the broker's flow control (a resource alarm), by time blocked.
+    let mut blocked: Vec<&ConnRow> = s.connections.iter().filter(|r| r.blocked > 0).collect();
+    blocked.sort_by_key(|r| std::cmp::Reverse(r.blocked_ns));
+    for r in blocked.iter().take(top.max(1)) {
+        let _ = writeln!(
+            out,
+            "  blocked: {} → {} {} in {} blocks{}",
+            r.local.as_deref().unwrap_or("?"),
+            r.remote.as_deref().unwrap_or("?"),
+            crate::units::ns(r.blocked_ns),
+            r.blocked,
+            if r.blocked > r.unblocked {
+                " (still blocked)"
+            } else {
+                ""
+            }
+        );
     }
     for v in &s.vhosts {
         let _ = writeln!(
