@@ -164,6 +164,7 @@ mod tests {
             channels_closed: 0,
             blocked: 0,
             unblocked: 0,
+            blocked_ns: 0,
         };
         let amqp = report::section(
             "kprobe",

@@ -424,6 +424,7 @@ mod tests {
                 channels_closed: 0,
                 blocked: 0,
                 unblocked: 0,
+                blocked_ns: 0,
             };
             report::conn_row(9, id, &c, &c, true)
         };

@@ -595,6 +595,7 @@ fn the_amqp_pane_shows_each_connection() {
         channels_closed: 0,
         blocked: 0,
         unblocked: 0,
+        blocked_ns: 0,
     };
     let row = report::conn_row(5, id, &c, &c, true);
     let cells = panes::amqp_cells(&row);
