@@ -104,7 +104,7 @@ pub fn run(args: &Args) -> std::io::Result<()> {
     }
     let started = std::time::Instant::now();
     let mut stats = runtime
-        .block_on(exchange(args, held))
+        .block_on(exchange(args, held, started))
         .map_err(std::io::Error::other)?;
     stats.elapsed_ns = started.elapsed().as_nanos() as u64;
     let mut stdout = std::io::stdout().lock();
@@ -248,7 +248,13 @@ async fn connect(url: &str, n: u32) -> Result<Vec<Connection>, lapin::Error> {
     Ok(connections)
 }
 
-async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Error> {
+/// `started`: when the exchange began (the stats line printed before the close carries the
+/// time until then).
+async fn exchange(
+    args: &Args,
+    held: Vec<Connection>,
+    started: std::time::Instant,
+) -> Result<Stats, lapin::Error> {
     let mut stats = Stats::default();
     let wanted = args.connections.max(1) as usize;
     let mut connections = if held.is_empty() {
@@ -341,6 +347,7 @@ async fn exchange(args: &Args, held: Vec<Connection>) -> Result<Stats, lapin::Er
         .await?;
     channel.close(200, "consumed".into()).await?;
     if args.wait_before_close {
+        stats.elapsed_ns = started.elapsed().as_nanos() as u64;
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(
             stdout,
