@@ -87,7 +87,7 @@ struct Sample {
 enum Holder {
     Off,
     Full { _fd: OwnedFd, since: Instant },
-    Sampled(Arc<Duty>),
+    Sampled(Arc<Duty>, Option<std::thread::Thread>),
 }
 
 /// The sampler thread's account: time on so far, and since when it is on now.
@@ -105,9 +105,10 @@ impl Duty {
     }
 
     /// The sampler: the descriptor is held `SAMPLE_ON`, then closed (the host leaves the
-    /// statistics off) until the next period. Sleeps in short steps so a stop is prompt.
+    /// statistics off) until the next period. It parks for each whole phase and is unparked
+    /// to stop: two wakeups a second, since every wakeup of a lavtrace thread can preempt
+    /// another inside a bpf() map operation, which makes the kernel skip programs on that CPU.
     fn run(&self) {
-        const STEP: Duration = Duration::from_millis(10);
         let mut period = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -119,9 +120,7 @@ impl Duty {
             };
             let since = Instant::now();
             self.lock().1 = Some(since);
-            while since.elapsed() < SAMPLE_ON && !self.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(STEP.min(SAMPLE_ON.saturating_sub(since.elapsed())));
-            }
+            park_until(since + SAMPLE_ON, &self.stop);
             drop(fd);
             {
                 let mut on = self.lock();
@@ -129,14 +128,23 @@ impl Duty {
                 on.1 = None;
             }
             period += SAMPLE_EVERY;
-            while Instant::now() < period && !self.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(STEP.min(period.saturating_duration_since(Instant::now())));
-            }
+            park_until(period, &self.stop);
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Duration, Option<Instant>)> {
         self.on.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Parks this thread until `deadline` or a stop (unparks without a stop are slept through).
+fn park_until(deadline: Instant, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::park_timeout(left);
     }
 }
 
@@ -148,8 +156,11 @@ pub struct Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
-        if let Holder::Sampled(duty) = &self.holder {
+        if let Holder::Sampled(duty, sampler) = &self.holder {
             duty.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = sampler {
+                t.unpark();
+            }
         }
     }
 }
@@ -183,7 +194,7 @@ impl Meter {
                         .name("bpf-stats".into())
                         .spawn(move || sampler.run())
                     {
-                        Ok(_) => Holder::Sampled(duty),
+                        Ok(handle) => Holder::Sampled(duty, Some(handle.thread().clone())),
                         Err(e) => {
                             debug!("no thread for the statistics' duty cycle: {e}");
                             Holder::Off
@@ -217,7 +228,7 @@ impl Meter {
         s.stats_on = match &self.holder {
             Holder::Off => Duration::ZERO,
             Holder::Full { since, .. } => s.at.saturating_duration_since(*since),
-            Holder::Sampled(duty) => duty.on_by(s.at),
+            Holder::Sampled(duty, _) => duty.on_by(s.at),
         };
         s
     }
@@ -372,10 +383,13 @@ mod tests {
             programs: BTreeMap::from([("p".to_string(), (0, 0))]),
         };
         Meter {
-            holder: Holder::Sampled(Arc::new(Duty {
-                stop: AtomicBool::new(true),
-                on: Mutex::new((Duration::ZERO, None)),
-            })),
+            holder: Holder::Sampled(
+                Arc::new(Duty {
+                    stop: AtomicBool::new(true),
+                    on: Mutex::new((Duration::ZERO, None)),
+                }),
+                None,
+            ),
             first: s.clone(),
             last: s,
         }
