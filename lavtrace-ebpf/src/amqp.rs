@@ -976,6 +976,9 @@ fn rare(
 
 #[kprobe]
 pub fn amqp_kenter_read(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<3>(&ctx);
     enter(a[0], a[1], a[2], IN, call::PLAIN);
     0
@@ -983,6 +986,9 @@ pub fn amqp_kenter_read(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_write(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<3>(&ctx);
     enter(a[0], a[1], a[2], OUT, call::PLAIN);
     0
@@ -990,6 +996,9 @@ pub fn amqp_kenter_write(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_readv(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<3>(&ctx);
     enter(a[0], a[1], a[2], IN, call::IOV);
     0
@@ -997,6 +1006,9 @@ pub fn amqp_kenter_readv(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_writev(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<3>(&ctx);
     enter(a[0], a[1], a[2], OUT, call::IOV);
     0
@@ -1004,6 +1016,9 @@ pub fn amqp_kenter_writev(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_recvmsg(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<2>(&ctx);
     enter(a[0], a[1], 0, IN | 2, call::IOV);
     0
@@ -1011,6 +1026,9 @@ pub fn amqp_kenter_recvmsg(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_sendmsg(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = kargs::<2>(&ctx);
     enter(a[0], a[1], 0, OUT | 2, call::IOV);
     0
@@ -1018,12 +1036,18 @@ pub fn amqp_kenter_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn amqp_kenter_accept(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     enter_accept(kargs::<1>(&ctx)[0]);
     0
 }
 
 #[kprobe]
 pub fn amqp_kclose(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     enter_close(kargs::<1>(&ctx)[0]);
     0
 }
@@ -1121,6 +1145,9 @@ pub fn amqp_uexit_accept(ctx: RetProbeContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_read(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<3>(&ctx);
     enter(a[0], a[1], a[2], IN, call::PLAIN);
     0
@@ -1128,6 +1155,9 @@ pub fn amqp_tenter_read(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_write(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<3>(&ctx);
     enter(a[0], a[1], a[2], OUT, call::PLAIN);
     0
@@ -1135,6 +1165,9 @@ pub fn amqp_tenter_write(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_readv(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<3>(&ctx);
     enter(a[0], a[1], a[2], IN, call::IOV);
     0
@@ -1142,6 +1175,9 @@ pub fn amqp_tenter_readv(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_writev(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<3>(&ctx);
     enter(a[0], a[1], a[2], OUT, call::IOV);
     0
@@ -1149,6 +1185,9 @@ pub fn amqp_tenter_writev(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_recvmsg(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<2>(&ctx);
     enter(a[0], a[1], 0, IN | 2, call::IOV);
     0
@@ -1156,6 +1195,9 @@ pub fn amqp_tenter_recvmsg(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_sendmsg(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     let a = tp_args::<2>(&ctx);
     enter(a[0], a[1], 0, OUT | 2, call::IOV);
     0
@@ -1163,12 +1205,18 @@ pub fn amqp_tenter_sendmsg(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn amqp_tenter_accept(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     enter_accept(tp_args::<1>(&ctx)[0]);
     0
 }
 
 #[tracepoint]
 pub fn amqp_tclose(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
     enter_close(tp_args::<1>(&ctx)[0]);
     0
 }
