@@ -59,6 +59,10 @@ pub trait Family: Tracer + Sized + 'static {
     /// In the `--probes` default (false: opt-in, e.g. a family whose host-wide cost is not
     /// measured yet; `check` still tries it).
     const DEFAULT: bool = true;
+    /// It loads a program against the kernel's BTF at attach (tp_btf). Such families attach
+    /// first, so the session can drop that parse (about 10 MiB) before the others map their
+    /// rings.
+    const LOADS_AGAINST_BTF: bool = false;
     /// Index of its kernel lost-event counter (`lavtrace_common::ring::lost`), if it has a ring.
     const LOST_SLOT: Option<u32> = None;
 
@@ -206,6 +210,7 @@ pub struct Entry {
     pub hidden: bool,
     pub syscall_slow_path: bool,
     pub default: bool,
+    pub loads_against_btf: bool,
     lost_slot: Option<u32>,
     fields: &'static [FieldSpec],
     overrides: fn(&Options, &mut Overrides),
@@ -222,6 +227,7 @@ const fn entry<F: Family>() -> Entry {
         hidden: F::HIDDEN,
         syscall_slow_path: F::SYSCALL_SLOW_PATH,
         default: F::DEFAULT,
+        loads_against_btf: F::LOADS_AGAINST_BTF,
         lost_slot: F::LOST_SLOT,
         fields: F::FIELDS,
         overrides: F::overrides,

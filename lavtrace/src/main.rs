@@ -45,6 +45,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    kernel::fix_mmap_threshold();
     let cli = Cli::parse();
     if let Command::Workload(args) = &cli.command {
         return demo::workload::run(args);

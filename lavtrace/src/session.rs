@@ -90,6 +90,7 @@ impl Session {
                 && entries.iter().any(|e| e.syscall_slow_path),
             ..options.clone()
         };
+        let phase = kernel::btf::attach_phase();
         let mut overrides = Overrides::default();
         overrides.global_u32(lavtrace_common::filter::TARGET_TGID, target.pid);
         for entry in &entries {
@@ -98,14 +99,25 @@ impl Session {
         let mut ebpf = kernel::load(&overrides)?;
         let lost = LostCounters::take(&mut ebpf)?;
         let cut = Cut::take(&mut ebpf)?;
+        // Those that load against the kernel's BTF first, then the parse goes; the families
+        // and their hooks stay in registry order.
+        let mut attached: Vec<_> = entries.iter().map(|_| None).collect();
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| !entries[i].loads_against_btf);
+        for i in order {
+            if !entries[i].loads_against_btf {
+                phase.done_with_btf();
+            }
+            attached[i] = Some(entries[i].attach(&mut ebpf, target.pid, options)?);
+        }
         let mut hooks = Vec::new();
         let mut families = Vec::new();
-        for entry in entries {
-            let (loaded, h) = entry.attach(&mut ebpf, target.pid, options)?;
+        for (loaded, h) in attached.into_iter().flatten() {
             families.push(loaded);
             hooks.extend(h);
         }
         info!(pid = target.pid, hooks = hooks.len(), "attached");
+        drop(phase);
         Ok(Session {
             meter: Meter::start(&ebpf, options.bpf_stats),
             ebpf: std::mem::ManuallyDrop::new(ebpf),

@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use aya::{Btf, Ebpf, programs::BtfTracePoint};
+use aya::{Ebpf, programs::BtfTracePoint};
 use tracing::debug;
 
 use super::FAMILY;
@@ -143,7 +143,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, Notes)> {
 
 fn attach_btf(ebpf: &mut Ebpf) -> Result<Hook, String> {
     offsets().as_ref().map_err(Clone::clone)?;
-    let btf = Btf::from_sys_fs().map_err(|e| format!("BTF: {e}"))?;
+    let btf = crate::kernel::btf::vmlinux().ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
     let program = "gc_signal_generate_btf";
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)

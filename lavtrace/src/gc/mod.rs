@@ -231,6 +231,7 @@ impl Family for Tracer {
     const ABOUT: &'static str = "Boehm-GC stop-the-world pauses: count, length, time to stop, \
                                  the thread that answered last and its syscall";
     const LOST_SLOT: Option<u32> = Some(lost::GC);
+    const LOADS_AGAINST_BTF: bool = true;
     const FIELDS: &'static [lavtrace_common::field::FieldSpec] = lavtrace_common::gc::FIELDS;
 
     fn overrides(options: &Options, overrides: &mut Overrides) {

@@ -3,6 +3,7 @@
 //! (file descriptors), so when lavtrace exits, however it exits, the kernel detaches everything.
 
 mod attach;
+pub mod btf;
 pub mod caps;
 pub mod cut;
 pub mod fields;
@@ -79,6 +80,30 @@ impl Overrides {
     }
 }
 
+/// Gives back to the kernel the heap that loading freed. The loader's BTF of the running kernel
+/// (parsed whole, several MiB) and the relocated object are gone once the programs attach, but
+/// glibc keeps freed pages below the top of its heap: without this they stayed in lavtrace's
+/// RSS for the whole trace.
+pub fn return_load_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas; it touches no
+    // live allocation and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Fixes glibc's threshold for serving an allocation from its own mapping at the default
+/// 128 KiB. Left dynamic, freeing the loader's large buffers raised it to their size, and the
+/// next BTF parse then grew the heap instead, which no trim gives back.
+pub fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Loads the object with `overrides` applied. A tracepoint field a family reads that this
 /// kernel lacks, or has at another size, fails the load naming the family (exit 5).
 pub fn load(overrides: &Overrides) -> Result<Ebpf> {
@@ -91,6 +116,12 @@ pub fn load(overrides: &Overrides) -> Result<Ebpf> {
         None => return Err(Fatal::Unsupported("tracefs is not mounted".into()).into()),
     };
     let mut loader = EbpfLoader::new();
+    // `new` parses the kernel's BTF for itself, and aya 0.14 cannot hand that parse on. Dropping
+    // it before the shared parse exists keeps one in memory at a time (two at once were the
+    // peak of lavtrace's RSS); the tp_btf program then loads against the same one.
+    loader.btf(None);
+    let btf = btf::vmlinux();
+    loader.btf(btf.as_deref());
     for (name, bytes) in &overrides.globals {
         loader.override_global(name, bytes.as_slice(), true);
     }
@@ -118,6 +149,9 @@ pub fn load(overrides: &Overrides) -> Result<Ebpf> {
         Ok(logger) => spawn_logger(logger),
         Err(e) => debug!("no kernel-side log channel: {e}"),
     }
+    drop(loader);
+    // The relocation scratch and the parsed object are free now.
+    return_load_memory();
     Ok(ebpf)
 }
 
