@@ -1,6 +1,7 @@
-//! The running kernel's BTF, parsed once for the whole attach phase: the loader relocates the
-//! object with it and a tp_btf program loads against it. A whole parse holds about 10 MiB, so
-//! it lives only until the session has attached (`AttachPhase`), and a second parse never happens.
+//! The running kernel's BTF, shared by the attach phase: the loader relocates the object with
+//! it and a tp_btf program loads against it. A whole parse holds about 10 MiB, so it lives only
+//! until the families that need it have attached (`AttachPhase`), and never two at once (aya's
+//! loader parses one of its own first, dropped before this one is made: `kernel::load`).
 
 use std::sync::{Arc, Mutex};
 

@@ -80,10 +80,9 @@ impl Overrides {
     }
 }
 
-/// Gives back to the kernel the heap that loading freed. The loader's BTF of the running kernel
-/// (parsed whole, several MiB) and the relocated object are gone once the programs attach, but
-/// glibc keeps freed pages below the top of its heap: without this they stayed in lavtrace's
-/// RSS for the whole trace.
+/// Gives back to the kernel the heap that loading freed. The kernel's BTF (parsed whole, about
+/// 10 MiB) and the parsed object are gone once the programs attach, but glibc keeps freed pages
+/// below the top of its heap: without this they stayed in lavtrace's RSS for the whole trace.
 pub fn return_load_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free pages of the allocator's own arenas; it touches no
