@@ -163,6 +163,10 @@ struct Stats {
     close_text: &'static str,
     /// Between the returns of the connection.blocked and connection.unblocked writes.
     blocked_ns: u64,
+    /// From the blocked write's return to the unblocked write's call, and from the blocked
+    /// write's call to the unblocked write's return: the bounds of a time stamped inside each.
+    blocked_ns_min: u64,
+    blocked_ns_max: u64,
 }
 
 const VHOST: &str = "/lavtrace-vh";
@@ -503,11 +507,17 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     gate.method("connection.blocked", 0, 10, 60, &shortstr("low on disk"));
     let blocked_len = gate.bytes.len();
     gate.method("connection.unblocked", 0, 10, 61, &[]);
+    let before_blocked = std::time::Instant::now();
     write_all_with(fd, &gate.bytes[..blocked_len], CHUNK)?;
     let blocked_at = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(40));
+    let before_unblocked = std::time::Instant::now();
     write_all_with(fd, &gate.bytes[blocked_len..], CHUNK)?;
     let blocked_ns = blocked_at.elapsed().as_nanos() as u64;
+    // A tracer stamps each write somewhere inside it: its figure lies between these, however
+    // long this thread waited for a CPU around the writes.
+    let blocked_ns_min = before_unblocked.duration_since(blocked_at).as_nanos() as u64;
+    let blocked_ns_max = before_blocked.elapsed().as_nanos() as u64;
     server_writes(fd, &outbound.bytes, a.one_byte)?;
     let mut outbound = outbound;
     outbound.frames += gate.frames;
@@ -537,6 +547,8 @@ pub fn run(a: &Args) -> std::io::Result<()> {
         vhost: VHOST,
         close_text: CLOSE_TEXT,
         blocked_ns,
+        blocked_ns_min,
+        blocked_ns_max,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "stats {}", serde_json::to_string(&stats)?)?;

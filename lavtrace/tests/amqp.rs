@@ -134,19 +134,24 @@ fn broker_shaped_server_exact(probes: &str, hooks: &str) -> Vec<String> {
     assert_eq!(main["close"]["text"], stats["close_text"]);
     assert_eq!(main["channels_opened"], 1);
     // Time blocked, from the kernel's clock at the two writes' exits, against the
-    // workload's clock (the same CLOCK_MONOTONIC) after their returns: within 2 ms.
+    // workload's clock (the same CLOCK_MONOTONIC) around the two writes: between the bounds
+    // (a slow guest preempted the workload for 6 ms after a write's return).
     assert_eq!(
         (main["blocked"].as_u64(), main["unblocked"].as_u64()),
         (Some(1), Some(1))
     );
     let (seen, wrote) = (
-        main["blocked_ns"].as_i64().unwrap(),
-        stats["blocked_ns"].as_i64().unwrap(),
+        main["blocked_ns"].as_u64().unwrap(),
+        stats["blocked_ns"].as_u64().unwrap(),
+    );
+    let (min, max) = (
+        stats["blocked_ns_min"].as_u64().unwrap(),
+        stats["blocked_ns_max"].as_u64().unwrap(),
     );
     assert!(wrote >= 40_000_000, "{wrote}");
     assert!(
-        (seen - wrote).abs() < 2_000_000,
-        "blocked {seen} ns, written {wrote} ns"
+        (min..=max).contains(&seen),
+        "blocked {seen} ns, the writes bound it to {min}..={max} ns ({wrote} between returns)"
     );
     // publish → confirm: the server confirms after reading all 100 publishes, so only the
     // last 32 (the channel's ring) have their publish time: exactly those are timed, the
