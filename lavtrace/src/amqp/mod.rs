@@ -172,6 +172,10 @@ pub struct Tracer {
     /// TLS connections seen (at attach or at a poll) since attach, and in this window.
     tls_seen: HashSet<(SocketAddr, SocketAddr)>,
     tls_window: HashSet<(SocketAddr, SocketAddr)>,
+    /// The target listened on an AMQPS port at attach. Listeners are taken at attach, as for
+    /// the AMQP ports; without one, no poll reads /proc/PID/net/tcp, whose read walks the
+    /// host's whole established hash (most of an idle interval's CPU when it ran each time).
+    tls_listening: bool,
     pid: u32,
 }
 
@@ -227,7 +231,11 @@ impl Family for Tracer {
         const NOEXIST: u64 = 1;
         let fds = socket_fds(pid);
         let mut seeded = 0;
-        for s in procfs::target_sockets(pid) {
+        let sockets = procfs::target_sockets(pid);
+        let tls_listening = sockets
+            .iter()
+            .any(|s| s.state == state::LISTEN && tls_ports.contains(&s.local.port()));
+        for s in sockets {
             let Some(&fd) = fds.get(&s.inode) else {
                 continue;
             };
@@ -272,6 +280,7 @@ impl Family for Tracer {
             tls_ports,
             tls_seen: HashSet::new(),
             tls_window: HashSet::new(),
+            tls_listening,
             pid,
         };
         tracer.see_tls();
@@ -411,6 +420,9 @@ impl family::Tracer for Tracer {
 impl Tracer {
     /// Notes the target's connections on its AMQPS ports now open.
     fn see_tls(&mut self) {
+        if !self.tls_listening {
+            return;
+        }
         for s in procfs::target_sockets(self.pid) {
             if s.state == state::ESTABLISHED && self.tls_ports.contains(&s.local.port()) {
                 self.tls_seen.insert((s.local, s.remote));

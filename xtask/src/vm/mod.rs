@@ -140,6 +140,7 @@ pub fn run(opts: Opts) -> Result<()> {
             opts.smp,
             Duration::from_secs(opts.boot_timeout),
         )?;
+        save_check(&dir, kernel.name, &outcome)?;
         results.push(outcome);
     }
     summary(&kernels, &results, started.elapsed());
@@ -153,6 +154,32 @@ pub fn run(opts: Opts) -> Result<()> {
         bail!("the kernel matrix failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// `target/vm/check-<kernel>.txt`: what `lavtrace check` printed in that guest, under a line
+/// naming the commit and the release, for `cargo xtask bench`'s table of hooks per kernel.
+fn save_check(dir: &std::path::Path, kernel: &str, outcome: &qemu::Outcome) -> Result<()> {
+    if outcome.check_text.is_empty() {
+        return Ok(());
+    }
+    let path = check_file(dir, kernel);
+    let text = format!(
+        "# commit {} kernel {}\n{}\n",
+        crate::git_head(),
+        outcome.release,
+        outcome.check_text.join("\n")
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The kernels of the matrix, by name.
+pub fn matrix_names() -> impl Iterator<Item = &'static str> {
+    kernels::MATRIX.iter().map(|s| s.name)
+}
+
+/// Where `save_check` puts a kernel's `lavtrace check` output.
+pub fn check_file(dir: &std::path::Path, kernel: &str) -> PathBuf {
+    dir.join(format!("check-{kernel}.txt"))
 }
 
 /// What the guest gets from the host's build.

@@ -26,6 +26,9 @@ pub struct Outcome {
     pub tests_failed: u64,
     /// The hooks `lavtrace check` listed (its lines, trimmed).
     pub check: Vec<String>,
+    /// Everything the first run, `lavtrace check`, printed: the bench's table of the hooks
+    /// each qemu kernel picks is made from it.
+    pub check_text: Vec<String>,
     /// `Some(true)` when the guest wrote `done pass`; `None` when it wrote no verdict.
     pub verdict: Option<bool>,
     pub problem: Option<String>,
@@ -84,6 +87,11 @@ pub fn boot(kernel: &Kernel, initrd: &Path, smp: u32, timeout: Duration) -> Resu
             read_marker(marker, &mut outcome, &mut in_check);
         } else if in_check && (line.contains(" via ") || line.contains("unavailable:")) {
             outcome.check.push(line.trim().to_string());
+            if outcome.runs.len() == 1 {
+                outcome.check_text.push(line.clone());
+            }
+        } else if in_check && outcome.runs.len() == 1 {
+            outcome.check_text.push(line.clone());
         } else if let Some(totals) = line.trim().strip_prefix("test result: ") {
             let (passed, failed) = libtest_totals(totals);
             outcome.tests_passed += passed;
