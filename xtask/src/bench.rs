@@ -1417,8 +1417,9 @@ fn hooks(md: &mut String, lavtrace: &Path) -> Result<()> {
          what that costs processes lavtrace does not trace. `check` attaches each family alone; \
          beside the syscalls family (the default set), fsync, mmap and amqp take the syscall \
          tracepoints instead of uprobes or kprobes, since every syscall then takes the slow path \
-         anyway and a tracepoint program costs less than a uprobe's trap (section 6 lists the \
-         programs each row loaded).\n"
+         anyway and a tracepoint program costs the target less than a uprobe's trap; other \
+         processes pay for those tracepoints on the syscalls they hook (section 1, the \
+         default set's bystander row; section 6 lists the programs each row loaded).\n"
     )?;
     hook_table(md, &text)?;
     let dir = workspace_root().join("target/vm");
@@ -1635,9 +1636,12 @@ fn targets(md: &mut String, fig: &Figures) -> Result<()> {
         );
         because(
             &mut rows,
-            "beside the syscalls family, fsync, mmap and amqp take the syscall tracepoints \
-             (section 0): their programs run, and return at the pid check, on every bystander \
-             syscall of those numbers"
+            "beside the syscalls family, fsync, mmap and amqp take the per-syscall tracepoints \
+             (section 0): on every bystander syscall of those numbers (the loop's write is \
+             amqp's) the kernel's per-event dispatch fills a record with the arguments and \
+             calls the program before its pid check returns. Dispatching them from the \
+             syscalls family's raw sys_enter/sys_exit programs, after their pid check, would \
+             cost bystanders nothing over the family alone (not built)"
                 .to_string(),
         );
     }
