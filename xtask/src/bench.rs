@@ -675,6 +675,7 @@ fn spin(md: &mut String, lavtrace: &Path, opts: &Options, fig: &mut Figures) -> 
             fig.untraced_spread_ns = max - min;
         }
         fig.spin_added.push((tracer, med - base));
+        fig.spin_range.push((tracer, (min, max)));
     }
     writeln!(md)?;
     let lt: Vec<f64> = attach[3].clone();
@@ -1367,6 +1368,8 @@ fn scale(md: &mut String, lavtrace: &Path) -> Result<()> {
 struct Figures {
     /// Spin loop: ns added per syscall, per tracer.
     spin_added: Vec<(Tracer, f64)>,
+    /// Spin loop: min and max ns per syscall of each tracer's runs.
+    spin_range: Vec<(Tracer, (f64, f64))>,
     /// Spin loop: max - min of the untraced runs (the noise a "+0" is judged against).
     untraced_spread_ns: f64,
     attach_ms: Option<f64>,
@@ -1396,6 +1399,9 @@ struct Figures {
 impl Figures {
     fn added(&self, t: Tracer) -> Option<f64> {
         self.spin_added.iter().find(|(x, _)| *x == t).map(|x| x.1)
+    }
+    fn range(&self, t: Tracer) -> Option<(f64, f64)> {
+        self.spin_range.iter().find(|(x, _)| *x == t).map(|x| x.1)
     }
     fn ratio(&self, t: Tracer) -> Option<f64> {
         self.broker_ratio.iter().find(|(x, _)| *x == t).map(|x| x.1)
@@ -1505,7 +1511,7 @@ fn per_event_programs(rows: &mut Vec<(String, String, bool, String)>, fig: &Figu
         };
         why.push(format!(
             "the same msync programs measured {:.0} ns per run at {}/s and {:.0} ns at {}/s \
-             (section 3){cold}",
+             (section 4){cold}",
             slow.1, slow.0, fast.1, fast.0
         ));
     }
@@ -1618,6 +1624,21 @@ fn targets(md: &mut String, fig: &Figures) -> Result<()> {
                 ),
                 a.abs() <= fig.untraced_spread_ns.max(5.0),
             );
+            if let (Some((min, max)), Some((umin, umax))) = (fig.range(t), fig.range(Tracer::None))
+            {
+                let verdict = if min <= umax && umin <= max {
+                    "the ranges overlap: within the loop's noise, more runs are needed to tell"
+                } else {
+                    "every run above every untraced run: a cost this run cannot explain"
+                };
+                because(
+                    &mut rows,
+                    format!(
+                        "its runs took {min:.0}–{max:.0} ns per syscall, the untraced runs \
+                         {umin:.0}–{umax:.0}: {verdict}"
+                    ),
+                );
+            }
         }
     }
     if let (Some(default), Some(alone)) = (
