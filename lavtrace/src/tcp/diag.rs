@@ -70,6 +70,19 @@ pub struct DiagSock {
     pub counters: Option<TcpCounters>,
 }
 
+impl DiagSock {
+    /// What /proc would show of it.
+    pub fn proc_sock(&self) -> super::procfs::ProcSock {
+        super::procfs::ProcSock {
+            family: self.family,
+            local: self.local,
+            remote: self.remote,
+            state: self.state,
+            inode: self.inode,
+        }
+    }
+}
+
 /// A sock_diag socket in the target's network namespace.
 pub struct Diag {
     socket: Socket,
@@ -141,7 +154,9 @@ impl Diag {
                 family,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::INFO,
-                states: StateFlags::all(),
+                // TIME_WAIT sockets belong to no process (no inode to match), and a host can
+                // hold tens of thousands: the kernel then skips them, unsent.
+                states: StateFlags::all() - StateFlags::TIME_WAIT,
                 socket_id: if family == AF_INET {
                     SocketId::new_v4()
                 } else {

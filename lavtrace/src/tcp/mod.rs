@@ -62,7 +62,10 @@ impl Shared {
             self.ports_in_map.remove(&e.lport);
         }
         self.table.apply(e);
-        if std::mem::take(&mut self.table.rescan_listeners) {
+        self.table.bound();
+        if self.table.rescan_listeners && self.diag.is_some() {
+            // (While a report has the netlink socket, its poll sees the new listener.)
+            self.table.rescan_listeners = false;
             self.poll();
         }
     }
@@ -74,26 +77,16 @@ impl Shared {
         let Some(diag) = self.diag.as_mut() else {
             return;
         };
-        let before = diag.malformed;
-        let socks = diag.target_sockets(&procfs::socket_inodes(self.pid));
-        if diag.malformed > before {
-            warn!(
-                "tcp: {} sock_diag messages could not be decoded (skipped; {} in all)",
-                diag.malformed - before,
-                diag.malformed
-            );
-        }
-        let listeners: Vec<procfs::ProcSock> = diag::listeners(&socks)
-            .map(|s| procfs::ProcSock {
-                family: s.family,
-                local: s.local,
-                remote: s.remote,
-                state: s.state,
-                inode: s.inode,
-            })
+        let socks = dump(diag, self.pid);
+        self.apply_poll(&socks);
+    }
+
+    fn apply_poll(&mut self, socks: &[diag::DiagSock]) {
+        let listeners: Vec<procfs::ProcSock> = diag::listeners(socks)
+            .map(diag::DiagSock::proc_sock)
             .collect();
         self.add_listeners(&listeners);
-        self.table.apply_poll(&socks);
+        self.table.apply_poll(socks);
     }
 
     fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
@@ -113,6 +106,20 @@ impl Shared {
             self.table.listeners.insert(s.local);
         }
     }
+}
+
+/// The target's sockets from one sock_diag dump of each family.
+fn dump(diag: &mut diag::Diag, pid: u32) -> Vec<diag::DiagSock> {
+    let before = diag.malformed;
+    let socks = diag.target_sockets(&procfs::socket_inodes(pid));
+    if diag.malformed > before {
+        warn!(
+            "tcp: {} sock_diag messages could not be decoded (skipped; {} in all)",
+            diag.malformed - before,
+            diag.malformed
+        );
+    }
+    socks
 }
 
 pub struct Tracer {
@@ -344,27 +351,52 @@ impl Tracer {
             .stats
             .malformed
             .load(std::sync::atomic::Ordering::Relaxed);
-        let mut shared = self
-            .shared
-            .lock()
-            .map_err(|_| anyhow::anyhow!("tcp table poisoned"))?;
+        let lock = || {
+            self.shared
+                .lock()
+                .map_err(|_| anyhow::anyhow!("tcp table poisoned"))
+        };
+        // The drain applies events under the same lock: the slow reads (a sock_diag dump walks
+        // the host's whole established hash, TIME_WAIT included; one bpf() lookup per live
+        // socket; /proc/net/tcp) run without it, or a churning target fills the ring meanwhile.
+        let (live, diag, pid, local_ports) = {
+            let mut shared = lock()?;
+            for key in std::mem::take(&mut shared.table.stale_seeds) {
+                let _ = shared.seeds.remove(&key);
+            }
+            let live: Vec<u64> = shared.table.live().map(|(sk, _)| sk).collect();
+            let local_ports = shared.table.needs_local_ports();
+            (live, shared.diag.take(), shared.pid, local_ports)
+        };
+        // Gone meanwhile: its DESTROY event carries the final counters.
+        let resets: Vec<(u64, SockInfo)> = live
+            .into_iter()
+            .filter_map(|sk| self.socks.get(&sk, 0).ok().map(|info| (sk, info)))
+            .collect();
+        let polled = diag.map(|mut d| {
+            let socks = dump(&mut d, pid);
+            (d, socks)
+        });
+        // The dump has the target's sockets; /proc only where sock_diag cannot be had.
+        let proc_socks = local_ports.then(|| match &polled {
+            Some((_, socks)) => socks.iter().map(diag::DiagSock::proc_sock).collect(),
+            None => procfs::target_sockets(pid),
+        });
+
+        let mut shared = lock()?;
         let shared = &mut *shared;
         let lost_total = kernel_lost + malformed + shared.table.unseen_transitions;
-        for key in std::mem::take(&mut shared.table.stale_seeds) {
-            let _ = shared.seeds.remove(&key);
-        }
-        let live: Vec<(u64, usize)> = shared.table.live().collect();
-        for (sk, i) in live {
-            // Gone meanwhile: its DESTROY event carries the final counters.
-            if let Ok(info) = self.socks.get(&sk, 0) {
-                let c = &mut shared.table.conns[i].counters;
-                c.resets_sent = info.resets_sent;
-                c.resets_received = info.resets_received;
+        for (sk, info) in resets {
+            if let Some(c) = shared.table.live_conn(sk) {
+                c.counters.resets_sent = info.resets_sent;
+                c.counters.resets_received = info.resets_received;
             }
         }
-        shared.poll();
-        if shared.table.needs_local_ports() {
-            let socks = procfs::target_sockets(shared.pid);
+        if let Some((d, socks)) = polled {
+            shared.diag = Some(d);
+            shared.apply_poll(&socks);
+        }
+        if let Some(socks) = proc_socks {
             shared.table.fill_local_ports(&socks);
         }
         let w = report::Window {
@@ -374,6 +406,9 @@ impl Tracer {
             whole,
         };
         let table = &mut shared.table;
+        if !whole {
+            table.fold_closed();
+        }
         let rows: Vec<_> = table
             .conns
             .iter()
@@ -392,11 +427,12 @@ impl Tracer {
             evicted: table.evicted.connections,
         };
         if !whole {
+            let folded = table.folded_in_window();
             table.mark_reported();
             self.last_end = end;
             // Closed connections now listed once: beyond the newest kept, only their counts
-            // stay (this interval's record says how many went).
-            section.evicted = table.evict(table::CLOSED_KEPT);
+            // stay (this interval's record says how many went, with those folded meanwhile).
+            section.evicted = folded + table.evict(table::CLOSED_KEPT);
         }
         Ok((section, lost_total))
     }

@@ -74,12 +74,22 @@ pub fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
+/// Reads /proc/.../net/tcp{,6} in large reads: the kernel walks its socket hash again from
+/// the start of the last bucket for each read(2), so a host with tens of thousands of sockets
+/// (TIME_WAIT ones too) took 8 KiB reads a second of system time.
+fn read_table(path: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::with_capacity(1 << 20);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The target's TCP sockets (listeners and connections) in its own network namespace.
 pub fn target_sockets(pid: u32) -> Vec<ProcSock> {
     let inodes = socket_inodes(pid);
     let mut out = Vec::new();
     for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let Ok(text) = read_table(&format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
         out.extend(
@@ -97,7 +107,7 @@ pub fn target_sockets(pid: u32) -> Vec<ProcSock> {
 pub fn listener_pid(port: u16) -> Option<u32> {
     let mut listeners = HashSet::new();
     for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/self/net/{file}")) else {
+        let Ok(text) = read_table(&format!("/proc/self/net/{file}")) else {
             continue;
         };
         listeners.extend(

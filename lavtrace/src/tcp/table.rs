@@ -228,6 +228,12 @@ enum Slot {
 /// into [`Evicted`], so a churning target keeps the table bounded.
 pub const CLOSED_KEPT: usize = 256;
 
+/// Closed connections one interval lists at most. Beyond them, the oldest closed ones are
+/// folded into the counts as they come ([`Table::bound`]), so that a target churning
+/// thousands of connections per second does not grow the table, or an interval's record,
+/// with the interval's length.
+pub const CLOSED_LISTED: usize = 1024;
+
 /// Lifetimes (opened → destroyed) of closed connections whose opening was seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LifetimeStats {
@@ -273,6 +279,20 @@ pub struct Evicted {
     pub lifetimes: LifetimeStats,
 }
 
+impl Evicted {
+    /// Adds closed `c`: its transitions from `first` on, and its opening if `opening`.
+    fn add(&mut self, c: &Conn, first: usize, opening: bool) {
+        self.connections += 1;
+        self.opened += u64::from(opening && c.started());
+        for t in &c.transitions[first.min(c.transitions.len())..] {
+            *self.transitions.entry(transition_key(t)).or_insert(0) += 1;
+        }
+        if let (Some(o), Some(d)) = (c.opened, c.closed) {
+            self.lifetimes.add(d.saturating_sub(o));
+        }
+    }
+}
+
 /// The counts of one report: the whole run, or what no earlier interval counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
@@ -301,6 +321,13 @@ pub struct Table {
     /// skips a program run without counting it, e.g. kprobes before 6.7 while the CPU's
     /// `bpf_prog_active` is held). Counted as lost, never filled in.
     pub unseen_transitions: u64,
+    /// What the connections folded since the last interval's report contributed that no
+    /// interval counted yet (they are in `evicted` for the whole run already).
+    pending: Evicted,
+    /// Connections folded by [`Table::fold_closed`] since the last interval's report.
+    folded: u64,
+    /// `conns.len()` at which [`Table::bound`] folds next (amortised: not on every event).
+    fold_at: usize,
 }
 
 impl Table {
@@ -395,6 +422,14 @@ impl Table {
             Slot::Conn(i) => Some((sk, *i)),
             Slot::Listener(_) => None,
         })
+    }
+
+    /// The open connection of live socket `sk`, if it still is one.
+    pub fn live_conn(&mut self, sk: u64) -> Option<&mut Conn> {
+        match self.by_sk.get(&sk) {
+            Some(&Slot::Conn(i)) => self.conns.get_mut(i),
+            _ => None,
+        }
     }
 
     pub fn apply(&mut self, e: &TcpEvent) {
@@ -524,15 +559,13 @@ impl Table {
                 }
             }
         }
-        if whole {
-            let e = &self.evicted;
-            f.opened += e.opened;
-            f.closed += e.connections;
-            for (k, n) in &e.transitions {
-                *f.transitions.entry(k.clone()).or_insert(0) += n;
-            }
-            f.lifetimes.merge(&e.lifetimes);
+        let e = if whole { &self.evicted } else { &self.pending };
+        f.opened += e.opened;
+        f.closed += e.connections;
+        for (k, n) in &e.transitions {
+            *f.transitions.entry(k.clone()).or_insert(0) += n;
         }
+        f.lifetimes.merge(&e.lifetimes);
         f
     }
 
@@ -544,12 +577,41 @@ impl Table {
             c.reported_opened |= c.started();
             c.reported_closed |= c.closed.is_some();
         }
+        self.pending = Evicted::default();
+        self.folded = 0;
+    }
+
+    /// Connections folded during the interval being reported (some closed in it and never
+    /// listed, some listed by an earlier one). Read before [`Table::mark_reported`].
+    pub fn folded_in_window(&self) -> u64 {
+        self.folded
+    }
+
+    /// Keeps the table bounded between reports: once it has grown by [`CLOSED_LISTED`]
+    /// connections since the last fold, folds the closed ones beyond the newest
+    /// [`CLOSED_LISTED`], reported or not. Cheap to call after every event.
+    pub fn bound(&mut self) {
+        if self.conns.len() >= self.fold_at.max(2 * CLOSED_LISTED) {
+            self.fold_closed();
+        }
+    }
+
+    /// Folds the closed connections beyond the newest [`CLOSED_LISTED`], reported or not:
+    /// before an interval's report, so that it lists no more than that.
+    pub fn fold_closed(&mut self) {
+        self.folded += self.fold(CLOSED_LISTED, |c| c.closed.is_some() || c.duplicate);
+        self.fold_at = self.conns.len() + CLOSED_LISTED;
     }
 
     /// Folds the closed connections an interval already reported into `evicted`, keeping the
     /// newest `keep` of them (and every open one) in full. Returns how many were evicted.
     pub fn evict(&mut self, keep: usize) -> u64 {
-        let done = |c: &Conn| c.reported_closed || c.duplicate;
+        self.fold(keep, |c| c.reported_closed || c.duplicate)
+    }
+
+    /// Folds the connections `done` accepts, beyond the newest `keep` of them, into
+    /// `evicted`; what no interval counted yet of each also goes to `pending`.
+    fn fold(&mut self, keep: usize, done: impl Fn(&Conn) -> bool) -> u64 {
         let reported = self.conns.iter().filter(|c| done(c)).count();
         if reported <= keep {
             return 0;
@@ -566,14 +628,10 @@ impl Table {
                     continue; // never listed nor counted
                 }
                 evicted += 1;
-                let e = &mut self.evicted;
-                e.connections += 1;
-                e.opened += u64::from(c.started());
-                for t in &c.transitions {
-                    *e.transitions.entry(transition_key(t)).or_insert(0) += 1;
-                }
-                if let (Some(o), Some(d)) = (c.opened, c.closed) {
-                    e.lifetimes.add(d.saturating_sub(o));
+                self.evicted.add(&c, 0, true);
+                if !c.reported_closed {
+                    self.pending
+                        .add(&c, c.reported_transitions, !c.reported_opened);
                 }
                 continue;
             }
@@ -1185,6 +1243,59 @@ mod tests {
             0,
             "the kept ones are not reported closed again yet"
         );
+    }
+
+    /// A churn within one interval: the table stays bounded, and neither the interval's
+    /// counts nor the whole run's change when connections it never listed are folded.
+    #[test]
+    fn closed_connections_beyond_the_listed_ones_are_folded_before_their_interval_ends() {
+        let mut t = Table::default();
+        accepted(&mut t, 1, 40000, 10, Some(20));
+        t.mark_reported();
+        let n = 3 * CLOSED_LISTED as u64;
+        for i in 0..n {
+            accepted(
+                &mut t,
+                100 + i,
+                41000 + i as u16,
+                100 + i,
+                Some(200 + 2 * i),
+            );
+            t.bound();
+            assert!(t.conns.len() <= 2 * CLOSED_LISTED + 2, "{}", t.conns.len());
+        }
+        // One open connection, opened last, is never folded.
+        accepted(&mut t, 99, 39000, 9000, None);
+        let want: BTreeMap<String, u64> =
+            [("SYN_RECV->ESTABLISHED", n + 1), ("ESTABLISHED->CLOSE", n)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let f = t.figures(false);
+        assert_eq!((f.opened, f.closed), (n + 1, n));
+        assert_eq!(f.transitions, want);
+        assert_eq!(f.lifetimes.count, n);
+        let listed = t
+            .conns
+            .iter()
+            .filter(|c| Table::in_window(c, false))
+            .count() as u64;
+        // The first one too: an earlier interval listed it.
+        assert_eq!(
+            t.folded_in_window() + listed,
+            n + 2,
+            "every one listed or folded"
+        );
+        let whole = t.figures(true);
+        assert_eq!((whole.opened, whole.closed), (n + 2, n + 1));
+        assert_eq!(whole.lifetimes.count, n + 1);
+        t.mark_reported();
+        assert_eq!(t.folded_in_window(), 0);
+        let next = t.figures(false);
+        assert_eq!((next.opened, next.closed), (0, 0), "counted once");
+        assert!(next.transitions.is_empty());
+        assert_eq!(t.figures(true).closed, n + 1, "the whole run keeps them");
+        assert_eq!(t.live().count(), 1);
     }
 
     #[test]
