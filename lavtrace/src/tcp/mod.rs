@@ -63,9 +63,7 @@ impl Shared {
         }
         self.table.apply(e);
         self.table.bound();
-        if self.table.rescan_listeners && self.diag.is_some() {
-            // (While a report has the netlink socket, its poll sees the new listener.)
-            self.table.rescan_listeners = false;
+        if std::mem::take(&mut self.table.rescan_listeners) {
             self.poll();
         }
     }
@@ -73,20 +71,16 @@ impl Shared {
     /// Reads the target's sockets: listening ports for the kernel's accept rule (one opened
     /// since the last poll is in the map already when it was bound before listen(2); this
     /// catches a listen without bind), and every open connection's counters.
-    fn poll(&mut self) {
-        let Some(diag) = self.diag.as_mut() else {
-            return;
-        };
+    /// Polls the target's sockets through sock_diag and returns them (None without it).
+    fn poll(&mut self) -> Option<Vec<diag::DiagSock>> {
+        let diag = self.diag.as_mut()?;
         let socks = dump(diag, self.pid);
-        self.apply_poll(&socks);
-    }
-
-    fn apply_poll(&mut self, socks: &[diag::DiagSock]) {
-        let listeners: Vec<procfs::ProcSock> = diag::listeners(socks)
+        let listeners: Vec<procfs::ProcSock> = diag::listeners(&socks)
             .map(diag::DiagSock::proc_sock)
             .collect();
         self.add_listeners(&listeners);
-        self.table.apply_poll(socks);
+        self.table.apply_poll(&socks);
+        Some(socks)
     }
 
     fn add_listeners(&mut self, socks: &[procfs::ProcSock]) {
@@ -351,52 +345,33 @@ impl Tracer {
             .stats
             .malformed
             .load(std::sync::atomic::Ordering::Relaxed);
-        let lock = || {
-            self.shared
-                .lock()
-                .map_err(|_| anyhow::anyhow!("tcp table poisoned"))
-        };
-        // The drain applies events under the same lock: the slow reads (a sock_diag dump walks
-        // the host's whole established hash, TIME_WAIT included; one bpf() lookup per live
-        // socket; /proc/net/tcp) run without it, or a churning target fills the ring meanwhile.
-        let (live, diag, pid, local_ports) = {
-            let mut shared = lock()?;
-            for key in std::mem::take(&mut shared.table.stale_seeds) {
-                let _ = shared.seeds.remove(&key);
-            }
-            let live: Vec<u64> = shared.table.live().map(|(sk, _)| sk).collect();
-            let local_ports = shared.table.needs_local_ports();
-            (live, shared.diag.take(), shared.pid, local_ports)
-        };
-        // Gone meanwhile: its DESTROY event carries the final counters.
-        let resets: Vec<(u64, SockInfo)> = live
-            .into_iter()
-            .filter_map(|sk| self.socks.get(&sk, 0).ok().map(|info| (sk, info)))
-            .collect();
-        let polled = diag.map(|mut d| {
-            let socks = dump(&mut d, pid);
-            (d, socks)
-        });
-        // The dump has the target's sockets; /proc only where sock_diag cannot be had.
-        let proc_socks = local_ports.then(|| match &polled {
-            Some((_, socks)) => socks.iter().map(diag::DiagSock::proc_sock).collect(),
-            None => procfs::target_sockets(pid),
-        });
-
-        let mut shared = lock()?;
+        let mut shared = self
+            .shared
+            .lock()
+            .map_err(|_| anyhow::anyhow!("tcp table poisoned"))?;
         let shared = &mut *shared;
         let lost_total = kernel_lost + malformed + shared.table.unseen_transitions;
-        for (sk, info) in resets {
-            if let Some(c) = shared.table.live_conn(sk) {
-                c.counters.resets_sent = info.resets_sent;
-                c.counters.resets_received = info.resets_received;
+        for key in std::mem::take(&mut shared.table.stale_seeds) {
+            let _ = shared.seeds.remove(&key);
+        }
+        let live: Vec<(u64, usize)> = shared.table.live().collect();
+        for (sk, i) in live {
+            // Gone meanwhile: its DESTROY event carries the final counters.
+            if let Ok(info) = self.socks.get(&sk, 0) {
+                let c = &mut shared.table.conns[i].counters;
+                c.resets_sent = info.resets_sent;
+                c.resets_received = info.resets_received;
             }
         }
-        if let Some((d, socks)) = polled {
-            shared.diag = Some(d);
-            shared.apply_poll(&socks);
-        }
-        if let Some(socks) = proc_socks {
+        let polled = shared.poll();
+        if shared.table.needs_local_ports() {
+            // The dump has the target's sockets. /proc only where sock_diag cannot be had: on a
+            // host with tens of thousands of sockets one read of /proc/net/tcp took a second,
+            // on the thread that also drains the ring.
+            let socks = match polled {
+                Some(socks) => socks.iter().map(diag::DiagSock::proc_sock).collect(),
+                None => procfs::target_sockets(shared.pid),
+            };
             shared.table.fill_local_ports(&socks);
         }
         let w = report::Window {

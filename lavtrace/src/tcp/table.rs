@@ -424,14 +424,6 @@ impl Table {
         })
     }
 
-    /// The open connection of live socket `sk`, if it still is one.
-    pub fn live_conn(&mut self, sk: u64) -> Option<&mut Conn> {
-        match self.by_sk.get(&sk) {
-            Some(&Slot::Conn(i)) => self.conns.get_mut(i),
-            _ => None,
-        }
-    }
-
     pub fn apply(&mut self, e: &TcpEvent) {
         let local = procfs::sock_addr(e.family, &e.laddr, e.lport);
         let remote = procfs::sock_addr(e.family, &e.raddr, e.rport);

@@ -65,8 +65,7 @@ const GUEST_SKIPS_THREAD_CHURN: &str =
 /// leaves a state the last one did not enter) and writes its maps less often, but the skip
 /// itself can still happen there, so the guests leave this test to the host. Opened, closed
 /// and the connect/accept transitions stay checked there by the metrics churn test. The
-/// substring skips the three churn tests of `tests/tcp.rs`: the two exact ones for that reason,
-/// the TIME_WAIT one (60,000 connections) for the one-vCPU guest's time.
+/// substring skips both churn tests of `tests/tcp.rs`, the exact one within one interval too.
 const GUEST_SKIPS_TCP_CHURN: &str = "churn";
 
 /// Test binaries the guests do not run: `cli` exercises the CLI with host tools (a real
