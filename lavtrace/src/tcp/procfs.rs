@@ -88,18 +88,30 @@ fn read_table(path: &str) -> std::io::Result<String> {
 pub fn target_sockets(pid: u32) -> Vec<ProcSock> {
     let inodes = socket_inodes(pid);
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
         let Ok(text) = read_table(&format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
-        out.extend(
-            text.lines()
-                .skip(1)
-                .filter_map(|l| parse_line(l, family))
-                .filter(|s| inodes.contains(&s.inode)),
-        );
+        out.extend(sockets_of(&text, family, &inodes, &mut seen));
     }
     out
+}
+
+/// The lines of one /proc/net/tcp{,6} text whose inode is in `inodes`, each socket once.
+/// The file is no snapshot: while other sockets come and go, the kernel resumes each read(2)
+/// by position in its hash and can print a socket again (a churn beside a pre-existing
+/// connection once listed it 43 times).
+fn sockets_of<'a>(
+    text: &'a str,
+    family: u16,
+    inodes: &'a HashSet<u64>,
+    seen: &'a mut HashSet<u64>,
+) -> impl Iterator<Item = ProcSock> + 'a {
+    text.lines()
+        .skip(1)
+        .filter_map(move |l| parse_line(l, family))
+        .filter(move |s| inodes.contains(&s.inode) && seen.insert(s.inode))
 }
 
 /// The process that listens on TCP `port` in lavtrace's own network namespace (the broker
@@ -205,6 +217,29 @@ mod tests {
         assert_eq!(s.local, "[::1]:5672".parse().unwrap());
         assert_eq!(s.state, state::LISTEN);
         assert!(parse_line("  sl  local_address rem_address   st", AF_INET).is_none());
+    }
+
+    #[test]
+    fn a_socket_printed_twice_is_listed_once() {
+        let line = |inode: u64, rport: &str| {
+            format!(
+                "   1: 0100007F:1628 0100007F:{rport} 01 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 20 4 30 10 -1"
+            )
+        };
+        let text = [
+            "  sl  local_address".to_string(),
+            line(7, "B3C2"),
+            line(8, "B3C4"),
+            line(7, "B3C2"),
+            line(9, "B3C6"),
+        ]
+        .join("\n");
+        let inodes: HashSet<u64> = [7, 8].into();
+        let mut seen = HashSet::new();
+        let got: Vec<u64> = sockets_of(&text, AF_INET, &inodes, &mut seen)
+            .map(|s| s.inode)
+            .collect();
+        assert_eq!(got, [7, 8]);
     }
 
     #[test]
