@@ -74,9 +74,9 @@ pub fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
-/// Reads /proc/.../net/tcp{,6} in large reads: the kernel walks its socket hash again from
-/// the start of the last bucket for each read(2), so a host with tens of thousands of sockets
-/// (TIME_WAIT ones too) took 8 KiB reads a second of system time.
+/// Reads /proc/.../net/tcp{,6} in large reads: the kernel walks its socket hash again for each
+/// read(2), so on a host with tens of thousands of sockets (TIME_WAIT ones too) reading the
+/// file in 8 KiB reads took about a second of system time.
 fn read_table(path: &str) -> std::io::Result<String> {
     use std::io::Read as _;
     let mut text = String::with_capacity(1 << 20);
