@@ -14,6 +14,21 @@ pub use crate::syscalls::LATENCY_BUCKETS;
 pub const MAX_THREADS: u32 = 8_192;
 /// Listening sockets (fds) whose accepts are AMQP connections.
 pub const MAX_LISTENERS: u32 = 64;
+/// SSL_read/SSL_write calls in progress (LRU: one whose return was never seen goes). A
+/// fiber waiting inside SSL_read holds one, so this bounds the waiting AMQPS connections
+/// whose next read is walked.
+pub const MAX_SSL_CALLS: u32 = 16_384;
+/// `SSL *` → fd bindings (LRU).
+pub const MAX_SSL_BINDINGS: u32 = 2 * MAX_CONNS;
+
+/// `AMQP_LISTENERS` values: what a connection accepted on the listener carries.
+pub mod listener {
+    /// AMQP in the clear: the socket calls' bytes are walked.
+    pub const PLAIN: u32 = 1;
+    /// AMQPS: the socket calls carry TLS records; the plaintext of the target's SSL_read
+    /// and SSL_write is walked instead.
+    pub const TLS: u32 = 2;
+}
 
 /// Steps of the frame walk per program run (a step jumps over the rest of a frame's payload,
 /// collects the next frame's header and prefix and counts it; or moves to the next iovec):
@@ -38,6 +53,15 @@ pub const WALK_PROGRAM: &str = "amqp_walk";
 pub const WALK_PROGRAMS_TP: &str = "AMQP_WALK_PROGS_TP";
 pub const WALK_PROGRAM_TP: &str = "amqp_walk_tp";
 pub const DIAG_MAP: &str = "AMQP_DIAG";
+/// The entry programs of SSL_read, SSL_write, SSL_read_ex and SSL_write_ex, and the one
+/// program at each of their `ret` instructions.
+pub const SSL_ENTRY_PROGRAMS: [(&str, &str); 4] = [
+    ("SSL_read", "amqp_ssl_read"),
+    ("SSL_write", "amqp_ssl_write"),
+    ("SSL_read_ex", "amqp_ssl_read_ex"),
+    ("SSL_write_ex", "amqp_ssl_write_ex"),
+];
+pub const SSL_RETURN_PROGRAM: &str = "amqp_ssl_return";
 
 /// The per-cpu diagnostic counters (`DIAG_MAP`).
 pub mod diag {
@@ -47,7 +71,10 @@ pub mod diag {
     pub const THREADS_FULL: u32 = 1;
     /// Transfers whose bytes went past the walk's bound (steps or iovecs).
     pub const WALK_LIMIT: u32 = 2;
-    pub const LEN: u32 = 3;
+    /// SSL_read/SSL_write calls on an `SSL *` not yet seen on an AMQPS socket (no socket
+    /// call inside any of its calls since attach): their bytes are not walked.
+    pub const SSL_UNBOUND: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// Where a direction's walk stands (`Walker::phase`).
@@ -179,6 +206,9 @@ impl Default for Counters {
 pub struct Conn {
     /// CLOCK_MONOTONIC of the accept, or 0 for a connection seeded from /proc.
     pub since_ns: u64,
+    /// `listener::PLAIN` or `listener::TLS`.
+    pub kind: u32,
+    pub _pad: u32,
     pub counters: Counters,
 }
 
@@ -256,6 +286,24 @@ pub mod call {
     pub const PLAIN: u32 = 1;
     pub const IOV: u32 = 2;
     pub const ACCEPT: u32 = 3;
+}
+
+/// An SSL_read/SSL_write (or `_ex`) call in progress. Key: the stack pointer at its entry,
+/// which is the stack pointer again at its `ret`: one key per call even when the thread
+/// runs other calls of the same function on other stacks meanwhile (a fiber that waits
+/// inside SSL_read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    pub buf: u64,
+    /// The `size_t *` the `_ex` forms return the byte count through; 0 for SSL_read and
+    /// SSL_write, which return it.
+    pub count_at: u64,
+    /// 0: in (SSL_read), 1: out (SSL_write).
+    pub dir: u32,
+    pub _pad: u32,
 }
 
 /// Where one transfer's walk stands, carried across the tail calls (per-cpu).
@@ -390,7 +438,7 @@ pub mod method {
     pub const CONFIRM_SELECT: (u16, u16) = (85, 10);
 }
 
-crate::pod!(Walks, Conn, Event, Closed, Pending, Transfer, Chan);
+crate::pod!(Walks, Conn, Event, Closed, Pending, Transfer, Chan, SslCall);
 
 #[cfg(test)]
 mod tests {
@@ -404,7 +452,8 @@ mod tests {
             size_of::<Counters>(),
             7 * 8 + 6 * 16 + 8 + 3 * 8 + 2 * LATENCY_BUCKETS * 8 + METHOD_SLOTS * 8
         );
-        assert_eq!(size_of::<Conn>(), 8 + size_of::<Counters>());
+        assert_eq!(size_of::<Conn>(), 16 + size_of::<Counters>());
+        assert_eq!(size_of::<SslCall>(), 32);
         assert_eq!(size_of::<Walks>(), 2 * size_of::<Walker>());
         assert_eq!(size_of::<Event>(), 40 + TEXT_BYTES);
         assert_eq!(size_of::<Closed>(), 24 + size_of::<Counters>());

@@ -22,6 +22,10 @@
 //! session that pays the syscall slow path anyway. The first two are kprobe-type programs and
 //! tail-call `amqp_walk`; a tail call stays within one program type, so the tracepoints
 //! tail-call `amqp_walk_tp`, the same walk.
+//!
+//! AMQPS connections (accepted on a listener userspace marked `listener::TLS`) are not walked
+//! at their socket calls, which carry TLS records: `ssl` walks the plaintext of the target's
+//! SSL_read and SSL_write on them instead.
 
 use aya_ebpf::{
     EbpfContext,
@@ -36,11 +40,13 @@ use lavtrace_common::{
         Chan, Closed, Conn, Event, FRAME_END, HDR_BYTES, HDR_USED, LATENCY_BUCKETS, MAX_CHANNELS,
         MAX_CONNS, MAX_FRAME, MAX_IOVECS, MAX_LISTENERS, MAX_THREADS, METHOD_PREFIX, METHOD_SLOTS,
         Pending, RUNS_PER_TRANSFER, STEPS_PER_RUN, TEXT_BYTES, TIMES_PER_CHANNEL, Transfer, Walker,
-        Walks, call, chan_key, diag, event, frame, method, method_slot, phase,
+        Walks, call, chan_key, diag, event, frame, listener, method, method_slot, phase,
     },
     ring::lost,
     syscalls::latency_bucket,
 };
+
+mod ssl;
 
 use crate::{
     filter::current_target_task,
@@ -168,7 +174,13 @@ fn enter(fd: u64, ptr: u64, len: u64, dir: u32, kind: u32) {
     };
     let fd = fd as u32;
     // SAFETY: a lookup; the value is not kept.
-    if unsafe { AMQP_CONNS.get(fd) }.is_none() {
+    let Some(conn_kind) = (unsafe { AMQP_CONNS.get(fd) }).map(|c| c.kind) else {
+        return;
+    };
+    if conn_kind == listener::TLS {
+        // TLS records: not walked here. A call inside SSL_read/SSL_write names that call's
+        // `SSL *`'s socket.
+        ssl::bind(tid, fd);
         return;
     }
     let (ptr, len) = if kind == call::IOV && dir >= 2 {
@@ -201,12 +213,14 @@ fn enter_accept(fd: u64) {
         return;
     };
     let fd = fd as u32;
-    // SAFETY: a lookup; the value is not kept.
-    if unsafe { AMQP_LISTENERS.get(fd) }.is_none() {
+    // SAFETY: a lookup; the value is copied out at once.
+    let Some(&kind) = (unsafe { AMQP_LISTENERS.get(fd) }) else {
         return;
-    }
+    };
     let pending = Pending {
         fd,
+        // The listener's kind, for the accepted connection.
+        dir: kind,
         call: call::ACCEPT,
         ..Pending::default()
     };
@@ -258,17 +272,22 @@ fn exit<C: EbpfContext>(ctx: &C, walk: &ProgramArray, ret: i64) {
         return;
     }
     if p.call == call::ACCEPT {
-        accepted(ret as u32);
+        accepted(ret as u32, p.dir);
         return;
     }
-    if ret == 0 || p.ptr == 0 {
+    walk_transfer(ctx, walk, &p, ret as u64);
+}
+
+/// Walks the `len` bytes call `p` moved (its buffer, or its iovecs).
+#[inline(always)]
+fn walk_transfer<C: EbpfContext>(ctx: &C, walk: &ProgramArray, p: &Pending, len: u64) {
+    if len == 0 || p.ptr == 0 {
         return;
     }
     let Some(t) = AMQP_XFER.get_ptr_mut(0) else {
         return;
     };
     let plain = p.call == call::PLAIN;
-    let len = ret as u64;
     // SAFETY: this CPU's slot, used by this call's runs only (a tail-call chain stays on
     // its CPU, and these programs never run in interrupt context).
     unsafe {
@@ -294,7 +313,8 @@ fn exit<C: EbpfContext>(ctx: &C, walk: &ProgramArray, ret: i64) {
     count_diag(diag::WALK_LIMIT);
 }
 
-fn accepted(fd: u32) {
+/// `kind`: the listener's (`listener::*`).
+fn accepted(fd: u32, kind: u32) {
     let since = now();
     let (Some(conn), Some(walks)) = (AMQP_NEW_CONN.get_ptr_mut(0), AMQP_NEW_WALKS.get_ptr_mut(0))
     else {
@@ -303,6 +323,7 @@ fn accepted(fd: u32) {
     // SAFETY: this CPU's template slots, used only during this run.
     let (conn, walks) = unsafe { (&mut *conn, &mut *walks) };
     conn.since_ns = since;
+    conn.kind = kind;
     for (w, (p, need)) in walks
         .walk
         .iter_mut()
@@ -332,7 +353,8 @@ fn accepted(fd: u32) {
         since_ns: since,
         dir: IN,
         channel: 0,
-        code: 0,
+        // The listener's kind.
+        code: kind as u16,
         text_len: 0,
         text_full: 0,
         text: [0; TEXT_BYTES],

@@ -31,6 +31,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::tls;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -50,6 +52,10 @@ pub struct Args {
     /// carries TLS records (an AMQPS connection: to be counted, not parsed).
     #[arg(long)]
     pub tls_port: Option<u16>,
+    /// AMQPS: both connections on `--port` over TLS through the process's libssl (see
+    /// tls.rs); the figures are the same as in the clear.
+    #[arg(long, conflicts_with = "tls_port")]
+    pub tls: bool,
 }
 
 const FRAME_MAX: usize = 131_072;
@@ -450,12 +456,9 @@ fn tls_connection(port: u16) -> std::io::Result<(TcpListener, TcpStream, TcpStre
     Ok((listener, peer, conn))
 }
 
-pub fn run(a: &Args) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", a.port))?;
-    // The pre connection, before ready.
-    let mut pre_peer = TcpStream::connect(("127.0.0.1", a.port))?;
-    let (pre, _) = listener.accept()?;
-    let pre_fd = pre.as_raw_fd();
+/// The pre connection's inbound bytes, and where it is split: (stream, the bytes read
+/// before ready, the end of the split publish).
+fn pre_stream(a: &Args) -> (Stream, usize, usize) {
     let mut pre_in = Stream::default();
     pre_in.bytes.extend(b"AMQP\x00\x00\x09\x01");
     pre_in.method("connection.open", 0, 10, 40, &shortstr(VHOST));
@@ -468,11 +471,51 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     // One more publish, whose first part is read before ready.
     publish(&mut pre_in, &b);
     let split_at = before + 20;
-    let split_rest = (pre_in.bytes.len() - split_at) as u64;
     let after = pre_in.bytes.len();
     for _ in 0..a.pre_publishes {
         publish(&mut pre_in, &b);
     }
+    (pre_in, split_at, after)
+}
+
+/// connection.blocked and connection.unblocked, and where the first ends.
+fn gate() -> (Stream, usize) {
+    let mut gate = Stream::default();
+    gate.method("connection.blocked", 0, 10, 60, &shortstr("low on disk"));
+    let blocked_len = gate.bytes.len();
+    gate.method("connection.unblocked", 0, 10, 61, &[]);
+    (gate, blocked_len)
+}
+
+/// The two gate writes around a 40 ms pause: (`blocked_ns`, its min, its max) as in `Stats`.
+fn blocked_writes(
+    mut write: impl FnMut(bool) -> std::io::Result<()>,
+) -> std::io::Result<(u64, u64, u64)> {
+    let before_blocked = std::time::Instant::now();
+    write(true)?;
+    let blocked_at = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let before_unblocked = std::time::Instant::now();
+    write(false)?;
+    let blocked_ns = blocked_at.elapsed().as_nanos() as u64;
+    // A tracer stamps each write somewhere inside it: its figure lies between these, however
+    // long this thread waited for a CPU around the writes.
+    let min = before_unblocked.duration_since(blocked_at).as_nanos() as u64;
+    let max = before_blocked.elapsed().as_nanos() as u64;
+    Ok((blocked_ns, min, max))
+}
+
+pub fn run(a: &Args) -> std::io::Result<()> {
+    if a.tls {
+        return run_tls(a);
+    }
+    let listener = TcpListener::bind(("127.0.0.1", a.port))?;
+    // The pre connection, before ready.
+    let mut pre_peer = TcpStream::connect(("127.0.0.1", a.port))?;
+    let (pre, _) = listener.accept()?;
+    let pre_fd = pre.as_raw_fd();
+    let (pre_in, split_at, after) = pre_stream(a);
+    let split_rest = (after - split_at) as u64;
     pre_peer.write_all(&pre_in.bytes[..split_at])?;
     let mut sink = vec![0u8; split_at];
     read_exact_with(pre_fd, &mut sink, CHUNK)?;
@@ -503,27 +546,16 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     server_reads(fd, inbound.bytes.len(), inbound.handshake, a.one_byte)?;
     // Flow control first: connection.blocked, a pause, connection.unblocked, one write each.
     // The time between the two writes' returns is the time blocked a tracer must report.
-    let mut gate = Stream::default();
-    gate.method("connection.blocked", 0, 10, 60, &shortstr("low on disk"));
-    let blocked_len = gate.bytes.len();
-    gate.method("connection.unblocked", 0, 10, 61, &[]);
-    let before_blocked = std::time::Instant::now();
-    write_all_with(fd, &gate.bytes[..blocked_len], CHUNK)?;
-    let blocked_at = std::time::Instant::now();
-    std::thread::sleep(std::time::Duration::from_millis(40));
-    let before_unblocked = std::time::Instant::now();
-    write_all_with(fd, &gate.bytes[blocked_len..], CHUNK)?;
-    let blocked_ns = blocked_at.elapsed().as_nanos() as u64;
-    // A tracer stamps each write somewhere inside it: its figure lies between these, however
-    // long this thread waited for a CPU around the writes.
-    let blocked_ns_min = before_unblocked.duration_since(blocked_at).as_nanos() as u64;
-    let blocked_ns_max = before_blocked.elapsed().as_nanos() as u64;
+    let (gate, blocked_len) = gate();
+    let blocked = blocked_writes(|first| {
+        let part = if first {
+            &gate.bytes[..blocked_len]
+        } else {
+            &gate.bytes[blocked_len..]
+        };
+        write_all_with(fd, part, CHUNK)
+    })?;
     server_writes(fd, &outbound.bytes, a.one_byte)?;
-    let mut outbound = outbound;
-    outbound.frames += gate.frames;
-    for (name, n) in gate.methods {
-        *outbound.methods.entry(name).or_default() += n;
-    }
     writer
         .join()
         .map_err(|_| std::io::Error::other("peer writer panicked"))??;
@@ -531,11 +563,35 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     let got = reader
         .join()
         .map_err(|_| std::io::Error::other("peer reader panicked"))??;
+    report(
+        a, got, inbound, outbound, gate, expected, split_rest, blocked,
+    )
+}
+
+/// Checks the peer read all that was sent, then prints the stats and `done`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per transport, each part named"
+)]
+fn report(
+    a: &Args,
+    got: u64,
+    inbound: Stream,
+    mut outbound: Stream,
+    gate: Stream,
+    expected: Expected,
+    split_rest: u64,
+    (blocked_ns, blocked_ns_min, blocked_ns_max): (u64, u64, u64),
+) -> std::io::Result<()> {
     let sent = (outbound.bytes.len() + gate.bytes.len()) as u64;
     if got != sent {
         return Err(std::io::Error::other(format!(
             "the peer read {got} of {sent} bytes"
         )));
+    }
+    outbound.frames += gate.frames;
+    for (name, n) in gate.methods {
+        *outbound.methods.entry(name).or_default() += n;
     }
     let stats = Stats {
         port: a.port,
@@ -555,4 +611,56 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     stdout.flush()?;
     drop(stdout);
     lavtrace_common::start::announce_done()
+}
+
+/// `run` over TLS: the same connections and bytes, through SSL calls (see tls.rs). The
+/// gate's two writes are one SSL_write each; the bytes before ready are read as in the clear.
+fn run_tls(a: &Args) -> std::io::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", a.port))?;
+    let acceptor = tls::acceptor()?;
+    let (mut pre, mut pre_peer) = tls::pair(&acceptor, &listener)?;
+    let (pre_in, split_at, after) = pre_stream(a);
+    let split_rest = (after - split_at) as u64;
+    pre_peer.write_all(&pre_in.bytes[..split_at])?;
+    let mut sink = vec![0u8; split_at];
+    tls::read_exact_with(&mut pre, &mut sink, CHUNK, false)?;
+
+    lavtrace_common::start::announce_ready_then_wait_go()?;
+
+    pre_peer.write_all(&pre_in.bytes[split_at..])?;
+    let mut rest = vec![0u8; after - split_at];
+    tls::read_exact_with(&mut pre, &mut rest, after - split_at, true)?;
+    let mut more = vec![0u8; pre_in.bytes.len() - after];
+    tls::read_exact_with(&mut pre, &mut more, CHUNK, false)?;
+    drop(pre);
+    drop(pre_peer);
+
+    let (inbound, mut expected) = client_stream(a);
+    let outbound = server_stream(a, &mut expected);
+    let (mut conn, peer) = tls::pair(&acceptor, &listener)?;
+    let peer = tls::peer(peer, inbound.bytes.clone());
+    tls::server_reads(
+        &mut conn,
+        inbound.bytes.len(),
+        inbound.handshake,
+        a.one_byte,
+        CHUNK,
+    )?;
+    let (gate, blocked_len) = gate();
+    let blocked = blocked_writes(|first| {
+        let part = if first {
+            &gate.bytes[..blocked_len]
+        } else {
+            &gate.bytes[blocked_len..]
+        };
+        tls::write_all_with(&mut conn, part, CHUNK, true)
+    })?;
+    tls::server_writes(&mut conn, &outbound.bytes, a.one_byte, CHUNK)?;
+    let got = peer
+        .join()
+        .map_err(|_| std::io::Error::other("the TLS peer panicked"))??;
+    drop(conn);
+    report(
+        a, got, inbound, outbound, gate, expected, split_rest, blocked,
+    )
 }

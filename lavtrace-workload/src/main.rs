@@ -18,6 +18,7 @@ mod spin;
 mod storage;
 mod syscalls;
 mod tcp;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -158,6 +158,7 @@ mod tests {
             local: None,
             remote: None,
             seeded: false,
+            tls: false,
             vhost: Some("/"),
             close: None,
             channels_opened: 1,
@@ -172,7 +173,10 @@ mod tests {
             &[5672],
             vec![report::conn_row(9, id, &c, &c, true)],
             report::KernelDiag::default(),
-            0,
+            report::Tls {
+                not_parsed: 0,
+                ..report::Tls::default()
+            },
         );
         let s = Sections::default()
             .with(fsync::Section(vec![

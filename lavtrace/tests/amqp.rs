@@ -31,7 +31,34 @@ fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
 #[test]
 fn a_broker_shaped_server_is_counted_frame_by_frame() {
     require_root();
-    broker_shaped_server_exact("amqp", &hooks_mode());
+    broker_shaped_server_exact("amqp", &hooks_mode(), false);
+}
+
+/// The same server over TLS (AMQPS through the workload's libssl, as LavinMQ links it): the
+/// plaintext of its SSL_read/SSL_write and _ex calls gives the same figures exactly, with
+/// uprobes at the functions' entries and `ret`s (no uretprobe), and no body byte or password
+/// in any output.
+#[test]
+fn an_amqps_server_is_counted_from_its_ssl_calls_exactly() {
+    require_root();
+    let vias = broker_shaped_server_exact("amqp", &hooks_mode(), true);
+    for f in ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"] {
+        assert!(
+            vias.iter()
+                .any(|v| v.starts_with("uprobe ") && v.contains(&format!(":{f} ("))),
+            "no entry probe on {f}: {vias:?}"
+        );
+        assert!(
+            vias.iter().any(|v| v.contains(&format!(":{f}+0x"))),
+            "no ret probe in {f}: {vias:?}"
+        );
+    }
+    assert!(
+        !vias
+            .iter()
+            .any(|v| v.starts_with("uretprobe") && v.contains("SSL_")),
+        "{vias:?}"
+    );
 }
 
 /// With the syscalls family on, the session pays the syscall slow path anyway and auto takes
@@ -40,9 +67,12 @@ fn a_broker_shaped_server_is_counted_frame_by_frame() {
 #[test]
 fn with_the_syscalls_family_on_auto_takes_the_syscall_tracepoints_and_stays_exact() {
     require_root();
-    let vias = broker_shaped_server_exact("syscalls,amqp", "auto");
+    let vias = broker_shaped_server_exact("syscalls,amqp", "auto", false);
+    // The socket calls; the workload's SSL calls are uprobes in every set.
     assert!(
-        vias.iter().all(|v| v.starts_with("tracepoint syscalls:")),
+        vias.iter()
+            .filter(|v| !v.contains(":SSL_"))
+            .all(|v| v.starts_with("tracepoint syscalls:")),
         "{vias:?}"
     );
 }
@@ -51,21 +81,24 @@ fn with_the_syscalls_family_on_auto_takes_the_syscall_tracepoints_and_stays_exac
 #[test]
 fn the_forced_tracepoint_set_is_exact() {
     require_root();
-    broker_shaped_server_exact("amqp", "tracepoint");
+    broker_shaped_server_exact("amqp", "tracepoint", false);
 }
 
-/// Runs `lavtrace-workload amqp-frames` under `--probes probes --amqp-hooks hooks`, checks
-/// every figure against the workload's own account, and returns how the amqp hooks were
-/// attached.
-fn broker_shaped_server_exact(probes: &str, hooks: &str) -> Vec<String> {
+/// Runs `lavtrace-workload amqp-frames` (`--tls`: over TLS) under `--probes probes
+/// --amqp-hooks hooks`, checks every figure against the workload's own account, and returns
+/// how the amqp hooks were attached.
+fn broker_shaped_server_exact(probes: &str, hooks: &str, tls: bool) -> Vec<String> {
     let (port, tls_port) = (free_port(), free_port());
-    let mut w = Workload::amqp_frames(port)
-        .flag("marker", MARKER)
-        .flag("tls-port", tls_port)
-        .spawn();
+    let w = Workload::amqp_frames(port).flag("marker", MARKER);
+    let mut w = if tls {
+        w.switch("tls")
+    } else {
+        w.flag("tls-port", tls_port)
+    }
+    .spawn();
     let trace = Trace::of(&w)
         .probes(probes)
-        .flag("amqp-port", port)
+        .flag(if tls { "amqps-port" } else { "amqp-port" }, port)
         .flag("amqps-port", tls_port)
         .flag("amqp-hooks", hooks)
         .spawn();
@@ -95,12 +128,31 @@ fn broker_shaped_server_exact(probes: &str, hooks: &str) -> Vec<String> {
     let amqp = &summary["amqp"];
     assert_eq!(amqp["lost"].as_u64().unwrap_or(0), 0, "{amqp:#}");
     assert_eq!(amqp["kernel"]["walk_limit"], 0, "{amqp:#}");
-    // The AMQPS connection: counted as TLS, not parsed (no row).
-    assert_eq!(amqp["tls_not_parsed"], 1, "{amqp:#}");
-    assert_eq!(amqp["connections"].as_array().unwrap().len(), 2);
+    // The workload maps libssl: its AMQPS connections are parsed from its SSL calls.
+    assert_eq!(amqp["tls_not_parsed"], 0, "{amqp:#}");
+    assert!(
+        amqp["tls_parsed_from"]
+            .as_str()
+            .is_some_and(|l| l.contains("libssl.so")),
+        "{amqp:#}"
+    );
+    if !tls {
+        // The plain run's AMQPS connection sends a ClientHello and makes no SSL call: a row
+        // with nothing walked.
+        let hello = row(summary, |c| c["tls"] == true);
+        assert_eq!(
+            (hello["frames_in"].as_u64(), hello["frames_out"].as_u64()),
+            (Some(0), Some(0)),
+            "{hello:#}"
+        );
+    }
+    assert_eq!(
+        amqp["connections"].as_array().unwrap().len(),
+        if tls { 2 } else { 3 }
+    );
 
     // The main connection, accepted while traced.
-    let main = row(summary, |c| c["before_attach"] == false);
+    let main = row(summary, |c| c["before_attach"] == false && c["tls"] == tls);
     let ex = &stats["main"];
     for k in [
         "published",
@@ -179,7 +231,7 @@ fn broker_shaped_server_exact(probes: &str, hooks: &str) -> Vec<String> {
     );
 
     // The connection open before attach: counted from its first whole frame.
-    let pre = row(summary, |c| c["before_attach"] == true);
+    let pre = row(summary, |c| c["before_attach"] == true && c["tls"] == tls);
     assert_eq!(pre["published"], stats["pre_published"], "{pre:#}");
     assert_eq!(
         pre["unsynced_bytes"], stats["pre_unsynced_bytes"],

@@ -36,6 +36,7 @@ impl Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     crate::setup::debian_packages(PACKAGES)?;
+    crate::setup::debian_packages(&crate::setup::WORKLOAD_BUILD)?;
     crate::cargo(&[
         "build",
         "--release",

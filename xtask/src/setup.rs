@@ -15,8 +15,11 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages the tests need: a real AMQP broker for the end-to-end test, Prometheus
 /// (and its promtool) for the exposition and dashboard tests, and a real browser to render the
 /// bundle's report.html (tests/bundle.rs), and libgc (Boehm GC) with a C compiler and Crystal
-/// (on libgc, LavinMQ's runtime) for the real-GC programs tests/gc.rs builds.
+/// (on libgc, LavinMQ's runtime) for the real-GC programs tests/gc.rs builds; and what the
+/// workload builds with (`WORKLOAD_BUILD`).
 const TEST_PACKAGES: &[&str] = &[
+    WORKLOAD_BUILD[0],
+    WORKLOAD_BUILD[1],
     "rabbitmq-server",
     "prometheus",
     "chromium",
@@ -24,6 +27,11 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "crystal",
 ];
+
+/// What `lavtrace-workload` builds with: OpenSSL's headers and pkg-config, for its AMQPS
+/// server (openssl-sys links the system's libssl, as LavinMQ does). Every job that builds the
+/// workload (test, bench, vm-test) installs them.
+pub const WORKLOAD_BUILD: [&str; 2] = ["libssl-dev", "pkg-config"];
 
 /// What the machine is being set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +46,9 @@ pub enum Job {
 pub fn steps(job: Job) -> Vec<&'static str> {
     let mut steps = vec!["nightly rust-src", "bpf-linker", "tracefs"];
     if job == Job::Test {
-        steps.push("test servers (Debian: rabbitmq-server prometheus)");
+        steps.push(
+            "test servers and build packages (Debian: rabbitmq-server prometheus libssl-dev ...)",
+        );
     }
     steps
 }

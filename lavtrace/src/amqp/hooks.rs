@@ -311,6 +311,14 @@ mod tests {
             prog.load()
                 .unwrap_or_else(|e| panic!("{}: {e:#}", spec.program));
         }
+        let ssl = lavtrace_common::amqp::SSL_ENTRY_PROGRAMS.map(|(_, p)| p);
+        for program in ssl
+            .into_iter()
+            .chain([lavtrace_common::amqp::SSL_RETURN_PROGRAM])
+        {
+            let prog: &mut UProbe = ebpf.program_mut(program).unwrap().try_into().unwrap();
+            prog.load().unwrap_or_else(|e| panic!("{program}: {e:#}"));
+        }
         for (program, _) in TABLE.tracepoints {
             let prog: &mut TracePoint = ebpf.program_mut(program).unwrap().try_into().unwrap();
             prog.load().unwrap_or_else(|e| panic!("{program}: {e:#}"));

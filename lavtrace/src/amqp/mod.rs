@@ -7,6 +7,7 @@
 pub mod hooks;
 mod names;
 pub(crate) mod report;
+mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap as StdMap, HashSet},
@@ -20,7 +21,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use lavtrace_common::{
-    amqp::{self as wire, Closed, Conn, Counters, Event, Walks, event},
+    amqp::{self as wire, Closed, Conn, Counters, Event, Walks, event, listener},
     ring::lost,
     tcp::state,
 };
@@ -50,6 +51,8 @@ struct Known {
     remote: Option<SocketAddr>,
     /// Open before attach (seeded, counted from the first whole frame).
     seeded: bool,
+    /// AMQPS, walked from the target's SSL calls.
+    tls: bool,
     vhost: Option<String>,
     close: Option<(u16, String)>,
     /// The last figures, once closed.
@@ -95,6 +98,7 @@ impl Shared {
         };
         match e.kind {
             event::ACCEPTED => {
+                k.tls = u32::from(e.code) == listener::TLS;
                 if let Some((local, remote)) = address_of(pid, e.fd) {
                     k.local = Some(local);
                     k.remote = Some(remote);
@@ -172,10 +176,13 @@ pub struct Tracer {
     /// TLS connections seen (at attach or at a poll) since attach, and in this window.
     tls_seen: HashSet<(SocketAddr, SocketAddr)>,
     tls_window: HashSet<(SocketAddr, SocketAddr)>,
-    /// The target listened on an AMQPS port at attach. Listeners are taken at attach, as for
+    /// The target listened on an AMQPS port at attach, and its SSL calls are not probed (its
+    /// AMQPS connections are counted, not parsed). Listeners are taken at attach, as for
     /// the AMQP ports; without one, no poll reads /proc/PID/net/tcp, whose read walks the
     /// host's whole established hash (most of an idle interval's CPU when it ran each time).
     tls_listening: bool,
+    /// AMQPS parsed: the libssl whose calls are probed; or why not.
+    tls: Result<String, String>,
     pid: u32,
 }
 
@@ -205,11 +212,30 @@ impl Family for Tracer {
         ports.dedup();
         // A port given as both is TLS: never parsed.
         ports.retain(|p| !tls_ports.contains(p));
-        let (hooks, not_traced) =
+        let (mut hooks, not_traced) =
             match hooks::attach(ebpf, pid, options.amqp_hooks, options.syscall_slow_path)? {
                 Ok(h) => (h, None),
                 Err(why) => (Vec::new(), Some(why)),
             };
+        let sockets = procfs::target_sockets(pid);
+        let tls_listening = sockets
+            .iter()
+            .any(|s| s.state == state::LISTEN && tls_ports.contains(&s.local.port()));
+        // The SSL calls only where they can matter: an AMQPS listener, and the socket calls
+        // traced (they tie each `SSL *` to its socket).
+        let tls = if !tls_listening {
+            Err("no AMQPS listener".to_string())
+        } else if not_traced.is_some() {
+            Err("the socket calls are not traced".to_string())
+        } else {
+            tls::attach(ebpf, pid).map(|(h, library)| {
+                hooks.extend(h);
+                library
+            })
+        };
+        if let Err(why) = &tls {
+            debug!("amqp: AMQPS not parsed: {why}");
+        }
         let kind = hooks::set_kind(&hooks);
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -231,24 +257,26 @@ impl Family for Tracer {
         const NOEXIST: u64 = 1;
         let fds = socket_fds(pid);
         let mut seeded = 0;
-        let sockets = procfs::target_sockets(pid);
-        let tls_listening = sockets
-            .iter()
-            .any(|s| s.state == state::LISTEN && tls_ports.contains(&s.local.port()));
         for s in sockets {
             let Some(&fd) = fds.get(&s.inode) else {
                 continue;
             };
-            if !ports.contains(&s.local.port()) {
+            let kind = if ports.contains(&s.local.port()) {
+                listener::PLAIN
+            } else if tls.is_ok() && tls_ports.contains(&s.local.port()) {
+                listener::TLS
+            } else {
                 continue;
-            }
+            };
+            let conn = Conn {
+                kind,
+                ..Conn::default()
+            };
             if s.state == state::LISTEN {
                 listeners
-                    .insert(fd, 1, 0)
+                    .insert(fd, kind, 0)
                     .context("adding an AMQP listener")?;
-            } else if s.state == state::ESTABLISHED
-                && conns.insert(fd, Conn::default(), NOEXIST).is_ok()
-            {
+            } else if s.state == state::ESTABLISHED && conns.insert(fd, conn, NOEXIST).is_ok() {
                 let _ = walks.insert(fd, Walks::default(), NOEXIST);
                 shared.conns.insert(
                     (fd, 0),
@@ -256,6 +284,7 @@ impl Family for Tracer {
                         local: Some(s.local),
                         remote: Some(s.remote),
                         seeded: true,
+                        tls: kind == listener::TLS,
                         ..Known::default()
                     },
                 );
@@ -280,7 +309,8 @@ impl Family for Tracer {
             tls_ports,
             tls_seen: HashSet::new(),
             tls_window: HashSet::new(),
-            tls_listening,
+            tls_listening: tls_listening && tls.is_err(),
+            tls,
             pid,
         };
         tracer.see_tls();
@@ -380,8 +410,13 @@ impl family::Tracer for Tracer {
                 conns_full: diag(wire::diag::CONNS_FULL),
                 threads_full: diag(wire::diag::THREADS_FULL),
                 walk_limit: diag(wire::diag::WALK_LIMIT),
+                ssl_unbound: diag(wire::diag::SSL_UNBOUND),
             },
-            tls,
+            report::Tls {
+                not_parsed: tls,
+                parsed_from: self.tls.as_ref().ok().cloned(),
+                not_parsed_why: self.tls.as_ref().err().cloned(),
+            },
         );
         Ok(Some(Part {
             section: Box::new(section),
@@ -390,10 +425,14 @@ impl family::Tracer for Tracer {
     }
 
     fn check_notes(&self, _in_use: &[Hook]) -> Vec<(String, String)> {
+        let tls = match &self.tls {
+            Ok(library) => format!("parsed from the SSL calls of {library}"),
+            Err(why) => format!("counted as TLS, not parsed ({why})"),
+        };
         let mut notes = vec![(
             "*".to_string(),
             format!(
-                "AMQP ports {:?}; connections on {:?} are counted as TLS, not parsed",
+                "AMQP ports {:?}; connections on {:?} are {tls}",
                 self.ports, self.tls_ports
             ),
         )];
@@ -437,6 +476,7 @@ fn k_view(k: &Known) -> report::Identity<'_> {
         local: k.local,
         remote: k.remote,
         seeded: k.seeded,
+        tls: k.tls,
         vhost: k.vhost.as_deref(),
         close: k.close.as_ref().map(|(c, t)| (*c, t.as_str())),
         channels_opened: k.channels_opened,

@@ -208,6 +208,7 @@ pub struct Identity<'a> {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub seeded: bool,
+    pub tls: bool,
     pub vhost: Option<&'a str>,
     pub close: Option<(u16, &'a str)>,
     pub channels_opened: u64,
@@ -232,6 +233,8 @@ pub struct ConnRow {
     pub fd: u32,
     /// Open when lavtrace attached: counted from the first whole frame.
     pub before_attach: bool,
+    /// AMQPS: walked from the target's SSL_read/SSL_write plaintext.
+    pub tls: bool,
     pub open: bool,
     /// connection.open's virtual host (null: not seen, e.g. opened before attach).
     pub vhost: Option<String>,
@@ -268,6 +271,7 @@ pub fn conn_row(
         remote: id.remote.map(|a| a.to_string()),
         fd,
         before_attach: id.seeded,
+        tls: id.tls,
         open,
         vhost: id.vhost.map(|v| printable(v).into_owned()),
         close: id.close.map(|(code, text)| Close {
@@ -302,6 +306,18 @@ pub struct KernelDiag {
     pub threads_full: u64,
     /// Transfers cut short by the walk's bound (their rest is in `beyond_walk_bytes`).
     pub walk_limit: u64,
+    /// The target's SSL calls on an `SSL *` not tied to an AMQPS connection: its other TLS
+    /// (HTTPS, outbound connections), or an AMQPS connection's calls before its first socket
+    /// call since attach (not walked).
+    pub ssl_unbound: u64,
+}
+
+/// What the section says of AMQPS.
+#[derive(Debug, Default)]
+pub struct Tls {
+    pub not_parsed: u64,
+    pub parsed_from: Option<String>,
+    pub not_parsed_why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -315,8 +331,12 @@ pub struct AmqpSection {
     pub totals: Figures,
     pub vhosts: Vec<VhostRow>,
     /// Connections on the AMQPS ports (5671, `--amqps-port`) seen in the window (at attach or
-    /// at a poll): TLS, not parsed.
+    /// at a poll) while their SSL calls are not probed: TLS, not parsed.
     pub tls_not_parsed: u64,
+    /// Why AMQPS is not parsed (null when it is).
+    pub tls_not_parsed_why: Option<String>,
+    /// The libssl whose SSL calls are probed: AMQPS connections are rows (`tls: true`).
+    pub tls_parsed_from: Option<String>,
     pub kernel: KernelDiag,
 }
 
@@ -326,7 +346,7 @@ pub fn section(
     ports: &[u16],
     connections: Vec<ConnRow>,
     kernel: KernelDiag,
-    tls_not_parsed: u64,
+    tls: Tls,
 ) -> AmqpSection {
     let mut totals = Figures::default();
     let mut vhosts: BTreeMap<Option<String>, VhostRow> = BTreeMap::new();
@@ -347,7 +367,9 @@ pub fn section(
         connections,
         totals,
         vhosts: vhosts.into_values().collect(),
-        tls_not_parsed,
+        tls_not_parsed: tls.not_parsed,
+        tls_not_parsed_why: tls.not_parsed_why,
+        tls_parsed_from: tls.parsed_from,
         kernel,
     }
 }
@@ -387,10 +409,11 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
             f.acked,
             f.rejected,
             f.unsynced_bytes,
-            if r.before_attach {
-                "  (open before attach)"
-            } else {
-                ""
+            match (r.before_attach, r.tls) {
+                (true, true) => "  (TLS, open before attach)",
+                (true, false) => "  (open before attach)",
+                (false, true) => "  (TLS)",
+                (false, false) => "",
             }
         );
     }
@@ -460,8 +483,16 @@ pub fn write_text(out: &mut String, s: &AmqpSection, top: usize) {
     if s.tls_not_parsed > 0 {
         let _ = writeln!(
             out,
-            "  {} connections on the AMQPS port: TLS, not parsed",
-            s.tls_not_parsed
+            "  {} connections on the AMQPS port: TLS, not parsed ({})",
+            s.tls_not_parsed,
+            s.tls_not_parsed_why.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(lib) = &s.tls_parsed_from {
+        let n = s.connections.iter().filter(|r| r.tls).count();
+        let _ = writeln!(
+            out,
+            "  AMQPS: {n} connections, parsed from the SSL calls of {lib}"
         );
     }
     let k = &s.kernel;

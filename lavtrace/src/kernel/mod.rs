@@ -10,6 +10,7 @@ pub mod fields;
 pub mod kprobe;
 mod misses;
 mod reach;
+pub mod returns;
 pub mod tracefs;
 pub mod uprobe;
 

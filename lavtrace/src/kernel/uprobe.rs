@@ -27,19 +27,38 @@ pub struct Library {
     /// The same file as lavtrace opens and attaches it: through `/proc/PID/root`, so a
     /// target in another mount namespace (a container) gets its own file.
     pub open_path: PathBuf,
-    /// Exported, defined function symbols → file offset.
-    symbols: HashMap<String, u64>,
+    /// Exported, defined function symbols → file offset and size.
+    symbols: HashMap<String, (u64, u64)>,
 }
 
 impl Library {
     /// The library of `pid` whose file is named `soname` (e.g. `libc.so.6`). Err: why there
     /// is none to attach to (a static binary maps none).
     pub fn of(pid: u32, soname: &str) -> Result<Library, String> {
+        Library::where_named(pid, |name| name == soname).map_err(|e| {
+            e.unwrap_or_else(|| {
+                format!("pid {pid} maps no {soname} (a static binary, or no glibc)")
+            })
+        })
+    }
+
+    /// The first library of `pid` whose file name starts with `prefix` (`libssl.so`: any
+    /// version). Err: why there is none.
+    pub fn with_prefix(pid: u32, prefix: &str) -> Result<Library, String> {
+        Library::where_named(pid, |name| name.starts_with(prefix))
+            .map_err(|e| e.unwrap_or_else(|| format!("pid {pid} maps no {prefix}*")))
+    }
+
+    /// Err(None): no mapping matches.
+    fn where_named(pid: u32, matches: impl Fn(&str) -> bool) -> Result<Library, Option<String>> {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|e| format!("cannot read /proc/{pid}/maps: {e}"))?;
-        let path = mapped_file(&maps, soname)
-            .ok_or_else(|| format!("pid {pid} maps no {soname} (a static binary, or no glibc)"))?;
-        let open_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            .map_err(|e| Some(format!("cannot read /proc/{pid}/maps: {e}")))?;
+        let path = mapped_file_where(&maps, matches).ok_or(None)?;
+        Library::at(path, PathBuf::from(format!("/proc/{pid}/root{path}"))).map_err(Some)
+    }
+
+    /// The library file at `open_path`, named `path`.
+    pub(crate) fn at(path: &str, open_path: PathBuf) -> Result<Library, String> {
         let bytes = std::fs::read(&open_path)
             .map_err(|e| format!("cannot read {}: {e}", open_path.display()))?;
         let symbols = exported_functions(&bytes).map_err(|e| format!("{path}: {e}"))?;
@@ -52,13 +71,37 @@ impl Library {
 
     /// The file offset of function `name`, if the library exports it.
     pub fn offset(&self, name: &str) -> Option<u64> {
-        self.symbols.get(name).copied()
+        self.symbols.get(name).map(|&(offset, _)| offset)
+    }
+
+    /// Function `name`'s file offset and machine code (its symbol's size), read from the
+    /// file now. None: not exported; Err: the file could not be read.
+    pub fn code(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, String> {
+        use std::os::unix::fs::FileExt as _;
+        let Some(&(offset, size)) = self.symbols.get(name) else {
+            return Ok(None);
+        };
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s <= 1 << 20)
+            .ok_or_else(|| format!("{}:{name}: implausible size {size}", self.path))?;
+        let mut code = vec![0; size];
+        std::fs::File::open(&self.open_path)
+            .and_then(|f| f.read_exact_at(&mut code, offset))
+            .map_err(|e| format!("cannot read {}:{name}: {e}", self.path))?;
+        Ok(Some((offset, code)))
     }
 }
 
 /// The path of the first file mapping named `soname` (its last path component). A file
 /// replaced since it was mapped (`(deleted)`) is not the file at that path any more.
+#[cfg(test)]
 fn mapped_file<'a>(maps: &'a str, soname: &str) -> Option<&'a str> {
+    mapped_file_where(maps, |name| name == soname)
+}
+
+/// The path of the first file mapping whose last path component `matches`.
+fn mapped_file_where(maps: &str, matches: impl Fn(&str) -> bool) -> Option<&str> {
     maps.lines()
         .filter_map(|line| {
             // address perms offset dev inode path: the path is what follows the fifth field.
@@ -68,13 +111,13 @@ fn mapped_file<'a>(maps: &'a str, soname: &str) -> Option<&'a str> {
             }
             Some(rest.trim())
         })
-        .find(|path| path.starts_with('/') && path.rsplit('/').next() == Some(soname))
+        .find(|path| path.starts_with('/') && path.rsplit('/').next().is_some_and(&matches))
 }
 
 /// Defined function symbols of the dynamic symbol table with their file offsets (the
 /// address a uprobe takes: the symbol's address within its section, from the section's
-/// file offset).
-fn exported_functions(bytes: &[u8]) -> Result<HashMap<String, u64>, String> {
+/// file offset) and sizes.
+fn exported_functions(bytes: &[u8]) -> Result<HashMap<String, (u64, u64)>, String> {
     let obj = object::File::parse(bytes).map_err(|e| format!("not an ELF object: {e}"))?;
     let mut out = HashMap::new();
     for sym in obj.dynamic_symbols() {
@@ -97,7 +140,7 @@ fn exported_functions(bytes: &[u8]) -> Result<HashMap<String, u64>, String> {
         else {
             continue;
         };
-        out.insert(name.to_string(), offset);
+        out.insert(name.to_string(), (offset, sym.size()));
     }
     Ok(out)
 }

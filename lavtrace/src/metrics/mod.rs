@@ -418,6 +418,7 @@ mod tests {
                 local: None,
                 remote: None,
                 seeded: false,
+                tls: false,
                 vhost: Some("/"),
                 close: None,
                 channels_opened: 1,
@@ -434,7 +435,10 @@ mod tests {
             &[5672],
             vec![conn(5), conn(7)],
             report::KernelDiag::default(),
-            1,
+            report::Tls {
+                not_parsed: 1,
+                ..report::Tls::default()
+            },
         );
         let mut s = Sections::default().with(section);
         s.lost_events.insert("amqp", 0);

@@ -589,6 +589,7 @@ fn the_amqp_pane_shows_each_connection() {
         local: Some("127.0.0.1:5672".parse().unwrap()),
         remote: Some("127.0.0.1:40000".parse().unwrap()),
         seeded: false,
+        tls: false,
         vhost: Some("/"),
         close: None,
         channels_opened: 1,

@@ -346,7 +346,8 @@ fn guest_runs(build: &Build, timeout: u64) -> Vec<initramfs::Run> {
 
 /// Installs the Debian packages the matrix needs when one is missing.
 fn host_packages() -> Result<()> {
-    crate::setup::debian_packages(HOST_PACKAGES)
+    crate::setup::debian_packages(HOST_PACKAGES)?;
+    crate::setup::debian_packages(&crate::setup::WORKLOAD_BUILD)
 }
 
 fn summary(kernels: &[kernels::Kernel], results: &[qemu::Outcome], total: Duration) {
