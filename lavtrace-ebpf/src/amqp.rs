@@ -175,6 +175,8 @@ fn enter(fd: u64, ptr: u64, len: u64, dir: u32, kind: u32) {
     let fd = fd as u32;
     // SAFETY: a lookup; the value is not kept.
     let Some(conn_kind) = (unsafe { AMQP_CONNS.get(fd) }).map(|c| c.kind) else {
+        // Not an AMQP socket: an SSL call this thread is inside is not an AMQPS one.
+        ssl::unbind(tid);
         return;
     };
     if conn_kind == listener::TLS {

@@ -186,6 +186,18 @@ fn describe(t: &Target) -> Vec<String> {
         ),
         format!("mappings      {mappings}"),
     ];
+    if sockets
+        .iter()
+        .any(|s| s.state == state::LISTEN && s.local.port() == crate::amqp::TLS_PORT)
+    {
+        lines.push(format!(
+            "amqps         {}",
+            match crate::amqp::tls::places(t.pid) {
+                Ok(p) => p.summary(),
+                Err(why) => format!("counted as TLS, not parsed: {why}"),
+            }
+        ));
+    }
     let limits = limits::Watch::new(t.pid).read();
     let l = &limits.limits;
     lines.push(format!(

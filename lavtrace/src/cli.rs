@@ -170,7 +170,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqp_port: Vec<u16>,
     /// More AMQPS (TLS) ports of the target (5671 is always one): their connections are
-    /// counted as TLS, not parsed.
+    /// parsed from the target's SSL_read/SSL_write where it maps a libssl, else counted as
+    /// TLS, not parsed.
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqps_port: Vec<u16>,
     /// Hooks of the amqp family: the syscall tracepoints when the syscalls family is on

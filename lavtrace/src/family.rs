@@ -197,7 +197,8 @@ pub struct Options {
     pub fault_time: bool,
     /// amqp: listening ports besides 5672 (`--amqp-port`), and its hook set.
     pub amqp_ports: Vec<u16>,
-    /// AMQPS ports besides 5671 (`--amqps-port`): counted as TLS, not parsed.
+    /// AMQPS ports besides 5671 (`--amqps-port`): parsed from the SSL calls, or counted as
+    /// TLS, not parsed.
     pub amqps_ports: Vec<u16>,
     pub amqp_hooks: amqp::hooks::Mode,
 }

@@ -10,7 +10,10 @@
 
 mod common;
 
+use std::{path::PathBuf, process::Command, time::Duration};
+
 use common::{Trace, Workload, free_port, require_root};
+use lavtrace_common::start;
 use serde_json::Value;
 
 const MARKER: &str = "LAVTRACE-BODY-MARKER-7f3a";
@@ -82,6 +85,90 @@ fn with_the_syscalls_family_on_auto_takes_the_syscall_tracepoints_and_stays_exac
 fn the_forced_tracepoint_set_is_exact() {
     require_root();
     broker_shaped_server_exact("amqp", "tracepoint", false);
+}
+
+/// LavinMQ's own shape of AMQPS: a Crystal server (Debian's `crystal`, its OpenSSL::SSL
+/// sockets on the system's libssl) with every connection on a fiber of one thread, each
+/// waiting inside SSL_read while the others run (`tests/amqp/tls_server.cr`). Its client
+/// fibers, in the same process, make SSL calls on sockets that are no AMQPS connection. Every
+/// connection's figures are exact, none takes another's bytes, and the server is unharmed
+/// (a uretprobe on SSL_read would get it killed).
+#[test]
+fn a_crystal_amqps_server_on_fibers_is_counted_exactly_and_unharmed() {
+    require_root();
+    const CONNECTIONS: u64 = 8;
+    const PUBLISHES: u64 = 20;
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let (cert, key) = (tmp.join("amqps-cert.pem"), tmp.join("amqps-key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl (is it installed? cargo xtask setup --test)");
+    assert!(made.status.success(), "openssl req: {made:?}");
+    let program = tmp.join("amqps-crystal");
+    let built = Command::new("crystal")
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/amqp/tls_server.cr"))
+        .env("CRYSTAL_CACHE_DIR", tmp.join("crystal-cache"))
+        .status()
+        .expect("running crystal (is it installed? cargo xtask setup --test)");
+    assert!(built.success(), "crystal could not build tls_server.cr");
+    let port = free_port();
+    let mut cmd = Command::new(&program);
+    cmd.arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .arg(CONNECTIONS.to_string())
+        .arg(PUBLISHES.to_string())
+        .arg(MARKER);
+    let mut server = start::spawn(&mut cmd, Duration::from_secs(30)).expect("starting it");
+    let trace = Trace::pid(server.pid())
+        .probes("amqp")
+        .flag("amqps-port", port)
+        .spawn();
+    server.go().unwrap();
+    server.wait_done(Duration::from_secs(60)).unwrap();
+    let status = server.child().wait().unwrap();
+    assert!(status.success(), "the traced server ended with {status}");
+    let records = trace.records();
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    assert!(!text.contains(MARKER), "a body reached the output");
+    let amqp = &records.last().unwrap()["amqp"];
+    assert_eq!(amqp["lost"].as_u64().unwrap_or(0), 0, "{amqp:#}");
+    assert_eq!(amqp["tls_not_parsed"], 0, "{amqp:#}");
+    let rows = amqp["connections"].as_array().unwrap();
+    assert_eq!(rows.len() as u64, CONNECTIONS, "{amqp:#}");
+    for c in rows {
+        assert_eq!(c["tls"], true, "{c:#}");
+        assert_eq!(c["published"], PUBLISHES, "{c:#}");
+        assert_eq!(c["confirmed"], PUBLISHES, "{c:#}");
+        // channel.open, confirm.select, 3 frames a publish, connection.close; an ack each
+        // and close-ok.
+        assert_eq!(c["frames_in"], 3 * PUBLISHES + 3, "{c:#}");
+        assert_eq!(c["frames_out"], PUBLISHES + 1, "{c:#}");
+        assert_eq!(c["methods"]["in"]["basic.publish"], PUBLISHES, "{c:#}");
+        assert_eq!(c["methods"]["out"]["basic.ack"], PUBLISHES, "{c:#}");
+        assert_eq!(c["methods"]["in"].as_object().unwrap().len(), 4, "{c:#}");
+        assert_eq!(c["methods"]["out"].as_object().unwrap().len(), 2, "{c:#}");
+        assert_eq!(
+            (c["unsynced_bytes"].as_u64(), c["desyncs"].as_u64()),
+            (Some(0), Some(0)),
+            "{c:#}"
+        );
+        assert_eq!(c["unconfirmed"], 0, "{c:#}");
+    }
 }
 
 /// Runs `lavtrace-workload amqp-frames` (`--tls`: over TLS) under `--probes probes

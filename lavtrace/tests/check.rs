@@ -154,3 +154,24 @@ fn check_says_what_each_family_costs_other_processes() {
         "{out}"
     );
 }
+
+/// A target listening on 5671 that maps a libssl: `check` says where AMQPS's plaintext comes
+/// from, one `ret` probe per function of this machine's libssl.
+#[test]
+fn check_pid_names_the_ssl_calls_of_an_amqps_target() {
+    require_root();
+    let target = Workload::amqp_frames(5671)
+        .switch("tls")
+        .spawn();
+    let (code, out, err) = check(&["--pid", &target.pid.to_string()]);
+    assert_eq!(code, 0, "check failed: {err}\n{out}");
+    let amqps = line(&out, "amqps");
+    assert!(
+        amqps.starts_with("amqps         plaintext from /") && amqps.contains("libssl.so"),
+        "{out}"
+    );
+    for f in ["SSL_read (", "SSL_write (", "SSL_read_ex (", "SSL_write_ex ("] {
+        assert!(amqps.contains(f), "{amqps}");
+    }
+}
+

@@ -15,7 +15,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages the tests need: a real AMQP broker for the end-to-end test, Prometheus
 /// (and its promtool) for the exposition and dashboard tests, and a real browser to render the
 /// bundle's report.html (tests/bundle.rs), and libgc (Boehm GC) with a C compiler and Crystal
-/// (on libgc, LavinMQ's runtime) for the real-GC programs tests/gc.rs builds; and what the
+/// (on libgc, LavinMQ's runtime) for the real-GC programs tests/gc.rs builds and its AMQPS
+/// server tests/amqp.rs builds, whose certificate the `openssl` command makes; and what the
 /// workload builds with (`WORKLOAD_BUILD`).
 const TEST_PACKAGES: &[&str] = &[
     WORKLOAD_BUILD[0],
@@ -26,6 +27,7 @@ const TEST_PACKAGES: &[&str] = &[
     "libgc-dev",
     "gcc",
     "crystal",
+    "openssl",
 ];
 
 /// What `lavtrace-workload` builds with: OpenSSL's headers and pkg-config, for its AMQPS

@@ -10,7 +10,11 @@
 //!   are found again by the stack pointer, the same at entry and at `ret`.
 //! - **Which connection.** An `SSL *` is tied to its socket by the first socket call made
 //!   inside one of its calls (the BIO's read or write, on the same thread before any fiber
-//!   switch): `bind`, from the socket calls' entry, when the fd is an AMQPS connection.
+//!   switch): `bind`, from the socket calls' entry, when the fd is an AMQPS connection. A
+//!   first call on any other socket (the client side of the target's own TLS, its HTTPS)
+//!   ends the chance (`unbind`): a fiber that waited inside its SSL_read and resumes makes
+//!   its next socket call with the thread's last entered `SSL *` being another fiber's, and
+//!   binding that one was seen to give one connection's bytes to another.
 //! - Only counters and the rare events of the walk leave the kernel, as for the socket calls.
 
 use aya_ebpf::{
@@ -117,6 +121,17 @@ pub(super) fn bind(tid: u32, fd: u32) {
     };
     let _ = AMQP_SSL_NOW.remove(tid);
     let _ = AMQP_SSL_FDS.insert(ssl, fd, 0);
+}
+
+/// A socket call of thread `tid` on a socket that is no AMQPS connection: the `SSL *` the
+/// thread entered last (if any) is not one, and no later call may bind it.
+#[inline(always)]
+pub(super) fn unbind(tid: u32) {
+    // SAFETY: a lookup; the value is not kept. (A lookup first: lock-free, where a delete
+    // takes the bucket's lock on every socket call of the target.)
+    if unsafe { AMQP_SSL_NOW.get(tid) }.is_some() {
+        let _ = AMQP_SSL_NOW.remove(tid);
+    }
 }
 
 /// At a `ret` of one of the four functions: the call's bytes, walked.

@@ -7,7 +7,7 @@
 pub mod hooks;
 mod names;
 pub(crate) mod report;
-mod tls;
+pub mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap as StdMap, HashSet},

@@ -23,13 +23,42 @@ use crate::kernel::{
     uprobe::{Library, attach_uprobe},
 };
 
-/// The hooks, and the library they are in; Err: why the plaintext cannot be had.
-pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, String), String> {
+/// Where the SSL probes of `pid` go: (program, the place's name, its file offset), returns
+/// before their function's entry, so no entry is saved without its return probed.
+pub struct Places {
+    pub library: Library,
+    pub places: Vec<(&'static str, String, u64)>,
+}
+
+impl Places {
+    /// "SSL_read (1 ret), ...": what `check` says of them.
+    pub fn summary(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for (function, _) in SSL_ENTRY_PROGRAMS {
+            let rets = self
+                .places
+                .iter()
+                .filter(|(p, name, _)| {
+                    *p == SSL_RETURN_PROGRAM
+                        && name
+                            .strip_prefix(function)
+                            .is_some_and(|r| r.starts_with("+"))
+                })
+                .count();
+            if rets > 0 {
+                out.push(format!("{function} ({rets} ret)"));
+            }
+        }
+        format!("plaintext from {}: {}", self.library.path, out.join(", "))
+    }
+}
+
+/// The places in `pid`'s libssl; Err: why the plaintext cannot be had.
+pub fn places(pid: u32) -> Result<Places, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("the SSL calls' returns are found on x86-64 only".into());
     }
     let lib = Library::with_prefix(pid, "libssl.so")?;
-    // Every place first: a function that cannot be probed leaves nothing attached.
     let mut places = Vec::new();
     for (function, entry) in SSL_ENTRY_PROGRAMS {
         let Some((offset, code)) = lib.code(function)? else {
@@ -41,12 +70,24 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, String), String> 
         };
         let rets =
             returns::ret_offsets(&code).map_err(|e| format!("{}:{function}: {e}", lib.path))?;
-        // Returns before the entry: no entry is saved without its return probed.
         for r in rets {
             places.push((SSL_RETURN_PROGRAM, format!("{function}+{r:#x}"), offset + r));
         }
         places.push((entry, function.to_string(), offset));
     }
+    Ok(Places {
+        library: lib,
+        places,
+    })
+}
+
+/// The hooks, and the library they are in; Err: why the plaintext cannot be had. Every place
+/// is found first: a function that cannot be probed leaves nothing attached.
+pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<(Vec<Hook>, String), String> {
+    let Places {
+        library: lib,
+        places,
+    } = places(pid)?;
     let mut hooks = Vec::with_capacity(places.len());
     for (program, symbol, offset) in places {
         let hook = attach_uprobe(ebpf, super::FAMILY, program, &lib, &symbol, offset, pid)
