@@ -74,7 +74,9 @@ pub mod diag {
     /// SSL_read/SSL_write calls on an `SSL *` not yet seen on an AMQPS socket (no socket
     /// call inside any of its calls since attach): their bytes are not walked.
     pub const SSL_UNBOUND: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// recvmmsg/sendmmsg messages past `MAX_MMSG` of one call: their bytes are not counted.
+    pub const MMSG_UNCOUNTED: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 /// Where a direction's walk stands (`Walker::phase`).
@@ -286,7 +288,17 @@ pub mod call {
     pub const PLAIN: u32 = 1;
     pub const IOV: u32 = 2;
     pub const ACCEPT: u32 = 3;
+    /// recvmmsg/sendmmsg: `ptr` is the `struct mmsghdr` array, `len` its length. Their
+    /// bytes are counted as unsynced, not walked (see `MAX_MMSG`).
+    pub const MMSG: u32 = 4;
 }
+
+/// Messages of one recvmmsg/sendmmsg whose byte counts are read (`struct mmsghdr`: 64 bytes,
+/// `msg_len` at 56, the userspace ABI of every 64-bit Linux): their bytes are counted as
+/// unsynced, and the direction resyncs. Neither LavinMQ nor the AMQP clients call them on a
+/// stream socket; counted so that a client that does is never silently missed. Messages past
+/// this many: `diag::MMSG_UNCOUNTED`.
+pub const MAX_MMSG: u32 = 64;
 
 /// An SSL_read/SSL_write (or `_ex`) call in progress. Key: the stack pointer at its entry,
 /// which is the stack pointer again at its `ret`: one key per call even when the thread

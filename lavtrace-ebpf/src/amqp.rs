@@ -38,9 +38,10 @@ use aya_ebpf::{
 use lavtrace_common::{
     amqp::{
         Chan, Closed, Conn, Event, FRAME_END, HDR_BYTES, HDR_USED, LATENCY_BUCKETS, MAX_CHANNELS,
-        MAX_CONNS, MAX_FRAME, MAX_IOVECS, MAX_LISTENERS, MAX_THREADS, METHOD_PREFIX, METHOD_SLOTS,
-        Pending, RUNS_PER_TRANSFER, STEPS_PER_RUN, TEXT_BYTES, TIMES_PER_CHANNEL, Transfer, Walker,
-        Walks, call, chan_key, diag, event, frame, listener, method, method_slot, phase,
+        MAX_CONNS, MAX_FRAME, MAX_IOVECS, MAX_LISTENERS, MAX_MMSG, MAX_THREADS, METHOD_PREFIX,
+        METHOD_SLOTS, Pending, RUNS_PER_TRANSFER, STEPS_PER_RUN, TEXT_BYTES, TIMES_PER_CHANNEL,
+        Transfer, Walker, Walks, call, chan_key, diag, event, frame, listener, method, method_slot,
+        phase,
     },
     ring::lost,
     syscalls::latency_bucket,
@@ -277,7 +278,36 @@ fn exit<C: EbpfContext>(ctx: &C, walk: &ProgramArray, ret: i64) {
         accepted(ret as u32, p.dir);
         return;
     }
+    if p.call == call::MMSG {
+        mmsg_unsynced(&p, ret as u64);
+        return;
+    }
     walk_transfer(ctx, walk, &p, ret as u64);
+}
+
+/// recvmmsg/sendmmsg moved `n` messages: their bytes count as unsynced, and the direction
+/// resyncs (its next transfer must begin with a whole frame).
+#[inline(always)]
+fn mmsg_unsynced(p: &Pending, n: u64) {
+    let (Some(conn), Some(walks)) = (AMQP_CONNS.get_ptr_mut(p.fd), AMQP_WALKS.get_ptr_mut(p.fd))
+    else {
+        return;
+    };
+    let mut bytes = 0u64;
+    let mut i = 0u32;
+    while i < MAX_MMSG && u64::from(i) < n {
+        bytes += u64::from(read_user_val::<u32>(p.ptr + u64::from(i) * 64 + 56).unwrap_or(0));
+        i += 1;
+    }
+    if n > u64::from(MAX_MMSG) {
+        count_diag(diag::MMSG_UNCOUNTED);
+    }
+    let d = p.dir as usize & 1;
+    // SAFETY: live map values; only this direction's thread writes this walker and this
+    // direction's counters.
+    let (conn, walks) = unsafe { (&mut *conn, &mut *walks) };
+    conn.counters.unsynced_bytes[d] += bytes;
+    unsync(&mut walks.walk[d]);
 }
 
 /// Walks the `len` bytes call `p` moved (its buffer, or its iovecs).
@@ -1059,6 +1089,26 @@ pub fn amqp_kenter_sendmsg(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
+pub fn amqp_kenter_recvmmsg(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
+    let a = kargs::<3>(&ctx);
+    enter(a[0], a[1], a[2], IN, call::MMSG);
+    0
+}
+
+#[kprobe]
+pub fn amqp_kenter_sendmmsg(ctx: ProbeContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
+    let a = kargs::<3>(&ctx);
+    enter(a[0], a[1], a[2], OUT, call::MMSG);
+    0
+}
+
+#[kprobe]
 pub fn amqp_kenter_accept(ctx: ProbeContext) -> u32 {
     if current_target_task().is_none() {
         return 0; // another process: no argument read
@@ -1133,6 +1183,20 @@ pub fn amqp_uenter_recvmsg(ctx: ProbeContext) -> u32 {
 pub fn amqp_uenter_sendmsg(ctx: ProbeContext) -> u32 {
     let a = uargs(&ctx);
     enter(a[0], a[1], 0, OUT | 2, call::IOV);
+    0
+}
+
+#[uprobe]
+pub fn amqp_uenter_recvmmsg(ctx: ProbeContext) -> u32 {
+    let a = uargs(&ctx);
+    enter(a[0], a[1], a[2], IN, call::MMSG);
+    0
+}
+
+#[uprobe]
+pub fn amqp_uenter_sendmmsg(ctx: ProbeContext) -> u32 {
+    let a = uargs(&ctx);
+    enter(a[0], a[1], a[2], OUT, call::MMSG);
     0
 }
 
@@ -1224,6 +1288,26 @@ pub fn amqp_tenter_sendmsg(ctx: TracePointContext) -> u32 {
     }
     let a = tp_args::<2>(&ctx);
     enter(a[0], a[1], 0, OUT | 2, call::IOV);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_recvmmsg(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], IN, call::MMSG);
+    0
+}
+
+#[tracepoint]
+pub fn amqp_tenter_sendmmsg(ctx: TracePointContext) -> u32 {
+    if current_target_task().is_none() {
+        return 0; // another process: no argument read
+    }
+    let a = tp_args::<3>(&ctx);
+    enter(a[0], a[1], a[2], OUT, call::MMSG);
     0
 }
 

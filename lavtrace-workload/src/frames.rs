@@ -19,6 +19,11 @@
 //!   16 KiB writes. Before all that, one connection.blocked, 40 ms, one
 //!   connection.unblocked (`blocked_ns` in the stats: between the two writes' returns).
 //!
+//! - Then the **mmsg** connection: part of each direction moved by recvmmsg/sendmmsg (counted
+//!   as unsynced), the rest by read(2)/write(2); it prints `mmsg {json}`.
+//! - `--tls`: the pre and main connections over TLS through the process's libssl (tls.rs),
+//!   the same bytes through SSL_read/SSL_write and their _ex forms (no mmsg connection).
+//!
 //! Every body (and the PLAIN password of start-ok) holds `--marker`. Prints `stats {json}`
 //! with the frames and methods of each direction as built, then `done`.
 
@@ -563,6 +568,7 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     let got = reader
         .join()
         .map_err(|_| std::io::Error::other("peer reader panicked"))??;
+    mmsg_connection(&listener, a)?;
     report(
         a, got, inbound, outbound, gate, expected, split_rest, blocked,
     )
@@ -663,4 +669,122 @@ fn run_tls(a: &Args) -> std::io::Result<()> {
     report(
         a, got, inbound, outbound, gate, expected, split_rest, blocked,
     )
+}
+
+/// What the mmsg connection's figures must be.
+#[derive(Serialize)]
+struct MmsgStats {
+    vhost: &'static str,
+    /// In the inbound bytes read by read(2) after the recvmmsg calls.
+    published: u64,
+    /// The bytes of the recvmmsg and sendmmsg calls, both ways.
+    unsynced_bytes: u64,
+    frames_in: u64,
+    frames_out: u64,
+}
+
+const MMSG_VHOST: &str = "/lavtrace-mmsg";
+
+/// One more connection, after the main one: the protocol header, connection.open and
+/// channel.open read with read(2); two publishes with recvmmsg calls (two messages each);
+/// three more publishes with read(2). Out: connection.open-ok with sendmmsg, then
+/// channel.open-ok with write(2). Prints `mmsg {json}`: the mmsg calls' bytes are the
+/// unsynced ones, and everything read or written after them is counted.
+fn mmsg_connection(listener: &TcpListener, a: &Args) -> std::io::Result<()> {
+    let mut sync_in = Stream::default();
+    sync_in.bytes.extend(b"AMQP\x00\x00\x09\x01");
+    sync_in.method("connection.open", 0, 10, 40, &shortstr(MMSG_VHOST));
+    sync_in.method("channel.open", 1, 20, 10, &shortstr(""));
+    let mut skipped_in = Stream::default();
+    let b = body(&a.marker, 500);
+    for _ in 0..2 {
+        publish(&mut skipped_in, &b);
+    }
+    let mut after_in = Stream::default();
+    for _ in 0..3 {
+        publish(&mut after_in, &b);
+    }
+    let mut skipped_out = Stream::default();
+    skipped_out.method("connection.open-ok", 0, 10, 41, &shortstr(""));
+    let mut after_out = Stream::default();
+    after_out.method("channel.open-ok", 1, 20, 11, &longstr(b""));
+
+    let mut peer = TcpStream::connect(listener.local_addr()?)?;
+    let (conn, _) = listener.accept()?;
+    let fd = conn.as_raw_fd();
+    let all_in = [&sync_in.bytes[..], &skipped_in.bytes, &after_in.bytes].concat();
+    peer.write_all(&all_in)?;
+    let mut buf = vec![0u8; sync_in.bytes.len()];
+    read_exact_with(fd, &mut buf, sync_in.bytes.len())?;
+    let mut skipped = vec![0u8; skipped_in.bytes.len()];
+    let mut got = 0;
+    while got < skipped.len() {
+        let rest = &mut skipped[got..];
+        let half = rest.len() / 2;
+        let (x, y) = rest.split_at_mut(half.max(1).min(rest.len()));
+        got += mmsg(fd, &mut [x, y], false)?;
+    }
+    let mut after = vec![0u8; after_in.bytes.len()];
+    read_exact_with(fd, &mut after, CHUNK)?;
+    let mut out = skipped_out.bytes.clone();
+    let mut sent = 0;
+    while sent < out.len() {
+        let rest = &mut out[sent..];
+        sent += mmsg(fd, &mut [rest], true)?;
+    }
+    write_all_with(fd, &after_out.bytes, CHUNK)?;
+    drop(conn);
+    let mut sink = Vec::new();
+    peer.read_to_end(&mut sink)?;
+    let stats = MmsgStats {
+        vhost: MMSG_VHOST,
+        published: 3,
+        unsynced_bytes: (skipped_in.bytes.len() + skipped_out.bytes.len()) as u64,
+        frames_in: sync_in.frames + after_in.frames,
+        frames_out: after_out.frames,
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "mmsg {}", serde_json::to_string(&stats)?)?;
+    stdout.flush()
+}
+
+/// One recvmmsg (`send`: sendmmsg) of one message per part (empty parts left out); the
+/// bytes moved.
+fn mmsg(fd: i32, parts: &mut [&mut [u8]], send: bool) -> std::io::Result<usize> {
+    let mut iovs: Vec<libc::iovec> = parts
+        .iter_mut()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: a zeroed mmsghdr is valid; it points at a live iovec.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let n = msgs.len() as u32;
+    let r = if send {
+        // SAFETY: live mmsghdrs over live iovecs into `parts`.
+        unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n, 0) }
+    } else {
+        // SAFETY: as above; MSG_WAITFORONE: block for the first message only.
+        unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                n,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        }
+    };
+    let done = check(r as isize)?;
+    Ok(msgs[..done].iter().map(|m| m.msg_len as usize).sum())
 }

@@ -160,9 +160,7 @@ fn check_says_what_each_family_costs_other_processes() {
 #[test]
 fn check_pid_names_the_ssl_calls_of_an_amqps_target() {
     require_root();
-    let target = Workload::amqp_frames(5671)
-        .switch("tls")
-        .spawn();
+    let target = Workload::amqp_frames(5671).switch("tls").spawn();
     let (code, out, err) = check(&["--pid", &target.pid.to_string()]);
     assert_eq!(code, 0, "check failed: {err}\n{out}");
     let amqps = line(&out, "amqps");
@@ -170,8 +168,12 @@ fn check_pid_names_the_ssl_calls_of_an_amqps_target() {
         amqps.starts_with("amqps         plaintext from /") && amqps.contains("libssl.so"),
         "{out}"
     );
-    for f in ["SSL_read (", "SSL_write (", "SSL_read_ex (", "SSL_write_ex ("] {
+    for f in [
+        "SSL_read (",
+        "SSL_write (",
+        "SSL_read_ex (",
+        "SSL_write_ex (",
+    ] {
         assert!(amqps.contains(f), "{amqps}");
     }
 }
-

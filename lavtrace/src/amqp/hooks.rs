@@ -1,5 +1,6 @@
 //! Which hooks feed the `amqp` family: the socket data calls (read, write, readv, writev,
-//! recvfrom, sendto, recvmsg, sendmsg; recv/send in libc), accept/accept4 on its AMQP
+//! recvfrom, sendto, recvmsg, sendmsg; recv/send in libc; recvmmsg and sendmmsg, counted as
+//! unsynced), accept/accept4 on its AMQP
 //! listeners and close, in the two sets of the storage families' table shape
 //! (`storage::hooks::Table`), chosen by the same rule:
 //!
@@ -45,6 +46,8 @@ const SEND: &[&str] = &["send", "__send", "__libc_send"];
 const SENDTO: &[&str] = &["sendto", "__sendto", "__libc_sendto"];
 const RECVMSG: &[&str] = &["recvmsg", "__recvmsg", "__libc_recvmsg"];
 const SENDMSG: &[&str] = &["sendmsg", "__sendmsg", "__libc_sendmsg"];
+const RECVMMSG: &[&str] = &["recvmmsg", "__recvmmsg"];
+const SENDMMSG: &[&str] = &["sendmmsg", "__sendmmsg"];
 const ACCEPT: &[&str] = &["accept", "__libc_accept"];
 const ACCEPT4: &[&str] = &["accept4", "__libc_accept4"];
 const CLOSE: &[&str] = &["close", "__close"];
@@ -71,6 +74,8 @@ pub const TABLE: Table = Table {
                 "sys_exit_sendto",
                 "sys_exit_recvmsg",
                 "sys_exit_sendmsg",
+                "sys_exit_recvmmsg",
+                "sys_exit_sendmmsg",
                 "sys_exit_accept",
                 "sys_exit_accept4",
             ],
@@ -87,6 +92,8 @@ pub const TABLE: Table = Table {
         ("amqp_tenter_writev", &["sys_enter_writev"]),
         ("amqp_tenter_recvmsg", &["sys_enter_recvmsg"]),
         ("amqp_tenter_sendmsg", &["sys_enter_sendmsg"]),
+        ("amqp_tenter_recvmmsg", &["sys_enter_recvmmsg"]),
+        ("amqp_tenter_sendmmsg", &["sys_enter_sendmmsg"]),
         (
             "amqp_tenter_accept",
             &["sys_enter_accept", "sys_enter_accept4"],
@@ -98,6 +105,7 @@ pub const TABLE: Table = Table {
             "amqp_uexit",
             &[
                 READ, WRITE, READV, WRITEV, RECV, RECVFROM, SEND, SENDTO, RECVMSG, SENDMSG,
+                RECVMMSG, SENDMMSG,
             ],
         ),
         u("amqp_uexit_accept", &[ACCEPT, ACCEPT4]),
@@ -107,6 +115,8 @@ pub const TABLE: Table = Table {
         u("amqp_uenter_writev", &[WRITEV]),
         u("amqp_uenter_recvmsg", &[RECVMSG]),
         u("amqp_uenter_sendmsg", &[SENDMSG]),
+        u("amqp_uenter_recvmmsg", &[RECVMMSG]),
+        u("amqp_uenter_sendmmsg", &[SENDMMSG]),
         u("amqp_uenter_accept", &[ACCEPT, ACCEPT4]),
         u("amqp_uclose", &[CLOSE]),
     ],
@@ -115,7 +125,7 @@ pub const TABLE: Table = Table {
             "amqp_kexit",
             &[
                 "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
-                "accept", "accept4",
+                "recvmmsg", "sendmmsg", "accept", "accept4",
             ],
         ),
         ("amqp_kenter_read", &["read", "recvfrom"]),
@@ -124,6 +134,8 @@ pub const TABLE: Table = Table {
         ("amqp_kenter_writev", &["writev"]),
         ("amqp_kenter_recvmsg", &["recvmsg"]),
         ("amqp_kenter_sendmsg", &["sendmsg"]),
+        ("amqp_kenter_recvmmsg", &["recvmmsg"]),
+        ("amqp_kenter_sendmmsg", &["sendmmsg"]),
         ("amqp_kenter_accept", &["accept", "accept4"]),
         ("amqp_kclose", &["close"]),
     ],

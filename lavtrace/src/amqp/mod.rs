@@ -411,6 +411,7 @@ impl family::Tracer for Tracer {
                 threads_full: diag(wire::diag::THREADS_FULL),
                 walk_limit: diag(wire::diag::WALK_LIMIT),
                 ssl_unbound: diag(wire::diag::SSL_UNBOUND),
+                mmsg_uncounted: diag(wire::diag::MMSG_UNCOUNTED),
             },
             report::Tls {
                 not_parsed: tls,

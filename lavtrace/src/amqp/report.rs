@@ -310,6 +310,9 @@ pub struct KernelDiag {
     /// (HTTPS, outbound connections), or an AMQPS connection's calls before its first socket
     /// call since attach (not walked).
     pub ssl_unbound: u64,
+    /// recvmmsg/sendmmsg messages past the 64 of a call whose bytes are read (their bytes
+    /// are not in `unsynced_bytes`).
+    pub mmsg_uncounted: u64,
 }
 
 /// What the section says of AMQPS.
