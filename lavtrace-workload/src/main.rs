@@ -6,6 +6,7 @@
 //! go, work, `done` (`tcp`, and `tcp-churn --hold`, then wait for stdin to close).
 
 mod amqp;
+mod amqps_load;
 mod churn;
 mod faults;
 mod frames;
@@ -51,6 +52,9 @@ pub enum Mode {
     /// A broker-shaped AMQP 0-9-1 server of known frames with its own plain TCP peer
     /// (see frames.rs): exact figures for the amqp family.
     AmqpFrames(frames::Args),
+    /// Publishes over AMQPS through the process's libssl as fast as one connection goes,
+    /// timed (benchmarks; see amqps_load.rs).
+    AmqpsLoad(amqps_load::Args),
     /// TCP connections with known histories on 127.0.0.1 (see tcp.rs); after
     /// `done`, waits for stdin to close.
     Tcp,
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Mode::Amqp(a) => amqp::run(a),
         // Its own start: the pre connection is opened before ready.
         Mode::AmqpFrames(a) => frames::run(a),
+        Mode::AmqpsLoad(a) => amqps_load::run(a),
         Mode::Spin(a) => ready_then(|| spin::run(a)),
         Mode::Pace(a) => ready_then(|| pace::run(a)),
         Mode::Tcp => tcp::prepare()

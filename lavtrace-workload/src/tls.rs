@@ -84,6 +84,11 @@ fn ssl_read(s: &mut Stream, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(r as usize)
 }
 
+/// One SSL_read (not `_ex`: Crystal's call) of what is there, at most `buf.len()` bytes.
+pub fn read_some(s: &mut Stream, buf: &mut [u8]) -> std::io::Result<usize> {
+    ssl_read(s, buf)
+}
+
 /// One SSL_write (not `_ex`) of all of `buf` (no partial writes: the mode is not set).
 fn ssl_write(s: &mut Stream, buf: &[u8]) -> std::io::Result<()> {
     let n = c_int::try_from(buf.len()).map_err(other)?;

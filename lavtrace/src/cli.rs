@@ -174,6 +174,10 @@ pub struct ReportArgs {
     /// TLS, not parsed.
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqps_port: Vec<u16>,
+    /// Leave the target's SSL calls unprobed: its AMQPS connections are then counted as TLS,
+    /// not parsed. Each SSL_read/SSL_write otherwise traps twice (BENCHMARKS.md, AMQPS).
+    #[arg(long)]
+    pub no_ssl_probes: bool,
     /// Hooks of the amqp family: the syscall tracepoints when the syscalls family is on
     /// (auto), else kprobes on the syscall functions where the kernel has them, else uprobes on
     /// the target's glibc; or force a set (tests cover each).
@@ -262,6 +266,7 @@ impl ReportArgs {
             },
             amqp_ports: self.amqp_port.clone(),
             amqps_ports: self.amqps_port.clone(),
+            no_ssl_probes: self.no_ssl_probes,
             amqp_hooks: match self.amqp_hooks {
                 AmqpHooks::Auto => crate::amqp::hooks::Mode::Auto,
                 AmqpHooks::Kprobe => crate::amqp::hooks::Mode::Kprobe,

@@ -200,6 +200,8 @@ pub struct Options {
     /// AMQPS ports besides 5671 (`--amqps-port`): parsed from the SSL calls, or counted as
     /// TLS, not parsed.
     pub amqps_ports: Vec<u16>,
+    /// amqp: leave the target's SSL calls unprobed (`--no-ssl-probes`): AMQPS not parsed.
+    pub no_ssl_probes: bool,
     pub amqp_hooks: amqp::hooks::Mode,
 }
 

@@ -88,6 +88,39 @@ fn the_forced_tracepoint_set_is_exact() {
     broker_shaped_server_exact("amqp", "tracepoint", false);
 }
 
+/// `--no-ssl-probes`: the same AMQPS server's connections are counted as TLS, not parsed,
+/// with the reason, and no SSL call is probed.
+#[test]
+fn with_no_ssl_probes_amqps_is_counted_not_parsed() {
+    require_root();
+    let port = free_port();
+    let mut w = Workload::amqp_frames(port)
+        .flag("marker", MARKER)
+        .switch("tls")
+        .spawn();
+    let trace = Trace::of(&w)
+        .probes("amqp")
+        .flag("amqps-port", port)
+        .switch("no-ssl-probes")
+        .interval("200ms")
+        .spawn();
+    let vias: Vec<String> = trace
+        .hooks(Some("amqp"))
+        .into_iter()
+        .map(|(_, via)| via.to_string())
+        .collect();
+    assert!(!vias.iter().any(|v| v.contains("SSL_")), "{vias:?}");
+    w.go();
+    w.lines_until_done();
+    let records = trace.records();
+    let amqp = &records.last().unwrap()["amqp"];
+    // The pre connection, seen at attach; the main one at a poll while it lived.
+    assert!(amqp["tls_not_parsed"].as_u64().unwrap() >= 1, "{amqp:#}");
+    assert_eq!(amqp["tls_not_parsed_why"], "--no-ssl-probes", "{amqp:#}");
+    assert_eq!(amqp["tls_parsed_from"], Value::Null, "{amqp:#}");
+    assert_eq!(amqp["connections"].as_array().unwrap().len(), 0, "{amqp:#}");
+}
+
 /// LavinMQ's own shape of AMQPS: a Crystal server (Debian's `crystal`, its OpenSSL::SSL
 /// sockets on the system's libssl) with every connection on a fiber of one thread, each
 /// waiting inside SSL_read while the others run (`tests/amqp/tls_server.cr`). Its client

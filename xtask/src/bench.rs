@@ -89,6 +89,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.wants("spin") && opts.wants("broker") {
         targets(&mut md, &fig)?;
     }
+    section("amqps", &mut md, &mut |md| amqps(md, &lavtrace, opts))?;
     save(&md)?;
     if !failed.is_empty() {
         bail!("sections failed: {}", failed.join(", "));
@@ -224,6 +225,8 @@ enum Tracer {
     LavtraceAmqp(&'static str, u16),
     /// lavtrace attached to another (idle) process: the tax its hooks put on everyone.
     LavtraceOther(&'static str),
+    /// `--probes amqp --amqps-port PORT`, with one more flag or none ("").
+    LavtraceAmqps(u16, &'static str),
     /// lavtrace with one more flag: `--no-bpf-stats` (what holding the kernel's BPF run-time
     /// statistics costs: every BPF program on the host reads the clock twice per run) or
     /// `--bpf-stats-full` (holding them all the time instead of on a duty cycle).
@@ -246,6 +249,11 @@ impl Tracer {
             Tracer::Lavtrace(p) => format!("lavtrace --probes {p}"),
             Tracer::LavtraceAmqp(p, _) => format!("lavtrace --probes {p} --amqp-port PORT"),
             Tracer::LavtraceOther(p) => format!("lavtrace --probes {p} (tracing another process)"),
+            Tracer::LavtraceAmqps(_, flag) => {
+                format!("lavtrace --probes amqp --amqps-port PORT {flag}")
+                    .trim_end()
+                    .to_string()
+            }
             Tracer::LavtraceWith(p, flag) => format!("lavtrace --probes {p} {flag}"),
             Tracer::LavtraceSampled(d) => {
                 format!("lavtrace --probes syscalls --syscalls-sample {d}")
@@ -287,6 +295,26 @@ impl Tracer {
                 "--interval",
                 "1s",
             ]),
+            Tracer::LavtraceAmqps(port, flag) => {
+                let mut cmd = v(&[
+                    &lt,
+                    "trace",
+                    "--pid",
+                    &pid.to_string(),
+                    "--probes",
+                    "amqp",
+                    "--amqps-port",
+                    &port.to_string(),
+                    "--format",
+                    "json",
+                    "--interval",
+                    "1s",
+                ]);
+                if !flag.is_empty() {
+                    cmd.push(flag.to_string());
+                }
+                cmd
+            }
             Tracer::LavtraceWith(p, flag) => v(&[
                 &lt,
                 "trace",
@@ -366,6 +394,7 @@ impl Tracer {
         match self {
             Tracer::Lavtrace(_)
             | Tracer::LavtraceAmqp(..)
+            | Tracer::LavtraceAmqps(..)
             | Tracer::LavtraceOther(_)
             | Tracer::LavtraceWith(..)
             | Tracer::LavtraceSampled(_) => {
@@ -1090,6 +1119,112 @@ fn faults(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
             "| {} | {med:.0} | {min:.0}–{max:.0} | {:.0} | `{cmd}` |",
             tracer.label(),
             med - base
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// Section 9: what parsing AMQPS costs the target: the SSL probes (a trap at each
+/// SSL_read/SSL_write's entry and `ret`), per message of a TLS connection at full speed.
+fn amqps(md: &mut String, lavtrace: &Path, opts: &Options) -> Result<()> {
+    const MESSAGES: u64 = 20_000;
+    const PORT: u16 = 26_971;
+    let tracers = [
+        Tracer::None,
+        Tracer::LavtraceAmqps(PORT, ""),
+        Tracer::LavtraceAmqps(PORT, "--no-ssl-probes"),
+        Tracer::LavtraceOther("amqp"),
+    ];
+    let n = MESSAGES.to_string();
+    let port = PORT.to_string();
+    let mut us_per_msg: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    // ns per run of the SSL probes' programs (entry, return), from the traced rows.
+    let mut program_ns: Vec<(f64, f64)> = Vec::new();
+    for run in 0..opts.runs {
+        for (i, &tracer) in tracers.iter().enumerate() {
+            eprintln!(
+                "xtask bench: amqps run {}/{} {}",
+                run + 1,
+                opts.runs,
+                tracer.label()
+            );
+            let mut wl = Workload::spawn(&["amqps-load", "--port", &port, "--messages", &n])?;
+            let decoy = Workload::spawn(&["spin", "--calls", "0"])?;
+            let traced_pid = if matches!(tracer, Tracer::LavtraceOther(_)) {
+                decoy.pid
+            } else {
+                wl.pid
+            };
+            let running = tracer.attach(lavtrace, traced_pid)?;
+            let result = wl.go("result ", Duration::from_secs(600))?;
+            if let Some(r) = running {
+                let (_, out) = r.stop_with_output()?;
+                if tracer == Tracer::LavtraceAmqps(PORT, "") {
+                    let summary = summary_of(&out)?;
+                    let amqp = &summary["amqp"]["connections"][0];
+                    if amqp["published"].as_u64() != Some(MESSAGES) {
+                        bail!(
+                            "the traced AMQPS run counted {} publishes, not {MESSAGES}",
+                            amqp["published"]
+                        );
+                    }
+                    let ns = |name: &str| {
+                        summary["overhead"]["programs"].as_array().and_then(|ps| {
+                            ps.iter()
+                                .find(|p| p["name"] == name)
+                                .and_then(|p| p["ns_per_run"].as_f64())
+                        })
+                    };
+                    if let (Some(e), Some(r)) = (ns("amqp_ssl_read"), ns("amqp_ssl_return")) {
+                        program_ns.push((e, r));
+                    }
+                }
+            }
+            drop(decoy);
+            let ns = result["ns"].as_f64().unwrap_or(0.0);
+            us_per_msg[i].push(ns / 1000.0 / MESSAGES as f64);
+        }
+    }
+    let base = median_min_max(us_per_msg[0].clone()).0;
+    writeln!(md, "## 9. AMQPS\n")?;
+    writeln!(
+        md,
+        "`lavtrace-workload amqps-load --port PORT --messages {MESSAGES}`: one AMQPS connection through the \
+         workload's libssl (OpenSSL, linked dynamically as LavinMQ links it), its client a child process \
+         (not traced): a publish of 1 KiB per SSL_write, the server reading with 16 KiB SSL_read calls and \
+         confirming every 100th. µs per message, from the client's first publish to the last confirm. \
+         With the SSL probes, the server's every SSL_read and SSL_write traps twice (entry, `ret`); \
+         `--no-ssl-probes` leaves them out (the connection is then counted as TLS, not parsed); the \
+         socket calls take this host's amqp hook set in both (section 0). The last row traces another, \
+         idle process.\n"
+    )?;
+    writeln!(
+        md,
+        "| tracer | µs/message median | min–max | added µs/message | throughput ratio | command |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---|")?;
+    for (i, &tracer) in tracers.iter().enumerate() {
+        let (med, min, max) = median_min_max(us_per_msg[i].clone());
+        let cmd = tracer.command(Path::new("lavtrace"), 0).map_or_else(
+            || "(none)".to_string(),
+            |c| shell_words(&c).replace(" 0", " PID"),
+        );
+        writeln!(
+            md,
+            "| {} | {med:.1} | {min:.1}–{max:.1} | {:.1} | {:.3} | `{cmd}` |",
+            tracer.label(),
+            med - base,
+            base / med.max(f64::MIN_POSITIVE)
+        )?;
+    }
+    if !program_ns.is_empty() {
+        let entry = median_min_max(program_ns.iter().map(|p| p.0).collect()).0;
+        let ret = median_min_max(program_ns.iter().map(|p| p.1).collect()).0;
+        writeln!(
+            md,
+            "\nBPF time per run with the SSL probes (median over the runs): `amqp_ssl_read` {entry:.0} ns, \
+         `amqp_ssl_return` (its walk included) {ret:.0} ns; the rest of the added time is the traps."
         )?;
     }
     writeln!(md)?;

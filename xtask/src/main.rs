@@ -66,7 +66,7 @@ enum Task {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: std::path::PathBuf,
-        /// Only these sections (hooks, spin, broker, transient, pipeline, faults, scale; the targets need spin
+        /// Only these sections (hooks, spin, broker, transient, pipeline, faults, scale, amqps; the targets need spin
         /// and broker), e.g. to try one: `--only scale --output /tmp/scale.md`.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -225,6 +225,8 @@ impl Family for Tracer {
         // traced (they tie each `SSL *` to its socket).
         let tls = if !tls_listening {
             Err("no AMQPS listener".to_string())
+        } else if options.no_ssl_probes {
+            Err("--no-ssl-probes".to_string())
         } else if not_traced.is_some() {
             Err("the socket calls are not traced".to_string())
         } else {
