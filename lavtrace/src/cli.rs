@@ -175,7 +175,7 @@ pub struct ReportArgs {
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub amqps_port: Vec<u16>,
     /// Leave the target's SSL calls unprobed: its AMQPS connections are then counted as TLS,
-    /// not parsed. Each SSL_read/SSL_write otherwise traps twice (BENCHMARKS.md, AMQPS).
+    /// not parsed. Each SSL_read/SSL_write otherwise traps twice (BENCHMARKS.md, section 9).
     #[arg(long)]
     pub no_ssl_probes: bool,
     /// Hooks of the amqp family: the syscall tracepoints when the syscalls family is on
