@@ -23,6 +23,8 @@
 //! tail-call `amqp_walk`; a tail call stays within one program type, so the tracepoints
 //! tail-call `amqp_walk_tp`, the same walk.
 //!
+//! recvmmsg/sendmmsg are not walked: their bytes count as unsynced (`mmsg_unsynced`).
+//!
 //! AMQPS connections (accepted on a listener userspace marked `listener::TLS`) are not walked
 //! at their socket calls, which carry TLS records: `ssl` walks the plaintext of the target's
 //! SSL_read and SSL_write on them instead.
