@@ -437,16 +437,7 @@ fn server_writes(fd: i32, out: &[u8], one_byte: usize) -> std::io::Result<()> {
 
 /// Reads and drops everything until EOF (the peer's side of the server's writes).
 fn drain(mut s: TcpStream) -> std::thread::JoinHandle<std::io::Result<u64>> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
-    })
+    std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()))
 }
 
 /// A connection accepted on `port` whose peer sends the start of a TLS ClientHello, read by
@@ -492,16 +483,19 @@ fn gate() -> (Stream, usize) {
     (gate, blocked_len)
 }
 
-/// The two gate writes around a 40 ms pause: (`blocked_ns`, its min, its max) as in `Stats`.
+/// The two gate writes (the gate's bytes up to `blocked_len`, then the rest) around a 40 ms
+/// pause, each by `write`: (`blocked_ns`, its min, its max) as in `Stats`.
 fn blocked_writes(
-    mut write: impl FnMut(bool) -> std::io::Result<()>,
+    gate: &Stream,
+    blocked_len: usize,
+    mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<(u64, u64, u64)> {
     let before_blocked = std::time::Instant::now();
-    write(true)?;
+    write(&gate.bytes[..blocked_len])?;
     let blocked_at = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(40));
     let before_unblocked = std::time::Instant::now();
-    write(false)?;
+    write(&gate.bytes[blocked_len..])?;
     let blocked_ns = blocked_at.elapsed().as_nanos() as u64;
     // A tracer stamps each write somewhere inside it: its figure lies between these, however
     // long this thread waited for a CPU around the writes.
@@ -552,14 +546,7 @@ pub fn run(a: &Args) -> std::io::Result<()> {
     // Flow control first: connection.blocked, a pause, connection.unblocked, one write each.
     // The time between the two writes' returns is the time blocked a tracer must report.
     let (gate, blocked_len) = gate();
-    let blocked = blocked_writes(|first| {
-        let part = if first {
-            &gate.bytes[..blocked_len]
-        } else {
-            &gate.bytes[blocked_len..]
-        };
-        write_all_with(fd, part, CHUNK)
-    })?;
+    let blocked = blocked_writes(&gate, blocked_len, |part| write_all_with(fd, part, CHUNK))?;
     server_writes(fd, &outbound.bytes, a.one_byte)?;
     writer
         .join()
@@ -653,12 +640,7 @@ fn run_tls(a: &Args) -> std::io::Result<()> {
         CHUNK,
     )?;
     let (gate, blocked_len) = gate();
-    let blocked = blocked_writes(|first| {
-        let part = if first {
-            &gate.bytes[..blocked_len]
-        } else {
-            &gate.bytes[blocked_len..]
-        };
+    let blocked = blocked_writes(&gate, blocked_len, |part| {
         tls::write_all_with(&mut conn, part, CHUNK, true)
     })?;
     tls::server_writes(&mut conn, &outbound.bytes, a.one_byte, CHUNK)?;

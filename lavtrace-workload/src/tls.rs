@@ -170,13 +170,6 @@ pub fn server_writes(
 pub fn peer(mut s: Stream, inbound: Vec<u8>) -> std::thread::JoinHandle<std::io::Result<u64>> {
     std::thread::spawn(move || {
         s.write_all(&inbound)?;
-        let mut buf = vec![0u8; 65536];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
+        std::io::copy(&mut s, &mut std::io::sink())
     })
 }

@@ -23,6 +23,15 @@ fn hooks_mode() -> String {
     std::env::var("LAVTRACE_AMQP_HOOKS").unwrap_or_else(|_| "auto".into())
 }
 
+/// The JSON after `prefix` on the workload's line that starts with it.
+fn json_line(lines: &[String], prefix: &str) -> Value {
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
 fn row(summary: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
     let conns = summary["amqp"]["connections"]
         .as_array()
@@ -231,13 +240,7 @@ fn broker_shaped_server_exact(probes: &str, hooks: &str, tls: bool) -> Vec<Strin
     assert!(!vias.is_empty(), "no amqp hooks: {:?}", trace.attached);
     w.go();
     let lines = w.lines_until_done();
-    let stats: Value = serde_json::from_str(
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix("stats "))
-            .expect("stats line"),
-    )
-    .unwrap();
+    let stats: Value = json_line(&lines, "stats ");
     let records = trace.records();
     let summary = records.last().unwrap();
     let text: String = records.iter().map(|r| r.to_string()).collect();
@@ -273,13 +276,7 @@ fn broker_shaped_server_exact(probes: &str, hooks: &str, tls: bool) -> Vec<Strin
     );
     if !tls {
         // recvmmsg/sendmmsg: their bytes unsynced, everything after them counted.
-        let ms: Value = serde_json::from_str(
-            lines
-                .iter()
-                .find_map(|l| l.strip_prefix("mmsg "))
-                .expect("mmsg line"),
-        )
-        .unwrap();
+        let ms: Value = json_line(&lines, "mmsg ");
         let m = row(summary, |c| c["vhost"] == ms["vhost"]);
         for k in ["published", "unsynced_bytes", "frames_in", "frames_out"] {
             assert_eq!(m[k], ms[k], "{k}: {m:#}");
